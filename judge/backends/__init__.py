@@ -1,0 +1,99 @@
+"""Judge specs (`builtin`, `gguf:PATH`, `hf:PATH?quant=8bit|4bit&dtype=bf16`) and loading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from judge.backends.base import GenerationSettings, JudgeBackend
+from judge.models import ModelNotFoundError, builtin_base_gguf, builtin_base_hf_dir
+
+__all__ = [
+    "GenerationSettings",
+    "JudgeBackend",
+    "JudgeSpec",
+    "SpecError",
+    "load_backend",
+    "parse_spec",
+]
+
+UNTUNED_BUILTIN_WARNING = (
+    "the builtin judge is the untuned SmolLM2-135M-Instruct: it answers 1 to every pair, so "
+    "its verdicts are meaningless (a trained builtin judge comes with the judge-training work)"
+)
+
+_OPTIONS = {
+    "gguf": {"threads": int, "ctx": int},
+    "hf": {"quant": str, "dtype": str, "batch": int},
+}
+
+
+class SpecError(ValueError):
+    """A judge spec string that names no usable judge."""
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """A parsed judge spec: backend kind, model path and options."""
+
+    kind: str
+    path: Path
+    options: dict[str, int | str] = field(default_factory=dict)
+    untuned_builtin: bool = False
+
+
+def parse_spec(spec: str) -> JudgeSpec:
+    """Parse a judge spec; `builtin` and `hf:builtin` resolve to the embedded model."""
+    if spec == "builtin":
+        return JudgeSpec("gguf", builtin_base_gguf(), {}, untuned_builtin=True)
+    kind, sep, rest = spec.partition(":")
+    if not sep or kind not in _OPTIONS or not rest:
+        raise SpecError(
+            f"unknown judge spec {spec!r}: use builtin, gguf:PATH or hf:PATH[?quant=8bit|4bit]"
+        )
+    location, _, query = rest.partition("?")
+    options: dict[str, int | str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if key not in _OPTIONS[kind]:
+            raise SpecError(f"judge spec {spec!r}: unknown option {key!r} for {kind}")
+        try:
+            options[key] = _OPTIONS[kind][key](value)
+        except ValueError as exc:
+            raise SpecError(f"judge spec {spec!r}: option {key!r} wants a number") from exc
+    if kind == "hf" and location == "builtin":
+        return JudgeSpec(kind, builtin_base_hf_dir(), options, untuned_builtin=True)
+    path = Path(location).expanduser()
+    if kind == "gguf" and not path.is_file():
+        raise SpecError(f"judge spec {spec!r}: no GGUF file at {path}")
+    if kind == "hf" and not (path / "config.json").is_file():
+        raise SpecError(f"judge spec {spec!r}: {path} is not a transformers model directory")
+    return JudgeSpec(kind, path, options)
+
+
+def load_backend(spec: JudgeSpec | str) -> JudgeBackend:
+    """Load the model a spec names; nothing is downloaded."""
+    if isinstance(spec, str):
+        spec = parse_spec(spec)
+    try:
+        if spec.kind == "gguf":
+            from judge.backends.llamacpp import LlamaCppBackend
+
+            return LlamaCppBackend(
+                spec.path,
+                n_threads=int(spec.options.get("threads", 0)) or None,
+                n_ctx=int(spec.options.get("ctx", 4096)),
+            )
+        from judge.backends.hf import TransformersBackend
+
+        quant = spec.options.get("quant")
+        return TransformersBackend(
+            spec.path,
+            quant=str(quant) if quant else None,
+            dtype=str(spec.options.get("dtype", "fp32")),
+            batch_size=int(spec.options.get("batch", 8)),
+        )
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ModelNotFoundError):
+            raise
+        raise SpecError(f"{spec.path}: cannot load a {spec.kind} judge ({exc})") from exc

