@@ -54,6 +54,7 @@ def parse_verdict(text: str) -> Verdict:
 
 def parse_output(text: str) -> ParsedOutput:
     """Split a generated evaluation into verdict, reason and reference."""
+    text = trim_runaway(text)
     verdict = parse_verdict(text)
     reason, reference = "", ""
     if _REASON_MARK in text:
@@ -62,6 +63,34 @@ def parse_output(text: str) -> ParsedOutput:
     if _REFERENCE_MARK in text:
         reference = text.split(_REFERENCE_MARK, 1)[1].strip()
     return ParsedOutput(verdict=verdict, reason=reason, reference=reference)
+
+
+# A PandaLM evaluation has only Reason and Reference blocks; any of these starts a new task.
+_RUNAWAY_MARKS = (
+    "\n### Instruction:",
+    "\n### Input:",
+    "\n### Response 1:",
+    "\n### Response 2:",
+    "\n### Evaluation:",
+)
+_LONGEST_VERDICT_LINE = 8
+
+
+def trim_runaway(text: str) -> str:
+    """Cut generated text where the model starts writing a new prompt section."""
+    cut = min((i for i in (text.find(m) for m in _RUNAWAY_MARKS) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def generation_settled(text: str) -> bool:
+    """True once more tokens cannot change the parse: the verdict line is already invalid, or the
+    model has started a new prompt section (which `trim_runaway` cuts off)."""
+    if trim_runaway(text) != text:
+        return True
+    head = text.lstrip()
+    first_line = head.split("\n", 1)[0]
+    decided = "\n" in head or len(first_line) > _LONGEST_VERDICT_LINE
+    return decided and parse_verdict(first_line) == INVALID
 
 
 def swap_verdict(verdict: Verdict) -> Verdict:

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from judge.verdict import (
     argmax_verdict,
     combine_verdicts,
+    generation_settled,
     is_consistent,
     normalize_logprobs,
     parse_output,
@@ -92,3 +93,32 @@ def test_probabilities_normalize_over_the_three_verdicts() -> None:
     assert probs["1"] == pytest.approx(1 / (1 + pow(2.718281828459045, -1)))
     assert argmax_verdict(probs) == "1"
     assert argmax_verdict({"1": 0.4, "2": 0.4, "Tie": 0.2}) == "Tie"
+
+
+@pytest.mark.parametrize(
+    ("text", "settled"),
+    [
+        ("1", False),
+        ("Tie\n\n### Reason: both", False),
+        ("1\n\n### Reason: r\n\n### Reference: x", False),
+        ("The answer", True),
+        ("Sure\n", True),
+        ("2\n\n### Reason: r\n\n### Instruction:\nanother task", True),
+        ("  ", False),
+    ],
+)
+def test_generation_settles_when_more_tokens_cannot_change_the_parse(
+    text: str, settled: bool
+) -> None:
+    assert generation_settled(text) is settled
+
+
+def test_runaway_sections_are_cut_from_the_reference() -> None:
+    parsed = parse_output("1\n\n### Reason: r\n\n### Reference: 42\n\n### Instruction:\nnext")
+    assert parsed.reference == "42"
+
+
+@given(st.text())
+def test_a_settled_output_keeps_its_verdict_whatever_follows(text: str) -> None:
+    if generation_settled(text):
+        assert parse_output(text + "\n1\n2 Tie").verdict == parse_output(text).verdict

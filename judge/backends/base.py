@@ -10,17 +10,21 @@ from typing import Protocol
 class GenerationSettings:
     """Decoding settings for `generate` mode.
 
-    The default is greedy decoding; `reference()` gives the settings of PandaLM's released
-    inference code (beam 4, repetition penalty 1.2, up to 512 new tokens).
+    The default is greedy decoding that stops as soon as more tokens cannot change the parsed
+    result (an invalid verdict line, or a runaway new prompt section); `reference()` gives the
+    settings of PandaLM's released inference code (beam 4, repetition penalty 1.2, up to 512
+    new tokens, no early stop).
     """
 
     max_new_tokens: int = 512
     num_beams: int = 1
     repetition_penalty: float = 1.0
+    stop_early: bool = True
+    """Stop once the output's parse is settled (judge.verdict.generation_settled)."""
 
     @classmethod
     def reference(cls) -> GenerationSettings:
-        return cls(max_new_tokens=512, num_beams=4, repetition_penalty=1.2)
+        return cls(max_new_tokens=512, num_beams=4, repetition_penalty=1.2, stop_early=False)
 
 
 class JudgeBackend(Protocol):

@@ -6,10 +6,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from judge.backends.base import GenerationSettings
 from judge.backends.tokens import continuation_ids, file_identity
+from judge.verdict import generation_settled
 
 QUANTIZATIONS = ("8bit", "4bit")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -18,6 +25,20 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class _SettledOutputs(StoppingCriteria):
+    """Per-row stop once the generated text's parse can no longer change."""
+
+    def __init__(self, tokenizer, prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(
+            input_ids[:, self.prompt_length :], skip_special_tokens=True
+        )
+        return torch.tensor([generation_settled(t) for t in texts], dtype=torch.bool)
 
 
 class TransformersBackend:
@@ -72,6 +93,9 @@ class TransformersBackend:
         texts: list[str] = []
         for batch in _chunks(prompts, self.batch_size):
             input_ids, mask, _ = self._encode(batch)
+            stopping = StoppingCriteriaList()
+            if settings.stop_early:
+                stopping.append(_SettledOutputs(self.tokenizer, input_ids.shape[1]))
             output = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
@@ -80,6 +104,7 @@ class TransformersBackend:
                 repetition_penalty=settings.repetition_penalty,
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
+                stopping_criteria=stopping,
             )
             new_tokens = output[:, input_ids.shape[1] :]
             texts.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))

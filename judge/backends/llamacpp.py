@@ -14,6 +14,7 @@ import numpy as np
 
 from judge.backends.base import GenerationSettings
 from judge.backends.tokens import continuation_ids, file_identity
+from judge.verdict import generation_settled
 
 
 class LlamaCppBackend:
@@ -94,12 +95,18 @@ class LlamaCppBackend:
         for prompt in prompts:
             tokens = self._tokens(prompt)
             self._check_room(tokens, settings.max_new_tokens)
-            completion = self.llm.create_completion(
+            stream = self.llm.create_completion(
                 tokens,
                 max_tokens=settings.max_new_tokens,
                 temperature=0.0,
                 top_k=1,
                 repeat_penalty=settings.repetition_penalty,
+                stream=True,
             )
-            texts.append(completion["choices"][0]["text"])
+            text = ""
+            for chunk in stream:
+                text += chunk["choices"][0]["text"]
+                if settings.stop_early and generation_settled(text):
+                    break
+            texts.append(text)
         return texts
