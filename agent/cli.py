@@ -1,0 +1,168 @@
+"""`pandalm-agent`: run a data-owner site of a pandalm-fed federation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import Session, func, select
+
+from agent.config import SiteConfig, SiteConfigError, load_site_config
+from agent.db import ComparisonJob, SiteRun, ledger, open_database
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="the site's site.toml")]
+
+SITE_TEMPLATE = """\
+# A pandalm-fed site. Only win/tie/loss tallies ever leave this machine.
+[site]
+name = "{name}"
+data_dir = "{name}-data"          # checkpoints, responses, judgments, ledger
+# database = "postgresql://..."   # default: SQLite in data_dir
+
+[data]
+train = "builtin"                 # or an Alpaca-format JSON/JSONL file
+validation = "builtin"            # or a JSON/JSONL file of instruction/input records
+builtin_seed = {seed}
+train_examples = 64
+validation_items = 16
+
+[model]
+base = "builtin"                  # or a local transformers model directory
+max_length = 256
+batch_size = 8
+max_steps_per_epoch = 0           # 0: whole epochs
+max_new_tokens = 64
+torch_threads = 1
+
+[judge]
+spec = "builtin"                  # gguf:PATH | hf:PATH[?quant=8bit|4bit]
+
+[flower]
+superlink = "127.0.0.1:9092"
+clientappio_port = 9094
+insecure = false
+root_certificates = ""
+"""
+
+
+@contextmanager
+def _site(config_path: Path) -> Iterator[SiteConfig]:
+    try:
+        yield load_site_config(config_path)
+    except SiteConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def init(
+    name: Annotated[str, typer.Option(help="the site's name")],
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("site.toml"),
+    seed: Annotated[int, typer.Option(help="shard seed of the builtin demo data")] = 0,
+) -> None:
+    """Write a site.toml to start from."""
+    if out.exists():
+        console.print(f"[red]error:[/red] {out} exists")
+        raise typer.Exit(2)
+    out.write_text(SITE_TEMPLATE.format(name=name, seed=seed))
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def start(config: ConfigOption) -> None:
+    """Run the site: the job worker and the Flower SuperNode, restarted if they exit."""
+    from agent.supervisor import supervise
+
+    with _site(config) as site:
+        open_database(site.database_url)
+    console.print(f"site {site.name}: data in {site.data_dir}, logs in {site.data_dir / 'logs'}")
+    supervise(site)
+
+
+@app.command(hidden=True)
+def worker(config: ConfigOption) -> None:
+    """The job worker (started by `start`)."""
+    from agent.worker import SiteWorker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    with _site(config) as site:
+        pass
+    SiteWorker(site).run_forever()
+
+
+@app.command()
+def status(config: ConfigOption) -> None:
+    """The runs this site joined and how far their work is."""
+    with _site(config) as site:
+        engine = open_database(site.database_url)
+    table = Table(title=f"site {site.name}")
+    for column in ("run", "configs", "stage", "progress", "comparisons done", "pending"):
+        table.add_column(column)
+    with Session(engine) as session:
+        for run in session.exec(select(SiteRun).order_by(SiteRun.created)):
+            counts = dict(
+                session.exec(
+                    select(ComparisonJob.status, func.count())
+                    .where(ComparisonJob.run_key == run.run_key)
+                    .group_by(ComparisonJob.status)
+                ).all()
+            )
+            table.add_row(
+                run.run_key,
+                str(len(run.ids())),
+                run.stage,
+                f"{run.progress / 10:.0f}%",
+                str(counts.get("done", 0)),
+                str(counts.get("pending", 0)),
+            )
+    Console().print(table)
+
+
+@app.command()
+def audit(
+    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="the site's data directory")] = None,
+    run: Annotated[str | None, typer.Option(help="only this run")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Everything this site has sent, from its egress ledger."""
+    if config is not None:
+        with _site(config) as site:
+            url = site.database_url
+    elif data_dir is not None:
+        url = f"sqlite:///{data_dir / 'agent.sqlite'}"
+    else:
+        console.print("[red]error:[/red] give --config or --data-dir")
+        raise typer.Exit(2)
+    entries = ledger(open_database(url), run)
+    if as_json:
+        rows = [
+            {
+                "time": e.time.isoformat(),
+                "run": e.run_key,
+                "message_type": e.message_type,
+                "bytes": e.bytes,
+                "content": json.loads(e.content),
+            }
+            for e in entries
+        ]
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    table = Table(title=f"egress ledger ({len(entries)} payloads)")
+    for column in ("time", "run", "message", "bytes", "content"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        table.add_row(
+            e.time.isoformat(timespec="seconds"), e.run_key, e.message_type, str(e.bytes), e.content
+        )
+    Console().print(table)

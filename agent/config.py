@@ -1,0 +1,141 @@
+"""A site's configuration (`site.toml`), validated on load with errors naming file and field."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class SiteConfigError(ValueError):
+    """A site.toml that cannot be used; the message names the file and field."""
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    train: str = "builtin"
+    """Alpaca-format JSON/JSONL file, or `builtin` for the generated demo data."""
+    validation: str = "builtin"
+    builtin_seed: int = 0
+    """Shard seed of the builtin data: sites with different seeds hold different data."""
+    train_examples: int = 64
+    validation_items: int = 16
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    base: str = "builtin"
+    finetune: str = "full"
+    max_length: int = 256
+    batch_size: int = 8
+    max_steps_per_epoch: int = 0
+    """0 trains whole epochs; N caps every epoch at N optimizer steps (quick demos)."""
+    max_new_tokens: int = 64
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    spec: str = "builtin"
+    max_new_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class FlowerSettings:
+    superlink: str = "127.0.0.1:9092"
+    clientappio_port: int = 9094
+    insecure: bool = False
+    root_certificates: str = ""
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """Everything a site agent needs; paths are resolved against the config file's folder."""
+
+    name: str
+    data_dir: Path
+    database: str = ""
+    """SQLAlchemy URL of the agent's state; empty: SQLite in the data directory."""
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
+    flower: FlowerSettings = field(default_factory=FlowerSettings)
+    source: Path | None = None
+
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{self.data_dir / 'agent.sqlite'}"
+
+    @property
+    def candidates_dir(self) -> Path:
+        return self.data_dir / "candidates"
+
+    @property
+    def responses_file(self) -> Path:
+        return self.data_dir / "responses.jsonl"
+
+    @property
+    def judge_cache(self) -> Path:
+        return self.data_dir / "judge-cache.sqlite"
+
+
+def _section(cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise SiteConfigError(f"{where}: expected a table")
+    known = {f.name: f for f in fields(cls)}
+    for key, value in values.items():
+        if key not in known:
+            raise SiteConfigError(f"{where}.{key}: unknown setting (known: {', '.join(known)})")
+        expected = type(known[key].default)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise SiteConfigError(f"{where}.{key}: must be {expected.__name__}, got {value!r}")
+    return cls(**values)
+
+
+def load_site_config(path: Path) -> SiteConfig:
+    """Read and validate a site.toml."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SiteConfigError(f"{path}: cannot read ({exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SiteConfigError(f"{path}: invalid TOML ({exc})") from exc
+    site = document.pop("site", None)
+    if not isinstance(site, dict) or not isinstance(site.get("name"), str):
+        raise SiteConfigError(f'{path}: [site] needs name = "..."')
+    unknown = set(site) - {"name", "data_dir", "database"}
+    if unknown:
+        raise SiteConfigError(f"{path}: [site].{sorted(unknown)[0]}: unknown setting")
+    sections = {
+        "data": DataSettings,
+        "model": ModelSettings,
+        "judge": JudgeSettings,
+        "flower": FlowerSettings,
+    }
+    for key in document:
+        if key not in sections:
+            raise SiteConfigError(f"{path}: [{key}]: unknown table")
+    parsed = {
+        key: _section(cls, document.get(key, {}), f"{path}: [{key}]")
+        for key, cls in sections.items()
+    }
+    data_dir = Path(site.get("data_dir", f"{site['name']}-data")).expanduser()
+    if not data_dir.is_absolute():
+        data_dir = path.parent.resolve() / data_dir
+    for key in ("train", "validation"):
+        value = getattr(parsed["data"], key)
+        if value != "builtin" and not (path.parent / value).expanduser().exists():
+            raise SiteConfigError(f"{path}: [data].{key}: no file {value}")
+    return SiteConfig(
+        name=site["name"],
+        data_dir=data_dir,
+        database=str(site.get("database", "")),
+        source=path.resolve(),
+        **parsed,
+    )
+
+
+def resolve_data_path(config: SiteConfig, value: str) -> Path:
+    base = config.source.parent if config.source else Path.cwd()
+    return (base / value).expanduser()

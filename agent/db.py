@@ -1,0 +1,134 @@
+"""The agent's local state (sqlmodel): the runs it joined, comparison jobs, per-item judgments
+and the egress ledger. SQLite in the data directory by default, any SQLAlchemy URL by setting.
+
+Everything is keyed so that a repeated request finds its stored answer and a crash at any point
+loses nothing and counts nothing twice (unique constraints on the natural keys).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, UniqueConstraint, event
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SiteRun(SQLModel, table=True):
+    """A coordinator run this site joined, with the search space it was sent."""
+
+    __tablename__ = "site_run"
+    run_key: str = Field(primary_key=True)
+    space_hash: str
+    config_ids: str  # JSON list, in the coordinator's order
+    params: str  # JSON list of parameter dicts
+    validation_items: int
+    judge_mode: str
+    stage: str = "training"  # training | generating | ready | failed
+    progress: int = 0  # permille of training + generation
+    error_code: int = 0
+    created: datetime = Field(default_factory=_now)
+
+    def ids(self) -> list[str]:
+        return json.loads(self.config_ids)
+
+    def param_list(self) -> list[dict[str, Any]]:
+        return json.loads(self.params)
+
+
+class ComparisonJob(SQLModel, table=True):
+    """One requested comparison on an item slice; its tally once judged."""
+
+    __tablename__ = "comparison_job"
+    __table_args__ = (UniqueConstraint("run_key", "a_id", "b_id", "item_start", "item_stop"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_key: str = Field(index=True)
+    a_id: str
+    b_id: str
+    item_start: int
+    item_stop: int
+    status: str = "pending"  # pending | done | failed
+    error_code: int = 0
+    win: int = 0
+    tie: int = 0
+    loss: int = 0
+    invalid: int = 0
+    items: int = 0
+    created: datetime = Field(default_factory=_now)
+
+    def tally(self) -> tuple[int, int, int, int, int]:
+        return (self.win, self.tie, self.loss, self.invalid, self.items)
+
+
+class ItemJudgment(SQLModel, table=True):
+    """The judge's verdict on one validation item of one config pair, both orders kept."""
+
+    __tablename__ = "item_judgment"
+    __table_args__ = (UniqueConstraint("run_key", "a_id", "b_id", "item_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_key: str = Field(index=True)
+    a_id: str
+    b_id: str
+    item_id: str
+    verdict: str  # in a/b terms: 1 = a better
+    detail: str  # JSON of both orders: verdicts, reasons, references or probabilities
+
+
+class LedgerEntry(SQLModel, table=True):
+    """Every payload that leaves the site, written before it is sent."""
+
+    __tablename__ = "ledger_entry"
+    id: int | None = Field(default=None, primary_key=True)
+    time: datetime = Field(default_factory=_now)
+    run_key: str = Field(index=True)
+    message_type: str
+    bytes: int
+    content: str  # JSON of the decoded payload
+
+
+def open_database(url: str) -> Engine:
+    """Create the tables if needed; SQLite runs in WAL mode for the agent's two processes."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
+    if url.startswith("sqlite"):
+
+        @event.listens_for(engine, "connect")
+        def _wal(connection, _record) -> None:  # type: ignore[no-untyped-def]
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+
+    SQLModel.metadata.create_all(
+        engine,
+        tables=[m.__table__ for m in (SiteRun, ComparisonJob, ItemJudgment, LedgerEntry)],
+    )
+    return engine
+
+
+def record_egress(engine: Engine, run_key: str, message_type: str, payload: dict) -> None:
+    """Append an outgoing payload to the ledger (call before sending it)."""
+    content = json.dumps(payload, sort_keys=True)
+    with Session(engine) as session:
+        session.add(
+            LedgerEntry(
+                run_key=run_key,
+                message_type=message_type,
+                bytes=len(content.encode()),
+                content=content,
+            )
+        )
+        session.commit()
+
+
+def ledger(engine: Engine, run_key: str | None = None) -> list[LedgerEntry]:
+    with Session(engine) as session:
+        query = select(LedgerEntry).order_by(LedgerEntry.id)
+        if run_key is not None:
+            query = query.where(LedgerEntry.run_key == run_key)
+        return list(session.exec(query))

@@ -1,0 +1,128 @@
+"""The site's side of the protocol: answers coordinator messages from the local database.
+
+Answers are quick: a compare request whose judgments are not finished yet is answered
+`pending` with progress, and the worker does the work. Whatever goes wrong, only a status code
+goes back; the details stay in the local log. Every reply is written to the egress ledger
+before it is returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from agent.db import ComparisonJob, SiteRun, record_egress
+from coordinator.protocol import (
+    COMPARE_MESSAGE,
+    SPACE_MESSAGE,
+    Code,
+    ProtocolError,
+    Reply,
+    Status,
+    decode_compare,
+    decode_space,
+    encode_reply,
+)
+from trainer.space import CandidateConfig, SpaceError
+
+log = logging.getLogger(__name__)
+
+
+def _space_hash(record: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(dict(record), sort_keys=True).encode()).hexdigest()
+
+
+def accept_space(engine: Engine, record: Mapping[str, Any]) -> Reply:
+    """Store the run's search space after checking every config id against its parameters."""
+    message = decode_space(record)
+    for config_id, params in zip(message.config_ids, message.params, strict=True):
+        try:
+            expected = CandidateConfig.from_params(params).id
+        except SpaceError as exc:
+            raise ProtocolError(Code.OUT_OF_RANGE, f"config {config_id}: {exc}") from exc
+        if expected != config_id:
+            raise ProtocolError(Code.CONFIG_ID_MISMATCH, f"{config_id} != {expected}")
+    space_hash = _space_hash(record)
+    with Session(engine) as session:
+        existing = session.get(SiteRun, message.run_key)
+        if existing is not None:
+            if existing.space_hash != space_hash:
+                raise ProtocolError(Code.SPACE_CHANGED, f"run {message.run_key} changed space")
+            return Reply(Status.OK)
+        session.add(
+            SiteRun(
+                run_key=message.run_key,
+                space_hash=space_hash,
+                config_ids=json.dumps(list(message.config_ids)),
+                params=json.dumps(list(message.params)),
+                validation_items=message.validation_items,
+                judge_mode=message.judge_mode,
+            )
+        )
+        session.commit()
+    return Reply(Status.OK)
+
+
+def answer_compare(engine: Engine, record: Mapping[str, Any]) -> Reply:
+    """Tallies when every comparison is judged; otherwise queue the missing ones, `pending`."""
+    run_key = record.get("run_key")
+    with Session(engine) as session:
+        run = session.get(SiteRun, run_key) if isinstance(run_key, str) else None
+        if run is None:
+            decode_compare(record)  # a malformed message is refused as such first
+            raise ProtocolError(Code.UNKNOWN_RUN, "no space received for this run")
+        ids = run.ids()
+        message = decode_compare(record, n_configs=len(ids))
+        jobs = []
+        for comparison in message.comparisons:
+            stop = min(comparison.item_stop, run.validation_items)
+            key = dict(
+                run_key=run.run_key,
+                a_id=ids[comparison.a],
+                b_id=ids[comparison.b],
+                item_start=comparison.item_start,
+                item_stop=max(stop, comparison.item_start),
+            )
+            job = session.exec(select(ComparisonJob).filter_by(**key)).first()
+            if job is None:
+                job = ComparisonJob(**key)
+                session.add(job)
+            jobs.append(job)
+        session.commit()
+        if run.stage == "failed":
+            return Reply(Status.FAILED, Code(run.error_code or Code.INTERNAL_ERROR))
+        failed = [job for job in jobs if job.status == "failed"]
+        if failed:
+            return Reply(Status.FAILED, Code(failed[0].error_code or Code.JUDGING_FAILED))
+        done = sum(job.status == "done" for job in jobs)
+        if done == len(jobs):
+            return Reply(Status.OK, tallies=tuple(job.tally() for job in jobs))
+        preparation = run.progress if run.stage != "ready" else 1000
+        return Reply(Status.PENDING, progress=(preparation + 1000 * done // len(jobs)) // 2)
+
+
+def handle_message(engine: Engine, message_type: str, record: Mapping[str, Any]) -> dict:
+    """Answer one coordinator message; never raises, never lets text out."""
+    try:
+        if message_type == SPACE_MESSAGE:
+            reply = accept_space(engine, record)
+        elif message_type == COMPARE_MESSAGE:
+            reply = answer_compare(engine, record)
+        else:
+            raise ProtocolError(Code.UNKNOWN_MESSAGE, f"message type {message_type!r}")
+    except ProtocolError as exc:
+        log.warning("refused %s: %s", message_type, exc)
+        reply = Reply(Status.REFUSED, exc.code)
+    except Exception:
+        log.exception("failed to answer %s", message_type)
+        reply = Reply(Status.FAILED, Code.INTERNAL_ERROR)
+    payload = encode_reply(reply)
+    run_key = record.get("run_key") if isinstance(record.get("run_key"), str) else ""
+    record_egress(engine, str(run_key)[:64], message_type, payload)
+    return payload

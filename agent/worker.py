@@ -1,0 +1,273 @@
+"""The site's job worker: trains candidates, generates their responses and judges comparisons.
+
+It runs apart from the Flower SuperNode so that hours of training never hold up a message. All
+its work is resumable: the trainer resumes from the last finished epoch, generation and the
+judge keep caches, and per-item judgments are stored under a unique key, so a kill -9 at any
+point loses nothing and counts nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from agent.config import SiteConfig, resolve_data_path
+from agent.db import ComparisonJob, ItemJudgment, SiteRun, open_database
+from coordinator.protocol import Code
+
+if TYPE_CHECKING:
+    from judge.engine import Pair, PairJudgment
+
+log = logging.getLogger(__name__)
+TALLY_OF_VERDICT = {"1": "win", "Tie": "tie", "2": "loss", "invalid": "invalid"}
+
+
+class ComparisonJudge(Protocol):
+    """Judges the responses of config a against config b, item by item."""
+
+    def judge_comparison(
+        self, a_id: str, b_id: str, pairs: Sequence[Pair]
+    ) -> Iterator[PairJudgment]: ...
+
+
+JudgeFactory = Callable[[SiteConfig, str], ComparisonJudge]
+"""Builds the judge for a judge mode; integration tests substitute a double here."""
+
+
+class LocalJudge:
+    """The site's PandaLM judge; it sees only the texts, never which config wrote them."""
+
+    def __init__(self, config: SiteConfig, mode: str) -> None:
+        from judge.backends import load_backend
+        from judge.backends.base import GenerationSettings
+        from judge.cache import JudgmentCache
+        from judge.engine import PairJudge
+
+        self.pair_judge = PairJudge(
+            load_backend(config.judge.spec),
+            mode=mode,  # type: ignore[arg-type]
+            settings=GenerationSettings(max_new_tokens=config.judge.max_new_tokens),
+            cache=JudgmentCache(config.judge_cache),
+        )
+
+    def judge_comparison(
+        self, a_id: str, b_id: str, pairs: Sequence[Pair]
+    ) -> Iterator[PairJudgment]:
+        return self.pair_judge.judge_iter(pairs)
+
+
+def training_records(config: SiteConfig) -> list:
+    from trainer.builtin_data import make_shard
+    from trainer.data import load_instruction_data
+
+    if config.data.train == "builtin":
+        return make_shard(config.data.builtin_seed, config.data.train_examples)
+    return load_instruction_data(resolve_data_path(config, config.data.train))
+
+
+def validation_items(config: SiteConfig) -> list:
+    from trainer.builtin_data import make_validation_set
+    from trainer.data import load_validation_set
+
+    if config.data.validation == "builtin":
+        return make_validation_set(config.data.validation_items, seed=config.data.builtin_seed)
+    return load_validation_set(resolve_data_path(config, config.data.validation))
+
+
+class SiteWorker:
+    """Works through the agent database's runs and comparison jobs, one at a time."""
+
+    def __init__(self, config: SiteConfig, judge_factory: JudgeFactory = LocalJudge) -> None:
+        self.config = config
+        self.engine: Engine = open_database(config.database_url)
+        self.judge_factory = judge_factory
+        self._judges: dict[str, ComparisonJudge] = {}
+
+    def run_forever(self, poll_seconds: float = 1.0, should_stop: Callable[[], bool] = bool):
+        while not should_stop():
+            if not self.step():
+                time.sleep(poll_seconds)
+
+    def step(self) -> bool:
+        """Do the next piece of work; False when there is none."""
+        with Session(self.engine) as session:
+            run = session.exec(
+                select(SiteRun).where(SiteRun.stage.in_(("training", "generating")))
+            ).first()
+            job = None
+            if run is None:
+                job = session.exec(
+                    select(ComparisonJob)
+                    .join(SiteRun, SiteRun.run_key == ComparisonJob.run_key)
+                    .where(ComparisonJob.status == "pending", SiteRun.stage == "ready")
+                    .order_by(ComparisonJob.id)
+                ).first()
+        if run is not None:
+            self._prepare(run.run_key)
+            return True
+        if job is not None:
+            self._judge(job.id)
+            return True
+        return False
+
+    def _set_run(self, run_key: str, **values) -> None:
+        with Session(self.engine) as session:
+            run = session.get(SiteRun, run_key)
+            for name, value in values.items():
+                setattr(run, name, value)
+            session.commit()
+
+    def _prepare(self, run_key: str) -> None:
+        """Train every config of the run's space, then generate their validation responses."""
+        import torch
+
+        from trainer.candidates import CandidateTrainingArguments, resolve_base_model
+        from trainer.candidates import train_candidates as train
+        from trainer.generate import generate_responses
+        from trainer.space import CandidateConfig
+
+        torch.set_num_threads(self.config.model.torch_threads)
+        with Session(self.engine) as session:
+            run = session.get(SiteRun, run_key)
+            configs = [
+                CandidateConfig(i, p) for i, p in zip(run.ids(), run.param_list(), strict=True)
+            ]
+        try:
+            model = self.config.model
+            args = CandidateTrainingArguments(
+                output_dir=self.config.candidates_dir,
+                base_model=resolve_base_model(model.base),
+                max_length=model.max_length,
+                per_device_train_batch_size=model.batch_size,
+                max_steps_per_epoch=model.max_steps_per_epoch or None,
+            )
+
+            def on_run(_run, position: int, total: int) -> None:
+                self._set_run(run_key, progress=int(800 * (position - 1) / total))
+
+            report = train(configs, training_records(self.config), args, on_run=on_run)
+            self._set_run(run_key, stage="generating", progress=800)
+            items = validation_items(self.config)
+            generate_responses(
+                report.checkpoints,
+                items,
+                self.config.responses_file,
+                max_new_tokens=model.max_new_tokens,
+                batch_size=model.batch_size,
+            )
+        except Exception:
+            log.exception("preparing run %s failed", run_key)
+            self._set_run(run_key, stage="failed", error_code=int(Code.TRAINING_FAILED))
+            return
+        self._set_run(run_key, stage="ready", progress=1000)
+
+    def _responses(self) -> dict[tuple[str, str], str]:
+        from trainer.generate import read_responses
+
+        return {
+            (r["config_id"], r["item_id"]): r["response"]
+            for r in read_responses(self.config.responses_file)
+            if r["max_new_tokens"] == self.config.model.max_new_tokens
+        }
+
+    def _judge(self, job_id: int) -> None:
+        """Judge the job's item slice in both orders, storing every item's judgment."""
+        from judge.engine import Pair
+
+        with Session(self.engine) as session:
+            job = session.get(ComparisonJob, job_id)
+            run = session.get(SiteRun, job.run_key)
+            mode, key = run.judge_mode, (job.run_key, job.a_id, job.b_id)
+            start, stop = job.item_start, job.item_stop
+        items = validation_items(self.config)[: self._limit(run)][start:stop]
+        try:
+            responses = self._responses()
+            done = self._judged_items(*key)
+            todo = [item for item in items if item.id not in done]
+            pairs = [
+                Pair(
+                    item.instruction,
+                    item.input,
+                    responses[(key[1], item.id)],
+                    responses[(key[2], item.id)],
+                )
+                for item in todo
+            ]
+            judged = self._judge_for(mode).judge_comparison(key[1], key[2], pairs)
+            for item, judgment in zip(todo, judged, strict=True):
+                self._store_judgment(key, item.id, judgment)
+        except Exception:
+            log.exception("judging comparison job %s failed", job_id)
+            with Session(self.engine) as session:
+                job = session.get(ComparisonJob, job_id)
+                job.status, job.error_code = "failed", int(Code.JUDGING_FAILED)
+                session.commit()
+            return
+        self._finish(job_id, key, [item.id for item in items])
+
+    @staticmethod
+    def _limit(run: SiteRun) -> int:
+        return run.validation_items
+
+    def _judge_for(self, mode: str) -> ComparisonJudge:
+        if mode not in self._judges:
+            self._judges[mode] = self.judge_factory(self.config, mode)
+        return self._judges[mode]
+
+    def _judged_items(self, run_key: str, a_id: str, b_id: str) -> set[str]:
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(ItemJudgment.item_id).where(
+                    ItemJudgment.run_key == run_key,
+                    ItemJudgment.a_id == a_id,
+                    ItemJudgment.b_id == b_id,
+                )
+            )
+            return set(rows)
+
+    def _store_judgment(self, key: tuple[str, str, str], item_id: str, judgment) -> None:
+        detail = json.dumps(judgment.as_record())
+        with Session(self.engine) as session:
+            session.add(
+                ItemJudgment(
+                    run_key=key[0],
+                    a_id=key[1],
+                    b_id=key[2],
+                    item_id=item_id,
+                    verdict=judgment.verdict,
+                    detail=detail,
+                )
+            )
+            session.commit()
+
+    def _finish(self, job_id: int, key: tuple[str, str, str], item_ids: Sequence[str]) -> None:
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(ItemJudgment).where(
+                    ItemJudgment.run_key == key[0],
+                    ItemJudgment.a_id == key[1],
+                    ItemJudgment.b_id == key[2],
+                    ItemJudgment.item_id.in_(list(item_ids)),
+                )
+            ).all()
+            job = session.get(ComparisonJob, job_id)
+            counts = {name: 0 for name in TALLY_OF_VERDICT.values()}
+            for row in rows:
+                counts[TALLY_OF_VERDICT[row.verdict]] += 1
+            for name, value in counts.items():
+                setattr(job, name, value)
+            job.items, job.status = len(rows), "done"
+            session.commit()
+
+
+def run_worker(config_path: Path) -> None:
+    from agent.config import load_site_config
+
+    SiteWorker(load_site_config(config_path)).run_forever()

@@ -1,0 +1,113 @@
+"""`pandalm-coordinator console`: a live view of a run, read from the coordinator database.
+
+It needs nothing from the sites: sites and their progress, the current round and comparisons,
+running tallies, the leaderboard and the best config so far.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from coordinator.db import ComparisonResult, FederatedRun, RoundLog, RunSite
+from coordinator.selection import Tally, comparison_winner
+
+
+def latest_run(engine: Engine) -> str | None:
+    with Session(engine) as session:
+        run = session.exec(select(FederatedRun).order_by(FederatedRun.started.desc())).first()
+        return run.name if run else None
+
+
+def _label(index: int, ids: list[str], params: list[dict]) -> str:
+    p = params[index]
+    return (
+        f"#{index} {ids[index][:8]} {p['optimizer']} lr={p['learning_rate']:g} "
+        f"{p['scheduler']} ep={p['epochs']}"
+    )
+
+
+def render(engine: Engine, run_name: str):
+    """One frame of the console."""
+    with Session(engine) as session:
+        run = session.get(FederatedRun, run_name)
+        if run is None:
+            return Panel(f"no run named {run_name!r} yet")
+        sites = list(session.exec(select(RunSite).where(RunSite.run_name == run_name)))
+        results = list(
+            session.exec(
+                select(ComparisonResult)
+                .where(ComparisonResult.run_name == run_name)
+                .order_by(ComparisonResult.id)
+            )
+        )
+        last_round = session.exec(
+            select(RoundLog).where(RoundLog.run_name == run_name).order_by(RoundLog.id.desc())
+        ).first()
+    ids, params = run.ids(), run.param_list()
+    end = run.finished or datetime.now(UTC)
+    started = run.started if run.started.tzinfo else run.started.replace(tzinfo=UTC)
+    end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    header = (
+        f"run [bold]{run.name}[/bold]  mode {run.mode}  status {run.status}  "
+        f"configs {len(ids)}  elapsed {(end - started).total_seconds():.0f}s"
+    )
+    if last_round is not None:
+        header += (
+            f"\nround {last_round.number}: {last_round.message_type}, "
+            f"{last_round.comparisons} comparisons, {last_round.answered} answers "
+            f"({last_round.pending} pending) in {last_round.seconds:.1f}s"
+        )
+    site_table = Table(title="sites")
+    for column in ("node", "status", "progress", "last seen"):
+        site_table.add_column(column)
+    for site in sites:
+        seen = site.last_seen.isoformat(timespec="seconds") if site.last_seen else "-"
+        status = site.status if not site.reason else f"{site.status}: {site.reason}"
+        site_table.add_row(str(site.node_id), status, f"{site.progress / 10:.0f}%", seen)
+
+    totals: dict[tuple[int, int], Tally] = {}
+    for r in results:
+        key = (r.a, r.b)
+        totals[key] = totals.get(key, Tally(0, 0, 0, 0, 0)) + Tally(
+            r.win, r.tie, r.loss, r.invalid, r.items
+        )
+    recent = Table(title="comparisons (summed over sites)")
+    for column in ("a", "b", "win", "tie", "loss", "invalid", "items", "winner"):
+        recent.add_column(column)
+    for (a, b), t in list(totals.items())[-12:]:
+        winner = comparison_winner(a, b, t)
+        recent.add_row(
+            str(a),
+            str(b),
+            str(t.win),
+            str(t.tie),
+            str(t.loss),
+            str(t.invalid),
+            str(t.items),
+            f"#{winner}",
+        )
+    score = {i: 0 for i in range(len(ids))}
+    for (a, b), t in totals.items():
+        winner = comparison_winner(a, b, t)
+        score[winner] += 1
+        score[b if winner == a else a] -= 1
+    board = Table(title="leaderboard (comparisons won - lost)")
+    board.add_column("config")
+    board.add_column("net wins", justify="right")
+    for index, value in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:8]:
+        if any(index in key for key in totals):
+            board.add_row(_label(index, ids, params), str(value))
+    best = run.best_index
+    footer = (
+        f"best config: {_label(best, ids, params)}  {json.dumps(params[best])}"
+        if best is not None
+        else "best config: not decided yet"
+    )
+    return Panel(Group(header, site_table, recent, board, footer), title="pandalm-fed")

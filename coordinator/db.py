@@ -1,0 +1,111 @@
+"""The coordinator's state (sqlmodel): runs, their sites, comparisons with summed tallies and
+rounds. It holds no text, model or data of any site, and only summed tallies (never one site's).
+Flower's SuperLink keeps its own database beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, UniqueConstraint
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class FederatedRun(SQLModel, table=True):
+    __tablename__ = "federated_run"
+    name: str = Field(primary_key=True)
+    mode: str
+    config_ids: str  # JSON list
+    params: str  # JSON list of parameter dicts
+    settings: str  # JSON of the run's settings
+    status: str = "running"  # running | done | failed
+    best_index: int | None = None
+    started: datetime = Field(default_factory=_now)
+    finished: datetime | None = None
+
+    def ids(self) -> list[str]:
+        return json.loads(self.config_ids)
+
+    def param_list(self) -> list[dict[str, Any]]:
+        return json.loads(self.params)
+
+
+class RunSite(SQLModel, table=True):
+    """A site (Flower node) of a run: active, or left out with the code that says why."""
+
+    __tablename__ = "run_site"
+    __table_args__ = (UniqueConstraint("run_name", "node_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_name: str = Field(index=True)
+    node_id: int
+    status: str = "active"  # active | left_out
+    reason: str = ""
+    progress: int = 0
+    last_seen: datetime | None = None
+
+
+class ComparisonResult(SQLModel, table=True):
+    """A comparison on an item slice with its tally summed over the contributing sites."""
+
+    __tablename__ = "comparison_result"
+    __table_args__ = (UniqueConstraint("run_name", "a", "b", "item_start", "item_stop"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_name: str = Field(index=True)
+    a: int
+    b: int
+    item_start: int
+    item_stop: int
+    win: int
+    tie: int
+    loss: int
+    invalid: int
+    items: int
+    sites: int
+    round: int
+    recorded: datetime = Field(default_factory=_now)
+
+
+class RoundLog(SQLModel, table=True):
+    """One exchange with the sites: what was asked and how long it took."""
+
+    __tablename__ = "round_log"
+    id: int | None = Field(default=None, primary_key=True)
+    run_name: str = Field(index=True)
+    number: int
+    message_type: str
+    comparisons: int
+    answered: int
+    pending: int
+    seconds: float
+    bytes_in: int
+    started: datetime = Field(default_factory=_now)
+
+
+TABLES = (FederatedRun, RunSite, ComparisonResult, RoundLog)
+
+
+def open_database(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    SQLModel.metadata.create_all(engine, tables=[t.__table__ for t in TABLES])
+    return engine
+
+
+def comparisons(engine: Engine, run_name: str) -> list[ComparisonResult]:
+    with Session(engine) as session:
+        query = select(ComparisonResult).where(ComparisonResult.run_name == run_name)
+        return list(session.exec(query.order_by(ComparisonResult.id)))
+
+
+def sites(engine: Engine, run_name: str) -> list[RunSite]:
+    with Session(engine) as session:
+        query = select(RunSite).where(RunSite.run_name == run_name).order_by(RunSite.node_id)
+        return list(session.exec(query))

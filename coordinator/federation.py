@@ -1,0 +1,372 @@
+"""The coordinator's run loop: send the space, ask for comparisons, sum the sites' tallies, feed
+the selection procedure, until it names the best config.
+
+The loop talks to sites through a small `Transport` (Flower's Grid in `server_app.py`), and keeps
+everything in its database so a restarted coordinator replays what was recorded and goes on.
+Sites answer `pending` while they train, generate or judge; they are asked again after
+`retry_seconds`. A site that refuses, fails, or does not answer for `patience` rounds in a row is
+left out of the rest of the run and named in the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from coordinator.db import ComparisonResult, FederatedRun, RoundLog, RunSite
+from coordinator.protocol import (
+    COMPARE_MESSAGE,
+    MAX_COMPARISONS,
+    MAX_ITEMS,
+    SPACE_MESSAGE,
+    CompareMessage,
+    Comparison,
+    ProtocolError,
+    SpaceMessage,
+    Status,
+    decode_reply,
+    encode_compare,
+    encode_space,
+)
+from coordinator.selection import ComparisonRequest, Tally, make_procedure
+
+log = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    """Sends one message to each of some sites and collects the replies that come in time."""
+
+    def node_ids(self) -> list[int]: ...
+
+    def exchange(
+        self, message_type: str, records: Mapping[int, dict], timeout: float
+    ) -> dict[int, dict | None]:
+        """Replies by node id; None where a site sent none or an error in time."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the operator sets in federation.toml for one run."""
+
+    name: str
+    mode: str = "paper"
+    min_sites: int = 1
+    wait_for_sites: float = 300.0
+    round_timeout: float = 60.0
+    retry_seconds: float = 2.0
+    patience: int = 3
+    validation_items: int = 16
+    judge_mode: str = "score"
+    blocks: int = 4
+    chunk_items: int = 8
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    best_index: int | None
+    ranking: list[int]
+    sites: list[int]
+    left_out: dict[int, str]
+    judgments: int
+    wall_seconds: float
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class FederatedSelection:
+    """One run of the selection over the sites a transport reaches."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        transport: Transport,
+        settings: RunSettings,
+        config_ids: list[str],
+        params: list[dict[str, Any]],
+        on_round: Callable[[], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.transport = transport
+        self.settings = settings
+        self.config_ids = config_ids
+        self.params = params
+        self.on_round = on_round or (lambda: None)
+        self.procedure = make_procedure(
+            settings.mode, len(config_ids), **self._procedure_settings()
+        )
+        self.round = 0
+        self._silent_rounds: dict[int, int] = {}
+        self._outstanding: list[ComparisonRequest] = []  # handed out, not recorded yet
+
+    def _procedure_settings(self) -> dict[str, Any]:
+        if self.settings.mode == "paper":
+            return {"blocks": self.settings.blocks}
+        if self.settings.mode == "adaptive":
+            return {"blocks": self.settings.blocks, "chunk_items": self.settings.chunk_items}
+        return {}
+
+    # -- state -------------------------------------------------------------------------------
+    def _load_or_create_run(self) -> None:
+        with Session(self.engine) as session:
+            run = session.get(FederatedRun, self.settings.name)
+            if run is None:
+                session.add(
+                    FederatedRun(
+                        name=self.settings.name,
+                        mode=self.settings.mode,
+                        config_ids=json.dumps(self.config_ids),
+                        params=json.dumps(self.params),
+                        settings=json.dumps(asdict(self.settings)),
+                    )
+                )
+                session.commit()
+                return
+            if run.ids() != self.config_ids or run.mode != self.settings.mode:
+                raise ValueError(
+                    f"run {self.settings.name!r} exists with another space or mode: "
+                    "choose another run name"
+                )
+        for result in self._recorded():
+            request = ComparisonRequest(result.a, result.b, result.item_start, self._stop(result))
+            self._replay(
+                request, Tally(result.win, result.tie, result.loss, result.invalid, result.items)
+            )
+            self.round = max(self.round, result.round)
+
+    def _replay(self, request: ComparisonRequest, tally: Tally) -> None:
+        if request not in self._outstanding:
+            self._outstanding.extend(self.procedure.pending())
+        if request not in self._outstanding:
+            raise ValueError(f"stored comparison {request} does not follow the procedure")
+        self._outstanding.remove(request)
+        self.procedure.record(request, tally)
+
+    @staticmethod
+    def _stop(result: ComparisonResult) -> int | None:
+        return None if result.item_stop >= MAX_ITEMS else result.item_stop
+
+    def _recorded(self) -> list[ComparisonResult]:
+        with Session(self.engine) as session:
+            query = select(ComparisonResult).where(ComparisonResult.run_name == self.settings.name)
+            return list(session.exec(query.order_by(ComparisonResult.id)))
+
+    def _active_sites(self) -> list[int]:
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(RunSite).where(
+                    RunSite.run_name == self.settings.name, RunSite.status == "active"
+                )
+            )
+            return [row.node_id for row in rows]
+
+    def _leave_out(self, node_id: int, reason: str) -> None:
+        log.warning("site %s left out: %s", node_id, reason)
+        with Session(self.engine) as session:
+            site = session.exec(
+                select(RunSite).where(
+                    RunSite.run_name == self.settings.name, RunSite.node_id == node_id
+                )
+            ).one()
+            site.status, site.reason = "left_out", reason
+            session.commit()
+
+    def _seen(self, node_id: int, progress: int) -> None:
+        self._silent_rounds[node_id] = 0
+        with Session(self.engine) as session:
+            site = session.exec(
+                select(RunSite).where(
+                    RunSite.run_name == self.settings.name, RunSite.node_id == node_id
+                )
+            ).one()
+            site.progress, site.last_seen = progress, _now()
+            session.commit()
+
+    def _silent(self, node_id: int) -> None:
+        self._silent_rounds[node_id] = self._silent_rounds.get(node_id, 0) + 1
+        if self._silent_rounds[node_id] >= self.settings.patience:
+            self._leave_out(node_id, f"no answer in {self.settings.patience} rounds")
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self) -> RunOutcome:
+        started = time.monotonic()
+        self._load_or_create_run()
+        self._join_sites()
+        while not self.procedure.done:
+            self._outstanding.extend(self.procedure.pending())
+            requests, self._outstanding = (
+                self._outstanding[:MAX_COMPARISONS],
+                self._outstanding[MAX_COMPARISONS:],
+            )
+            if not requests:
+                raise RuntimeError("the selection procedure is stuck: nothing to ask")
+            self._compare(requests)
+        return self._finish(time.monotonic() - started)
+
+    def _join_sites(self) -> None:
+        """Wait for enough sites, then send the space to every new one."""
+        deadline = time.monotonic() + self.settings.wait_for_sites
+        while len(self.transport.node_ids()) < self.settings.min_sites:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"only {len(self.transport.node_ids())} of {self.settings.min_sites} "
+                    "sites connected"
+                )
+            time.sleep(1.0)
+        known = set(self._active_sites()) | {
+            s.node_id for s in self._all_sites() if s.status == "left_out"
+        }
+        new = [n for n in self.transport.node_ids() if n not in known]
+        with Session(self.engine) as session:
+            for node_id in new:
+                session.add(RunSite(run_name=self.settings.name, node_id=node_id))
+            session.commit()
+        space = encode_space(
+            SpaceMessage(
+                run_key=self.settings.name,
+                config_ids=tuple(self.config_ids),
+                params=tuple(self.params),
+                validation_items=self.settings.validation_items,
+                judge_mode=self.settings.judge_mode,
+            )
+        )
+        todo = set(self._active_sites())
+        for _ in range(self.settings.patience):
+            if not todo:
+                break
+            replies = self._exchange(SPACE_MESSAGE, {n: space for n in todo}, 0)
+            for node_id, record in replies.items():
+                reply = self._decode(node_id, record, None)
+                if reply is None:
+                    continue
+                if reply.status == Status.OK:
+                    todo.discard(node_id)
+                else:
+                    self._leave_out(node_id, f"space {reply.status.name} code {reply.code.name}")
+                    todo.discard(node_id)
+        for node_id in todo:
+            self._leave_out(node_id, "did not accept the space")
+        if len(self._active_sites()) < self.settings.min_sites:
+            raise RuntimeError(f"fewer than {self.settings.min_sites} sites accepted the space")
+
+    def _all_sites(self) -> list[RunSite]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(RunSite).where(RunSite.run_name == self.settings.name)))
+
+    def _exchange(
+        self, message_type: str, records: dict[int, dict], comparisons: int
+    ) -> dict[int, dict | None]:
+        self.round += 1
+        started = time.monotonic()
+        replies = self.transport.exchange(message_type, records, self.settings.round_timeout)
+        answered = {n: r for n, r in replies.items() if r is not None}
+        with Session(self.engine) as session:
+            session.add(
+                RoundLog(
+                    run_name=self.settings.name,
+                    number=self.round,
+                    message_type=message_type,
+                    comparisons=comparisons,
+                    answered=len(answered),
+                    pending=sum(r.get("status") == int(Status.PENDING) for r in answered.values()),
+                    seconds=time.monotonic() - started,
+                    bytes_in=sum(len(json.dumps(r)) for r in answered.values()),
+                )
+            )
+            session.commit()
+        for node_id in records:
+            if replies.get(node_id) is None:
+                self._silent(node_id)
+        self.on_round()
+        return replies
+
+    def _decode(self, node_id: int, record: dict | None, request: CompareMessage | None):
+        if record is None:
+            return None
+        try:
+            reply = decode_reply(record, request, self.settings.validation_items)
+        except ProtocolError as exc:
+            self._leave_out(node_id, f"rejected report: {exc.code.name}")
+            return None
+        self._seen(node_id, reply.progress if reply.status == Status.PENDING else 1000)
+        return reply
+
+    def _compare(self, requests: list[ComparisonRequest]) -> None:
+        """Ask every active site for these comparisons until each has answered or is left out."""
+        message = CompareMessage(
+            self.settings.name,
+            tuple(
+                Comparison(
+                    r.a, r.b, r.item_start, MAX_ITEMS if r.item_stop is None else r.item_stop
+                )
+                for r in requests
+            ),
+        )
+        record = encode_compare(message)
+        answers: dict[int, tuple] = {}
+        while True:
+            waiting = [n for n in self._active_sites() if n not in answers]
+            if not waiting:
+                break
+            replies = self._exchange(COMPARE_MESSAGE, {n: record for n in waiting}, len(requests))
+            for node_id in waiting:
+                reply = self._decode(node_id, replies.get(node_id), message)
+                if reply is None:
+                    continue
+                if reply.status == Status.OK:
+                    answers[node_id] = reply.tallies
+                elif reply.status != Status.PENDING:
+                    self._leave_out(node_id, f"compare {reply.status.name} code {reply.code.name}")
+            if any(n not in answers for n in self._active_sites()):
+                time.sleep(self.settings.retry_seconds)
+        contributors = [n for n in self._active_sites() if n in answers]
+        if not contributors:
+            raise RuntimeError("every site has left the run")
+        for index, (request, comparison) in enumerate(
+            zip(requests, message.comparisons, strict=True)
+        ):
+            total = Tally(0, 0, 0, 0, 0)
+            for node_id in contributors:
+                total = total + Tally(*answers[node_id][index])
+            self.procedure.record(request, total)
+            with Session(self.engine) as session:
+                session.add(
+                    ComparisonResult(
+                        run_name=self.settings.name,
+                        a=request.a,
+                        b=request.b,
+                        item_start=comparison.item_start,
+                        item_stop=comparison.item_stop,
+                        **asdict(total),
+                        sites=len(contributors),
+                        round=self.round,
+                    )
+                )
+                session.commit()
+
+    def _finish(self, wall_seconds: float) -> RunOutcome:
+        best = self.procedure.best()
+        with Session(self.engine) as session:
+            run = session.get(FederatedRun, self.settings.name)
+            run.status, run.best_index, run.finished = "done", best, _now()
+            session.commit()
+        all_sites = self._all_sites()
+        judgments = sum(2 * r.items for r in self._recorded())
+        return RunOutcome(
+            best_index=best,
+            ranking=self.procedure.ranking(),
+            sites=[s.node_id for s in all_sites if s.status == "active"],
+            left_out={s.node_id: s.reason for s in all_sites if s.status == "left_out"},
+            judgments=judgments,
+            wall_seconds=wall_seconds,
+        )

@@ -1,0 +1,286 @@
+"""The wire protocol between coordinator and sites: message types, fields, bounds, validation.
+
+Both sides import this module (standard library only). Every message is a flat mapping of
+typed values that travels as one Flower ConfigRecord. Decoders are strict: an unknown field, a
+wrong type or an out-of-range value raises `ProtocolError` with a numeric code, which a site
+answers as a refusal. No free text crosses the wire: the coordinator sends config ids, enumerated
+parameter values and integers; a site answers with integers only.
+
+Coordinator -> site
+- `space` (Flower message type `query.space`): the run key, the configs of the search space
+  (ids and parameters as typed columns), how many validation items to use and the judge mode.
+- `compare` (`query.compare`): comparisons as parallel lists of config indices and item slices.
+
+Site -> coordinator
+- a reply with `status` (ok, pending, refused, failed), a numeric `code`, `progress` in permille
+  and, for an answered `compare`, `tallies`: five integers per comparison (win, tie, loss,
+  invalid, items) from config a's point of view.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+PROTOCOL_VERSION = 1
+SPACE_MESSAGE = "query.space"
+COMPARE_MESSAGE = "query.compare"
+RECORD_KEY = "pandalm"
+
+MAX_CONFIGS = 512
+MAX_COMPARISONS = 256
+MAX_ITEMS = 100_000
+TALLY_FIELDS = ("win", "tie", "loss", "invalid", "items")
+JUDGE_MODES = ("generate", "score")
+
+_RUN_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_CONFIG_ID = re.compile(r"[0-9a-f]{12}")
+
+# Parameter columns of the space message; a neutral value stands for "not set".
+PARAM_COLUMNS: dict[str, type] = {
+    "optimizer": str,
+    "learning_rate": float,
+    "scheduler": str,
+    "epochs": int,
+    "finetune": str,
+    "lora_rank": int,
+    "data_fraction": float,
+}
+NEUTRAL_PARAMS: dict[str, Any] = {"finetune": "full", "lora_rank": 0, "data_fraction": 1.0}
+_ENUMS = {
+    "optimizer": ("sgd", "adamw"),
+    "scheduler": ("cosine", "linear"),
+    "finetune": ("full", "lora", "qlora"),
+}
+
+
+class Status(IntEnum):
+    OK = 0
+    PENDING = 1
+    REFUSED = 2
+    FAILED = 3
+
+
+class Code(IntEnum):
+    """Why a message was refused or failed; `NONE` for ok and pending replies."""
+
+    NONE = 0
+    UNKNOWN_MESSAGE = 10
+    UNKNOWN_FIELD = 11
+    MISSING_FIELD = 12
+    WRONG_TYPE = 13
+    OUT_OF_RANGE = 14
+    TOO_LARGE = 15
+    UNSUPPORTED_VERSION = 16
+    UNKNOWN_RUN = 17
+    SPACE_CHANGED = 18
+    CONFIG_ID_MISMATCH = 19
+    UNTRUSTED_APP = 20
+    TRAINING_FAILED = 30
+    GENERATION_FAILED = 31
+    JUDGING_FAILED = 32
+    INTERNAL_ERROR = 39
+    IMPOSSIBLE_TALLY = 40
+
+
+class ProtocolError(ValueError):
+    """A message that breaks the protocol; `code` is what travels back, never the text."""
+
+    def __init__(self, code: Code, detail: str) -> None:
+        super().__init__(f"{code.name}: {detail}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class SpaceMessage:
+    run_key: str
+    config_ids: tuple[str, ...]
+    params: tuple[dict[str, Any], ...]
+    validation_items: int
+    judge_mode: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Config indices a and b, judged on each site's validation items [item_start, item_stop)."""
+
+    a: int
+    b: int
+    item_start: int = 0
+    item_stop: int = MAX_ITEMS
+
+
+@dataclass(frozen=True)
+class CompareMessage:
+    run_key: str
+    comparisons: tuple[Comparison, ...]
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: Status
+    code: Code = Code.NONE
+    progress: int = 0
+    tallies: tuple[tuple[int, int, int, int, int], ...] = ()
+
+
+def _check_fields(message: Mapping[str, Any], required: dict[str, type]) -> None:
+    unknown = set(message) - set(required)
+    if unknown:
+        raise ProtocolError(Code.UNKNOWN_FIELD, f"unknown field(s) {sorted(unknown)}")
+    for name, kind in required.items():
+        if name not in message:
+            raise ProtocolError(Code.MISSING_FIELD, f"field {name!r} is missing")
+        _check_type(name, message[name], kind)
+
+
+def _check_type(name: str, value: Any, kind: Any) -> None:
+    if isinstance(kind, list):
+        if not isinstance(value, list):
+            raise ProtocolError(Code.WRONG_TYPE, f"field {name!r} must be a list")
+        for item in value:
+            _check_type(name, item, kind[0])
+        return
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise ProtocolError(Code.WRONG_TYPE, f"field {name!r} must be {kind.__name__}")
+
+
+def _check_version(message: Mapping[str, Any]) -> None:
+    if message.get("version") != PROTOCOL_VERSION:
+        raise ProtocolError(Code.UNSUPPORTED_VERSION, f"version {message.get('version')!r}")
+
+
+def _check_run_key(run_key: str) -> None:
+    if not _RUN_KEY.fullmatch(run_key):
+        raise ProtocolError(Code.OUT_OF_RANGE, "run_key must be 1-64 of [a-z0-9-]")
+
+
+def encode_space(message: SpaceMessage) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "version": PROTOCOL_VERSION,
+        "run_key": message.run_key,
+        "config_ids": list(message.config_ids),
+        "validation_items": message.validation_items,
+        "judge_mode": JUDGE_MODES.index(message.judge_mode),
+    }
+    for name, kind in PARAM_COLUMNS.items():
+        record[f"param.{name}"] = [
+            kind(p.get(name, NEUTRAL_PARAMS.get(name))) for p in message.params
+        ]
+    return record
+
+
+def decode_space(record: Mapping[str, Any]) -> SpaceMessage:
+    _check_version(record)
+    fields: dict[str, Any] = {
+        "version": int,
+        "run_key": str,
+        "config_ids": [str],
+        "validation_items": int,
+        "judge_mode": int,
+    }
+    fields.update({f"param.{name}": [kind] for name, kind in PARAM_COLUMNS.items()})
+    _check_fields(record, fields)
+    _check_run_key(record["run_key"])
+    ids = record["config_ids"]
+    if not 1 <= len(ids) <= MAX_CONFIGS:
+        raise ProtocolError(Code.TOO_LARGE, f"1 to {MAX_CONFIGS} configs, got {len(ids)}")
+    if any(not _CONFIG_ID.fullmatch(i) for i in ids) or len(set(ids)) != len(ids):
+        raise ProtocolError(Code.OUT_OF_RANGE, "config ids must be distinct 12-digit hex")
+    if not 1 <= record["validation_items"] <= MAX_ITEMS:
+        raise ProtocolError(Code.OUT_OF_RANGE, "validation_items out of range")
+    if not 0 <= record["judge_mode"] < len(JUDGE_MODES):
+        raise ProtocolError(Code.OUT_OF_RANGE, "judge_mode out of range")
+    params: list[dict[str, Any]] = [{} for _ in ids]
+    for name, kind in PARAM_COLUMNS.items():
+        column = record[f"param.{name}"]
+        if len(column) != len(ids):
+            raise ProtocolError(Code.OUT_OF_RANGE, f"param.{name} has {len(column)} values")
+        for row, value in zip(params, column, strict=True):
+            if name in _ENUMS and value not in _ENUMS[name]:
+                raise ProtocolError(Code.OUT_OF_RANGE, f"param.{name} value not allowed")
+            if kind is not str and not 0 <= value <= 1_000_000:
+                raise ProtocolError(Code.OUT_OF_RANGE, f"param.{name} value out of range")
+            if value != NEUTRAL_PARAMS.get(name):
+                row[name] = kind(value)
+    return SpaceMessage(
+        run_key=record["run_key"],
+        config_ids=tuple(ids),
+        params=tuple(params),
+        validation_items=record["validation_items"],
+        judge_mode=JUDGE_MODES[record["judge_mode"]],
+    )
+
+
+def encode_compare(message: CompareMessage) -> dict[str, Any]:
+    return {
+        "version": PROTOCOL_VERSION,
+        "run_key": message.run_key,
+        "a": [c.a for c in message.comparisons],
+        "b": [c.b for c in message.comparisons],
+        "item_start": [c.item_start for c in message.comparisons],
+        "item_stop": [c.item_stop for c in message.comparisons],
+    }
+
+
+def decode_compare(record: Mapping[str, Any], n_configs: int | None = None) -> CompareMessage:
+    """Decode a compare request; with `n_configs`, indices are checked against the space."""
+    _check_version(record)
+    columns = ("a", "b", "item_start", "item_stop")
+    _check_fields(record, {"version": int, "run_key": str, **{c: [int] for c in columns}})
+    _check_run_key(record["run_key"])
+    count = len(record["a"])
+    if any(len(record[c]) != count for c in columns):
+        raise ProtocolError(Code.OUT_OF_RANGE, "comparison columns differ in length")
+    if not 1 <= count <= MAX_COMPARISONS:
+        raise ProtocolError(Code.TOO_LARGE, f"1 to {MAX_COMPARISONS} comparisons, got {count}")
+    limit = n_configs if n_configs is not None else MAX_CONFIGS
+    comparisons = []
+    for a, b, start, stop in zip(*(record[c] for c in columns), strict=True):
+        if not (0 <= a < limit and 0 <= b < limit and a != b):
+            raise ProtocolError(Code.OUT_OF_RANGE, "config index out of range")
+        if not 0 <= start < stop <= MAX_ITEMS:
+            raise ProtocolError(Code.OUT_OF_RANGE, "item slice out of range")
+        comparisons.append(Comparison(a, b, start, stop))
+    return CompareMessage(record["run_key"], tuple(comparisons))
+
+
+def encode_reply(reply: Reply) -> dict[str, Any]:
+    return {
+        "status": int(reply.status),
+        "code": int(reply.code),
+        "progress": reply.progress,
+        "tallies": [value for tally in reply.tallies for value in tally],
+    }
+
+
+def decode_reply(
+    record: Mapping[str, Any], request: CompareMessage | None = None, item_limit: int = MAX_ITEMS
+) -> Reply:
+    """Decode a site's reply; for a compare request, reject impossible tallies."""
+    _check_fields(record, {"status": int, "code": int, "progress": int, "tallies": [int]})
+    try:
+        status, code = Status(record["status"]), Code(record["code"])
+    except ValueError as exc:
+        raise ProtocolError(Code.OUT_OF_RANGE, "unknown status or code") from exc
+    if not 0 <= record["progress"] <= 1000:
+        raise ProtocolError(Code.OUT_OF_RANGE, "progress must be 0-1000 permille")
+    flat = record["tallies"]
+    expected = len(request.comparisons) if request and status == Status.OK else 0
+    if len(flat) != expected * len(TALLY_FIELDS):
+        raise ProtocolError(Code.IMPOSSIBLE_TALLY, f"{len(flat)} tally values for {expected}")
+    tallies = tuple(
+        tuple(flat[i : i + len(TALLY_FIELDS)]) for i in range(0, len(flat), len(TALLY_FIELDS))
+    )
+    for tally, comparison in zip(tallies, request.comparisons if request else (), strict=False):
+        win, tie, loss, invalid, items = tally
+        span = min(comparison.item_stop, item_limit) - comparison.item_start
+        if min(tally) < 0 or win + tie + loss + invalid != items or items > max(span, 0):
+            raise ProtocolError(Code.IMPOSSIBLE_TALLY, "tally does not add up")
+    return Reply(status, code, record["progress"], tallies)  # type: ignore[arg-type]

@@ -1,0 +1,102 @@
+"""The coordinator's Flower ServerApp: runs the federated selection over the connected sites.
+
+Its settings come from the run config (`pandalm-coordinator start` fills them from
+federation.toml). It talks to sites through Flower's Grid and keeps its state in the
+coordinator database, so a restarted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from coordinator.db import open_database
+from coordinator.federation import FederatedSelection, RunSettings
+from coordinator.protocol import RECORD_KEY
+from trainer.space import load_space
+
+log = logging.getLogger(__name__)
+app = ServerApp()
+POLL_SECONDS = 0.2
+
+
+class GridTransport:
+    """Pushes one message per site and polls for the replies (faster than send_and_receive)."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+
+    def node_ids(self) -> list[int]:
+        return sorted(self.grid.get_node_ids())
+
+    def exchange(
+        self, message_type: str, records: Mapping[int, dict], timeout: float
+    ) -> dict[int, dict | None]:
+        messages = [
+            Message(
+                RecordDict({RECORD_KEY: ConfigRecord(record)}),
+                dst_node_id=node_id,
+                message_type=message_type,
+            )
+            for node_id, record in records.items()
+        ]
+        ids = list(self.grid.push_messages(messages))
+        node_of = dict(zip(ids, records, strict=True))
+        replies: dict[int, dict | None] = dict.fromkeys(records)
+        waiting = set(ids)
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(waiting):
+                message_id = reply.metadata.reply_to_message_id
+                waiting.discard(message_id)
+                if reply.has_error() or RECORD_KEY not in reply.content.config_records:
+                    log.warning("site %s answered with an error", node_of[message_id])
+                    continue
+                replies[node_of[message_id]] = dict(reply.content[RECORD_KEY])
+            if waiting:
+                time.sleep(POLL_SECONDS)
+        return replies
+
+
+def settings_from_run_config(config: Mapping[str, object]) -> tuple[RunSettings, str, str]:
+    """RunSettings, the database URL and the space file from the flat run config."""
+    values = {
+        name: type(field.default)(config[name]) if name != "name" else str(config[name])
+        for name, field in RunSettings.__dataclass_fields__.items()
+        if name in config
+    }
+    return RunSettings(**values), str(config["database"]), str(config.get("space", ""))
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings, database, space_file = settings_from_run_config(context.run_config)
+    space = load_space(Path(space_file) if space_file else None)
+    engine = open_database(database)
+    selection = FederatedSelection(
+        engine,
+        GridTransport(grid),
+        settings,
+        [c.id for c in space.configs],
+        [dict(c.params) for c in space.configs],
+    )
+    outcome = selection.run()
+    best = space.configs[outcome.best_index] if outcome.best_index is not None else None
+    print(
+        json.dumps(
+            {
+                "run": settings.name,
+                "best_config": best.to_json() if best else None,
+                "sites": outcome.sites,
+                "left_out": outcome.left_out,
+                "judgments": outcome.judgments,
+            }
+        ),
+        flush=True,
+    )

@@ -1,0 +1,122 @@
+"""A site without Flower: protocol answers from the database, the worker's real training,
+generation and judging (a planted-preference judge double), the egress ledger."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from agent.config import load_site_config
+from agent.db import ItemJudgment, ledger, open_database
+from agent.site import handle_message
+from agent.worker import SiteWorker
+from coordinator.protocol import (
+    COMPARE_MESSAGE,
+    SPACE_MESSAGE,
+    Code,
+    CompareMessage,
+    Comparison,
+    SpaceMessage,
+    Status,
+    encode_compare,
+    encode_space,
+)
+from tests.doubles import PlantedPreferenceJudge
+from trainer.space import CandidateConfig
+
+CONFIGS = [
+    CandidateConfig.from_params(
+        {"optimizer": optimizer, "learning_rate": lr, "scheduler": "linear", "epochs": epochs}
+    )
+    for optimizer, lr in (("adamw", 2e-4), ("sgd", 2e-6))
+    for epochs in (1, 2)
+]
+
+
+def write_site_config(folder: Path, base: Path, name: str = "site-a", seed: int = 0) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(
+        f'[site]\nname = "{name}"\ndata_dir = "{name}-data"\n'
+        f"[data]\nbuiltin_seed = {seed}\ntrain_examples = 16\nvalidation_items = 6\n"
+        f'[model]\nbase = "{base}"\nmax_length = 96\nbatch_size = 8\nmax_new_tokens = 8\n'
+        "[flower]\ninsecure = true\n"
+    )
+    return path
+
+
+def space_record(run_key: str = "run-1", configs=CONFIGS) -> dict:
+    return encode_space(
+        SpaceMessage(
+            run_key=run_key,
+            config_ids=tuple(c.id for c in configs),
+            params=tuple(dict(c.params) for c in configs),
+            validation_items=6,
+            judge_mode="score",
+        )
+    )
+
+
+def compare_record(*pairs: tuple[int, int]) -> dict:
+    return encode_compare(CompareMessage("run-1", tuple(Comparison(a, b, 0, 6) for a, b in pairs)))
+
+
+def test_site_answers_from_its_database(tmp_path: Path, tiny_llama: Path) -> None:
+    config = load_site_config(write_site_config(tmp_path, tiny_llama))
+    engine = open_database(config.database_url)
+
+    early = handle_message(engine, COMPARE_MESSAGE, compare_record((0, 1)))
+    assert (early["status"], early["code"]) == (Status.REFUSED, Code.UNKNOWN_RUN)
+    assert handle_message(engine, SPACE_MESSAGE, space_record())["status"] == Status.OK
+    assert handle_message(engine, SPACE_MESSAGE, space_record())["status"] == Status.OK
+    changed = handle_message(engine, SPACE_MESSAGE, space_record(configs=CONFIGS[:3]))
+    assert (changed["status"], changed["code"]) == (Status.REFUSED, Code.SPACE_CHANGED)
+    forged = space_record("run-2")
+    forged["param.epochs"][0] = 3
+    refused = handle_message(engine, SPACE_MESSAGE, forged)
+    assert refused["code"] == Code.CONFIG_ID_MISMATCH
+    unknown = handle_message(engine, "train", {})
+    assert (unknown["status"], unknown["code"]) == (Status.REFUSED, Code.UNKNOWN_MESSAGE)
+
+    request = compare_record((1, 0), (2, 3), (0, 3))
+    pending = handle_message(engine, COMPARE_MESSAGE, request)
+    assert pending["status"] == Status.PENDING and pending["tallies"] == []
+
+    planted = CONFIGS[1].id
+    worker = SiteWorker(config, judge_factory=lambda _c, _m: PlantedPreferenceJudge(planted))
+    while worker.step():
+        pass
+    assert len({r["config_id"] for r in map(json.loads, config.responses_file.open())}) == 4
+
+    answer = handle_message(engine, COMPARE_MESSAGE, request)
+    assert answer["status"] == Status.OK
+    # (1 vs 0): the planted config 1 wins all 6 items; (2 vs 3): ties; (0 vs 3): ties
+    assert answer["tallies"] == [6, 0, 0, 0, 6, 0, 6, 0, 0, 6, 0, 6, 0, 0, 6]
+    assert handle_message(engine, COMPARE_MESSAGE, request) == answer
+    with Session(engine) as session:
+        assert len(session.exec(select(ItemJudgment)).all()) == 18
+
+    # Nothing but the protocol's integer fields left the site.
+    entries = ledger(engine)
+    assert len(entries) == 9
+    for entry in entries:
+        content = json.loads(entry.content)
+        assert set(content) == {"status", "code", "progress", "tallies"}
+        assert all(
+            isinstance(v, int)
+            for v in (content["status"], content["code"], content["progress"], *content["tallies"])
+        )
+
+
+def test_site_config_errors_name_the_field(tmp_path: Path) -> None:
+    from agent.config import SiteConfigError
+
+    path = tmp_path / "site.toml"
+    path.write_text('[site]\nname = "a"\n[model]\nbatch_size = "eight"\n')
+    with pytest.raises(SiteConfigError, match=r"site\.toml: \[model\]\.batch_size: must be int"):
+        load_site_config(path)
+    path.write_text('[site]\nname = "a"\n[data]\ntrain = "missing.jsonl"\n')
+    with pytest.raises(SiteConfigError, match=r"\[data\]\.train: no file missing\.jsonl"):
+        load_site_config(path)

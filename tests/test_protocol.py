@@ -1,0 +1,179 @@
+"""The wire protocol: round trips, strict validation, impossible tallies, fuzzed messages."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coordinator.protocol import (
+    MAX_COMPARISONS,
+    Code,
+    CompareMessage,
+    Comparison,
+    ProtocolError,
+    Reply,
+    SpaceMessage,
+    Status,
+    decode_compare,
+    decode_reply,
+    decode_space,
+    encode_compare,
+    encode_reply,
+    encode_space,
+)
+from trainer.space import CandidateConfig
+
+CONFIGS = [
+    CandidateConfig.from_params(
+        {"optimizer": o, "learning_rate": lr, "scheduler": "cosine", "epochs": 2}
+    )
+    for o in ("sgd", "adamw")
+    for lr in (2e-5, 2e-4)
+]
+LORA = CandidateConfig.from_params(
+    {
+        "optimizer": "adamw",
+        "learning_rate": 1e-4,
+        "scheduler": "linear",
+        "epochs": 1,
+        "finetune": "lora",
+        "lora_rank": 16,
+        "data_fraction": 0.5,
+    }
+)
+
+
+def _space(configs=(*CONFIGS, LORA)) -> SpaceMessage:
+    return SpaceMessage(
+        run_key="run-1",
+        config_ids=tuple(c.id for c in configs),
+        params=tuple(dict(c.params) for c in configs),
+        validation_items=16,
+        judge_mode="score",
+    )
+
+
+def test_space_round_trip_keeps_ids_and_parameters() -> None:
+    decoded = decode_space(encode_space(_space()))
+    assert decoded == _space()
+    for config_id, params in zip(decoded.config_ids, decoded.params, strict=True):
+        assert CandidateConfig.from_params(params).id == config_id
+
+
+def test_compare_and_reply_round_trip() -> None:
+    message = CompareMessage("run-1", (Comparison(0, 1), Comparison(2, 3, 8, 16)))
+    assert decode_compare(encode_compare(message), n_configs=4) == message
+    reply = Reply(Status.OK, tallies=((3, 1, 4, 0, 8), (1, 0, 0, 1, 2)))
+    assert decode_reply(encode_reply(reply), message, item_limit=16) == reply
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (lambda r: r.update(extra=1), Code.UNKNOWN_FIELD),
+        (lambda r: r.pop("run_key"), Code.MISSING_FIELD),
+        (lambda r: r.update(a=["0"]), Code.WRONG_TYPE),
+        (lambda r: r.update(a=[True]), Code.WRONG_TYPE),
+        (lambda r: r.update(a=[9]), Code.OUT_OF_RANGE),
+        (lambda r: r.update(a=[1], b=[1]), Code.OUT_OF_RANGE),
+        (lambda r: r.update(item_start=[5], item_stop=[5]), Code.OUT_OF_RANGE),
+        (lambda r: r.update(run_key="Robert'); DROP"), Code.OUT_OF_RANGE),
+        (lambda r: r.update(version=2), Code.UNSUPPORTED_VERSION),
+        (
+            lambda r: r.update(
+                a=[0] * (MAX_COMPARISONS + 1),
+                b=[1] * (MAX_COMPARISONS + 1),
+                item_start=[0] * (MAX_COMPARISONS + 1),
+                item_stop=[8] * (MAX_COMPARISONS + 1),
+            ),
+            Code.TOO_LARGE,
+        ),
+    ],
+)
+def test_bad_compare_requests_are_refused_with_a_code(change, code: Code) -> None:
+    record = encode_compare(CompareMessage("run-1", (Comparison(0, 1, 0, 8),)))
+    change(record)
+    with pytest.raises(ProtocolError) as raised:
+        decode_compare(record, n_configs=4)
+    assert raised.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (lambda r: r["param.optimizer"].__setitem__(0, "lion"), Code.OUT_OF_RANGE),
+        (lambda r: r["config_ids"].__setitem__(0, "not-an-id"), Code.OUT_OF_RANGE),
+        (lambda r: r["param.epochs"].pop(), Code.OUT_OF_RANGE),
+        (lambda r: r.update(judge_mode=7), Code.OUT_OF_RANGE),
+        (lambda r: r.update({"param.secret": ["x"]}), Code.UNKNOWN_FIELD),
+    ],
+)
+def test_bad_spaces_are_refused(change, code: Code) -> None:
+    record = encode_space(_space())
+    change(record)
+    with pytest.raises(ProtocolError) as raised:
+        decode_space(record)
+    assert raised.value.code == code
+
+
+@pytest.mark.parametrize(
+    "tallies",
+    [
+        [1, 1, 1, 0, 4],  # does not add up
+        [-1, 2, 0, 0, 1],  # negative
+        [9, 0, 0, 0, 9],  # more items than the slice holds
+        [1, 0, 0, 0, 1, 0, 0, 0, 0, 0],  # wrong number of comparisons
+    ],
+)
+def test_impossible_tallies_are_rejected(tallies: list[int]) -> None:
+    request = CompareMessage("run-1", (Comparison(0, 1, 0, 8),))
+    record = {"status": 0, "code": 0, "progress": 1000, "tallies": tallies}
+    with pytest.raises(ProtocolError) as raised:
+        decode_reply(record, request, item_limit=16)
+    assert raised.value.code == Code.IMPOSSIBLE_TALLY
+
+
+wire_values = st.one_of(
+    st.integers(-(2**40), 2**40),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.lists(st.one_of(st.integers(-5, 600), st.text(max_size=5), st.floats()), max_size=6),
+)
+wire_records = st.dictionaries(
+    st.sampled_from(
+        [
+            "version",
+            "run_key",
+            "a",
+            "b",
+            "item_start",
+            "item_stop",
+            "config_ids",
+            "validation_items",
+            "judge_mode",
+            "param.optimizer",
+            "param.epochs",
+            "status",
+            "code",
+            "progress",
+            "tallies",
+            "other",
+        ]
+    ),
+    wire_values,
+)
+
+
+@settings(max_examples=300)
+@given(wire_records)
+def test_decoders_never_fail_other_than_with_a_protocol_error(record: dict) -> None:
+    request = CompareMessage("run-1", (Comparison(0, 1, 0, 8),))
+    for decode in (
+        lambda r: decode_compare(r, n_configs=4),
+        decode_space,
+        lambda r: decode_reply(r, request),
+    ):
+        try:
+            decode(record)
+        except ProtocolError as exc:
+            assert isinstance(exc.code, Code)
