@@ -44,7 +44,7 @@ class RunSite(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("run_name", "node_id"),)
     id: int | None = Field(default=None, primary_key=True)
     run_name: str = Field(index=True)
-    node_id: int
+    node_id: str  # Flower's node ids are unsigned 64-bit: beyond SQL's BIGINT
     status: str = "active"  # active | left_out
     reason: str = ""
     progress: int = 0
@@ -107,5 +107,5 @@ def comparisons(engine: Engine, run_name: str) -> list[ComparisonResult]:
 
 def sites(engine: Engine, run_name: str) -> list[RunSite]:
     with Session(engine) as session:
-        query = select(RunSite).where(RunSite.run_name == run_name).order_by(RunSite.node_id)
+        query = select(RunSite).where(RunSite.run_name == run_name).order_by(RunSite.id)
         return list(session.exec(query))

@@ -168,14 +168,14 @@ class FederatedSelection:
                     RunSite.run_name == self.settings.name, RunSite.status == "active"
                 )
             )
-            return [row.node_id for row in rows]
+            return [int(row.node_id) for row in rows]
 
     def _leave_out(self, node_id: int, reason: str) -> None:
         log.warning("site %s left out: %s", node_id, reason)
         with Session(self.engine) as session:
             site = session.exec(
                 select(RunSite).where(
-                    RunSite.run_name == self.settings.name, RunSite.node_id == node_id
+                    RunSite.run_name == self.settings.name, RunSite.node_id == str(node_id)
                 )
             ).one()
             site.status, site.reason = "left_out", reason
@@ -186,7 +186,7 @@ class FederatedSelection:
         with Session(self.engine) as session:
             site = session.exec(
                 select(RunSite).where(
-                    RunSite.run_name == self.settings.name, RunSite.node_id == node_id
+                    RunSite.run_name == self.settings.name, RunSite.node_id == str(node_id)
                 )
             ).one()
             site.progress, site.last_seen = progress, _now()
@@ -224,12 +224,12 @@ class FederatedSelection:
                 )
             time.sleep(1.0)
         known = set(self._active_sites()) | {
-            s.node_id for s in self._all_sites() if s.status == "left_out"
+            int(s.node_id) for s in self._all_sites() if s.status == "left_out"
         }
         new = [n for n in self.transport.node_ids() if n not in known]
         with Session(self.engine) as session:
             for node_id in new:
-                session.add(RunSite(run_name=self.settings.name, node_id=node_id))
+                session.add(RunSite(run_name=self.settings.name, node_id=str(node_id)))
             session.commit()
         space = encode_space(
             SpaceMessage(
@@ -254,7 +254,7 @@ class FederatedSelection:
                 else:
                     self._leave_out(node_id, f"space {reply.status.name} code {reply.code.name}")
                     todo.discard(node_id)
-        for node_id in todo:
+        for node_id in todo & set(self._active_sites()):
             self._leave_out(node_id, "did not accept the space")
         if len(self._active_sites()) < self.settings.min_sites:
             raise RuntimeError(f"fewer than {self.settings.min_sites} sites accepted the space")
@@ -365,8 +365,8 @@ class FederatedSelection:
         return RunOutcome(
             best_index=best,
             ranking=self.procedure.ranking(),
-            sites=[s.node_id for s in all_sites if s.status == "active"],
-            left_out={s.node_id: s.reason for s in all_sites if s.status == "left_out"},
+            sites=[int(s.node_id) for s in all_sites if s.status == "active"],
+            left_out={int(s.node_id): s.reason for s in all_sites if s.status == "left_out"},
             judgments=judgments,
             wall_seconds=wall_seconds,
         )

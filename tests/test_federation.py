@@ -101,7 +101,7 @@ def test_a_silent_site_is_left_out_and_named(tmp_path: Path, sites: dict) -> Non
     assert outcome.sites == [11, 12]
     assert 13 in outcome.left_out and "no answer" in outcome.left_out[13]
     with Session(engine) as session:
-        site = session.exec(select(RunSite).where(RunSite.node_id == 13)).one()
+        site = session.exec(select(RunSite).where(RunSite.node_id == "13")).one()
         assert site.status == "left_out"
         assert {r.sites for r in session.exec(select(ComparisonResult))} == {2}
 

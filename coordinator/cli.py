@@ -1,0 +1,142 @@
+"""`pandalm-coordinator`: run a federated hyperparameter selection, watch it, report on it."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+
+from coordinator.config import FederationConfig, FederationConfigError, load_federation_config
+from coordinator.console import latest_run, render
+from coordinator.db import open_database
+from coordinator.launch import (
+    port_open,
+    run_status,
+    start_superlink,
+    stop_process,
+    submit_run,
+    write_connection,
+)
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+DatabaseOption = Annotated[
+    str, typer.Option("--database", help="coordinator database URL or SQLite file")
+]
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except (FederationConfigError, FileNotFoundError, TimeoutError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _url(database: str) -> str:
+    return database if "://" in database else f"sqlite:///{Path(database).resolve()}"
+
+
+def follow_run(federation: FederationConfig, run_id: str, live_view: bool = True) -> dict:
+    """Show the live console until Flower says the run finished; returns Flower's run record."""
+    engine = open_database(federation.database_url)
+    with Live(render(engine, federation.run.name), console=console, refresh_per_second=1,
+              transient=False, auto_refresh=live_view) as live:  # fmt: skip
+        while True:
+            status = run_status(federation.state_dir, run_id)
+            live.update(render(engine, federation.run.name))
+            if str(status.get("status", "")).startswith("finished"):
+                return status
+            time.sleep(2)
+
+
+def run_federation(federation: FederationConfig) -> dict:
+    """Start or reach the SuperLink, submit the run, follow it to the end."""
+    superlink = None
+    if federation.start_superlink and not port_open(federation.superlink.address):
+        superlink = start_superlink(federation.superlink, federation.state_dir)
+    try:
+        write_connection(federation.superlink, federation.state_dir)
+        open_database(federation.database_url)
+        run_id = submit_run(federation.state_dir, federation.run_config())
+        console.print(f"submitted run {federation.run.name} (Flower run {run_id})")
+        status = follow_run(federation, run_id)
+    finally:
+        stop_process(superlink)
+    if status.get("status") != "finished:completed":
+        raise RuntimeError(f"the run ended {status.get('status')}: {status.get('status-details')}")
+    return status
+
+
+@app.command()
+def start(
+    config: Annotated[Path, typer.Option("--config", "-c", help="federation.toml")],
+) -> None:
+    """Run the selection described by federation.toml (a restarted run resumes)."""
+    with _user_errors():
+        federation = load_federation_config(config)
+        run_federation(federation)
+    console.print(
+        f"run {federation.run.name} finished; report: pandalm-coordinator report "
+        f"{federation.run.name} --database {federation.database_url} --out DIR"
+    )
+
+
+@app.command("console")
+def live_console(
+    database: DatabaseOption = "coordinator-state/coordinator.sqlite",
+    run: Annotated[str | None, typer.Option(help="run name (default: the latest)")] = None,
+    once: Annotated[bool, typer.Option(help="print one frame and exit")] = False,
+) -> None:
+    """A live view of a run: sites, rounds, tallies, leaderboard, best config so far."""
+    engine = open_database(_url(database))
+    name = run or latest_run(engine)
+    if name is None:
+        console.print("[red]error:[/red] no run in this database yet")
+        raise typer.Exit(2)
+    if once:
+        Console().print(render(engine, name))
+        return
+    with Live(render(engine, name), refresh_per_second=1) as live:
+        while True:
+            time.sleep(1)
+            live.update(render(engine, name))
+
+
+@app.command()
+def report(
+    run: Annotated[str, typer.Argument(help="run name")],
+    out: Annotated[Path, typer.Option("--out", "-o")],
+    database: DatabaseOption = "coordinator-state/coordinator.sqlite",
+    threshold: Annotated[float, typer.Option(help="superiority edge threshold")] = 0.1,
+) -> None:
+    """Write report.html, PNG figures and summary.json for a run."""
+    from coordinator.report import write_report
+    from coordinator.results import run_result
+
+    with _user_errors():
+        summary = write_report(run_result(open_database(_url(database)), run), out, threshold)
+    print(json.dumps(summary["best_config"]))
+
+
+@app.command()
+def demo(
+    sites: Annotated[int, typer.Option(min=1, max=8, help="number of sites")] = 3,
+    out: Annotated[Path, typer.Option("--out", help="keeps everything of the run")] = Path(
+        "pandalm-demo"
+    ),
+    mode: Annotated[str, typer.Option(help="paper | round-robin | adaptive")] = "paper",
+) -> None:
+    """The whole federation on loopback with the embedded defaults."""
+    from coordinator.demo import run_demo
+
+    with _user_errors():
+        run_demo(sites, out, mode, console)

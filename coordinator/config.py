@@ -1,0 +1,94 @@
+"""The operator's federation.toml, validated on load with errors naming file and field."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from coordinator.federation import RunSettings
+from coordinator.launch import SuperLinkSettings
+
+
+class FederationConfigError(ValueError):
+    """A federation.toml that cannot be used."""
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    run: RunSettings
+    database: str
+    space: str
+    state_dir: Path
+    superlink: SuperLinkSettings = field(default_factory=SuperLinkSettings)
+    start_superlink: bool = True
+
+    @property
+    def database_url(self) -> str:
+        if "://" in self.database:
+            return self.database
+        return f"sqlite:///{(self.state_dir / self.database).resolve()}"
+
+    def run_config(self) -> dict[str, object]:
+        """The Flower run config that carries these settings to the ServerApp."""
+        values: dict[str, object] = {f.name: getattr(self.run, f.name) for f in fields(RunSettings)}
+        values["database"] = self.database_url
+        values["space"] = self.space
+        return values
+
+
+def _typed(cls: type, values: object, where: str, skip: tuple[str, ...] = ()) -> dict:
+    if not isinstance(values, dict):
+        raise FederationConfigError(f"{where}: expected a table")
+    known = {f.name: f for f in fields(cls) if f.name not in skip}
+    for key, value in values.items():
+        if key not in known:
+            raise FederationConfigError(f"{where}.{key}: unknown setting")
+        expected = type(known[key].default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = float(value)
+        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise FederationConfigError(f"{where}.{key}: must be {expected.__name__}")
+    return values
+
+
+def load_federation_config(path: Path) -> FederationConfig:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FederationConfigError(f"{path}: cannot read ({exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise FederationConfigError(f"{path}: invalid TOML ({exc})") from exc
+    unknown = set(document) - {"run", "selection", "superlink"}
+    if unknown:
+        raise FederationConfigError(f"{path}: [{sorted(unknown)[0]}]: unknown table")
+    run = dict(document.get("run", {}))
+    name = run.pop("name", None)
+    if not isinstance(name, str):
+        raise FederationConfigError(f'{path}: [run].name = "..." is required')
+    base = path.parent.resolve()
+    state_dir = base / str(run.pop("state_dir", "coordinator-state"))
+    database = str(run.pop("database", "coordinator.sqlite"))
+    space = str(run.pop("space", ""))
+    if run:
+        raise FederationConfigError(f"{path}: [run].{sorted(run)[0]}: unknown setting")
+    if space and not (base / space).is_file():
+        raise FederationConfigError(f"{path}: [run].space: no file {space}")
+    selection = _typed(
+        RunSettings, dict(document.get("selection", {})), f"{path}: [selection]", skip=("name",)
+    )
+    link = dict(document.get("superlink", {}))
+    start = link.pop("start", True)
+    if not isinstance(start, bool):
+        raise FederationConfigError(f"{path}: [superlink].start: must be bool")
+    link = _typed(SuperLinkSettings, link, f"{path}: [superlink]")
+    if "certificates" in link:
+        link["certificates"] = str(base / link["certificates"])
+    return FederationConfig(
+        run=RunSettings(name=name, **selection),
+        database=database,
+        space=str(base / space) if space else "",
+        state_dir=state_dir,
+        superlink=SuperLinkSettings(**link),
+        start_superlink=start,
+    )

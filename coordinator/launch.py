@@ -1,0 +1,159 @@
+"""Starting a SuperLink, submitting the run to it and following the run, through Flower's own
+commands (`flower-superlink`, `flwr run`, `flwr ls`). No runtime dependency installation: it
+would reach for a package index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from coordinator.flower_app import write_flower_app
+
+CONNECTION = "pandalm"
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def port_open(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, int(port))) == 0
+
+
+def wait_for_port(address: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not port_open(address):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on {address} after {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def flower_environment(state_dir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "FLWR_HOME": str(state_dir / "flwr"),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@dataclass
+class SuperLinkSettings:
+    address: str = "127.0.0.1:9092"
+    database: str = "superlink.sqlite"
+    insecure: bool = False
+    certificates: str = ""
+    """Folder with ca.crt, server.pem, server.key (`pandalm-coordinator certs init`)."""
+
+
+def start_superlink(settings: SuperLinkSettings, state_dir: Path) -> subprocess.Popen:
+    """A SuperLink with a persistent database; its log goes to state_dir/superlink.log."""
+    host, _, port = settings.address.rpartition(":")
+    command = [
+        _bin("flower-superlink"),
+        "--host", host,
+        "--port", port,
+        "--database", str(state_dir / settings.database),
+        "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+    if settings.insecure:
+        command.append("--insecure")
+    else:
+        certs = Path(settings.certificates)
+        command += [
+            "--ssl-ca-certfile", str(certs / "ca.crt"),
+            "--ssl-certfile", str(certs / "server.pem"),
+            "--ssl-keyfile", str(certs / "server.key"),
+        ]  # fmt: skip
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = (state_dir / "superlink.log").open("ab")
+    process = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=flower_environment(state_dir),
+        start_new_session=True,
+    )
+    log.close()
+    wait_for_port(settings.address)
+    return process
+
+
+def write_connection(settings: SuperLinkSettings, state_dir: Path) -> None:
+    """The Flower CLI's connection to the SuperLink, in its own FLWR_HOME."""
+    home = state_dir / "flwr"
+    home.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "[superlink]",
+        f'default = "{CONNECTION}"',
+        "",
+        f"[superlink.{CONNECTION}]",
+        f'address = "{settings.address}"',
+        f"insecure = {'true' if settings.insecure else 'false'}",
+    ]
+    if not settings.insecure:
+        lines.append(f'root-certificates = "{Path(settings.certificates) / "ca.crt"}"')
+    (home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def submit_run(state_dir: Path, run_config: dict[str, object]) -> str:
+    """Submit the app with `flwr run`; returns Flower's run id."""
+    app = write_flower_app(state_dir / "app")
+    overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
+    result = subprocess.run(
+        [_bin("flwr"), "run", str(app), CONNECTION, "--run-config", overrides, "--format",
+         "json"],
+        capture_output=True, text=True, env=flower_environment(state_dir), check=False,
+    )  # fmt: skip
+    try:
+        answer = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        answer = {}
+    if not answer.get("success"):
+        raise RuntimeError(f"flwr run failed: {result.stdout.strip()} {result.stderr.strip()}")
+    return str(answer["run-id"])
+
+
+def run_status(state_dir: Path, run_id: str) -> dict:
+    """Flower's view of a run (`flwr ls --run-id`): status, details, traffic."""
+    result = subprocess.run(
+        [_bin("flwr"), "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
+        capture_output=True, text=True, env=flower_environment(state_dir), check=False,
+    )  # fmt: skip
+    try:
+        runs = json.loads(result.stdout).get("runs", [])
+    except json.JSONDecodeError:
+        return {}
+    return runs[0] if runs else {}
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    import signal
+
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
