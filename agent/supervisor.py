@@ -73,6 +73,7 @@ def site_environment(config: SiteConfig) -> dict[str, str]:
         "FLWR_HOME": str(config.data_dir / "flwr"),
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "OMP_NUM_THREADS": str(config.model.torch_threads),

@@ -113,7 +113,11 @@ class FederatedSelection:
         if self.settings.mode == "paper":
             return {"blocks": self.settings.blocks}
         if self.settings.mode == "adaptive":
-            return {"blocks": self.settings.blocks, "chunk_items": self.settings.chunk_items}
+            return {
+                "blocks": self.settings.blocks,
+                "chunk_items": self.settings.chunk_items,
+                "max_items": self.settings.validation_items,
+            }
         return {}
 
     # -- state -------------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""Judge throughput on this machine, in one process (issue 2's benchmark).
+
+(a) PandaLM's reference style: transformers, batch 1, beam 4, repetition penalty 1.2, up to 512
+    new tokens, one order; (b) our generate mode, both orders (llama.cpp, greedy, early stop);
+(c) our score mode, both orders (llama.cpp, prefix reuse). Each order counts as one judgment.
+The bound for (c) is the judgments/s reached if every prompt token of every order were
+prefilled once at the backend's raw prefill rate, measured in the same run.
+
+    python bench/bench_judge.py [--threads 2] [--reference-pairs 10] [--generate-pairs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from judge.backends.base import GenerationSettings
+from judge.backends.hf import TransformersBackend
+from judge.backends.llamacpp import LlamaCppBackend
+from judge.engine import Pair, PairJudge
+from judge.models import builtin_base_gguf, builtin_base_hf_dir
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def load_pairs(source: str, count: int) -> list[Pair]:
+    """Real response pairs: PandaLM's dev test split, or two self-instruct models' responses."""
+    if source == "testset":
+        items = json.loads((SHARED / "pandalm" / "testset-dev.json").read_text())
+        pairs = [Pair(i["instruction"], i["input"], i["response1"], i["response2"]) for i in items]
+    else:
+        folder = SHARED / "self-instruct" / "predictions"
+        a = [json.loads(x) for x in (folder / "text-davinci-003.jsonl").read_text().splitlines()]
+        b = [
+            json.loads(x) for x in (folder / "davinci-self-instruct.jsonl").read_text().splitlines()
+        ]
+        pairs = [
+            Pair(x["instruction"], x["input"], x["response"], y["response"])
+            for x, y in zip(a, b, strict=True)
+        ]
+    return pairs[:count]
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(judge: PairJudge, pairs: list[Pair]) -> tuple[float, int]:
+    start = time.perf_counter()
+    judgments = judge.judge(pairs)
+    elapsed = time.perf_counter() - start
+    orders = 2 if judge.both_orders else 1
+    assert len(judgments) == len(pairs)
+    return elapsed, orders * len(pairs)
+
+
+def prefill_rate(backend: LlamaCppBackend, prompts: list[str]) -> float:
+    """Raw prefill tokens/s: each prompt evaluated from an empty KV cache."""
+    tokens = 0
+    start = time.perf_counter()
+    for prompt in prompts:
+        ids = backend._tokens(prompt)
+        backend.llm.reset()
+        backend.llm.eval(ids)
+        tokens += len(ids)
+    return tokens / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", choices=("testset", "self-instruct"), default="testset")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reference-pairs", type=int, default=10)
+    parser.add_argument("--generate-pairs", type=int, default=20)
+    parser.add_argument("--score-pairs", type=int, default=100)
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"needs the shared data folder {SHARED}, absent on this machine")
+    torch.set_num_threads(args.threads)
+    rows = []
+
+    hf = TransformersBackend(builtin_base_hf_dir(), batch_size=1)
+    pairs = load_pairs(args.source, args.reference_pairs)
+    reference = PairJudge(hf, "generate", GenerationSettings.reference(), both_orders=False)
+    a_time, a_count = timed(reference, pairs)
+    rows.append(("a reference (hf, beam 4, one order)", a_count, a_time, peak_rss_mib()))
+    del hf, reference
+
+    gguf = LlamaCppBackend(builtin_base_gguf(), n_threads=args.threads)
+    pairs = load_pairs(args.source, args.generate_pairs)
+    b_time, b_count = timed(PairJudge(gguf, "generate", GenerationSettings()), pairs)
+    rows.append(("b generate (llama.cpp, greedy, both)", b_count, b_time, peak_rss_mib()))
+
+    pairs = load_pairs(args.source, args.score_pairs)
+    gguf.llm.reset()
+    c_time, c_count = timed(PairJudge(gguf, "score"), pairs)
+    rows.append(("c score (llama.cpp, both orders)", c_count, c_time, peak_rss_mib()))
+
+    prompts = [p.prompt(swapped) for p in pairs for swapped in (False, True)]
+    rate = prefill_rate(gguf, prompts[:40])
+    mean_tokens = sum(gguf.count_tokens(p) for p in prompts) / len(prompts)
+    bound = rate / mean_tokens
+
+    print(f"judge throughput, builtin SmolLM2-135M, {args.threads} threads, {args.source} pairs")
+    print(f"{'run':40} {'judgments':>9} {'seconds':>8} {'judg/s':>8} {'s/judg':>7} {'peak RSS':>9}")
+    rates = {}
+    for name, count, seconds, rss in rows:
+        rates[name[0]] = count / seconds
+        print(
+            f"{name:40} {count:9d} {seconds:8.1f} {count / seconds:8.3f} "
+            f"{seconds / count:7.3f} {rss:7.0f}MiB"
+        )
+    print(f"raw prefill: {rate:.0f} tokens/s; mean prompt {mean_tokens:.0f} tokens")
+    print(f"bound (every prompt token prefilled once): {bound:.3f} judgments/s")
+    print(f"b/a = {rates['b'] / rates['a']:.1f}  (target >= 5)")
+    print(f"c/a = {rates['c'] / rates['a']:.1f}  (target >= 20)")
+    print(f"c/bound = {rates['c'] / bound:.2f}  (target >= 0.85)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,412 @@
+"""Choosing the best candidate config from pairwise judge tallies: three selection procedures.
+
+The coordinator never sees text, models or data: a procedure deals only in config indices and
+integer tallies. It is driven ask/tell: `pending()` lists the comparisons that can be asked now
+(several at once where the procedure allows, so sites judge them in parallel), and `record()`
+takes each comparison's tally summed over sites. A procedure's state is a function of the
+recorded history alone, so a restarted coordinator resumes by feeding a fresh procedure its
+stored (request, tally) history in the original order. A request that was asked but never
+recorded is simply listed again by `pending()`; one request is never listed twice while it is
+outstanding.
+
+Tally. Counts from config a's point of view over validation items: each item is judged in both
+presentation orders, the two verdicts are reconciled into one (judge/verdict.py), and the item
+counts once as a win, tie, loss or invalid. Hence win + tie + loss + invalid == items, for one
+site's report and for any sum of reports over sites or item chunks.
+
+Winner of a comparison: the config with more wins than losses on the tally; on equal wins and
+losses config a, the incumbent, stays (`comparison_winner`). Ties and invalid items never count.
+
+Modes (`make_procedure`):
+- "paper": PandaLM's procedure. The configs are split into `blocks` (default 4) contiguous
+  blocks, as equal in size as possible. Inside each block the current best meets the next config
+  (the block's first config starts as the best); the blocks run in parallel. The block winners
+  then meet the same way in block order. Every comparison is asked once on all validation items
+  of every site: n_configs - 1 comparisons in all.
+- "round-robin": every pair (a < b) once, on all items. The ranking orders configs by
+  Bradley-Terry strength fitted on the item-level outcomes (each side gets its wins plus half of
+  the ties; invalid items are left out), ties broken by comparisons won minus lost, then by lower
+  index. The strengths are the coefficients of a logistic regression without intercept on a
+  design of +1 for a and -1 for b, weighted by the outcome counts; its small L2 penalty
+  (C = 1, negligible against hundreds of items per pair) keeps them finite when a config wins
+  every item.
+- "adaptive": the paper's blocks and order of comparisons, but each comparison is asked in
+  chunks of `chunk_items` validation items per site (items [k*chunk, (k+1)*chunk) in chunk k)
+  and stops as soon as a sequential test on the running totals is decided. The test is Wald's
+  sequential probability ratio test on the decisive items (wins and losses; ties and invalid
+  items carry no evidence of direction) for p = P(a wins | decisive), H0: p = 1/2 - `delta`
+  against H1: p = 1/2 + `delta`, with both error probabilities `alpha`. Its log-likelihood ratio
+  is (wins - losses) * log((1/2 + delta) / (1/2 - delta)), so it stops once
+  |wins - losses| >= ceil(log((1 - alpha) / alpha) / log((1 + 2 delta) / (1 - 2 delta))),
+  checked after each chunk. With the defaults (chunk_items=4, delta=0.1, alpha=0.01) that is a
+  lead of 12 decisive items. A comparison also stops when a chunk comes back with no items
+  (the sites have no more) or when it reaches item `max_items` per site (default: no cap); the
+  winner is then `comparison_winner` on the totals so far, exactly as in the paper mode.
+  bench/bench_selection.py measures it against the paper mode.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+MODES = ("paper", "round-robin", "adaptive")
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Reconciled verdicts from config a's point of view; `items` = validation items judged."""
+
+    win: int = 0
+    tie: int = 0
+    loss: int = 0
+    invalid: int = 0
+    items: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.win, self.tie, self.loss, self.invalid) < 0:
+            raise ValueError(f"negative count in {self}")
+        if self.win + self.tie + self.loss + self.invalid != self.items:
+            raise ValueError(f"win + tie + loss + invalid != items in {self}")
+
+    def __add__(self, other: Tally) -> Tally:
+        if not isinstance(other, Tally):
+            return NotImplemented
+        return Tally(
+            self.win + other.win,
+            self.tie + other.tie,
+            self.loss + other.loss,
+            self.invalid + other.invalid,
+            self.items + other.items,
+        )
+
+    def reversed(self) -> Tally:
+        """The same outcomes from config b's point of view."""
+        return Tally(self.loss, self.tie, self.win, self.invalid, self.items)
+
+    @property
+    def margin(self) -> float:
+        """(wins - losses) / items: how clearly a beat b; 0.0 when nothing was judged."""
+        return (self.win - self.loss) / self.items if self.items else 0.0
+
+
+@dataclass(frozen=True)
+class ComparisonRequest:
+    """Configs a and b (a = the incumbent where that matters), judged by every site on its
+    validation items [item_start, item_stop); item_stop None means to the end."""
+
+    a: int
+    b: int
+    item_start: int = 0
+    item_stop: int | None = None
+
+    def __post_init__(self) -> None:
+        if min(self.a, self.b) < 0 or self.a == self.b:
+            raise ValueError(f"a comparison needs two distinct config indices, got {self}")
+        if self.item_start < 0 or (
+            self.item_stop is not None and self.item_stop <= self.item_start
+        ):
+            raise ValueError(f"empty or negative item slice in {self}")
+
+
+@dataclass(frozen=True)
+class DecidedComparison:
+    """A finished comparison: its total tally over all chunks and sites, and the winner."""
+
+    a: int
+    b: int
+    tally: Tally
+    winner: int
+
+
+class SelectionProcedure(Protocol):
+    """What the coordinator drives: ask `pending()`, `record()` each answer, until `done`."""
+
+    mode: str
+
+    def pending(self) -> list[ComparisonRequest]: ...
+
+    def record(self, request: ComparisonRequest, tally: Tally) -> None: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    def best(self) -> int | None: ...
+
+    def ranking(self) -> list[int]: ...
+
+
+def comparison_winner(a: int, b: int, tally: Tally) -> int:
+    """b if it has more wins than losses on `tally` (a's point of view), else a: the incumbent
+    keeps its place on equal wins and losses."""
+    return b if tally.loss > tally.win else a
+
+
+class _Procedure(ABC):
+    """Ask/tell bookkeeping shared by the modes: outstanding requests and decided comparisons."""
+
+    mode: str
+
+    def __init__(self, n_configs: int) -> None:
+        if n_configs < 1:
+            raise ValueError(f"n_configs must be at least 1, got {n_configs}")
+        self.n_configs = n_configs
+        self._outstanding: set[ComparisonRequest] = set()
+        self._decided: list[DecidedComparison] = []
+
+    @property
+    def comparisons(self) -> list[DecidedComparison]:
+        """The decided comparisons, in the order they were decided."""
+        return list(self._decided)
+
+    def pending(self) -> list[ComparisonRequest]:
+        """Requests that can be asked now and are not already outstanding; marks them asked."""
+        fresh = [request for request in self._askable() if request not in self._outstanding]
+        self._outstanding.update(fresh)
+        return fresh
+
+    def record(self, request: ComparisonRequest, tally: Tally) -> None:
+        """Take the summed tally of a request that is outstanding or could be asked now."""
+        if not self._is_askable(request):
+            raise ValueError(f"{request} is not a comparison this procedure is waiting for")
+        self._outstanding.discard(request)
+        self._apply(request, tally)
+
+    def net_wins(self) -> list[int]:
+        """Per config: comparisons won minus comparisons lost so far."""
+        net = [0] * self.n_configs
+        for comparison in self._decided:
+            loser = comparison.b if comparison.winner == comparison.a else comparison.a
+            net[comparison.winner] += 1
+            net[loser] -= 1
+        return net
+
+    @abstractmethod
+    def _askable(self) -> Iterable[ComparisonRequest]: ...
+
+    @abstractmethod
+    def _is_askable(self, request: ComparisonRequest) -> bool: ...
+
+    @abstractmethod
+    def _apply(self, request: ComparisonRequest, tally: Tally) -> None: ...
+
+    def _decide(self, a: int, b: int, tally: Tally) -> int:
+        winner = comparison_winner(a, b, tally)
+        self._decided.append(DecidedComparison(a, b, tally, winner))
+        return winner
+
+
+@dataclass
+class _Ladder:
+    """One group's sequential comparisons: the current best meets the next entrant."""
+
+    entrants: list[int]
+    incumbent: int = field(init=False)
+    next_entrant: int = 1
+    total: Tally = Tally()
+    item_start: int = 0
+
+    def __post_init__(self) -> None:
+        self.incumbent = self.entrants[0]
+
+    @property
+    def done(self) -> bool:
+        return self.next_entrant >= len(self.entrants)
+
+    @property
+    def challenger(self) -> int:
+        return self.entrants[self.next_entrant]
+
+    def advance(self, winner: int) -> None:
+        self.incumbent = winner
+        self.next_entrant += 1
+        self.total = Tally()
+        self.item_start = 0
+
+
+class PaperProcedure(_Procedure):
+    """Blocks of sequential comparisons, then the block winners; each comparison on all items."""
+
+    mode = "paper"
+
+    def __init__(self, n_configs: int, blocks: int = 4) -> None:
+        super().__init__(n_configs)
+        if blocks < 1:
+            raise ValueError(f"blocks must be at least 1, got {blocks}")
+        groups = np.array_split(np.arange(n_configs), blocks)
+        self._blocks = [_Ladder([int(i) for i in group]) for group in groups if len(group)]
+        self._final: _Ladder | None = None
+        self._start_final_when_blocks_done()
+
+    @property
+    def done(self) -> bool:
+        return self._final is not None and self._final.done
+
+    def best(self) -> int | None:
+        return self._final.incumbent if self._final is not None and self._final.done else None
+
+    def ranking(self) -> list[int]:
+        """The winner first (once known), then by comparisons won minus lost, then by the sum of
+        their wins minus losses over items, then by lower index. Configs not yet compared sit
+        between those that won more than they lost and those that lost more."""
+        net = self.net_wins()
+        item_net = [0] * self.n_configs
+        for comparison in self._decided:
+            item_net[comparison.a] += comparison.tally.win - comparison.tally.loss
+            item_net[comparison.b] += comparison.tally.loss - comparison.tally.win
+        best = self.best()
+        return sorted(range(self.n_configs), key=lambda i: (i != best, -net[i], -item_net[i], i))
+
+    def _active(self) -> list[_Ladder]:
+        ladders = self._blocks if self._final is None else [self._final]
+        return [ladder for ladder in ladders if not ladder.done]
+
+    def _request(self, ladder: _Ladder) -> ComparisonRequest:
+        return ComparisonRequest(ladder.incumbent, ladder.challenger)
+
+    def _settled(self, request: ComparisonRequest, ladder: _Ladder, chunk: Tally) -> bool:
+        return True
+
+    def _askable(self) -> list[ComparisonRequest]:
+        return [self._request(ladder) for ladder in self._active()]
+
+    def _is_askable(self, request: ComparisonRequest) -> bool:
+        return request in self._askable()
+
+    def _apply(self, request: ComparisonRequest, tally: Tally) -> None:
+        ladder = next(ladder for ladder in self._active() if self._request(ladder) == request)
+        ladder.total += tally
+        if self._settled(request, ladder, tally):
+            ladder.advance(self._decide(request.a, request.b, ladder.total))
+            self._start_final_when_blocks_done()
+        else:
+            assert request.item_stop is not None
+            ladder.item_start = request.item_stop
+
+    def _start_final_when_blocks_done(self) -> None:
+        if self._final is None and all(block.done for block in self._blocks):
+            self._final = _Ladder([block.incumbent for block in self._blocks])
+
+
+class AdaptiveProcedure(PaperProcedure):
+    """The paper's blocks, each comparison asked chunk by chunk until the SPRT is decided."""
+
+    mode = "adaptive"
+
+    def __init__(
+        self,
+        n_configs: int,
+        blocks: int = 4,
+        chunk_items: int = 4,
+        delta: float = 0.1,
+        alpha: float = 0.01,
+        max_items: int | None = None,
+    ) -> None:
+        if chunk_items < 1:
+            raise ValueError(f"chunk_items must be at least 1, got {chunk_items}")
+        if not 0 < delta < 0.5 or not 0 < alpha < 0.5:
+            raise ValueError(f"need 0 < delta < 0.5 and 0 < alpha < 0.5, got {delta}, {alpha}")
+        if max_items is not None and max_items < 1:
+            raise ValueError(f"max_items must be at least 1, got {max_items}")
+        self.chunk_items = chunk_items
+        self.max_items = max_items
+        self.decisive_lead = math.ceil(
+            math.log((1 - alpha) / alpha) / math.log((1 + 2 * delta) / (1 - 2 * delta))
+        )
+        super().__init__(n_configs, blocks)
+
+    def _request(self, ladder: _Ladder) -> ComparisonRequest:
+        stop = ladder.item_start + self.chunk_items
+        if self.max_items is not None:
+            stop = min(stop, self.max_items)
+        return ComparisonRequest(ladder.incumbent, ladder.challenger, ladder.item_start, stop)
+
+    def _settled(self, request: ComparisonRequest, ladder: _Ladder, chunk: Tally) -> bool:
+        return (
+            chunk.items == 0
+            or request.item_stop == self.max_items
+            or abs(ladder.total.win - ladder.total.loss) >= self.decisive_lead
+        )
+
+
+class RoundRobin(_Procedure):
+    """Every pair once on all items; ranked by Bradley-Terry strength."""
+
+    mode = "round-robin"
+
+    def __init__(self, n_configs: int) -> None:
+        super().__init__(n_configs)
+        pairs = itertools.combinations(range(n_configs), 2)
+        self._unrecorded = dict.fromkeys(ComparisonRequest(a, b) for a, b in pairs)
+        self._strengths: np.ndarray | None = None
+
+    @property
+    def done(self) -> bool:
+        return not self._unrecorded
+
+    def best(self) -> int | None:
+        return self.ranking()[0] if self.done else None
+
+    def ranking(self) -> list[int]:
+        """By strength, then comparisons won minus lost, then lower index. Strengths are compared
+        to 6 decimals, the precision the fit reaches, so symmetric records tie exactly."""
+        strengths = np.round(self.strengths(), 6)
+        net = self.net_wins()
+        return sorted(range(self.n_configs), key=lambda i: (-strengths[i], -net[i], i))
+
+    def strengths(self) -> np.ndarray:
+        """Bradley-Terry log-strengths of the configs from the comparisons recorded so far."""
+        if self._strengths is None:
+            self._strengths = _bradley_terry(self.n_configs, self._decided)
+        return self._strengths.copy()
+
+    def _askable(self) -> Iterable[ComparisonRequest]:
+        return self._unrecorded
+
+    def _is_askable(self, request: ComparisonRequest) -> bool:
+        return request in self._unrecorded
+
+    def _apply(self, request: ComparisonRequest, tally: Tally) -> None:
+        del self._unrecorded[request]
+        self._decide(request.a, request.b, tally)
+        self._strengths = None
+
+
+def _bradley_terry(n_configs: int, comparisons: list[DecidedComparison]) -> np.ndarray:
+    """Logistic regression on +1/-1 pair rows weighted by wins (+ half the ties) of each side.
+    Each pair also enters mirrored (-1/+1, labels swapped), which leaves the maximum-likelihood
+    strengths unchanged and guarantees both labels are present."""
+    rows, labels, weights = [], [], []
+    for comparison in comparisons:
+        row = np.zeros(n_configs)
+        row[comparison.a], row[comparison.b] = 1.0, -1.0
+        a_points = comparison.tally.win + comparison.tally.tie / 2
+        b_points = comparison.tally.loss + comparison.tally.tie / 2
+        rows += [row, row, -row, -row]
+        labels += [1, 0, 0, 1]
+        weights += [a_points, b_points, a_points, b_points]
+    if not any(weights):
+        return np.zeros(n_configs)
+    model = LogisticRegression(C=1.0, fit_intercept=False, tol=1e-10, max_iter=1000)
+    model.fit(np.array(rows), np.array(labels), sample_weight=np.array(weights))
+    return model.coef_[0].copy()
+
+
+def make_procedure(mode: str, n_configs: int, **settings: int | float | None) -> SelectionProcedure:
+    """A fresh procedure for `mode` (one of MODES); `settings` go to its constructor:
+    paper: blocks; adaptive: blocks, chunk_items, delta, alpha, max_items; round-robin: none."""
+    procedures: dict[str, Callable[..., SelectionProcedure]] = {
+        "paper": PaperProcedure,
+        "round-robin": RoundRobin,
+        "adaptive": AdaptiveProcedure,
+    }
+    if mode not in procedures:
+        raise ValueError(f"unknown selection mode {mode!r}; choose one of {', '.join(MODES)}")
+    return procedures[mode](n_configs, **settings)

@@ -1,0 +1,234 @@
+"""The federation on real Flower processes: a SuperLink, three SuperNodes, site workers.
+
+One run finds the planted best config while a site's worker is killed mid-training and
+restarted (nothing recomputed) and another site's SuperNode is killed mid-run (the run completes
+without it and names it). A second run, stopped mid-way and submitted again, resumes.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from agent.config import load_site_config
+from agent.db import ComparisonJob, ItemJudgment, ledger
+from agent.db import open_database as open_site_database
+from agent.supervisor import site_environment, supernode_command
+from coordinator.cli import follow_run
+from coordinator.config import load_federation_config
+from coordinator.db import ComparisonResult, FederatedRun, RunSite
+from coordinator.db import open_database as open_coordinator_database
+from coordinator.demo import free_port
+from coordinator.launch import (
+    flower_environment,
+    start_superlink,
+    stop_process,
+    submit_run,
+    write_connection,
+)
+from tests.test_agent_site import CONFIGS, write_site_config
+
+pytestmark = pytest.mark.slow
+PLANTED = 2  # index of the config the judge double prefers
+
+SPACE = """# the four configs of tests.test_agent_site.CONFIGS, in that order
+[[grid]]
+optimizer = "adamw"
+learning_rate = 2e-4
+scheduler = "linear"
+epochs = [1, 2]
+
+[[grid]]
+optimizer = "sgd"
+learning_rate = 2e-6
+scheduler = "linear"
+epochs = [1, 2]
+"""
+
+
+def _federation_toml(folder: Path, name: str, superlink: str, min_sites: int) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(
+        f'[run]\nname = "{name}"\nspace = "space.toml"\nstate_dir = "coordinator"\n'
+        f'[selection]\nmode = "paper"\nmin_sites = {min_sites}\nround_timeout = 8.0\n'
+        "retry_seconds = 0.5\npatience = 2\nvalidation_items = 6\nblocks = 2\n"
+        f'[superlink]\naddress = "{superlink}"\ninsecure = true\n'
+    )
+    return path
+
+
+class Site:
+    def __init__(self, folder: Path, base: Path, index: int, superlink: str) -> None:
+        path = write_site_config(folder, base, name=f"site-{index}", seed=index)
+        text = path.read_text().replace(
+            "[flower]\ninsecure = true\n",
+            f'[flower]\ninsecure = true\nsuperlink = "{superlink}"\n'
+            f"clientappio_port = {free_port()}\n",
+        )
+        path.write_text(text)
+        self.config = load_site_config(path)
+        self.env = site_environment(self.config)
+        self.supernode: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None
+
+    def _spawn(self, command: list[str], log: str) -> subprocess.Popen:
+        logs = self.config.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with (logs / log).open("ab") as handle:
+            return subprocess.Popen(
+                command,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+
+    def start_supernode(self) -> None:
+        self.supernode = self._spawn(supernode_command(self.config), "supernode.log")
+
+    def start_worker(self) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "tests.planted_worker",
+            str(self.config.source),
+            CONFIGS[PLANTED].id,
+        ]
+        self.worker = self._spawn(command, "worker.log")
+
+    def stop(self) -> None:
+        stop_process(self.supernode)
+        stop_process(self.worker)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path):
+    folder = tmp_path_factory.mktemp("federation")
+    (folder / "space.toml").write_text(SPACE)
+    superlink = f"127.0.0.1:{free_port()}"
+    first = load_federation_config(_federation_toml(folder, "run-one", superlink, 3))
+    link = start_superlink(first.superlink, first.state_dir)
+    write_connection(first.superlink, first.state_dir)
+    sites = [Site(folder, tiny_llama, i, superlink) for i in (1, 2, 3)]
+    for site in sites:
+        site.start_supernode()
+        site.start_worker()
+    yield folder, superlink, sites
+    for site in sites:
+        site.stop()
+    stop_process(link)
+
+
+def _first_checkpoint(site: Site, timeout: float = 120.0) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        finished = sorted(site.config.candidates_dir.glob("runs/*/checkpoint-*/trainer_state.json"))
+        if finished:
+            return sorted(finished[0].parent.glob("*.safetensors"))
+        time.sleep(0.05)
+    raise TimeoutError("no checkpoint appeared")
+
+
+def test_full_run_with_a_killed_worker_and_a_lost_supernode(federation) -> None:
+    folder, superlink, sites = federation
+    config = load_federation_config(_federation_toml(folder, "run-one", superlink, 3))
+    engine = open_coordinator_database(config.database_url)
+    run_id = submit_run(config.state_dir, config.run_config())
+
+    # Site 1's worker dies mid-training and comes back: finished epochs are not trained again.
+    saved = _first_checkpoint(sites[0])
+    sites[0].worker.send_signal(signal.SIGKILL)
+    sites[0].worker.wait()
+    before = {path: path.stat().st_mtime_ns for path in saved}
+    sites[0].start_worker()
+
+    # Site 3's SuperNode dies once the comparisons have started.
+    def kill_site_three() -> None:
+        while True:
+            with Session(engine) as session:
+                started = session.exec(select(RunSite).where(RunSite.run_name == "run-one")).all()
+            if len(started) == 3 and any(s.progress > 0 for s in started):
+                break
+            time.sleep(0.2)
+        sites[2].supernode.send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_site_three, daemon=True)
+    killer.start()
+    status = follow_run(config, run_id, live_view=False)
+    assert status["status"] == "finished:completed", status.get("status-details")
+
+    with Session(engine) as session:
+        run = session.get(FederatedRun, "run-one")
+        assert run.best_index == PLANTED
+        site_rows = session.exec(select(RunSite).where(RunSite.run_name == "run-one")).all()
+        left_out = [s for s in site_rows if s.status == "left_out"]
+        assert len(left_out) == 1 and "no answer" in left_out[0].reason
+        results = session.exec(select(ComparisonResult)).all()
+        assert results and all(r.sites in (2, 3) for r in results)
+        assert results[-1].sites == 2
+
+    assert saved and {p: p.stat().st_mtime_ns for p in saved} == before
+    site_engine = open_site_database(sites[0].config.database_url)
+    with Session(site_engine) as session:
+        jobs = session.exec(select(ComparisonJob).where(ComparisonJob.status == "done")).all()
+        judged = session.exec(select(ItemJudgment)).all()
+        assert sum(job.items for job in jobs) == len(judged)
+        for job in jobs:
+            planted_side = CONFIGS[PLANTED].id in (job.a_id, job.b_id)
+            assert job.tally() == (
+                (6, 0, 0, 0, 6)
+                if job.a_id == CONFIGS[PLANTED].id
+                else (0, 0, 6, 0, 6)
+                if planted_side
+                else (0, 6, 0, 0, 6)
+            )
+    for entry in ledger(site_engine, "run-one"):
+        assert entry.content.count('"') == 8  # the four integer field names, nothing else
+
+
+def test_a_stopped_coordinator_resumes_the_run(federation) -> None:
+    folder, superlink, _sites = federation
+    config = load_federation_config(_federation_toml(folder, "run-two", superlink, 2))
+    engine = open_coordinator_database(config.database_url)
+    run_id = submit_run(config.state_dir, config.run_config())
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        with Session(engine) as session:
+            if session.exec(
+                select(ComparisonResult).where(ComparisonResult.run_name == "run-two")
+            ).first():
+                break
+        time.sleep(0.2)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "flwr"), "stop", run_id, "pandalm"],
+        env=flower_environment(config.state_dir),
+        check=True,
+        capture_output=True,
+    )
+    with Session(engine) as session:
+        early = {
+            (r.a, r.b)
+            for r in session.exec(
+                select(ComparisonResult).where(ComparisonResult.run_name == "run-two")
+            )
+        }
+    assert early
+
+    run_id = submit_run(config.state_dir, config.run_config())
+    status = follow_run(config, run_id, live_view=False)
+    assert status["status"] == "finished:completed", status.get("status-details")
+    with Session(engine) as session:
+        rows = session.exec(
+            select(ComparisonResult).where(ComparisonResult.run_name == "run-two")
+        ).all()
+        keys = [(r.a, r.b, r.item_start, r.item_stop) for r in rows]
+        assert len(keys) == len(set(keys)) == 3  # two block comparisons and the final
+        assert early <= {(r.a, r.b) for r in rows}
+        assert session.get(FederatedRun, "run-two").best_index == PLANTED

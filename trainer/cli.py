@@ -1,0 +1,199 @@
+"""`pandalm-train`: fine-tune candidates over a search space and generate their responses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from judge.io import InputError
+from judge.models import ModelNotFoundError
+from trainer.builtin_data import MAX_EXAMPLES
+from trainer.space import SpaceError, load_space
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+SpaceOption = Annotated[
+    Path | None,
+    typer.Option("--space", help="search space TOML (default: the paper's grid)", exists=True),
+]
+LoraOption = Annotated[bool, typer.Option("--lora", help="LoRA for configs that set no finetune")]
+QloraOption = Annotated[
+    bool, typer.Option("--qlora", help="QLoRA (4-bit base) for configs that set no finetune")
+]
+BUILTIN_HELP = "or 'builtin' for the embedded demo set"
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn known bad-input errors into one clear line and exit status 2."""
+    try:
+        yield
+    except (InputError, SpaceError, ModelNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _finetune(lora: bool, qlora: bool) -> str | None:
+    if lora and qlora:
+        raise SpaceError("--lora and --qlora exclude each other")
+    return "lora" if lora else "qlora" if qlora else None
+
+
+@app.command("space")
+def space_command(
+    space: SpaceOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="a JSON list of {id, params}")] = False,
+    lora: LoraOption = False,
+    qlora: QloraOption = False,
+) -> None:
+    """List a search space's configs and their ids."""
+    with _user_errors():
+        search_space = load_space(space, _finetune(lora, qlora))
+    if as_json:
+        typer.echo(json.dumps([config.to_json() for config in search_space.configs], indent=2))
+        return
+    names = {config_id: name for name, config_id in search_space.names.items()}
+    columns = list(dict.fromkeys(k for c in search_space.configs for k in c.params))
+    table = Table(title=f"{len(search_space.configs)} configs")
+    table.add_column("id", no_wrap=True, min_width=12)
+    for column in [*columns, "name"]:
+        table.add_column(column)
+    for config in search_space.configs:
+        values = [str(config.params.get(column, "")) for column in columns]
+        table.add_row(config.id, *values, names.get(config.id, ""))
+    Console().print(table)
+
+
+@app.command()
+def candidates(
+    base: Annotated[str, typer.Option("--base", help="builtin, or a local HF causal-LM dir")],
+    data: Annotated[str, typer.Option("--data", help=f"Alpaca JSON/JSONL file, {BUILTIN_HELP}")],
+    out: Annotated[Path, typer.Option("--out", help="output directory (resumable)")],
+    space: SpaceOption = None,
+    lora: LoraOption = False,
+    qlora: QloraOption = False,
+    max_steps: Annotated[
+        int | None,
+        typer.Option("--max-steps", min=1, help="at most N optimizer steps per epoch (quick runs)"),
+    ] = None,
+    site_seed: Annotated[int, typer.Option(help="builtin data: the site's shard")] = 0,
+    examples: Annotated[
+        int, typer.Option(min=1, max=MAX_EXAMPLES, help="builtin data: shard size")
+    ] = 256,
+    max_length: Annotated[int, typer.Option(min=2, help="tokens per example")] = 1024,
+    batch_size: Annotated[int, typer.Option(min=1, help="per device")] = 8,
+    gradient_accumulation: Annotated[int, typer.Option(min=1)] = 1,
+    seed: int = 42,
+    horizon: Annotated[
+        Literal["run", "config"], typer.Option(help="schedule spans the run or each config")
+    ] = "run",
+    retention: Annotated[
+        Literal["weights", "resumable"],
+        typer.Option(help="keep optimizer state after a run (resumable) or not"),
+    ] = "weights",
+    deepspeed: Annotated[bool, typer.Option(help="DeepSpeed ZeRO-2 (multi-GPU sites)")] = False,
+) -> None:
+    """Fine-tune a candidate per config; print a JSON summary of the checkpoints."""
+    from transformers.utils import logging as hf_logging
+
+    from trainer.builtin_data import make_shard
+    from trainer.candidates import CandidateTrainingArguments, resolve_base_model, train_candidates
+    from trainer.data import load_instruction_data
+    from trainer.progress import RichTrainingProgress, progress_display
+
+    with _user_errors():
+        search_space = load_space(space, _finetune(lora, qlora))
+        records = (
+            make_shard(site_seed, examples)
+            if data == "builtin"
+            else load_instruction_data(Path(data))
+        )
+        args = CandidateTrainingArguments(
+            output_dir=out,
+            base_model=resolve_base_model(base),
+            max_length=max_length,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=gradient_accumulation,
+            seed=seed,
+            schedule_horizon=horizon,
+            max_steps_per_epoch=max_steps,
+            deepspeed_zero2=deepspeed,
+            retention=retention,
+        )
+        hf_logging.disable_progress_bar()
+        with progress_display(console) as progress:
+            tracker = RichTrainingProgress(progress)
+            report = train_candidates(
+                search_space.configs, records, args, [tracker], on_run=tracker.start_run
+            )
+            tracker.finish()
+    if report.truncated or report.dropped:
+        console.print(
+            f"[yellow]{report.truncated} responses truncated and {report.dropped} examples "
+            f"dropped at max length {max_length}[/yellow]"
+        )
+    typer.echo(json.dumps(report.to_json(), indent=2))
+
+
+@app.command()
+def generate(
+    checkpoints: Annotated[
+        Path, typer.Option("--checkpoints", help="output directory of `candidates`", exists=True)
+    ],
+    validation: Annotated[
+        str,
+        typer.Option("--validation", help=f"JSON/JSONL instruction[/input] file, {BUILTIN_HELP}"),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="responses JSONL (appended, cached)")],
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    validation_examples: Annotated[
+        int, typer.Option(min=1, max=MAX_EXAMPLES, help="builtin validation set size")
+    ] = 64,
+    delete_weights: Annotated[
+        bool, typer.Option(help="drop a finished run's checkpoint once its responses are stored")
+    ] = False,
+) -> None:
+    """Greedy responses of every checkpoint to the validation set; reruns recompute nothing."""
+    from transformers.utils import logging as hf_logging
+
+    from trainer.builtin_data import make_validation_set
+    from trainer.candidates import find_checkpoints
+    from trainer.data import load_validation_set
+    from trainer.generate import generate_responses
+    from trainer.progress import progress_display
+
+    with _user_errors():
+        items = (
+            make_validation_set(validation_examples)
+            if validation == "builtin"
+            else load_validation_set(Path(validation))
+        )
+        found = find_checkpoints(checkpoints)
+        if not found:
+            raise InputError(f"{checkpoints}: no finished epoch checkpoint yet")
+        hf_logging.disable_progress_bar()
+        with progress_display(console) as progress:
+            total = len(found) * len({item.id for item in items})
+            task = progress.add_task("responses", total=total, detail="")
+            report = generate_responses(
+                found,
+                items,
+                out,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                delete_weights=delete_weights,
+                on_progress=lambda n: progress.advance(task, n),
+            )
+    console.print(
+        f"{report.generated} responses generated, {report.cached} already in {out}"
+        + (f", {report.weights_deleted} checkpoints' weights deleted" if delete_weights else "")
+    )
