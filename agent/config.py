@@ -33,6 +33,8 @@ class ModelSettings:
     """0 trains whole epochs; N caps every epoch at N optimizer steps (quick demos)."""
     max_new_tokens: int = 64
     torch_threads: int = 1
+    keep_weights: bool = False
+    """Keep candidate weights after their responses exist (judging needs only responses)."""
 
 
 @dataclass(frozen=True)

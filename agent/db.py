@@ -33,6 +33,8 @@ class SiteRun(SQLModel, table=True):
     stage: str = "training"  # training | generating | ready | failed
     progress: int = 0  # permille of training + generation
     error_code: int = 0
+    training_seconds: float = 0.0
+    generation_seconds: float = 0.0
     created: datetime = Field(default_factory=_now)
 
     def ids(self) -> list[str]:
@@ -60,6 +62,7 @@ class ComparisonJob(SQLModel, table=True):
     loss: int = 0
     invalid: int = 0
     items: int = 0
+    judging_seconds: float = 0.0
     created: datetime = Field(default_factory=_now)
 
     def tally(self) -> tuple[int, int, int, int, int]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import Engine
 from sqlmodel import Session, select
+from transformers import TrainerCallback
 
 from agent.config import SiteConfig, resolve_data_path
 from agent.db import ComparisonJob, ItemJudgment, SiteRun, open_database
@@ -79,6 +80,21 @@ def validation_items(config: SiteConfig) -> list:
     if config.data.validation == "builtin":
         return make_validation_set(config.data.validation_items, seed=config.data.builtin_seed)
     return load_validation_set(resolve_data_path(config, config.data.validation))
+
+
+class _TrainingProgress(TrainerCallback):
+    """Training counts for the first 80% of a run's preparation, step by step."""
+
+    def __init__(self, worker: SiteWorker, run_key: str) -> None:
+        self.worker, self.run_key = worker, run_key
+        self.position, self.total = 1, 1
+
+    def enter(self, _run: object, position: int, total: int) -> None:
+        self.position, self.total = position, total
+
+    def on_step_end(self, args, state, control, **kwargs):
+        done = (self.position - 1 + state.global_step / max(state.max_steps, 1)) / self.total
+        self.worker._set_run(self.run_key, progress=int(800 * done))
 
 
 class SiteWorker:
@@ -149,11 +165,17 @@ class SiteWorker:
                 max_steps_per_epoch=model.max_steps_per_epoch or None,
             )
 
-            def on_run(_run, position: int, total: int) -> None:
-                self._set_run(run_key, progress=int(800 * (position - 1) / total))
-
-            report = train(configs, training_records(self.config), args, on_run=on_run)
-            self._set_run(run_key, stage="generating", progress=800)
+            progress = _TrainingProgress(self, run_key)
+            records = training_records(self.config)
+            started = time.monotonic()
+            report = train(configs, records, args, callbacks=[progress], on_run=progress.enter)
+            self._set_run(
+                run_key,
+                stage="generating",
+                progress=800,
+                training_seconds=time.monotonic() - started,
+            )
+            started = time.monotonic()
             items = validation_items(self.config)
             generate_responses(
                 report.checkpoints,
@@ -161,12 +183,15 @@ class SiteWorker:
                 self.config.responses_file,
                 max_new_tokens=model.max_new_tokens,
                 batch_size=model.batch_size,
+                delete_weights=not model.keep_weights,
             )
         except Exception:
             log.exception("preparing run %s failed", run_key)
             self._set_run(run_key, stage="failed", error_code=int(Code.TRAINING_FAILED))
             return
-        self._set_run(run_key, stage="ready", progress=1000)
+        self._set_run(
+            run_key, stage="ready", progress=1000, generation_seconds=time.monotonic() - started
+        )
 
     def _responses(self) -> dict[tuple[str, str], str]:
         from trainer.generate import read_responses
@@ -186,7 +211,8 @@ class SiteWorker:
             run = session.get(SiteRun, job.run_key)
             mode, key = run.judge_mode, (job.run_key, job.a_id, job.b_id)
             start, stop = job.item_start, job.item_stop
-        items = validation_items(self.config)[: self._limit(run)][start:stop]
+        items = validation_items(self.config)[: run.validation_items][start:stop]
+        started = time.monotonic()
         try:
             responses = self._responses()
             done = self._judged_items(*key)
@@ -210,11 +236,7 @@ class SiteWorker:
                 job.status, job.error_code = "failed", int(Code.JUDGING_FAILED)
                 session.commit()
             return
-        self._finish(job_id, key, [item.id for item in items])
-
-    @staticmethod
-    def _limit(run: SiteRun) -> int:
-        return run.validation_items
+        self._finish(job_id, key, [item.id for item in items], time.monotonic() - started)
 
     def _judge_for(self, mode: str) -> ComparisonJudge:
         if mode not in self._judges:
@@ -247,7 +269,9 @@ class SiteWorker:
             )
             session.commit()
 
-    def _finish(self, job_id: int, key: tuple[str, str, str], item_ids: Sequence[str]) -> None:
+    def _finish(
+        self, job_id: int, key: tuple[str, str, str], item_ids: Sequence[str], seconds: float
+    ) -> None:
         with Session(self.engine) as session:
             rows = session.exec(
                 select(ItemJudgment).where(
@@ -263,7 +287,7 @@ class SiteWorker:
                 counts[TALLY_OF_VERDICT[row.verdict]] += 1
             for name, value in counts.items():
                 setattr(job, name, value)
-            job.items, job.status = len(rows), "done"
+            job.items, job.status, job.judging_seconds = len(rows), "done", seconds
             session.commit()
 
 

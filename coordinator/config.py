@@ -22,6 +22,8 @@ class FederationConfig:
     state_dir: Path
     superlink: SuperLinkSettings = field(default_factory=SuperLinkSettings)
     start_superlink: bool = True
+    wire_log: str = ""
+    """JSONL file that records every reply exactly as it arrived (an audit of what sites sent)."""
 
     @property
     def database_url(self) -> str:
@@ -34,6 +36,7 @@ class FederationConfig:
         values: dict[str, object] = {f.name: getattr(self.run, f.name) for f in fields(RunSettings)}
         values["database"] = self.database_url
         values["space"] = self.space
+        values["wire_log"] = self.wire_log
         return values
 
 
@@ -70,6 +73,7 @@ def load_federation_config(path: Path) -> FederationConfig:
     state_dir = base / str(run.pop("state_dir", "coordinator-state"))
     database = str(run.pop("database", "coordinator.sqlite"))
     space = str(run.pop("space", ""))
+    wire_log = str(run.pop("wire_log", ""))
     if run:
         raise FederationConfigError(f"{path}: [run].{sorted(run)[0]}: unknown setting")
     if space and not (base / space).is_file():
@@ -91,4 +95,5 @@ def load_federation_config(path: Path) -> FederationConfig:
         state_dir=state_dir,
         superlink=SuperLinkSettings(**link),
         start_superlink=start,
+        wire_log=str(base / wire_log) if wire_log else "",
     )

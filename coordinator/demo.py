@@ -2,7 +2,9 @@
 
 A SuperLink, one agent per site (each with its own shard of the builtin data and its own
 validation items), the SmolLM2-135M base for candidates, the builtin judge and a reduced grid
-(2 optimizers x 2 learning rates x 2 epochs). Everything stays under `--out`.
+(2 optimizers x 2 learning rates x 2 epochs). To fit about ten minutes on two CPU cores every
+epoch is a single optimizer step on 8 examples: enough to run the whole pipeline, not to learn
+much. Everything stays under `--out`.
 """
 
 from __future__ import annotations
@@ -38,14 +40,15 @@ data_dir = "."
 train = "builtin"
 validation = "builtin"
 builtin_seed = {seed}
-train_examples = 24
-validation_items = 6
+train_examples = 16
+validation_items = 4
 
 [model]
 base = "builtin"
 max_length = 128
 batch_size = 8
-max_new_tokens = 32
+max_steps_per_epoch = 1
+max_new_tokens = 24
 torch_threads = 1
 
 [judge]
@@ -71,11 +74,12 @@ min_sites = {sites}
 wait_for_sites = 120.0
 round_timeout = 30.0
 retry_seconds = 1.0
+max_retry_seconds = 8.0
 patience = 5
-validation_items = 6
+validation_items = 4
 judge_mode = "score"
 blocks = 2
-chunk_items = 3
+chunk_items = 2
 
 [superlink]
 address = "{superlink}"
@@ -136,7 +140,7 @@ def run_demo(n_sites: int, out: Path, mode: str, console: Console) -> dict:
                 )
             )  # fmt: skip
             log.close()
-        run_federation(federation)
+        flower_status = run_federation(federation)
     finally:
         for agent in agents:
             stop_process(agent)
@@ -145,7 +149,11 @@ def run_demo(n_sites: int, out: Path, mode: str, console: Console) -> dict:
     node_names = {_node_id(out / "sites" / name / "logs" / "supernode.log"): name for name in names}
     result = run_result(engine, federation.run.name, node_names)
     summary = write_report(result, out / "report")
-    summary = {**summary, "wall_seconds": time.monotonic() - started}
+    summary = {
+        **summary,
+        "wall_seconds": time.monotonic() - started,
+        "flower_traffic": flower_status.get("network-traffic", {}),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     best = summary["best_config"]
     console.print(f"best config: {best['id']} {json.dumps(best['params'])}")

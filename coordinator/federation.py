@@ -4,8 +4,8 @@ the selection procedure, until it names the best config.
 The loop talks to sites through a small `Transport` (Flower's Grid in `server_app.py`), and keeps
 everything in its database so a restarted coordinator replays what was recorded and goes on.
 Sites answer `pending` while they train, generate or judge; they are asked again after
-`retry_seconds`. A site that refuses, fails, or does not answer for `patience` rounds in a row is
-left out of the rest of the run and named in the result.
+`retry_seconds`, doubling up to `max_retry_seconds`. A site that refuses, fails, or does not
+answer for `patience` rounds in a row is left out of the rest of the run and named in the result.
 """
 
 from __future__ import annotations
@@ -63,6 +63,9 @@ class RunSettings:
     wait_for_sites: float = 300.0
     round_timeout: float = 60.0
     retry_seconds: float = 2.0
+    max_retry_seconds: float = 30.0
+    """Pending sites are asked again after retry_seconds, doubling up to this while nothing
+    changes: every message costs a site a fresh ClientApp process."""
     patience: int = 3
     validation_items: int = 16
     judge_mode: str = "score"
@@ -318,6 +321,7 @@ class FederatedSelection:
         )
         record = encode_compare(message)
         answers: dict[int, tuple] = {}
+        pause = self.settings.retry_seconds
         while True:
             waiting = [n for n in self._active_sites() if n not in answers]
             if not waiting:
@@ -332,7 +336,8 @@ class FederatedSelection:
                 elif reply.status != Status.PENDING:
                     self._leave_out(node_id, f"compare {reply.status.name} code {reply.code.name}")
             if any(n not in answers for n in self._active_sites()):
-                time.sleep(self.settings.retry_seconds)
+                time.sleep(pause)
+                pause = min(2 * pause, self.settings.max_retry_seconds)
         contributors = [n for n in self._active_sites() if n in answers]
         if not contributors:
             raise RuntimeError("every site has left the run")

@@ -33,7 +33,7 @@ def app_pyproject() -> str:
     config_lines = [
         f"{f.name} = {_toml_value(getattr(defaults, f.name))}" for f in fields(RunSettings)
     ]
-    config_lines += ['database = "sqlite:///coordinator.sqlite"', 'space = ""']
+    config_lines += ['database = "sqlite:///coordinator.sqlite"', 'space = ""', 'wire_log = ""']
     return "\n".join(
         [
             "[project]",

@@ -26,11 +26,26 @@ app = ServerApp()
 POLL_SECONDS = 0.2
 
 
-class GridTransport:
-    """Pushes one message per site and polls for the replies (faster than send_and_receive)."""
+def _wire_content(reply: Message) -> dict:
+    """Everything a reply carried, record by record, as the coordinator received it."""
+    if reply.has_error():
+        return {"error": {"code": reply.error.code, "reason": reply.error.reason}}
+    return {
+        name: {"type": type(record).__name__, "fields": dict(record)}
+        for name, record in reply.content.items()
+    }
 
-    def __init__(self, grid: Grid) -> None:
+
+class GridTransport:
+    """Pushes one message per site and polls for the replies (faster than send_and_receive).
+
+    With `wire_log`, every reply is appended to that JSONL file exactly as it arrived, so an
+    operator (or a test) can check what the sites sent.
+    """
+
+    def __init__(self, grid: Grid, wire_log: Path | None = None) -> None:
         self.grid = grid
+        self.wire_log = wire_log
 
     def node_ids(self) -> list[int]:
         return sorted(self.grid.get_node_ids())
@@ -55,6 +70,7 @@ class GridTransport:
             for reply in self.grid.pull_messages(waiting):
                 message_id = reply.metadata.reply_to_message_id
                 waiting.discard(message_id)
+                self._log_wire(node_of[message_id], message_type, reply)
                 if reply.has_error() or RECORD_KEY not in reply.content.config_records:
                     log.warning("site %s answered with an error", node_of[message_id])
                     continue
@@ -62,6 +78,13 @@ class GridTransport:
             if waiting:
                 time.sleep(POLL_SECONDS)
         return replies
+
+    def _log_wire(self, node_id: int, message_type: str, reply: Message) -> None:
+        if self.wire_log is None:
+            return
+        entry = {"node": node_id, "message_type": message_type, "content": _wire_content(reply)}
+        with self.wire_log.open("a", encoding="utf-8") as sink:
+            sink.write(json.dumps(entry, default=repr) + "\n")
 
 
 def settings_from_run_config(config: Mapping[str, object]) -> tuple[RunSettings, str, str]:
@@ -74,6 +97,10 @@ def settings_from_run_config(config: Mapping[str, object]) -> tuple[RunSettings,
     return RunSettings(**values), str(config["database"]), str(config.get("space", ""))
 
 
+def wire_log_from_run_config(config: Mapping[str, object]) -> Path | None:
+    return Path(str(config["wire_log"])) if config.get("wire_log") else None
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings, database, space_file = settings_from_run_config(context.run_config)
@@ -81,7 +108,7 @@ def main(grid: Grid, context: Context) -> None:
     engine = open_database(database)
     selection = FederatedSelection(
         engine,
-        GridTransport(grid),
+        GridTransport(grid, wire_log_from_run_config(context.run_config)),
         settings,
         [c.id for c in space.configs],
         [dict(c.params) for c in space.configs],

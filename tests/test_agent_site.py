@@ -42,6 +42,7 @@ def write_site_config(folder: Path, base: Path, name: str = "site-a", seed: int 
         f'[site]\nname = "{name}"\ndata_dir = "{name}-data"\n'
         f"[data]\nbuiltin_seed = {seed}\ntrain_examples = 16\nvalidation_items = 6\n"
         f'[model]\nbase = "{base}"\nmax_length = 96\nbatch_size = 8\nmax_new_tokens = 8\n'
+        "keep_weights = true\n"
         "[flower]\ninsecure = true\n"
     )
     return path
