@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from coordinator.tomlconfig import read_toml, typed_table
 
 
 class SiteConfigError(ValueError):
@@ -82,27 +82,9 @@ class SiteConfig:
         return self.data_dir / "judge-cache.sqlite"
 
 
-def _section(cls: type, values: Any, where: str) -> Any:
-    if not isinstance(values, dict):
-        raise SiteConfigError(f"{where}: expected a table")
-    known = {f.name: f for f in fields(cls)}
-    for key, value in values.items():
-        if key not in known:
-            raise SiteConfigError(f"{where}.{key}: unknown setting (known: {', '.join(known)})")
-        expected = type(known[key].default)
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise SiteConfigError(f"{where}.{key}: must be {expected.__name__}, got {value!r}")
-    return cls(**values)
-
-
 def load_site_config(path: Path) -> SiteConfig:
     """Read and validate a site.toml."""
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SiteConfigError(f"{path}: cannot read ({exc})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise SiteConfigError(f"{path}: invalid TOML ({exc})") from exc
+    document = read_toml(path, SiteConfigError)
     site = document.pop("site", None)
     if not isinstance(site, dict) or not isinstance(site.get("name"), str):
         raise SiteConfigError(f'{path}: [site] needs name = "..."')
@@ -119,7 +101,7 @@ def load_site_config(path: Path) -> SiteConfig:
         if key not in sections:
             raise SiteConfigError(f"{path}: [{key}]: unknown table")
     parsed = {
-        key: _section(cls, document.get(key, {}), f"{path}: [{key}]")
+        key: cls(**typed_table(cls, document.get(key, {}), f"{path}: [{key}]", SiteConfigError))
         for key, cls in sections.items()
     }
     data_dir = Path(site.get("data_dir", f"{site['name']}-data")).expanduser()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from coordinator.federation import RunSettings
 from coordinator.launch import SuperLinkSettings
+from coordinator.tomlconfig import read_toml, typed_table
 
 
 class FederationConfigError(ValueError):
@@ -40,28 +40,8 @@ class FederationConfig:
         return values
 
 
-def _typed(cls: type, values: object, where: str, skip: tuple[str, ...] = ()) -> dict:
-    if not isinstance(values, dict):
-        raise FederationConfigError(f"{where}: expected a table")
-    known = {f.name: f for f in fields(cls) if f.name not in skip}
-    for key, value in values.items():
-        if key not in known:
-            raise FederationConfigError(f"{where}.{key}: unknown setting")
-        expected = type(known[key].default)
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            values[key] = float(value)
-        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise FederationConfigError(f"{where}.{key}: must be {expected.__name__}")
-    return values
-
-
 def load_federation_config(path: Path) -> FederationConfig:
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise FederationConfigError(f"{path}: cannot read ({exc})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise FederationConfigError(f"{path}: invalid TOML ({exc})") from exc
+    document = read_toml(path, FederationConfigError)
     unknown = set(document) - {"run", "selection", "superlink"}
     if unknown:
         raise FederationConfigError(f"{path}: [{sorted(unknown)[0]}]: unknown table")
@@ -78,14 +58,18 @@ def load_federation_config(path: Path) -> FederationConfig:
         raise FederationConfigError(f"{path}: [run].{sorted(run)[0]}: unknown setting")
     if space and not (base / space).is_file():
         raise FederationConfigError(f"{path}: [run].space: no file {space}")
-    selection = _typed(
-        RunSettings, dict(document.get("selection", {})), f"{path}: [selection]", skip=("name",)
+    selection = typed_table(
+        RunSettings,
+        document.get("selection", {}),
+        f"{path}: [selection]",
+        FederationConfigError,
+        skip=("name",),
     )
     link = dict(document.get("superlink", {}))
     start = link.pop("start", True)
     if not isinstance(start, bool):
         raise FederationConfigError(f"{path}: [superlink].start: must be bool")
-    link = _typed(SuperLinkSettings, link, f"{path}: [superlink]")
+    link = typed_table(SuperLinkSettings, link, f"{path}: [superlink]", FederationConfigError)
     if "certificates" in link:
         link["certificates"] = str(base / link["certificates"])
     return FederationConfig(

@@ -143,3 +143,40 @@ def test_a_restarted_coordinator_resumes(tmp_path: Path, sites: dict) -> None:
 def comparison_rows(url: str) -> list[ComparisonResult]:
     with Session(open_coordinator_database(url)) as session:
         return list(session.exec(select(ComparisonResult)))
+
+
+def test_console_and_report_read_the_run(tmp_path: Path, sites: dict) -> None:
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from coordinator.cli import app
+    from coordinator.console import render
+
+    database = tmp_path / "coordinator.sqlite"
+    engine = open_coordinator_database(f"sqlite:///{database}")
+    _selection(engine, LoopbackTransport(sites), "run-view").run()
+    console = Console(width=160, record=True)
+    console.print(render(engine, "run-view"))
+    frame = console.export_text()
+    assert "status done" in frame and f"best config: #2 {CONFIGS[2].id[:8]}" in frame
+    result = CliRunner().invoke(
+        app, ["report", "run-view", "--database", str(database), "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 0, result.output
+    assert CONFIGS[2].id in result.stdout
+    assert (tmp_path / "r" / "report.html").is_file()
+
+
+def test_federation_config_errors_name_the_field(tmp_path: Path) -> None:
+    from coordinator.config import FederationConfigError, load_federation_config
+
+    path = tmp_path / "federation.toml"
+    path.write_text('[run]\nname = "x"\n[selection]\nmode = "paper"\nmin_sites = "three"\n')
+    with pytest.raises(FederationConfigError, match=r"\[selection\]\.min_sites: must be int"):
+        load_federation_config(path)
+    path.write_text('[run]\nname = "x"\n[superlink]\nadress = "127.0.0.1:1"\n')
+    with pytest.raises(FederationConfigError, match=r"\[superlink\]\.adress: unknown setting"):
+        load_federation_config(path)
+    path.write_text('[run]\nname = "x"\nspace = "nope.toml"\n')
+    with pytest.raises(FederationConfigError, match=r"\[run\]\.space: no file nope\.toml"):
+        load_federation_config(path)
