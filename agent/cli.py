@@ -80,6 +80,17 @@ def init(
 
 
 @app.command()
+def enroll(config: ConfigOption) -> None:
+    """Create this site's key pair (once) and print the public key for the coordinator."""
+    from agent.identity import enroll as create_keys
+
+    with _site(config) as site:
+        public = create_keys(site.keys_dir, comment=site.name)
+    console.print(f"public key: {public} (send it to the coordinator's operator)")
+    print(public.read_text().strip())
+
+
+@app.command()
 def start(config: ConfigOption) -> None:
     """Run the site: the job worker and the Flower SuperNode, restarted if they exit."""
     from agent.supervisor import supervise

@@ -78,6 +78,10 @@ class SiteConfig:
         return self.data_dir / "responses.jsonl"
 
     @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
     def judge_cache(self) -> Path:
         return self.data_dir / "judge-cache.sqlite"
 

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import SiteConfig
+from agent.config import SiteConfig, resolve_data_path
+from agent.identity import site_key_paths
 
 
 @dataclass
@@ -58,7 +59,10 @@ def supernode_command(config: SiteConfig) -> list[str]:
     if flower.insecure:
         command.append("--insecure")
     elif flower.root_certificates:
-        command += ["--root-certificates", flower.root_certificates]
+        command += ["--root-certificates", str(resolve_data_path(config, flower.root_certificates))]
+    private_key, _ = site_key_paths(config.keys_dir)
+    if private_key.is_file():
+        command += ["--auth-supernode-private-key", str(private_key)]
     return command
 
 

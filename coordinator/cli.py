@@ -17,6 +17,7 @@ from coordinator.config import FederationConfig, FederationConfigError, load_fed
 from coordinator.console import latest_run, render
 from coordinator.db import open_database
 from coordinator.launch import (
+    CONNECTION,
     port_open,
     run_status,
     start_superlink,
@@ -125,6 +126,86 @@ def report(
     with _user_errors():
         summary = write_report(run_result(open_database(_url(database)), run), out, threshold)
     print(json.dumps(summary["best_config"]))
+
+
+certs_app = typer.Typer(help="TLS certificates for the SuperLink.", no_args_is_help=True)
+sites_app = typer.Typer(help="The sites allowed to connect.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+app.add_typer(sites_app, name="sites")
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="federation.toml")]
+
+
+@certs_app.command("init")
+def certs_init(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for ca.crt, server.pem, ...")],
+    san: Annotated[list[str], typer.Option("--san", help="DNS name or IP of the SuperLink")],
+) -> None:
+    """Create a CA and the SuperLink's certificate; give sites ca.crt only."""
+    from coordinator.certs import init_certificates
+
+    with _user_errors():
+        try:
+            files = init_certificates(out, san)
+        except (FileExistsError, ValueError) as exc:
+            raise RuntimeError(str(exc)) from exc
+    for name, path in files.items():
+        console.print(f"{name}: {path}")
+
+
+@app.command()
+def superlink(config: ConfigOption) -> None:
+    """Run the SuperLink alone (register sites with `sites add` while it runs)."""
+    with _user_errors():
+        federation = load_federation_config(config)
+        process = start_superlink(federation.superlink, federation.state_dir)
+        write_connection(federation.superlink, federation.state_dir)
+    console.print(f"SuperLink on {federation.superlink.address}; log in {federation.state_dir}")
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        stop_process(process)
+
+
+@sites_app.command("add")
+def sites_add(
+    name: Annotated[str, typer.Argument(help="the site's name")],
+    key_file: Annotated[Path, typer.Argument(help="the site's public key (pandalm-agent enroll)")],
+    config: ConfigOption,
+) -> None:
+    """Register a site's public key with the running SuperLink."""
+    from coordinator.launch import flwr_cli
+
+    with _user_errors():
+        federation = load_federation_config(config)
+        write_connection(federation.superlink, federation.state_dir)
+        answer = flwr_cli(federation.state_dir, "supernode", "register", str(key_file),
+                          CONNECTION, "--name", name)  # fmt: skip
+    console.print(f"registered {name}: node {answer.get('node-id')}")
+
+
+@sites_app.command("list")
+def sites_list(config: ConfigOption) -> None:
+    """The registered sites and whether they are online."""
+    from coordinator.launch import flwr_cli
+
+    with _user_errors():
+        federation = load_federation_config(config)
+        write_connection(federation.superlink, federation.state_dir)
+        answer = flwr_cli(federation.state_dir, "supernode", "list", CONNECTION)
+    print(json.dumps(answer.get("nodes", answer), indent=2))
+
+
+@sites_app.command("remove")
+def sites_remove(node_id: Annotated[str, typer.Argument(help="the site's node id")],
+                 config: ConfigOption) -> None:  # fmt: skip
+    """Unregister a site: its SuperNode can no longer connect."""
+    from coordinator.launch import flwr_cli
+
+    with _user_errors():
+        federation = load_federation_config(config)
+        write_connection(federation.superlink, federation.state_dir)
+        flwr_cli(federation.state_dir, "supernode", "unregister", node_id, CONNECTION)
+    console.print(f"unregistered node {node_id}")
 
 
 @app.command()

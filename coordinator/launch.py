@@ -55,6 +55,9 @@ class SuperLinkSettings:
     insecure: bool = False
     certificates: str = ""
     """Folder with ca.crt, server.pem, server.key (`pandalm-coordinator certs init`)."""
+    authenticate_sites: bool = True
+    """Only SuperNodes whose public key was registered (`pandalm-coordinator sites add`)
+    may connect; needs TLS."""
 
 
 def start_superlink(settings: SuperLinkSettings, state_dir: Path) -> subprocess.Popen:
@@ -70,6 +73,8 @@ def start_superlink(settings: SuperLinkSettings, state_dir: Path) -> subprocess.
     if settings.insecure:
         command.append("--insecure")
     else:
+        if settings.authenticate_sites:
+            command.append("--enable-supernode-auth")
         certs = Path(settings.certificates)
         command += [
             "--ssl-ca-certfile", str(certs / "ca.crt"),
@@ -157,3 +162,19 @@ def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> Non
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def flwr_cli(state_dir: Path, *args: str) -> dict:
+    """Run a `flwr` command against this coordinator's SuperLink; its JSON answer."""
+    result = subprocess.run(
+        [_bin("flwr"), *args, "--format", "json"],
+        capture_output=True, text=True, env=flower_environment(state_dir), check=False,
+    )  # fmt: skip
+    try:
+        answer = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        answer = {"success": False, "error-message": (result.stdout + result.stderr).strip()}
+    if not answer.get("success", False):
+        message = answer.get("error-message") or (result.stdout + result.stderr).strip()
+        raise RuntimeError(f"flwr {args[0]} {args[1] if len(args) > 1 else ''}: {message}")
+    return answer
