@@ -1,0 +1,72 @@
+"""What can be checked of deploy/ without a container engine or a cluster."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from flwr.superlink.routers.control.router import router as control_router
+from flwr.superlink.routers.fleet.router import router as fleet_router
+from typer.main import get_command
+
+from agent.cli import app as agent_app
+from coordinator.cli import app as coordinator_app
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def _commands(app) -> set[str]:
+    return set(get_command(app).commands)
+
+
+def test_compose_file_parses_and_runs_a_coordinator_and_three_sites() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"coordinator", "site-1", "site-2", "site-3"}
+    for name in ("site-1", "site-2", "site-3"):
+        assert services[name]["command"][:2] == ["start", "--config"]
+        assert services[name]["command"][2] == f"/etc/pandalm/{name}.toml"
+        assert services[name]["build"]["dockerfile"] == "deploy/docker/Dockerfile.agent-cpu"
+    for service in services.values():
+        assert (DEPLOY.parent / service["build"]["dockerfile"]).is_file()
+
+
+def test_kubernetes_manifests_parse() -> None:
+    kinds = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            assert {"apiVersion", "kind", "metadata"} <= set(document), path
+            kinds.append(document["kind"])
+            spec = document.get("spec", {}).get("template", {}).get("spec", {})
+            for container in spec.get("containers", []):
+                assert container["args"][0] in _commands(agent_app) | _commands(coordinator_app)
+    assert {"Deployment", "StatefulSet", "Service", "NetworkPolicy"} <= set(kinds)
+
+
+def test_images_are_built_with_the_commands_ci_runs() -> None:
+    makefile = (DEPLOY.parent / "Makefile").read_text()
+    assert re.search(r"^setup:", makefile, re.M)
+    for dockerfile in (DEPLOY / "docker").glob("Dockerfile.*"):
+        text = dockerfile.read_text()
+        assert "make setup" in text, dockerfile
+        entry = re.search(r'ENTRYPOINT \["(pandalm-\w+)"\]', text).group(1)
+        default = re.search(r'CMD \["(\w+)"', text).group(1)
+        commands = _commands(agent_app if entry == "pandalm-agent" else coordinator_app)
+        assert default in commands, dockerfile
+
+
+def test_systemd_units_start_existing_commands() -> None:
+    for unit in (DEPLOY / "systemd").glob("*.service"):
+        line = re.search(r"^ExecStart=\S*/(pandalm-\w+) (\w+)", unit.read_text(), re.M)
+        app = agent_app if line.group(1) == "pandalm-agent" else coordinator_app
+        assert line.group(2) in _commands(app), unit
+
+
+def test_fleet_proxy_forwards_only_flowers_fleet_prefix() -> None:
+    conf = (DEPLOY / "nginx" / "fleet-only.conf").read_text()
+    locations = re.findall(r"location (\S+) \{", conf)
+    assert locations == [f"{fleet_router.prefix}/", "/"]
+    assert fleet_router.prefix == "/v1/fleet" and control_router.prefix == "/v1/control"
+    catch_all = conf[conf.index("location / {") :]
+    assert "return 403" in catch_all and "proxy_pass" not in catch_all

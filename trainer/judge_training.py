@@ -1,0 +1,316 @@
+"""Training a PandaLM-format judge with the transformers Trainer (full or LoRA, DeepSpeed ZeRO-2).
+
+Defaults are the PandaLM paper's: AdamW, learning rate 2e-5, cosine schedule, 2 epochs, warmup
+ratio 0.03, micro batch 2 per device, gradient accumulation 8, bf16 (where the GPU has it),
+max length 1024 and DeepSpeed ZeRO stage 2 (`trainer/deepspeed/zero2.json`; the Trainer builds
+the optimizer and schedule, DeepSpeed partitions their state). Launch under `deepspeed`,
+`torchrun` or plainly; on CPU the Trainer runs with `use_cpu=True` (without it DeepSpeed does
+not split the data between processes).
+
+Output directory:
+
+    model.safetensors, config.json, tokenizer*   the trained judge (`hf:DIR`; LoRA: merged)
+    adapter/                                     LoRA only: the adapter alone
+    examples/rank-<r>.txt                        the example indices each process trained on
+    judge_training.json                          settings, filter report, train and eval metrics
+    checkpoint-<step>/                           the latest checkpoint while training (resume)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import (
+    AutoModelForCausalLM,
+    DataCollatorForSeq2Seq,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from judge.io import InputError
+from trainer.candidates import load_tokenizer, resolve_base_model
+from trainer.judge_data import (
+    OVER_LENGTH_RULES,
+    FilterReport,
+    JudgeRecord,
+    OverLength,
+    load_judge_records,
+    prepare_judge_data,
+)
+
+__all__ = [
+    "DEFAULT_DEEPSPEED_CONFIG",
+    "JudgeTrainingArguments",
+    "JudgeTrainingReport",
+    "build_judge_trainer",
+    "evaluate_judge",
+    "train_judge",
+]
+
+DEFAULT_DEEPSPEED_CONFIG = Path(__file__).with_name("deepspeed") / "zero2.json"
+EXAMPLE_INDEX = "example_index"
+REPORT_FILE = "judge_training.json"
+
+
+class JudgeSettingsError(InputError):
+    """Judge-training settings that cannot be used."""
+
+
+@dataclass
+class JudgeTrainingArguments:
+    """What `pandalm-train judge` trains with; the defaults are the PandaLM paper's recipe.
+
+    `lora` trains a LoRA adapter (the paper's 70B row) and saves the merged model too, so the
+    output directory is a judge either way. `eval_testset` (PandaLM's labelled test-set format)
+    is judged after training, both orders, and its metrics go into the report. `max_steps`
+    stops early (quick runs); `save_steps` keeps one checkpoint to resume a killed run from.
+    """
+
+    base_model: Path
+    data: Path
+    output_dir: Path
+    deepspeed: Path | None = None
+    lora: bool = False
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"
+    learning_rate: float = 2e-5
+    lr_scheduler_type: str = "cosine"
+    optim: str = "adamw_torch"
+    weight_decay: float = 0.0
+    num_train_epochs: float = 2.0
+    warmup_ratio: float = 0.03
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 8
+    max_length: int = 1024
+    over_length: OverLength = "drop"
+    swap_augmentation: bool = False
+    activation_checkpointing: bool = False
+    max_steps: int | None = None
+    save_steps: int = 200
+    logging_steps: int = 10
+    seed: int = 42
+    eval_testset: Path | None = None
+    eval_mode: str = "score"
+    eval_limit: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # more TrainingArguments, verbatim
+
+    def __post_init__(self) -> None:
+        self.base_model, self.data = Path(self.base_model), Path(self.data)
+        self.output_dir = Path(self.output_dir)
+        if self.deepspeed is not None:
+            self.deepspeed = Path(self.deepspeed)
+            if not self.deepspeed.is_file():
+                raise JudgeSettingsError(f"{self.deepspeed}: no DeepSpeed config file there")
+            if importlib.util.find_spec("deepspeed") is None:
+                raise JudgeSettingsError("--deepspeed needs DeepSpeed: pip install deepspeed")
+        if self.eval_testset is not None:
+            self.eval_testset = Path(self.eval_testset)
+        if self.over_length not in OVER_LENGTH_RULES:
+            raise JudgeSettingsError(f"over_length must be one of {OVER_LENGTH_RULES}")
+        if self.eval_mode not in ("score", "generate"):
+            raise JudgeSettingsError("eval_mode must be score or generate")
+        if not 0 <= self.warmup_ratio < 1:
+            raise JudgeSettingsError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def training_arguments(self) -> TrainingArguments:
+        """The transformers TrainingArguments these settings stand for."""
+        cuda = torch.cuda.is_available()
+        return TrainingArguments(
+            output_dir=str(self.output_dir),
+            num_train_epochs=self.num_train_epochs,
+            max_steps=self.max_steps if self.max_steps is not None else -1,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            learning_rate=self.learning_rate,
+            lr_scheduler_type=self.lr_scheduler_type,
+            optim=self.optim,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_ratio,  # transformers 5: a float below 1 is a ratio
+            logging_steps=self.logging_steps,
+            save_strategy="steps",
+            save_steps=self.save_steps,
+            save_total_limit=1,
+            seed=self.seed,
+            bf16=cuda and torch.cuda.is_bf16_supported(),
+            use_cpu=not cuda,
+            activation_checkpointing=self.activation_checkpointing,
+            deepspeed=str(self.deepspeed) if self.deepspeed is not None else None,
+            remove_unused_columns=False,  # the collator needs the example index
+            report_to="none",
+            **self.extra,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class JudgeTrainingReport:
+    """What a training run read, kept, trained and (optionally) measured."""
+
+    filter_report: FilterReport
+    train_metrics: dict[str, Any]
+    eval_metrics: dict[str, Any] | None
+    output_dir: Path
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "filter": asdict(self.filter_report),
+            "train": self.train_metrics,
+            "eval": self.eval_metrics,
+            "output_dir": str(self.output_dir),
+        }
+
+
+class ExampleLogCollator:
+    """Pads like `DataCollatorForSeq2Seq` and appends each batch's example indices to
+    `examples/rank-<r>.txt`, a record of which shard every process trained on."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, log_path: Path) -> None:
+        self.pad = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8)
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        indices = [feature[EXAMPLE_INDEX] for feature in features]
+        with self.log_path.open("a") as log:
+            log.write(" ".join(map(str, indices)) + "\n")
+        return self.pad([{k: v for k, v in f.items() if k != EXAMPLE_INDEX} for f in features])
+
+
+def load_judge_model(args: JudgeTrainingArguments) -> PreTrainedModel:
+    """The base model, with a LoRA adapter when `args.lora`."""
+    set_seed(args.seed)  # LoRA's initial weights
+    cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    dtype = torch.bfloat16 if cuda_bf16 and args.lora else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(
+        args.base_model, local_files_only=True, dtype=dtype
+    )
+    if args.lora:
+        lora = LoraConfig(
+            r=args.lora_rank,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=args.lora_target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    return model
+
+
+def build_judge_trainer(
+    args: JudgeTrainingArguments,
+    training_args: TrainingArguments,
+    examples: Sequence[dict[str, list[int]]],
+    tokenizer: PreTrainedTokenizerBase,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> Trainer:
+    """A transformers Trainer over the tokenized judge data."""
+    tokenizer.padding_side = "right"
+    indexed = [{**example, EXAMPLE_INDEX: index} for index, example in enumerate(examples)]
+    log_path = args.output_dir / "examples" / f"rank-{training_args.process_index}.txt"
+    return Trainer(
+        model=load_judge_model(args),
+        args=training_args,
+        train_dataset=indexed,
+        data_collator=ExampleLogCollator(tokenizer, log_path),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+
+
+def evaluate_judge(
+    model_dir: Path, testset: Path, mode: str = "score", limit: int | None = None
+) -> dict[str, Any]:
+    """Judge a labelled test set in both orders (conflict -> Tie) and compute the metrics."""
+    from judge.backends import load_backend
+    from judge.engine import PairJudge, RunStats
+    from judge.io import read_testset
+    from judge.metrics import judge_metrics
+
+    items = read_testset(testset)[:limit]
+    pair_judge = PairJudge(load_backend(f"hf:{model_dir}"), mode)  # type: ignore[arg-type]
+    stats = RunStats()
+    predicted = []
+    for judgment in pair_judge.judge_iter(item.pair for item in items):
+        stats.add(judgment)
+        predicted.append(judgment.verdict)
+    return judge_metrics([item.gold for item in items], predicted, stats.consistency)
+
+
+def _save_judge(trainer: Trainer, args: JudgeTrainingArguments, tokenizer) -> None:
+    """The judge as a plain transformers directory; LoRA also keeps its adapter alone."""
+    if not args.lora:
+        trainer.save_model(str(args.output_dir))
+        return
+    trainer.save_model(str(args.output_dir / "adapter"))
+    if trainer.args.process_index == 0:
+        merged = trainer.model.merge_and_unload()  # type: ignore[union-attr,operator]
+        merged.save_pretrained(args.output_dir)
+        tokenizer.save_pretrained(args.output_dir)
+
+
+def train_judge(
+    args: JudgeTrainingArguments,
+    records: Sequence[JudgeRecord] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> JudgeTrainingReport:
+    """Filter and tokenize the data, train, save the judge and optionally evaluate it.
+
+    `records` replaces reading `args.data` (the builtin-judge recipe builds them in memory).
+    A run killed mid-way resumes from the checkpoint in the output directory.
+    """
+    training_args = args.training_arguments()  # sets up the process group first
+    main_process = training_args.process_index == 0
+    args.base_model = resolve_base_model(args.base_model)
+    tokenizer = load_tokenizer(args.base_model)
+    records = load_judge_records(args.data) if records is None else records
+    data, filter_report = prepare_judge_data(
+        records, tokenizer, args.max_length, args.over_length, args.swap_augmentation
+    )
+    if main_process:
+        print("judge training data:\n  " + "\n  ".join(filter_report.lines()), flush=True)
+    if not data.examples:
+        raise JudgeSettingsError("no training record is left after filtering")
+    last_checkpoint = (
+        get_last_checkpoint(str(args.output_dir)) if args.output_dir.is_dir() else None
+    )
+    if last_checkpoint is None:  # each process starts its own example log afresh
+        (args.output_dir / "examples" / f"rank-{training_args.process_index}.txt").unlink(
+            missing_ok=True
+        )
+    trainer = build_judge_trainer(args, training_args, data.examples, tokenizer, callbacks)
+    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    _save_judge(trainer, args, tokenizer)
+    eval_metrics = None
+    if main_process:
+        for checkpoint in args.output_dir.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
+        if args.eval_testset is not None:
+            eval_metrics = evaluate_judge(
+                args.output_dir, args.eval_testset, args.eval_mode, args.eval_limit
+            )
+    report = JudgeTrainingReport(filter_report, dict(result.metrics), eval_metrics, args.output_dir)
+    if main_process:
+        payload = {"settings": args.to_json(), **report.to_json()}
+        tmp = args.output_dir / f".{REPORT_FILE}.tmp"
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        os.replace(tmp, args.output_dir / REPORT_FILE)
+    trainer.accelerator.wait_for_everyone()
+    return report
