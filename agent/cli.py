@@ -112,6 +112,19 @@ def worker(config: ConfigOption) -> None:
     SiteWorker(site).run_forever()
 
 
+@app.command(hidden=True)
+def guard(config: ConfigOption) -> None:
+    """The app guard (started by `start`): runs only this version's own app bundle."""
+    from agent.guard import AppGuard, trusted_fab_hash
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    with _site(config) as site:
+        engine = open_database(site.database_url)
+    trusted = trusted_fab_hash()
+    logging.info("trusted app bundle %s", trusted)
+    AppGuard(f"127.0.0.1:{site.flower.clientappio_port}", engine, trusted).run_forever()
+
+
 @app.command()
 def status(config: ConfigOption) -> None:
     """The runs this site joined and how far their work is."""

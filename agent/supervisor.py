@@ -1,4 +1,5 @@
-"""`pandalm-agent start`: supervise the site's two processes, the job worker and the SuperNode.
+"""`pandalm-agent start`: supervise the site's processes: the job worker, the SuperNode and the
+app guard that decides which app bundles the SuperNode may run (agent/guard.py).
 
 Each runs as a child process with its log under the data directory; one that exits is started
 again after a pause, and a signal to the agent stops both.
@@ -55,6 +56,8 @@ def supernode_command(config: SiteConfig) -> list[str]:
         str(flower.clientappio_port),
         "--node-config",
         f'site-config="{config.source}"',
+        "--isolation",
+        "process",  # the app guard, not the SuperNode, starts ClientApps
     ]
     if flower.insecure:
         command.append("--insecure")
@@ -68,6 +71,10 @@ def supernode_command(config: SiteConfig) -> list[str]:
 
 def worker_command(config: SiteConfig) -> list[str]:
     return [sys.executable, "-m", "agent", "worker", "--config", str(config.source)]
+
+
+def guard_command(config: SiteConfig) -> list[str]:
+    return [sys.executable, "-m", "agent", "guard", "--config", str(config.source)]
 
 
 def site_environment(config: SiteConfig) -> dict[str, str]:
@@ -86,11 +93,12 @@ def site_environment(config: SiteConfig) -> dict[str, str]:
 
 
 def supervise(config: SiteConfig, restart_pause: float = 3.0, on_tick=None) -> None:
-    """Run worker and SuperNode until a signal; restart whichever exits."""
+    """Run worker, SuperNode and app guard until a signal; restart whichever exits."""
     logs = config.data_dir / "logs"
     children = [
         Child("worker", worker_command(config), logs / "worker.log"),
         Child("supernode", supernode_command(config), logs / "supernode.log"),
+        Child("guard", guard_command(config), logs / "guard.log"),
     ]
     env = site_environment(config)
     stopping = False

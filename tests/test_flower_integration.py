@@ -22,12 +22,13 @@ from sqlmodel import Session, select
 from agent.config import load_site_config
 from agent.db import ComparisonJob, ItemJudgment, ledger
 from agent.db import open_database as open_site_database
-from agent.supervisor import site_environment, supernode_command
+from agent.supervisor import guard_command, site_environment, supernode_command
 from coordinator.cli import follow_run
 from coordinator.config import load_federation_config
 from coordinator.db import ComparisonResult, FederatedRun, RunSite
 from coordinator.db import open_database as open_coordinator_database
 from coordinator.demo import free_port
+from coordinator.flower_app import app_pyproject
 from coordinator.launch import (
     flower_environment,
     start_superlink,
@@ -80,6 +81,7 @@ class Site:
         self.config = load_site_config(path)
         self.env = site_environment(self.config)
         self.supernode: subprocess.Popen | None = None
+        self.guard: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
 
     def _spawn(self, command: list[str], log: str) -> subprocess.Popen:
@@ -96,6 +98,7 @@ class Site:
 
     def start_supernode(self) -> None:
         self.supernode = self._spawn(supernode_command(self.config), "supernode.log")
+        self.guard = self._spawn(guard_command(self.config), "guard.log")
 
     def start_worker(self) -> None:
         command = [
@@ -109,6 +112,7 @@ class Site:
 
     def stop(self) -> None:
         stop_process(self.supernode)
+        stop_process(self.guard)
         stop_process(self.worker)
 
 
@@ -259,3 +263,35 @@ def test_a_stopped_coordinator_resumes_the_run(federation) -> None:
         assert len(keys) == len(set(keys)) == 3  # two block comparisons and the final
         assert early <= {(r.a, r.b) for r in rows}
         assert session.get(FederatedRun, "run-two").best_index == PLANTED
+
+
+def test_a_site_refuses_an_app_bundle_it_did_not_install(federation, tmp_path: Path) -> None:
+    """A coordinator submitting a modified app gets refusals; its code never runs at a site."""
+    folder, superlink, sites = federation
+    marker = tmp_path / "modified-app-ran"
+    app = tmp_path / "modified-app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(
+        app_pyproject().replace('"agent.client_app:app"', '"sneaky_client:app"')
+    )
+    (app / "sneaky_client.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from agent.client_app import app as _app\napp = _app\n"
+    )
+    config = load_federation_config(_federation_toml(folder, "run-sneaky", superlink, 2))
+    overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in config.run_config().items())
+    submitted = subprocess.run(
+        [str(Path(sys.executable).parent / "flwr"), "run", str(app), "pandalm", "--run-config",
+         overrides, "--format", "json"],
+        env=flower_environment(config.state_dir), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    status = follow_run(config, json.loads(submitted.stdout)["run-id"], live_view=False)
+    assert status["status"] == "finished:failed"
+    assert not marker.exists()
+    for site in sites[:2]:
+        refusals = [
+            e for e in ledger(open_site_database(site.config.database_url))
+            if e.message_type == "app-refused"
+        ]  # fmt: skip
+        assert refusals and json.loads(refusals[-1].content)["code"] == 20
+        assert "refused an app bundle" in (site.config.data_dir / "logs" / "guard.log").read_text()

@@ -197,3 +197,80 @@ def generate(
         f"{report.generated} responses generated, {report.cached} already in {out}"
         + (f", {report.weights_deleted} checkpoints' weights deleted" if delete_weights else "")
     )
+
+
+@app.command()
+def judge(
+    base: Annotated[str, typer.Option("--base", help="builtin, or a local HF causal-LM dir")],
+    data: Annotated[
+        Path, typer.Option("--data", help="judge-training JSON/JSONL (PandaLM shape)", exists=True)
+    ],
+    out: Annotated[Path, typer.Option("--out", help="output directory: the trained judge")],
+    deepspeed: Annotated[
+        Path | None,
+        typer.Option(help="DeepSpeed config JSON, e.g. trainer/deepspeed/zero2.json", exists=True),
+    ] = None,
+    lora: Annotated[
+        bool, typer.Option("--lora", help="train a LoRA adapter (large bases)")
+    ] = False,
+    lora_rank: Annotated[int, typer.Option(min=1)] = 16,
+    learning_rate: Annotated[float, typer.Option(min=0.0)] = 2e-5,
+    epochs: Annotated[float, typer.Option(min=0.0)] = 2.0,
+    warmup_ratio: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.03,
+    batch_size: Annotated[int, typer.Option(min=1, help="micro batch per device")] = 2,
+    gradient_accumulation: Annotated[int, typer.Option(min=1)] = 8,
+    max_length: Annotated[int, typer.Option(min=8, help="tokens per record")] = 1024,
+    over_length: Annotated[
+        Literal["drop", "truncate"], typer.Option(help="records over max length")
+    ] = "drop",
+    swap: Annotated[bool, typer.Option("--swap", help="add every record's mirror")] = False,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="stop early (quick runs)")] = None,
+    save_steps: Annotated[int, typer.Option(min=1, help="checkpoint interval (resume)")] = 200,
+    seed: int = 42,
+    eval_testset: Annotated[
+        Path | None,
+        typer.Option(help="labelled test set judged after training (both orders)", exists=True),
+    ] = None,
+    eval_mode: Annotated[Literal["score", "generate"], typer.Option()] = "score",
+    eval_limit: Annotated[int | None, typer.Option(min=1)] = None,
+    local_rank: Annotated[
+        int, typer.Option("--local_rank", "--local-rank", hidden=True, help="set by deepspeed")
+    ] = -1,
+) -> None:
+    """Train a PandaLM-format judge (paper defaults; run under torchrun/deepspeed for many
+    processes) and print a JSON report."""
+    from trainer.judge_training import JudgeTrainingArguments, train_judge
+
+    del local_rank  # the launcher also sets LOCAL_RANK, which the Trainer reads
+    with _user_errors():
+        args = JudgeTrainingArguments(
+            base_model=base,  # type: ignore[arg-type]
+            data=data,
+            output_dir=out,
+            deepspeed=deepspeed,
+            lora=lora,
+            lora_rank=lora_rank,
+            learning_rate=learning_rate,
+            num_train_epochs=epochs,
+            warmup_ratio=warmup_ratio,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=gradient_accumulation,
+            max_length=max_length,
+            over_length=over_length,
+            swap_augmentation=swap,
+            max_steps=max_steps,
+            save_steps=save_steps,
+            seed=seed,
+            eval_testset=eval_testset,
+            eval_mode=eval_mode,
+            eval_limit=eval_limit,
+        )
+        report = train_judge(args)
+    if report.output_dir and _is_main_process():
+        typer.echo(json.dumps(report.to_json(), indent=2))
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

@@ -306,7 +306,14 @@ def train_judge(
             eval_metrics = evaluate_judge(
                 args.output_dir, args.eval_testset, args.eval_mode, args.eval_limit
             )
-    report = JudgeTrainingReport(filter_report, dict(result.metrics), eval_metrics, args.output_dir)
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    train_metrics = {
+        **result.metrics,
+        "world_size": training_args.world_size,
+        "deepspeed_zero_stage": plugin.zero_stage if plugin is not None else None,
+        "examples": len(data.examples),
+    }
+    report = JudgeTrainingReport(filter_report, train_metrics, eval_metrics, args.output_dir)
     if main_process:
         payload = {"settings": args.to_json(), **report.to_json()}
         tmp = args.output_dir / f".{REPORT_FILE}.tmp"
