@@ -177,32 +177,41 @@ class FederatedSelection:
             )
             return [int(row.node_id) for row in rows]
 
+    def _site_row(self, session: Session, node_id: int) -> RunSite:
+        query = select(RunSite).where(
+            RunSite.run_name == self.settings.name, RunSite.node_id == str(node_id)
+        )
+        return session.exec(query).one()
+
     def _leave_out(self, node_id: int, reason: str) -> None:
         log.warning("site %s left out: %s", node_id, reason)
         with Session(self.engine) as session:
-            site = session.exec(
-                select(RunSite).where(
-                    RunSite.run_name == self.settings.name, RunSite.node_id == str(node_id)
-                )
-            ).one()
+            site = self._site_row(session, node_id)
             site.status, site.reason = "left_out", reason
             session.commit()
 
     def _seen(self, node_id: int, progress: int) -> None:
         self._silent_rounds[node_id] = 0
         with Session(self.engine) as session:
-            site = session.exec(
-                select(RunSite).where(
-                    RunSite.run_name == self.settings.name, RunSite.node_id == str(node_id)
-                )
-            ).one()
+            site = self._site_row(session, node_id)
             site.progress, site.last_seen = progress, _now()
+            session.commit()
+
+    def _note(self, node_id: int, reason: str) -> None:
+        with Session(self.engine) as session:
+            site = self._site_row(session, node_id)
+            site.reason = reason
             session.commit()
 
     def _silent(self, node_id: int) -> None:
         self._silent_rounds[node_id] = self._silent_rounds.get(node_id, 0) + 1
         if self._silent_rounds[node_id] >= self.settings.patience:
-            self._leave_out(node_id, f"no answer in {self.settings.patience} rounds")
+            reason = f"no valid answer in {self.settings.patience} rounds"
+            with Session(self.engine) as session:
+                site = self._site_row(session, node_id)
+                if site.reason:
+                    reason += f" (last: {site.reason})"
+            self._leave_out(node_id, reason)
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> RunOutcome:
@@ -298,12 +307,17 @@ class FederatedSelection:
         return replies
 
     def _decode(self, node_id: int, record: dict | None, request: CompareMessage | None):
+        """A site's reply, or None; a report that breaks the protocol (impossible tallies, say)
+        is rejected for this round and counts as no answer, so a site that keeps sending them
+        is left out after `patience` rounds."""
         if record is None:
             return None
         try:
             reply = decode_reply(record, request, self.settings.validation_items)
         except ProtocolError as exc:
-            self._leave_out(node_id, f"rejected report: {exc.code.name}")
+            log.warning("rejected the report of site %s this round: %s", node_id, exc.code.name)
+            self._note(node_id, f"report rejected: {exc.code.name}")
+            self._silent(node_id)
             return None
         self._seen(node_id, reply.progress if reply.status == Status.PENDING else 1000)
         return reply

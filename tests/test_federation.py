@@ -99,7 +99,7 @@ def test_a_silent_site_is_left_out_and_named(tmp_path: Path, sites: dict) -> Non
     outcome = selection.run()
     assert outcome.best_index == 2
     assert outcome.sites == [11, 12]
-    assert 13 in outcome.left_out and "no answer" in outcome.left_out[13]
+    assert 13 in outcome.left_out and "no valid answer" in outcome.left_out[13]
     with Session(engine) as session:
         site = session.exec(select(RunSite).where(RunSite.node_id == "13")).one()
         assert site.status == "left_out"
@@ -180,3 +180,31 @@ def test_federation_config_errors_name_the_field(tmp_path: Path) -> None:
     path.write_text('[run]\nname = "x"\nspace = "nope.toml"\n')
     with pytest.raises(FederationConfigError, match=r"\[run\]\.space: no file nope\.toml"):
         load_federation_config(path)
+
+
+def test_impossible_tallies_are_rejected_for_the_round(tmp_path: Path, sites: dict) -> None:
+    """A site whose report does not add up is not counted that round and is named; one that
+    keeps doing it is left out; the run goes on with the others."""
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    transport = LoopbackTransport(sites)
+    original = transport.exchange
+    corrupted = {12: 1, 13: 99}  # rounds of bad reports per site
+
+    def inflate_tallies(message_type, records, timeout):
+        replies = original(message_type, records, timeout)
+        for node_id, reply in replies.items():
+            if reply and reply["tallies"] and corrupted.get(node_id, 0) > 0:
+                corrupted[node_id] -= 1
+                reply["tallies"] = [v * 5 for v in reply["tallies"]]  # more items than asked
+        return replies
+
+    transport.exchange = inflate_tallies
+    outcome = _selection(engine, transport, "run-impossible").run()
+    assert outcome.best_index == 2
+    assert outcome.sites == [11, 12]
+    assert "report rejected: IMPOSSIBLE_TALLY" in outcome.left_out[13]
+    with Session(engine) as session:
+        site_12 = session.exec(select(RunSite).where(RunSite.node_id == "12")).one()
+        assert site_12.status == "active" and site_12.reason == "report rejected: IMPOSSIBLE_TALLY"
+        for row in session.exec(select(ComparisonResult)):
+            assert row.items == row.sites * 6  # only reports that added up were summed

@@ -177,7 +177,7 @@ def test_full_run_with_a_killed_worker_and_a_lost_supernode(federation) -> None:
         assert run.best_index == PLANTED
         site_rows = session.exec(select(RunSite).where(RunSite.run_name == "run-one")).all()
         left_out = [s for s in site_rows if s.status == "left_out"]
-        assert len(left_out) == 1 and "no answer" in left_out[0].reason
+        assert len(left_out) == 1 and "no valid answer" in left_out[0].reason
         results = session.exec(select(ComparisonResult)).all()
         assert results and all(r.sites in (2, 3) for r in results)
         assert results[-1].sites == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -199,13 +200,27 @@ def generate(
     )
 
 
+ExcludeTestsetOption = Annotated[
+    Path | None,
+    typer.Option(help="leave out seed tasks whose instruction is in this test set", exists=True),
+]
+
+
 @app.command()
 def judge(
     base: Annotated[str, typer.Option("--base", help="builtin, or a local HF causal-LM dir")],
-    data: Annotated[
-        Path, typer.Option("--data", help="judge-training JSON/JSONL (PandaLM shape)", exists=True)
-    ],
     out: Annotated[Path, typer.Option("--out", help="output directory: the trained judge")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="judge-training JSON/JSONL (PandaLM shape)", exists=True),
+    ] = None,
+    seed_tasks: Annotated[
+        Path | None,
+        typer.Option(
+            help="instead of --data: build pandalm-mini's data from seed tasks", exists=True
+        ),
+    ] = None,
+    exclude_testset: ExcludeTestsetOption = None,
     deepspeed: Annotated[
         Path | None,
         typer.Option(help="DeepSpeed config JSON, e.g. trainer/deepspeed/zero2.json", exists=True),
@@ -237,15 +252,23 @@ def judge(
         int, typer.Option("--local_rank", "--local-rank", hidden=True, help="set by deepspeed")
     ] = -1,
 ) -> None:
-    """Train a PandaLM-format judge (paper defaults; run under torchrun/deepspeed for many
+    """Train a PandaLM-format judge (paper defaults; run under torchrun or deepspeed for many
     processes) and print a JSON report."""
+    from trainer.judge_builtin_data import build_builtin_judge_records, load_seed_tasks
     from trainer.judge_training import JudgeTrainingArguments, train_judge
 
     del local_rank  # the launcher also sets LOCAL_RANK, which the Trainer reads
     with _user_errors():
+        if (data is None) == (seed_tasks is None):
+            raise InputError("give exactly one of --data FILE or --seed-tasks FILE")
+        records = None
+        if seed_tasks is not None:
+            records = build_builtin_judge_records(
+                load_seed_tasks(seed_tasks), seed, _testset_instructions(exclude_testset)
+            )
         args = JudgeTrainingArguments(
-            base_model=base,  # type: ignore[arg-type]
-            data=data,
+            base_model=Path(base),
+            data=data or seed_tasks,  # type: ignore[arg-type]
             output_dir=out,
             deepspeed=deepspeed,
             lora=lora,
@@ -265,12 +288,52 @@ def judge(
             eval_mode=eval_mode,
             eval_limit=eval_limit,
         )
-        report = train_judge(args)
-    if report.output_dir and _is_main_process():
+        report = train_judge(args, records)
+    if os.environ.get("RANK", "0") == "0":
         typer.echo(json.dumps(report.to_json(), indent=2))
 
 
-def _is_main_process() -> bool:
-    import os
+def _testset_instructions(testset: Path | None) -> list[str]:
+    from judge.io import read_records
 
-    return os.environ.get("RANK", "0") == "0"
+    if testset is None:
+        return []
+    return [str(record.get("instruction", "")) for _, record in read_records(testset)]
+
+
+@app.command("judge-data")
+def judge_data(
+    seed_tasks: Annotated[
+        Path, typer.Option(help="seed_tasks.jsonl (instruction, instances)", exists=True)
+    ],
+    out: Annotated[Path, typer.Option("--out", help="JSONL in PandaLM's training shape")],
+    exclude_testset: ExcludeTestsetOption = None,
+    seed: int = 42,
+) -> None:
+    """Build pandalm-mini's training pairs (verdicts known by construction) from seed tasks."""
+    from trainer.judge_builtin_data import build_builtin_judge_records, load_seed_tasks
+    from trainer.judge_data import write_judge_records
+
+    with _user_errors():
+        records = build_builtin_judge_records(
+            load_seed_tasks(seed_tasks), seed, _testset_instructions(exclude_testset)
+        )
+        count = write_judge_records(records, out)
+    console.print(f"{count} judge-training records written to {out}")
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option("--model", help="transformers LLaMA-family model dir")],
+    out: Annotated[Path, typer.Option("--out", help="FILE.gguf")],
+    to: Annotated[Literal["gguf"], typer.Option("--to", help="target format")] = "gguf",
+    quant: Annotated[Literal["f16", "q8_0", "q4_k_m"], typer.Option("--quant")] = "q8_0",
+    threads: Annotated[int, typer.Option(min=0, help="quantizer threads (0: all cores)")] = 0,
+) -> None:
+    """Convert a trained judge to GGUF (f16, or quantized by llama.cpp) for `gguf:FILE` judges."""
+    from trainer.export import export_gguf
+
+    del to  # GGUF is the only target
+    with _user_errors():
+        export_gguf(model, out, quant, threads)
+    console.print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {quant})")
