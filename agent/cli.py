@@ -120,6 +120,7 @@ def guard(config: ConfigOption) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with _site(config) as site:
         engine = open_database(site.database_url)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one request per poll
     trusted = trusted_fab_hash()
     logging.info("trusted app bundle %s", trusted)
     AppGuard(f"127.0.0.1:{site.flower.clientappio_port}", engine, trusted).run_forever()

@@ -72,7 +72,7 @@ class AppGuard:
         self.trusted_hash = trusted_hash
         self.children: list[subprocess.Popen] = []
 
-    def run_forever(self, poll_seconds: float = 0.1) -> None:
+    def run_forever(self, poll_seconds: float = 0.25) -> None:
         client = _client(self.address, "SuperExec")
         while True:
             self.step(client)
