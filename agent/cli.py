@@ -48,6 +48,10 @@ keep_weights = false              # weights are deleted once their responses exi
 [judge]
 spec = "builtin"                  # gguf:PATH | hf:PATH[?quant=8bit|4bit]
 
+[privacy]
+epsilon = 0.0                     # > 0: differentially private tallies (agent/privacy.py)
+budget = 0.0                      # total epsilon per run; 0: no limit
+
 [flower]
 superlink = "127.0.0.1:9092"
 clientappio_port = 9094

@@ -44,6 +44,14 @@ class JudgeSettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    epsilon: float = 0.0
+    """Differential privacy per comparison (agent/privacy.py); 0 sends exact tallies."""
+    budget: float = 0.0
+    """Total epsilon a run may spend at this site; 0: no limit."""
+
+
+@dataclass(frozen=True)
 class FlowerSettings:
     superlink: str = "127.0.0.1:9092"
     clientappio_port: int = 9094
@@ -62,6 +70,7 @@ class SiteConfig:
     data: DataSettings = field(default_factory=DataSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     flower: FlowerSettings = field(default_factory=FlowerSettings)
     source: Path | None = None
 
@@ -96,6 +105,7 @@ def load_site_config(path: Path) -> SiteConfig:
     if unknown:
         raise SiteConfigError(f"{path}: [site].{sorted(unknown)[0]}: unknown setting")
     sections = {
+        "privacy": PrivacySettings,
         "data": DataSettings,
         "model": ModelSettings,
         "judge": JudgeSettings,

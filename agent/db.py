@@ -35,6 +35,7 @@ class SiteRun(SQLModel, table=True):
     error_code: int = 0
     training_seconds: float = 0.0
     generation_seconds: float = 0.0
+    epsilon_spent: float = 0.0
     created: datetime = Field(default_factory=_now)
 
     def ids(self) -> list[str]:

@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 from transformers import TrainerCallback
 
 from agent.config import SiteConfig, resolve_data_path
 from agent.db import ComparisonJob, ItemJudgment, SiteRun, open_database
+from agent.privacy import noisy_tally
 from coordinator.protocol import Code
 
 if TYPE_CHECKING:
@@ -105,6 +107,7 @@ class SiteWorker:
         self.engine: Engine = open_database(config.database_url)
         self.judge_factory = judge_factory
         self._judges: dict[str, ComparisonJudge] = {}
+        self._rng = np.random.default_rng()  # fresh OS entropy: the noise must not be guessable
 
     def run_forever(self, poll_seconds: float = 1.0, should_stop: Callable[[], bool] = bool):
         while not should_stop():
@@ -285,9 +288,18 @@ class SiteWorker:
             counts = {name: 0 for name in TALLY_OF_VERDICT.values()}
             for row in rows:
                 counts[TALLY_OF_VERDICT[row.verdict]] += 1
-            for name, value in counts.items():
-                setattr(job, name, value)
-            job.items, job.status, job.judging_seconds = len(rows), "done", seconds
+            tally = (counts["win"], counts["tie"], counts["loss"], counts["invalid"], len(rows))
+            privacy = self.config.privacy
+            if privacy.epsilon > 0:
+                run = session.get(SiteRun, key[0])
+                if privacy.budget and run.epsilon_spent + privacy.epsilon > privacy.budget + 1e-9:
+                    job.status, job.error_code = "failed", int(Code.PRIVACY_BUDGET)
+                    session.commit()
+                    return
+                run.epsilon_spent += privacy.epsilon
+                tally = noisy_tally(tally[:4], privacy.epsilon, len(item_ids), self._rng)
+            job.win, job.tie, job.loss, job.invalid, job.items = tally
+            job.status, job.judging_seconds = "done", seconds
             session.commit()
 
 

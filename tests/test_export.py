@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from judge.backends import load_backend
+from judge.backends.base import GenerationSettings
 from judge.engine import Pair, PairJudge
-from judge.verdict import parse_verdict
 from trainer.cli import app
 from trainer.export import ExportError, export_gguf
 
@@ -29,9 +29,8 @@ def _scores(spec: str) -> list[dict[str, float]]:
 
 
 def _greedy_verdicts(spec: str) -> list[str]:
+    """The first line of each greedy evaluation (where PandaLM writes its verdict)."""
     backend = load_backend(spec)
-    from judge.backends.base import GenerationSettings
-
     texts = backend.generate([p.prompt() for p in PAIRS], GenerationSettings(max_new_tokens=4))
     del backend
     gc.collect()
@@ -52,7 +51,6 @@ def _assert_same_judge(model_dir, gguf, quant):
 def test_tiny_llama_round_trip(tiny_llama, tmp_path, quant):
     out = export_gguf(tiny_llama, tmp_path / f"tiny-{quant}.gguf", quant, threads=1)
     _assert_same_judge(tiny_llama, out, quant)
-    assert _greedy_verdicts(f"hf:{tiny_llama}") == _greedy_verdicts(f"gguf:{out}?threads=1")
     assert not list(tmp_path.glob(".*"))  # no temporary files left
 
 
@@ -88,6 +86,5 @@ def test_builtin_smollm2_round_trip(tmp_path):
     for quant in ("f16", "q8_0"):
         out = export_gguf(base, tmp_path / f"smollm2-{quant}.gguf", quant, threads=2)
         _assert_same_judge(base, out, quant)
-    verdicts = _greedy_verdicts(f"gguf:{out}?threads=2")
-    assert verdicts == _greedy_verdicts(f"hf:{base}")
-    assert all(parse_verdict(v) or True for v in verdicts)
+    # A random tiny model's greedy text hangs on near-ties; SmolLM2's is decisive.
+    assert _greedy_verdicts(f"gguf:{out}?threads=2") == _greedy_verdicts(f"hf:{base}")
