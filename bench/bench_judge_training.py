@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 SHARED_SEEDS = Path(__file__).resolve().parents[2] / "shared/data/alpaca/seed_tasks.jsonl"
@@ -41,24 +40,14 @@ def _records(seed_tasks: Path):
 
 def measure(mode: str, steps: int, threads: int, seed_tasks: Path) -> dict:
     import torch
-    from transformers import TrainerCallback
 
     from judge.models import builtin_base_hf_dir
     from trainer.judge_training import JudgeTrainingArguments, train_judge
+    from trainer.progress import StepTimer
 
     torch.set_num_threads(threads)
 
-    class StepTimes(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter() - self.started)
-
-    timer = StepTimes()
+    timer = StepTimer()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "judge"
         args = JudgeTrainingArguments(

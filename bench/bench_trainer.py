@@ -29,23 +29,12 @@ def peak_rss_mib() -> float:
 
 
 def measure_training(finetune: str, steps: int) -> dict:
-    from transformers import TrainerCallback
-
     from judge.models import builtin_base_hf_dir
     from trainer.builtin_data import make_shard
     from trainer.candidates import CandidateTrainingArguments, build_trainer, load_tokenizer
     from trainer.data import TokenizedData
+    from trainer.progress import StepTimer
     from trainer.space import CandidateConfig, plan_training_runs
-
-    class StepTimes(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter() - self.started)
 
     base = builtin_base_hf_dir()
     tokenizer = load_tokenizer(base)
@@ -64,7 +53,7 @@ def measure_training(finetune: str, steps: int) -> dict:
         args = CandidateTrainingArguments(
             Path(out), base, max_length=SEQ_LEN, per_device_train_batch_size=BATCH
         )
-        timer = StepTimes()
+        timer = StepTimer()
         trainer = build_trainer(run, data, tokenizer, args, [timer])
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         trainer.train()

@@ -75,3 +75,21 @@ class RichTrainingProgress(TrainerCallback):
         if logs and "loss" in logs:
             self.loss = float(logs["loss"])
             self._show(state)
+
+
+class StepTimer(TrainerCallback):
+    """Wall seconds of every optimizer step (benchmarks)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._started = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        import time
+
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import time
+
+        self.times.append(time.perf_counter() - self._started)
