@@ -196,3 +196,36 @@ def audit(
             e.time.isoformat(timespec="seconds"), e.run_key, e.message_type, str(e.bytes), e.content
         )
     Console().print(table)
+
+
+@app.command()
+def bundle(
+    out: Annotated[Path, typer.Option("--out", "-o", help="the bundle (.tar.gz or .tar)")] = Path(
+        "site-bundle.tar.gz"
+    ),
+    judge: Annotated[str, typer.Option(help="judge spec whose model the bundle carries")] = (
+        "builtin"
+    ),
+    base: Annotated[
+        Path | None,
+        typer.Option(help="base model directory (default: the builtin SmolLM2's GGUF)"),
+    ] = None,
+    wheels: Annotated[
+        list[Path] | None,
+        typer.Option("--wheels", help="folder of locally built wheels (llama-cpp-python)"),
+    ] = None,
+) -> None:
+    """Pack an offline install bundle for an air-gapped site of this platform: wheels for this
+    project and every dependency, the models, a site.toml template and install.sh."""
+    from agent.bundle import BundleError, build_bundle
+
+    try:
+        result = build_bundle(out, judge=judge, base=base, wheels=wheels or [], log=console.print)
+    except BundleError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(
+        f"wrote {result.path} ({result.size / 1e6:.0f} MB: {result.wheels} wheels, "
+        f"models {', '.join(result.models)}); on the site: tar xzf {result.path.name} && "
+        "pandalm-bundle/install.sh --help"
+    )

@@ -39,8 +39,11 @@ def wait_for_port(address: str, timeout: float = 30.0) -> None:
 
 
 def flower_environment(state_dir: Path) -> dict[str, str]:
+    """Flower's own processes start each other by name (flower-superexec, flwr-serverapp):
+    this venv's bin goes first on PATH."""
     return {
         **os.environ,
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "FLWR_HOME": str(state_dir / "flwr"),
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",

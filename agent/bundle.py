@@ -1,0 +1,372 @@
+"""`pandalm-agent bundle`: an offline install bundle for an air-gapped site.
+
+The bundle is built on a connected machine of the target platform (same CPU architecture and
+Python minor version) and holds everything a site needs, so that `install.sh` on the site never
+reaches a network:
+
+    pandalm-bundle/
+      install.sh            deploy/bundle/install.sh: venv, offline pip install, models, config
+      bundle.env            what the bundle was built for (checked by install.sh)
+      requirements.txt      every distribution, pinned; all of them are in wheelhouse/
+      wheelhouse/           wheels only (the site builds nothing): this project and every
+                            dependency at the versions installed where the bundle was built
+      models/               laid out as in $PANDALM_HOME/models
+      site.toml.template    `pandalm-agent init`'s template pointing at the bundled models
+      SHA256SUMS            every other file; install.sh refuses a damaged bundle
+
+Wheels come from the configured package indexes (`pip download --only-binary=:all:`), pinned to
+the versions of the running environment; llama-cpp-python has no wheel on PyPI, so its locally
+built wheel must be in `$PANDALM_HOME/wheelhouse` (`make setup`), a `--wheels` folder or pip's
+wheel cache. The builtin SmolLM2 travels as its GGUF only: the site converts it into a
+transformers directory on first use (`judge.models.builtin_base_hf_dir`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from judge.models import BUILTIN_GGUF_NAME, ModelNotFoundError, builtin_base_gguf, cache_dir
+
+TOP = "pandalm-bundle"
+"""The archive's single top-level folder."""
+MODELS_PLACEHOLDER = "@MODELS@"
+SITE_NAME_PLACEHOLDER = "@SITE_NAME@"
+DATA_DIR_PLACEHOLDER = "@DATA_DIR@"
+PROJECT = "pandalm-fed"
+NO_PYPI_WHEEL = "llama-cpp-python"
+"""The one dependency without a wheel on PyPI: its wheel is built locally once."""
+
+
+class BundleError(RuntimeError):
+    """A bundle that cannot be built; the message names the option, file or package."""
+
+
+Log = Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Which model files the bundle carries and how the site config names them."""
+
+    copies: list[tuple[Path, str]] = field(default_factory=list)
+    """(source file or folder, destination relative to models/)."""
+    judge_spec: str = "builtin"
+    base: str = "builtin"
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    path: Path
+    size: int
+    wheels: int
+    requirements: list[str]
+    models: list[str]
+
+
+def plan_models(judge: str = "builtin", base: Path | None = None) -> ModelPlan:
+    """Map `--judge` and `--base` to model copies; the builtin model travels as its GGUF."""
+    copies: list[tuple[Path, str]] = []
+    needs_builtin = base is None
+    judge_spec = judge
+    kind, sep, rest = judge.partition(":")
+    location, _, query = rest.partition("?")
+    suffix = f"?{query}" if query else ""
+    if judge == "builtin" or (kind == "hf" and location == "builtin"):
+        needs_builtin = True
+    elif sep and kind == "gguf" and location:
+        path = Path(location).expanduser()
+        if not path.is_file():
+            raise BundleError(f"--judge {judge}: no GGUF file at {path}")
+        copies.append((path, f"judge/{path.name}"))
+        judge_spec = f"gguf:{MODELS_PLACEHOLDER}/judge/{path.name}{suffix}"
+    elif sep and kind == "hf" and location:
+        path = Path(location).expanduser()
+        if not (path / "config.json").is_file():
+            raise BundleError(f"--judge {judge}: {path} is not a transformers model directory")
+        copies.append((path, f"judge/{path.resolve().name}"))
+        judge_spec = f"hf:{MODELS_PLACEHOLDER}/judge/{path.resolve().name}{suffix}"
+    else:
+        raise BundleError(f"--judge {judge}: use builtin, gguf:PATH or hf:PATH[?options]")
+    base_value = "builtin"
+    if base is not None:
+        if not (base / "config.json").is_file():
+            raise BundleError(f"--base {base}: not a transformers model directory (no config.json)")
+        copies.append((base, f"base/{base.resolve().name}"))
+        base_value = f"{MODELS_PLACEHOLDER}/base/{base.resolve().name}"
+    if needs_builtin:
+        try:
+            copies.insert(0, (builtin_base_gguf(), BUILTIN_GGUF_NAME))
+        except ModelNotFoundError as exc:
+            raise BundleError(str(exc)) from None
+    return ModelPlan(copies, judge_spec, base_value)
+
+
+def site_template(plan: ModelPlan) -> str:
+    """`pandalm-agent init`'s template with placeholders that install.sh fills in."""
+    from agent.cli import SITE_TEMPLATE
+
+    text = SITE_TEMPLATE.format(name=SITE_NAME_PLACEHOLDER, seed=0)
+    replacements = [
+        (r'^data_dir = "[^"]*"', f'data_dir = "{DATA_DIR_PLACEHOLDER}"'),
+        (r'^base = "builtin"', f'base = "{plan.base}"'),
+        (r'^spec = "builtin"', f'spec = "{plan.judge_spec}"'),
+    ]
+    for pattern, value in replacements:
+        text, count = re.subn(pattern, value, text, count=1, flags=re.M)
+        if count != 1:
+            raise BundleError(f"agent/cli.py SITE_TEMPLATE: no line matching {pattern!r}")
+    return text
+
+
+def source_root() -> Path:
+    """The source checkout this package runs from; the project wheel is built from it."""
+    root = Path(__file__).resolve().parents[1]
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file() or f'name = "{PROJECT}"' not in pyproject.read_text():
+        raise BundleError(
+            f"{pyproject}: not a {PROJECT} source checkout; build bundles from one "
+            "(pip install -e .)"
+        )
+    return root
+
+
+def installed_pins() -> list[str]:
+    """`name==version` of every distribution in this environment but the project itself."""
+    pins: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if not name:
+            continue
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key != PROJECT and key not in pins:
+            pins[key] = f"{key}=={dist.version}"
+    return sorted(pins.values())
+
+
+def _pip(args: Sequence[str], what: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env, check=False
+    )
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise BundleError(f"{what} failed (pip {' '.join(args[:2])} ...):\n{tail}")
+    return result.stdout
+
+
+def _project_wheel(root: Path, wheelhouse: Path) -> Path:
+    """Build the project's wheel from a copy of its sources (no build/ in the checkout)."""
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    with tempfile.TemporaryDirectory(prefix="pandalm-src-") as folder:
+        src = Path(folder)
+        for path in root.iterdir():
+            if path.is_file() and (
+                path.name in ("pyproject.toml", "setup.cfg", "setup.py")
+                or path.name.startswith(("README", "LICENSE"))
+            ):
+                shutil.copy2(path, src / path.name)
+            elif (path / "__init__.py").is_file() and any(fnmatch(path.name, p) for p in patterns):
+                shutil.copytree(path, src / path.name, ignore=shutil.ignore_patterns("__pycache__"))
+        # with setuptools at hand nothing is fetched to build; else pip isolates the build
+        ok = _has_module("setuptools") and _has_module("wheel")
+        isolation = ["--no-build-isolation"] if ok else []
+        _pip(
+            ["wheel", "--no-deps", *isolation, "-q", "--wheel-dir", str(wheelhouse), str(src)],
+            f"building the {PROJECT} wheel from {root}",
+        )
+    built = sorted(wheelhouse.glob("pandalm_fed-*.whl"))
+    if not built:
+        raise BundleError(f"{wheelhouse}: pip wheel wrote no pandalm_fed wheel")
+    return built[-1]
+
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _prebuilt_wheel_dirs(extra: Sequence[Path], log: Log) -> list[Path]:
+    """Folders of locally built wheels; one must hold llama-cpp-python's."""
+    dirs = [Path(d) for d in extra]
+    for d in dirs:
+        if not d.is_dir():
+            raise BundleError(f"--wheels {d}: no such folder")
+    default = cache_dir() / "wheelhouse"
+    if default.is_dir():
+        dirs.append(default)
+    try:
+        version = metadata.version(NO_PYPI_WHEEL)
+    except metadata.PackageNotFoundError:
+        raise BundleError(
+            f"{NO_PYPI_WHEEL} is not installed here: build the bundle from the environment "
+            "`make setup` creates"
+        ) from None
+    pattern = f"{NO_PYPI_WHEEL.replace('-', '_')}-{version}-*.whl"
+    if any(any(d.glob(pattern)) for d in dirs):
+        return dirs
+    pip_cache = subprocess.run(
+        [sys.executable, "-m", "pip", "cache", "dir"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    cached = sorted(Path(pip_cache).glob(f"wheels/**/{pattern}")) if pip_cache else []
+    if not cached:
+        raise BundleError(
+            f"no {pattern} in {', '.join(map(str, dirs)) or default} or pip's wheel cache: "
+            f"{NO_PYPI_WHEEL} has no wheel on PyPI; build it once with `make setup` "
+            "(it lands in $PANDALM_HOME/wheelhouse) or pass --wheels DIR"
+        )
+    log(f"using {cached[-1]} from pip's wheel cache")
+    return [*dirs, cached[-1].parent]
+
+
+def offline_environment() -> dict[str, str]:
+    """pip as on the site: no config files, no PIP_* settings, no index."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return env
+
+
+def build_wheelhouse(wheelhouse: Path, wheels: Sequence[Path] = (), log: Log = print) -> list[str]:
+    """Download every wheel the project needs; returns the pinned requirements, checked to
+    resolve from the wheelhouse alone."""
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    local = _prebuilt_wheel_dirs(wheels, log)
+    log(f"building the {PROJECT} wheel")
+    project = _project_wheel(source_root(), wheelhouse)
+    constraints = wheelhouse.parent / ".constraints.txt"
+    constraints.write_text("\n".join(installed_pins()) + "\n")
+    log("downloading the dependencies' wheels at this environment's versions")
+    try:
+        _pip(
+            [
+                "download", "-q", "--only-binary=:all:", "--dest", str(wheelhouse),
+                "--find-links", str(wheelhouse),
+                *[arg for d in local for arg in ("--find-links", str(d))],
+                "--constraint", str(constraints), str(project),
+            ],
+            "downloading the dependencies",
+        )  # fmt: skip
+    finally:
+        constraints.unlink(missing_ok=True)
+    log("checking that the wheelhouse alone installs the project")
+    report = wheelhouse.parent / ".report.json"
+    version = project.name.split("-")[1]
+    try:
+        _pip(
+            [
+                "install", "--dry-run", "--ignore-installed", "--no-index", "-q",
+                "--only-binary=:all:", "--find-links", str(wheelhouse), "--report", str(report),
+                f"{PROJECT}=={version}",
+            ],
+            f"resolving {PROJECT} from {wheelhouse} alone",
+            env=offline_environment(),
+        )  # fmt: skip
+        items = json.loads(report.read_text())["install"]
+    finally:
+        report.unlink(missing_ok=True)
+    used = {Path(unquote(urlparse(item["download_info"]["url"]).path)).name for item in items}
+    for wheel in wheelhouse.glob("*.whl"):
+        if wheel.name not in used:
+            wheel.unlink()  # downloaded but not needed on this platform
+    return sorted(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in items)
+
+
+def finish_bundle(root: Path, plan: ModelPlan, requirements: Sequence[str]) -> None:
+    """Everything but the wheelhouse: models, template, install script, pins, checksums."""
+    models = root / "models"
+    for source, destination in plan.copies:
+        target = models / destination
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*"))
+        else:
+            shutil.copy2(source, target)
+    models.mkdir(parents=True, exist_ok=True)
+    (root / "site.toml.template").write_text(site_template(plan))
+    script = source_root() / "deploy" / "bundle" / "install.sh"
+    if not script.is_file():
+        raise BundleError(f"{script}: missing from the source checkout")
+    shutil.copy2(script, root / "install.sh")
+    (root / "install.sh").chmod(0o755)
+    (root / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    (root / "bundle.env").write_text(
+        f"PANDALM_VERSION={_project_version()}\n"
+        f"PYTHON_VERSION={sys.version_info.major}.{sys.version_info.minor}\n"
+        f"MACHINE={platform.machine()}\n"
+    )
+    sums = [
+        f"{_sha256(path)}  {path.relative_to(root).as_posix()}"
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != "SHA256SUMS"
+    ]
+    (root / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+
+
+def _project_version() -> str:
+    config = tomllib.loads((source_root() / "pyproject.toml").read_text())
+    return str(config["project"]["version"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_archive(root: Path, out: Path) -> int:
+    """tar.gz (gzip level 1: wheels and GGUFs are compressed already) or plain .tar."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    mode = "w" if out.name.endswith(".tar") else "w:gz"
+    options = {} if mode == "w" else {"compresslevel": 1}
+    try:
+        with tarfile.open(partial, mode, **options) as archive:  # type: ignore[call-overload]
+            archive.add(root, arcname=TOP)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return out.stat().st_size
+
+
+def build_bundle(
+    out: Path,
+    judge: str = "builtin",
+    base: Path | None = None,
+    wheels: Sequence[Path] = (),
+    log: Log = print,
+) -> BundleResult:
+    """Build the whole bundle in a scratch folder next to `out`, then archive it."""
+    if not out.name.endswith((".tar.gz", ".tgz", ".tar")):
+        raise BundleError(f"--out {out}: name it .tar.gz, .tgz or .tar")
+    plan = plan_models(judge, base)
+    source_root()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=".pandalm-bundle-"))
+    try:
+        root = scratch / TOP
+        requirements = build_wheelhouse(root / "wheelhouse", wheels, log)
+        log(f"copying {len(plan.copies)} model file(s) and writing install.sh")
+        finish_bundle(root, plan, requirements)
+        log(f"writing {out}")
+        size = write_archive(root, out)
+        count = len(list((root / "wheelhouse").glob("*.whl")))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return BundleResult(out, size, count, list(requirements), [d for _, d in plan.copies])
