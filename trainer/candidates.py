@@ -243,15 +243,28 @@ def load_model_for_training(run: TrainingRun, args: CandidateTrainingArguments) 
             model, use_gradient_checkpointing=args.activation_checkpointing
         )
     if finetune != "full":
-        lora = LoraConfig(
-            r=run.params["lora_rank"],
-            lora_alpha=args.lora_alpha,
-            lora_dropout=args.lora_dropout,
-            target_modules=args.lora_target_modules,
-            task_type="CAUSAL_LM",
+        model = add_lora(
+            model,
+            run.params["lora_rank"],
+            args.lora_alpha,
+            args.lora_dropout,
+            args.lora_target_modules,
         )
-        model = get_peft_model(model, lora)
     return model
+
+
+def add_lora(
+    model: PreTrainedModel, rank: int, alpha: int, dropout: float, target_modules: str
+) -> PreTrainedModel:
+    """Wrap a causal LM with a trainable LoRA adapter (peft); the base stays frozen."""
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
 
 
 def training_examples(

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
     DataCollatorForSeq2Seq,
@@ -42,7 +41,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from judge.io import InputError
-from trainer.candidates import load_tokenizer, resolve_base_model
+from trainer.candidates import add_lora, load_tokenizer, resolve_base_model
 from trainer.judge_data import (
     OVER_LENGTH_RULES,
     FilterReport,
@@ -203,14 +202,9 @@ def load_judge_model(args: JudgeTrainingArguments) -> PreTrainedModel:
         args.base_model, local_files_only=True, dtype=dtype
     )
     if args.lora:
-        lora = LoraConfig(
-            r=args.lora_rank,
-            lora_alpha=args.lora_alpha,
-            lora_dropout=args.lora_dropout,
-            target_modules=args.lora_target_modules,
-            task_type="CAUSAL_LM",
+        model = add_lora(
+            model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_target_modules
         )
-        model = get_peft_model(model, lora)
     return model
 
 
