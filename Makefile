@@ -12,18 +12,20 @@ export PANDALM_HOME
 
 setup: $(VENV)/.installed $(PANDALM_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-# llama-cpp-python has no wheel on PyPI: build it once (about 5 minutes) into a wheelhouse
-# that later installs and offline bundles reuse.
-$(WHEELHOUSE)/.llama-cpp:
-	mkdir -p $(WHEELHOUSE)
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel
+
+# llama-cpp-python has no wheel on PyPI: build it once (about 5 minutes) into a wheelhouse
+# that later installs and offline bundles reuse.
+$(WHEELHOUSE)/.llama-cpp: | $(BIN)/python
+	mkdir -p $(WHEELHOUSE)
 	ls $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
 	  CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_OPENMP=OFF" \
 	  $(BIN)/pip wheel --no-deps -w $(WHEELHOUSE) $(LLAMA_CPP)
 	touch $@
 
-$(VENV)/.installed: pyproject.toml $(WHEELHOUSE)/.llama-cpp
+$(VENV)/.installed: pyproject.toml $(WHEELHOUSE)/.llama-cpp | $(BIN)/python
 	$(BIN)/pip install -q --find-links $(WHEELHOUSE) -e '.[dev]'
 	touch $@
 
