@@ -12,7 +12,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -301,9 +300,3 @@ class SiteWorker:
             job.win, job.tie, job.loss, job.invalid, job.items = tally
             job.status, job.judging_seconds = "done", seconds
             session.commit()
-
-
-def run_worker(config_path: Path) -> None:
-    from agent.config import load_site_config
-
-    SiteWorker(load_site_config(config_path)).run_forever()

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from coordinator.db import ComparisonResult, FederatedRun, RoundLog, RunSite
+from coordinator.db import ComparisonResult, FederatedRun, RoundLog, RunSite, comparisons, sites
 from coordinator.protocol import (
     COMPARE_MESSAGE,
     MAX_COMPARISONS,
@@ -164,18 +164,10 @@ class FederatedSelection:
         return None if result.item_stop >= MAX_ITEMS else result.item_stop
 
     def _recorded(self) -> list[ComparisonResult]:
-        with Session(self.engine) as session:
-            query = select(ComparisonResult).where(ComparisonResult.run_name == self.settings.name)
-            return list(session.exec(query.order_by(ComparisonResult.id)))
+        return comparisons(self.engine, self.settings.name)
 
     def _active_sites(self) -> list[int]:
-        with Session(self.engine) as session:
-            rows = session.exec(
-                select(RunSite).where(
-                    RunSite.run_name == self.settings.name, RunSite.status == "active"
-                )
-            )
-            return [int(row.node_id) for row in rows]
+        return [int(s.node_id) for s in self._all_sites() if s.status == "active"]
 
     def _site_row(self, session: Session, node_id: int) -> RunSite:
         query = select(RunSite).where(
@@ -276,8 +268,7 @@ class FederatedSelection:
             raise RuntimeError(f"fewer than {self.settings.min_sites} sites accepted the space")
 
     def _all_sites(self) -> list[RunSite]:
-        with Session(self.engine) as session:
-            return list(session.exec(select(RunSite).where(RunSite.run_name == self.settings.name)))
+        return sites(self.engine, self.settings.name)
 
     def _exchange(
         self, message_type: str, records: dict[int, dict], comparisons: int

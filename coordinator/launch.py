@@ -127,29 +127,16 @@ def submit_run(state_dir: Path, run_config: dict[str, object]) -> str:
     """Submit the app with `flwr run`; returns Flower's run id."""
     app = write_flower_app(state_dir / "app")
     overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
-    result = subprocess.run(
-        [_bin("flwr"), "run", str(app), CONNECTION, "--run-config", overrides, "--format",
-         "json"],
-        capture_output=True, text=True, env=flower_environment(state_dir), check=False,
-    )  # fmt: skip
-    try:
-        answer = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        answer = {}
-    if not answer.get("success"):
-        raise RuntimeError(f"flwr run failed: {result.stdout.strip()} {result.stderr.strip()}")
+    answer = flwr_cli(state_dir, "run", str(app), CONNECTION, "--run-config", overrides)
     return str(answer["run-id"])
 
 
 def run_status(state_dir: Path, run_id: str) -> dict:
-    """Flower's view of a run (`flwr ls --run-id`): status, details, traffic."""
-    result = subprocess.run(
-        [_bin("flwr"), "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
-        capture_output=True, text=True, env=flower_environment(state_dir), check=False,
-    )  # fmt: skip
+    """Flower's view of a run (`flwr ls --run-id`): status, details, traffic; empty while the
+    SuperLink does not answer."""
     try:
-        runs = json.loads(result.stdout).get("runs", [])
-    except json.JSONDecodeError:
+        runs = flwr_cli(state_dir, "ls", CONNECTION, "--run-id", run_id).get("runs", [])
+    except RuntimeError:
         return {}
     return runs[0] if runs else {}
 
