@@ -72,8 +72,12 @@ def load_federation_config(path: Path) -> FederationConfig:
     link = typed_table(SuperLinkSettings, link, f"{path}: [superlink]", FederationConfigError)
     if "certificates" in link:
         link["certificates"] = str(base / link["certificates"])
+    try:
+        settings = RunSettings(name=name, **selection)
+    except ValueError as exc:
+        raise FederationConfigError(f"{path}: [selection].{exc}") from None
     return FederationConfig(
-        run=RunSettings(name=name, **selection),
+        run=settings,
         database=database,
         space=str(base / space) if space else "",
         state_dir=state_dir,

@@ -58,6 +58,8 @@ def render(engine: Engine, run_name: str):
         f"run [bold]{run.name}[/bold]  mode {run.mode}  status {run.status}  "
         f"configs {len(ids)}  elapsed {(end - started).total_seconds():.0f}s"
     )
+    if run.aggregation:
+        header += f"\naggregation: {run.aggregation}"
     if last_round is not None:
         header += (
             f"\nround {last_round.number}: {last_round.message_type}, "

@@ -26,6 +26,7 @@ class FederatedRun(SQLModel, table=True):
     params: str  # JSON list of parameter dicts
     settings: str  # JSON of the run's settings
     status: str = "running"  # running | done | failed
+    aggregation: str = ""  # how tallies are summed now: SecAgg+ or in the clear, and why
     best_index: int | None = None
     started: datetime = Field(default_factory=_now)
     finished: datetime | None = None
@@ -68,6 +69,7 @@ class ComparisonResult(SQLModel, table=True):
     invalid: int
     items: int
     sites: int
+    secure: bool = False  # summed by SecAgg+: the coordinator never saw one site's tally
     round: int
     recorded: datetime = Field(default_factory=_now)
 

@@ -6,6 +6,11 @@ everything in its database so a restarted coordinator replays what was recorded 
 Sites answer `pending` while they train, generate or judge; they are asked again after
 `retry_seconds`, doubling up to `max_retry_seconds`. A site that refuses, fails, or does not
 answer for `patience` rounds in a row is left out of the rest of the run and named in the result.
+
+With `secure_aggregation` on and at least 3 active sites, a compare round only asks whether the
+sites are ready; the tallies then travel through SecAgg+ (`secure_sum.py`) and the coordinator
+records only their sum. With fewer sites the setting decides: `required` stops the run,
+`when-possible` goes on with tallies in the clear; the run's `aggregation` says which.
 """
 
 from __future__ import annotations
@@ -26,16 +31,20 @@ from coordinator.protocol import (
     COMPARE_MESSAGE,
     MAX_COMPARISONS,
     MAX_ITEMS,
+    SECAGG_MAX_SITES,
+    SECAGG_MIN_SITES,
     SPACE_MESSAGE,
     CompareMessage,
     Comparison,
     ProtocolError,
     SpaceMessage,
     Status,
+    check_tallies,
     decode_reply,
     encode_compare,
     encode_space,
 )
+from coordinator.secure_sum import SecureSum
 from coordinator.selection import ComparisonRequest, Tally, make_procedure
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,12 @@ class Transport(Protocol):
         self, message_type: str, records: Mapping[int, dict], timeout: float
     ) -> dict[int, dict | None]:
         """Replies by node id; None where a site sent none or an error in time."""
+        ...
+
+    def secure_sum(
+        self, request: Mapping[str, Any], node_ids: list[int], round_number: int, timeout: float
+    ) -> SecureSum | None:
+        """The sum of the sites' tallies for this compare request through SecAgg+."""
         ...
 
 
@@ -71,6 +86,19 @@ class RunSettings:
     judge_mode: str = "score"
     blocks: int = 4
     chunk_items: int = 8
+    secure_aggregation: str = "required"
+    """SecAgg+ for the tallies: `required` (stop with fewer than 3 sites), `when-possible`
+    (tallies in the clear with fewer than 3 sites) or `off`."""
+
+    def __post_init__(self) -> None:
+        if self.secure_aggregation not in SECURE_AGGREGATION:
+            raise ValueError(
+                f"secure_aggregation: {self.secure_aggregation!r} is not one of "
+                f"{', '.join(SECURE_AGGREGATION)}"
+            )
+
+
+SECURE_AGGREGATION = ("required", "when-possible", "off")
 
 
 @dataclass(frozen=True)
@@ -81,6 +109,7 @@ class RunOutcome:
     left_out: dict[int, str]
     judgments: int
     wall_seconds: float
+    aggregation: str = ""
 
 
 def _now() -> datetime:
@@ -313,45 +342,73 @@ class FederatedSelection:
         self._seen(node_id, reply.progress if reply.status == Status.PENDING else 1000)
         return reply
 
+    def _use_secure_aggregation(self) -> bool:
+        """Whether this round's tallies go through SecAgg+; records the decision on the run."""
+        mode, active = self.settings.secure_aggregation, len(self._active_sites())
+        if mode == "off":
+            decision, secure = "tallies in the clear (secure_aggregation = off)", False
+        elif SECAGG_MIN_SITES <= active <= SECAGG_MAX_SITES:
+            decision, secure = f"SecAgg+ over {active} sites", True
+        elif mode == "required":
+            raise RuntimeError(
+                f"secure_aggregation = required, but {active} sites are active and SecAgg+ "
+                f"needs {SECAGG_MIN_SITES} to {SECAGG_MAX_SITES}: stopped before any tally "
+                "was sent in the clear"
+            )
+        else:
+            decision, secure = (
+                f"tallies in the clear: {active} sites, SecAgg+ needs {SECAGG_MIN_SITES} "
+                "(secure_aggregation = when-possible)",
+                False,
+            )
+        with Session(self.engine) as session:
+            run = session.get(FederatedRun, self.settings.name)
+            if run.aggregation != decision:
+                log.warning("aggregation: %s", decision)
+                run.aggregation = decision
+                session.commit()
+        return secure
+
     def _compare(self, requests: list[ComparisonRequest]) -> None:
-        """Ask every active site for these comparisons until each has answered or is left out."""
-        message = CompareMessage(
-            self.settings.name,
-            tuple(
-                Comparison(
-                    r.a, r.b, r.item_start, MAX_ITEMS if r.item_stop is None else r.item_stop
-                )
-                for r in requests
-            ),
-        )
-        record = encode_compare(message)
-        answers: dict[int, tuple] = {}
+        """Ask every active site for these comparisons until each has answered or is left out,
+        then sum their tallies (in the clear, or through SecAgg+)."""
         pause = self.settings.retry_seconds
+        failed_sums = 0
         while True:
-            waiting = [n for n in self._active_sites() if n not in answers]
-            if not waiting:
+            secure = self._use_secure_aggregation()
+            message = CompareMessage(
+                self.settings.name,
+                tuple(
+                    Comparison(
+                        r.a, r.b, r.item_start, MAX_ITEMS if r.item_stop is None else r.item_stop
+                    )
+                    for r in requests
+                ),
+                secure,
+            )
+            record = encode_compare(message)
+            answers = self._collect(message, record)
+            if not secure:
+                contributors = [n for n in self._active_sites() if n in answers]
+                totals = [
+                    sum((Tally(*answers[n][i]) for n in contributors), Tally(0, 0, 0, 0, 0))
+                    for i in range(len(requests))
+                ]
                 break
-            replies = self._exchange(COMPARE_MESSAGE, {n: record for n in waiting}, len(requests))
-            for node_id in waiting:
-                reply = self._decode(node_id, replies.get(node_id), message)
-                if reply is None:
-                    continue
-                if reply.status == Status.OK:
-                    answers[node_id] = reply.tallies
-                elif reply.status != Status.PENDING:
-                    self._leave_out(node_id, f"compare {reply.status.name} code {reply.code.name}")
-            if any(n not in answers for n in self._active_sites()):
-                time.sleep(pause)
-                pause = min(2 * pause, self.settings.max_retry_seconds)
-        contributors = [n for n in self._active_sites() if n in answers]
+            if len(self._active_sites()) < SECAGG_MIN_SITES:
+                continue  # sites left while it waited: decide again
+            summed = self._secure_sum(message, record)
+            if summed is not None:
+                contributors, totals = summed
+                break
+            failed_sums += 1
+            if failed_sums >= self.settings.patience:
+                raise RuntimeError(f"secure aggregation failed {failed_sums} times in a row")
+            time.sleep(pause)
+            pause = min(2 * pause, self.settings.max_retry_seconds)
         if not contributors:
             raise RuntimeError("every site has left the run")
-        for index, (request, comparison) in enumerate(
-            zip(requests, message.comparisons, strict=True)
-        ):
-            total = Tally(0, 0, 0, 0, 0)
-            for node_id in contributors:
-                total = total + Tally(*answers[node_id][index])
+        for request, comparison, total in zip(requests, message.comparisons, totals, strict=True):
             self.procedure.record(request, total)
             with Session(self.engine) as session:
                 session.add(
@@ -363,16 +420,87 @@ class FederatedSelection:
                         item_stop=comparison.item_stop,
                         **asdict(total),
                         sites=len(contributors),
+                        secure=secure,
                         round=self.round,
                     )
                 )
                 session.commit()
+
+    def _collect(self, message: CompareMessage, record: dict) -> dict[int, tuple]:
+        """Ask the active sites until each has answered `ok` (with its tallies, or, for a
+        secure request, ready to send them masked) or is left out."""
+        answers: dict[int, tuple] = {}
+        pause = self.settings.retry_seconds
+        while True:
+            waiting = [n for n in self._active_sites() if n not in answers]
+            if not waiting:
+                return answers
+            replies = self._exchange(
+                COMPARE_MESSAGE, {n: record for n in waiting}, len(message.comparisons)
+            )
+            for node_id in waiting:
+                reply = self._decode(node_id, replies.get(node_id), message)
+                if reply is None:
+                    continue
+                if reply.status == Status.OK:
+                    answers[node_id] = reply.tallies
+                elif reply.status != Status.PENDING:
+                    self._leave_out(node_id, f"compare {reply.status.name} code {reply.code.name}")
+            if any(n not in answers for n in self._active_sites()):
+                time.sleep(pause)
+                pause = min(2 * pause, self.settings.max_retry_seconds)
+
+    def _secure_sum(
+        self, message: CompareMessage, record: dict
+    ) -> tuple[list[int], list[Tally]] | None:
+        """The tallies summed over the active sites through SecAgg+, or None for this try: the
+        protocol halted, or the sum is impossible (which site sent what cannot be known)."""
+        active = self._active_sites()
+        self.round += 1
+        started = time.monotonic()
+        result = self.transport.secure_sum(record, active, self.round, self.settings.round_timeout)
+        contributors = result.contributors if result else []
+        with Session(self.engine) as session:
+            session.add(
+                RoundLog(
+                    run_name=self.settings.name,
+                    number=self.round,
+                    message_type="secagg+",
+                    comparisons=len(message.comparisons),
+                    answered=len(contributors),
+                    pending=0,
+                    seconds=time.monotonic() - started,
+                    bytes_in=0,
+                )
+            )
+            session.commit()
+        self.on_round()
+        for node_id in active:
+            if node_id not in contributors:
+                self._note(node_id, "no masked tallies in the secure sum")
+                self._silent(node_id)
+        if result is None:
+            log.warning("secure aggregation halted this round: too few sites took part")
+            return None
+        try:
+            tallies = check_tallies(
+                result.values, message.comparisons, self.settings.validation_items,
+                sites=len(contributors),
+            )  # fmt: skip
+        except ProtocolError as exc:
+            log.warning(
+                "rejected the secure sum of sites %s this round: %s (under SecAgg+ no single "
+                "site can be named)", contributors, exc.code.name,
+            )  # fmt: skip
+            return None
+        return contributors, [Tally(*t) for t in tallies]
 
     def _finish(self, wall_seconds: float) -> RunOutcome:
         best = self.procedure.best()
         with Session(self.engine) as session:
             run = session.get(FederatedRun, self.settings.name)
             run.status, run.best_index, run.finished = "done", best, _now()
+            aggregation = run.aggregation
             session.commit()
         all_sites = self._all_sites()
         judgments = sum(2 * r.items for r in self._recorded())
@@ -383,4 +511,5 @@ class FederatedSelection:
             left_out={int(s.node_id): s.reason for s in all_sites if s.status == "left_out"},
             judgments=judgments,
             wall_seconds=wall_seconds,
+            aggregation=aggregation,
         )

@@ -9,12 +9,15 @@ parameter values and integers; a site answers with integers only.
 Coordinator -> site
 - `space` (Flower message type `query.space`): the run key, the configs of the search space
   (ids and parameters as typed columns), how many validation items to use and the judge mode.
-- `compare` (`query.compare`): comparisons as parallel lists of config indices and item slices.
+- `compare` (`query.compare`): comparisons as parallel lists of config indices and item slices,
+  and `secure` (1: the tallies will be collected by secure aggregation, not in this reply).
+- `train` (Flower's SecAgg+ stages): the same compare fields as the fit config; in its masked
+  vectors a site sends the tallies of that request (see `coordinator/secure_sum.py`).
 
 Site -> coordinator
 - a reply with `status` (ok, pending, refused, failed), a numeric `code`, `progress` in permille
   and, for an answered `compare`, `tallies`: five integers per comparison (win, tie, loss,
-  invalid, items) from config a's point of view.
+  invalid, items) from config a's point of view; empty when the request was `secure`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ MAX_CONFIGS = 512
 MAX_COMPARISONS = 256
 MAX_ITEMS = 100_000
 TALLY_FIELDS = ("win", "tie", "loss", "invalid", "items")
+
+# SecAgg+ quantizes values in [-SECAGG_CLIP, SECAGG_CLIP] onto 2 * SECAGG_CLIP integer steps, so
+# integer tallies pass exactly; masks live modulo 2**32, which bounds the sites at 2**10.
+SECAGG_MIN_SITES = 3
+SECAGG_CLIP = 2**21
+SECAGG_MODULUS = 2**32
+SECAGG_MAX_SITES = SECAGG_MODULUS // (4 * SECAGG_CLIP)
 JUDGE_MODES = ("generate", "score")
 
 _RUN_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -79,6 +89,7 @@ class Code(IntEnum):
     SPACE_CHANGED = 18
     CONFIG_ID_MISMATCH = 19
     UNTRUSTED_APP = 20
+    NOT_READY = 21
     TRAINING_FAILED = 30
     GENERATION_FAILED = 31
     JUDGING_FAILED = 32
@@ -118,6 +129,7 @@ class Comparison:
 class CompareMessage:
     run_key: str
     comparisons: tuple[Comparison, ...]
+    secure: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,6 +239,7 @@ def encode_compare(message: CompareMessage) -> dict[str, Any]:
         "b": [c.b for c in message.comparisons],
         "item_start": [c.item_start for c in message.comparisons],
         "item_stop": [c.item_stop for c in message.comparisons],
+        "secure": int(message.secure),
     }
 
 
@@ -234,8 +247,12 @@ def decode_compare(record: Mapping[str, Any], n_configs: int | None = None) -> C
     """Decode a compare request; with `n_configs`, indices are checked against the space."""
     _check_version(record)
     columns = ("a", "b", "item_start", "item_stop")
-    _check_fields(record, {"version": int, "run_key": str, **{c: [int] for c in columns}})
+    _check_fields(
+        record, {"version": int, "run_key": str, "secure": int, **{c: [int] for c in columns}}
+    )
     _check_run_key(record["run_key"])
+    if record["secure"] not in (0, 1):
+        raise ProtocolError(Code.OUT_OF_RANGE, "secure must be 0 or 1")
     count = len(record["a"])
     if any(len(record[c]) != count for c in columns):
         raise ProtocolError(Code.OUT_OF_RANGE, "comparison columns differ in length")
@@ -249,7 +266,7 @@ def decode_compare(record: Mapping[str, Any], n_configs: int | None = None) -> C
         if not 0 <= start < stop <= MAX_ITEMS:
             raise ProtocolError(Code.OUT_OF_RANGE, "item slice out of range")
         comparisons.append(Comparison(a, b, start, stop))
-    return CompareMessage(record["run_key"], tuple(comparisons))
+    return CompareMessage(record["run_key"], tuple(comparisons), bool(record["secure"]))
 
 
 def encode_reply(reply: Reply) -> dict[str, Any]:
@@ -272,16 +289,26 @@ def decode_reply(
         raise ProtocolError(Code.OUT_OF_RANGE, "unknown status or code") from exc
     if not 0 <= record["progress"] <= 1000:
         raise ProtocolError(Code.OUT_OF_RANGE, "progress must be 0-1000 permille")
-    flat = record["tallies"]
-    expected = len(request.comparisons) if request and status == Status.OK else 0
-    if len(flat) != expected * len(TALLY_FIELDS):
-        raise ProtocolError(Code.IMPOSSIBLE_TALLY, f"{len(flat)} tally values for {expected}")
+    answered = request is not None and status == Status.OK and not request.secure
+    tallies = check_tallies(record["tallies"], request.comparisons if answered else (), item_limit)
+    return Reply(status, code, record["progress"], tallies)
+
+
+def check_tallies(
+    flat: list[int], comparisons: tuple[Comparison, ...], item_limit: int, sites: int = 1
+) -> tuple[tuple[int, int, int, int, int], ...]:
+    """Tallies (one site's, or the sum over `sites`) for these comparisons, or
+    `IMPOSSIBLE_TALLY`: a wrong count, a negative value, or more items than the slice holds."""
+    if len(flat) != len(comparisons) * len(TALLY_FIELDS):
+        raise ProtocolError(
+            Code.IMPOSSIBLE_TALLY, f"{len(flat)} tally values for {len(comparisons)}"
+        )
     tallies = tuple(
         tuple(flat[i : i + len(TALLY_FIELDS)]) for i in range(0, len(flat), len(TALLY_FIELDS))
     )
-    for tally, comparison in zip(tallies, request.comparisons if request else (), strict=False):
+    for tally, comparison in zip(tallies, comparisons, strict=True):
         win, tie, loss, invalid, items = tally
         span = min(comparison.item_stop, item_limit) - comparison.item_start
-        if min(tally) < 0 or win + tie + loss + invalid != items or items > max(span, 0):
+        if min(tally) < 0 or win + tie + loss + invalid != items or items > sites * max(span, 0):
             raise ProtocolError(Code.IMPOSSIBLE_TALLY, "tally does not add up")
-    return Reply(status, code, record["progress"], tallies)  # type: ignore[arg-type]
+    return tallies  # type: ignore[return-value]

@@ -49,6 +49,8 @@ class RunResult:
     sites_left_out: Sequence[str]
     judgments: int
     wall_seconds: float
+    aggregation: str = ""
+    """How the tallies were summed (SecAgg+ or in the clear, and why)."""
 
     def __post_init__(self) -> None:
         indices = {i for a, b, _ in self.comparisons for i in (a, b)}
@@ -157,6 +159,7 @@ def _summary(result: RunResult, threshold: float) -> dict[str, Any]:
         else {"opponent": result.config_id(decided[0]), **asdict(decided[1])},
         "sites": list(result.sites),
         "sites_left_out": list(result.sites_left_out),
+        "aggregation": result.aggregation,
         "judgments": result.judgments,
         "wall_seconds": result.wall_seconds,
         "superiority_threshold": threshold,
@@ -309,7 +312,8 @@ img{{max-width:100%}}</style></head><body>
 <h1>Run {e(result.run_name)}</h1>
 <p>Selection mode {e(result.selection_mode)}; {result.judgments} judgments;
 {result.wall_seconds:.0f} s.</p>
-<p>Sites: {e(", ".join(result.sites) or "none")}. Left out: {e(left_out)}.</p>
+<p>Sites: {e(", ".join(result.sites) or "none")}. Left out: {e(left_out)}.
+Aggregation: {e(result.aggregation or "-")}.</p>
 <h2>Best config</h2>
 {best_section}
 <h2>Figures</h2>

@@ -39,4 +39,5 @@ def run_result(
         sites_left_out=[name(s.node_id) for s in run_sites if s.status == "left_out"],
         judgments=sum(2 * r.items for r in rows),
         wall_seconds=(finished - started).total_seconds(),
+        aggregation=run.aggregation,
     )

@@ -19,11 +19,16 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator.db import open_database
 from coordinator.federation import FederatedSelection, RunSettings
 from coordinator.protocol import RECORD_KEY
+from coordinator.secure_sum import SecureSum, secure_sum
 from trainer.space import load_space
 
 log = logging.getLogger(__name__)
 app = ServerApp()
 POLL_SECONDS = 0.2
+
+
+def _bytes_as_hex(value: object) -> str:
+    return value.hex() if isinstance(value, bytes) else repr(value)
 
 
 def _wire_content(reply: Message) -> dict:
@@ -37,7 +42,9 @@ def _wire_content(reply: Message) -> dict:
 
 
 class GridTransport:
-    """Pushes one message per site and polls for the replies (faster than send_and_receive).
+    """Pushes messages and polls for the replies every POLL_SECONDS (Flower's own
+    send_and_receive waits 3 s between pulls), for the protocol's queries and for the SecAgg+
+    stages alike.
 
     With `wire_log`, every reply is appended to that JSONL file exactly as it arrived, so an
     operator (or a test) can check what the sites sent.
@@ -50,6 +57,25 @@ class GridTransport:
     def node_ids(self) -> list[int]:
         return sorted(self.grid.get_node_ids())
 
+    def send_and_receive(
+        self, messages: list[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        ids = list(self.grid.push_messages(messages))
+        node_of = {i: m.metadata.dst_node_id for i, m in zip(ids, messages, strict=True)}
+        type_of = {i: m.metadata.message_type for i, m in zip(ids, messages, strict=True)}
+        replies: list[Message] = []
+        waiting = set(ids)
+        deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+        while waiting and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(waiting):
+                message_id = reply.metadata.reply_to_message_id
+                waiting.discard(message_id)
+                self._log_wire(node_of[message_id], type_of[message_id], reply)
+                replies.append(reply)
+            if waiting:
+                time.sleep(POLL_SECONDS)
+        return replies
+
     def exchange(
         self, message_type: str, records: Mapping[int, dict], timeout: float
     ) -> dict[int, dict | None]:
@@ -61,30 +87,26 @@ class GridTransport:
             )
             for node_id, record in records.items()
         ]
-        ids = list(self.grid.push_messages(messages))
-        node_of = dict(zip(ids, records, strict=True))
         replies: dict[int, dict | None] = dict.fromkeys(records)
-        waiting = set(ids)
-        deadline = time.monotonic() + timeout
-        while waiting and time.monotonic() < deadline:
-            for reply in self.grid.pull_messages(waiting):
-                message_id = reply.metadata.reply_to_message_id
-                waiting.discard(message_id)
-                self._log_wire(node_of[message_id], message_type, reply)
-                if reply.has_error() or RECORD_KEY not in reply.content.config_records:
-                    log.warning("site %s answered with an error", node_of[message_id])
-                    continue
-                replies[node_of[message_id]] = dict(reply.content[RECORD_KEY])
-            if waiting:
-                time.sleep(POLL_SECONDS)
+        for reply in self.send_and_receive(messages, timeout=timeout):
+            node_id = reply.metadata.src_node_id
+            if reply.has_error() or RECORD_KEY not in reply.content.config_records:
+                log.warning("site %s answered with an error", node_id)
+                continue
+            replies[node_id] = dict(reply.content[RECORD_KEY])
         return replies
+
+    def secure_sum(
+        self, request: Mapping[str, object], node_ids: list[int], round_number: int, timeout: float
+    ) -> SecureSum | None:
+        return secure_sum(self, request, node_ids, round_number, timeout)
 
     def _log_wire(self, node_id: int, message_type: str, reply: Message) -> None:
         if self.wire_log is None:
             return
         entry = {"node": node_id, "message_type": message_type, "content": _wire_content(reply)}
         with self.wire_log.open("a", encoding="utf-8") as sink:
-            sink.write(json.dumps(entry, default=repr) + "\n")
+            sink.write(json.dumps(entry, default=_bytes_as_hex) + "\n")
 
 
 def settings_from_run_config(config: Mapping[str, object]) -> tuple[RunSettings, str, str]:
@@ -123,6 +145,7 @@ def main(grid: Grid, context: Context) -> None:
                 "sites": outcome.sites,
                 "left_out": outcome.left_out,
                 "judgments": outcome.judgments,
+                "aggregation": outcome.aggregation,
             }
         ),
         flush=True,

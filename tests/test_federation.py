@@ -10,19 +10,21 @@ import pytest
 from sqlmodel import Session, select
 
 from agent.config import load_site_config
+from agent.db import ComparisonJob
 from agent.db import open_database as open_site_database
 from agent.site import handle_message
 from agent.worker import SiteWorker
 from coordinator.db import ComparisonResult, RunSite
 from coordinator.db import open_database as open_coordinator_database
 from coordinator.federation import FederatedSelection, RunSettings
-from tests.doubles import PlantedPreferenceJudge
+from coordinator.secure_sum import SecureSum, secure_sum
+from tests.doubles import InProcessGrid, PlantedPreferenceJudge
 from tests.test_agent_site import CONFIGS, write_site_config
 
 
 class LoopbackTransport:
     """Test double for Flower's Grid: calls each site's message handler in process and lets
-    its worker do a step of work after every exchange."""
+    its worker do a step of work after every exchange; SecAgg+ runs over `InProcessGrid`."""
 
     def __init__(self, sites: dict[int, tuple], silent: set[int] = frozenset()) -> None:
         self.sites = sites
@@ -43,6 +45,12 @@ class LoopbackTransport:
             worker.step()
         return replies
 
+    def secure_sum(self, request: dict, node_ids: list[int], round_number: int, timeout: float):
+        self.exchanges.append(("secagg+", {n: request for n in node_ids}))
+        configs = {n: str(self.sites[n][1].config.source) for n in node_ids}
+        self.grid = InProcessGrid(configs, failing=frozenset(self.silent))
+        return secure_sum(self.grid, request, node_ids, round_number, timeout)
+
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> dict[int, tuple]:
@@ -58,10 +66,13 @@ def sites(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> dict[in
     return result
 
 
-def _selection(engine, transport, name: str, mode: str = "paper") -> FederatedSelection:
+def _selection(
+    engine, transport, name: str, mode: str = "paper", secure_aggregation: str = "required"
+) -> FederatedSelection:
     settings = RunSettings(
         name=name,
         mode=mode,
+        secure_aggregation=secure_aggregation,
         min_sites=2,
         round_timeout=1,
         retry_seconds=0,
@@ -87,7 +98,7 @@ def test_every_mode_finds_the_planted_best(tmp_path: Path, sites: dict, mode: st
 def test_a_silent_site_is_left_out_and_named(tmp_path: Path, sites: dict) -> None:
     engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
     transport = LoopbackTransport(sites)
-    selection = _selection(engine, transport, "run-drop")
+    selection = _selection(engine, transport, "run-drop", secure_aggregation="when-possible")
     original = transport.exchange
 
     def drop_site_13_after_the_space(message_type, records, timeout):
@@ -103,7 +114,10 @@ def test_a_silent_site_is_left_out_and_named(tmp_path: Path, sites: dict) -> Non
     with Session(engine) as session:
         site = session.exec(select(RunSite).where(RunSite.node_id == "13")).one()
         assert site.status == "left_out"
-        assert {r.sites for r in session.exec(select(ComparisonResult))} == {2}
+        assert {(r.sites, r.secure) for r in session.exec(select(ComparisonResult))} == {(2, False)}
+    assert outcome.aggregation == (
+        "tallies in the clear: 2 sites, SecAgg+ needs 3 (secure_aggregation = when-possible)"
+    )
 
 
 def test_a_restarted_coordinator_resumes(tmp_path: Path, sites: dict) -> None:
@@ -177,6 +191,11 @@ def test_federation_config_errors_name_the_field(tmp_path: Path) -> None:
     path.write_text('[run]\nname = "x"\n[superlink]\nadress = "127.0.0.1:1"\n')
     with pytest.raises(FederationConfigError, match=r"\[superlink\]\.adress: unknown setting"):
         load_federation_config(path)
+    path.write_text('[run]\nname = "x"\n[selection]\nsecure_aggregation = "maybe"\n')
+    with pytest.raises(
+        FederationConfigError, match=r"\[selection\]\.secure_aggregation: 'maybe' is not one of"
+    ):
+        load_federation_config(path)
     path.write_text('[run]\nname = "x"\nspace = "nope.toml"\n')
     with pytest.raises(FederationConfigError, match=r"\[run\]\.space: no file nope\.toml"):
         load_federation_config(path)
@@ -199,7 +218,7 @@ def test_impossible_tallies_are_rejected_for_the_round(tmp_path: Path, sites: di
         return replies
 
     transport.exchange = inflate_tallies
-    outcome = _selection(engine, transport, "run-impossible").run()
+    outcome = _selection(engine, transport, "run-impossible", secure_aggregation="off").run()
     assert outcome.best_index == 2
     assert outcome.sites == [11, 12]
     assert "report rejected: IMPOSSIBLE_TALLY" in outcome.left_out[13]
@@ -208,3 +227,74 @@ def test_impossible_tallies_are_rejected_for_the_round(tmp_path: Path, sites: di
         assert site_12.status == "active" and site_12.reason == "report rejected: IMPOSSIBLE_TALLY"
         for row in session.exec(select(ComparisonResult)):
             assert row.items == row.sites * 6  # only reports that added up were summed
+
+
+def _site_tallies(sites: dict, row: ComparisonResult) -> list[tuple]:
+    """Each site's own tally for a recorded comparison, read from the sites' databases."""
+    tallies = []
+    for engine, _worker in sites.values():
+        with Session(engine) as session:
+            job = session.exec(
+                select(ComparisonJob).where(
+                    ComparisonJob.a_id == CONFIGS[row.a].id,
+                    ComparisonJob.b_id == CONFIGS[row.b].id,
+                    ComparisonJob.item_start == row.item_start,
+                )
+            ).first()
+            tallies.append(job.tally())
+    return tallies
+
+
+def test_with_secure_aggregation_the_coordinator_holds_only_sums(
+    tmp_path: Path, sites: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    transport = LoopbackTransport(sites)
+    outcome = _selection(engine, transport, "run-secure").run()
+    assert outcome.best_index == 2 and outcome.aggregation == "SecAgg+ over 3 sites"
+    compare_replies = [
+        handle_message(sites[n][0], message_type, record)
+        for message_type, records in transport.exchanges
+        if message_type == "query.compare"
+        for n, record in records.items()
+    ]
+    assert compare_replies and all(r["tallies"] == [] for r in compare_replies)
+    with Session(engine) as session:
+        rows = session.exec(select(ComparisonResult)).all()
+    dump = "\n".join(str(row.model_dump()) for row in rows) + caplog.text
+    for row in rows:
+        per_site = _site_tallies(sites, row)
+        assert row.secure and row.sites == 3
+        assert (row.win, row.tie, row.loss, row.invalid, row.items) == tuple(
+            sum(column) for column in zip(*per_site, strict=True)
+        )
+        for tally in per_site:  # no site's own tally is stored or logged anywhere
+            assert str(list(tally)) not in dump and str(tally) not in dump
+
+
+def test_required_secure_aggregation_stops_below_three_sites(tmp_path: Path, sites: dict) -> None:
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    transport = LoopbackTransport({n: sites[n] for n in (11, 12)})
+    with pytest.raises(RuntimeError, match="secure_aggregation = required, but 2 sites"):
+        _selection(engine, transport, "run-two-sites").run()
+    assert [t for t, _ in transport.exchanges] == ["query.space"], "no compare was sent"
+
+
+def test_an_impossible_secure_sum_is_rejected_and_asked_again(tmp_path: Path, sites: dict) -> None:
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    transport = LoopbackTransport(sites)
+    original = transport.secure_sum
+    corrupted = [1]
+
+    def inflate_once(request, node_ids, round_number, timeout):
+        result = original(request, node_ids, round_number, timeout)
+        if corrupted.pop() if corrupted else 0:
+            return SecureSum(result.contributors, [v * 5 for v in result.values])
+        return result
+
+    transport.secure_sum = inflate_once
+    outcome = _selection(engine, transport, "run-bad-sum").run()
+    assert outcome.best_index == 2
+    with Session(engine) as session:
+        assert all(row.items == 18 for row in session.exec(select(ComparisonResult)))

@@ -56,12 +56,17 @@ epochs = [1, 2]
 """
 
 
-def _federation_toml(folder: Path, name: str, superlink: str, min_sites: int) -> Path:
+def _federation_toml(
+    folder: Path, name: str, superlink: str, min_sites: int, secure_aggregation: str = "off"
+) -> Path:
+    """These runs check tallies in the clear (the wire against the ledger) and sites dropping
+    below three; test_flower_secure_aggregation.py runs SecAgg+."""
     path = folder / f"{name}.toml"
     path.write_text(
         f'[run]\nname = "{name}"\nspace = "space.toml"\nstate_dir = "coordinator"\n'
         f'wire_log = "{name}-wire.jsonl"\n'
         f'[selection]\nmode = "paper"\nmin_sites = {min_sites}\nround_timeout = 8.0\n'
+        f'secure_aggregation = "{secure_aggregation}"\n'
         "retry_seconds = 0.5\nmax_retry_seconds = 4.0\npatience = 2\n"
         "validation_items = 6\nblocks = 2\n"
         f'[superlink]\naddress = "{superlink}"\ninsecure = true\n'
@@ -100,13 +105,14 @@ class Site:
         self.supernode = self._spawn(supernode_command(self.config), "supernode.log")
         self.guard = self._spawn(guard_command(self.config), "guard.log")
 
-    def start_worker(self) -> None:
+    def start_worker(self, tie_share: float = 0.0) -> None:
         command = [
             sys.executable,
             "-m",
             "tests.planted_worker",
             str(self.config.source),
             CONFIGS[PLANTED].id,
+            str(tie_share),
         ]
         self.worker = self._spawn(command, "worker.log")
 

@@ -87,6 +87,8 @@ def test_compare_and_reply_round_trip() -> None:
             ),
             Code.TOO_LARGE,
         ),
+        (lambda r: r.update(secure=2), Code.OUT_OF_RANGE),
+        (lambda r: r.pop("secure"), Code.MISSING_FIELD),
     ],
 )
 def test_bad_compare_requests_are_refused_with_a_code(change, code: Code) -> None:
@@ -177,3 +179,14 @@ def test_decoders_never_fail_other_than_with_a_protocol_error(record: dict) -> N
             decode(record)
         except ProtocolError as exc:
             assert isinstance(exc.code, Code)
+
+
+def test_a_secure_request_is_answered_without_tallies() -> None:
+    request = CompareMessage("run-1", (Comparison(0, 1, 0, 8),), secure=True)
+    assert decode_compare(encode_compare(request)).secure
+    ready = encode_reply(Reply(Status.OK))
+    assert decode_reply(ready, request).tallies == ()
+    leaked = encode_reply(Reply(Status.OK, tallies=((8, 0, 0, 0, 8),)))
+    with pytest.raises(ProtocolError) as raised:
+        decode_reply(leaked, request)
+    assert raised.value.code == Code.IMPOSSIBLE_TALLY
