@@ -18,7 +18,9 @@ Wheels come from the configured package indexes (`pip download --only-binary=:al
 the versions of the running environment; llama-cpp-python has no wheel on PyPI, so its locally
 built wheel must be in `$PANDALM_HOME/wheelhouse` (`make setup`), a `--wheels` folder or pip's
 wheel cache. The builtin SmolLM2 travels as its GGUF only: the site converts it into a
-transformers directory on first use (`judge.models.builtin_base_hf_dir`).
+transformers directory on first use (`judge.models.builtin_base_hf_dir`). The builtin judge
+travels as its exported GGUF when this machine has built it (`make setup` does); otherwise the
+site merges the packaged adapter itself on first use, offline as well.
 """
 
 from __future__ import annotations
@@ -42,7 +44,14 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from judge.models import BUILTIN_GGUF_NAME, ModelNotFoundError, builtin_base_gguf, cache_dir
+from judge.models import (
+    BUILTIN_GGUF_NAME,
+    ModelNotFoundError,
+    builtin_base_gguf,
+    builtin_judge_gguf_name,
+    cache_dir,
+    models_dir,
+)
 
 TOP = "pandalm-bundle"
 """The archive's single top-level folder."""
@@ -115,6 +124,10 @@ def plan_models(judge: str = "builtin", base: Path | None = None) -> ModelPlan:
             copies.insert(0, (builtin_base_gguf(), BUILTIN_GGUF_NAME))
         except ModelNotFoundError as exc:
             raise BundleError(str(exc)) from None
+    if judge == "builtin":
+        built = models_dir() / builtin_judge_gguf_name()
+        if built.is_file():
+            copies.insert(1, (built, built.name))
     return ModelPlan(copies, judge_spec, base_value)
 
 

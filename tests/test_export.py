@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from judge.backends import load_backend
 from judge.backends.base import GenerationSettings
 from judge.engine import Pair, PairJudge
+from judge.export import ExportError, export_gguf
 from trainer.cli import app
-from trainer.export import ExportError, export_gguf
 
 PAIRS = [
     Pair("What is the capital of France?", "", "Paris.", "The answer is 42."),

@@ -274,6 +274,39 @@ def test_lora_judge_is_saved_merged_and_evaluated(tmp_path, tiny_llama):
     assert saved["train"]["world_size"] == 1
 
 
+def test_a_packaged_adapter_is_fp16_and_a_rank_cut_is_the_best_approximation(tmp_path, tiny_llama):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from trainer.judge_training import package_adapter
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(tiny_llama, local_files_only=True)
+
+    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(load(), config).save_pretrained(tmp_path / "adapter")
+    name = "model.layers.0.mlp.down_proj.weight"
+    base = load().state_dict()[name]
+
+    def update(adapter_dir: Path) -> torch.Tensor:
+        merged = PeftModel.from_pretrained(load(), adapter_dir).merge_and_unload()
+        return (merged.state_dict()[name] - base).double()
+
+    trained = update(tmp_path / "adapter")
+    u, s, vh = torch.linalg.svd(trained)
+    best_rank_2 = (u[:, :2] * s[:2]) @ vh[:2]
+    full = package_adapter(tmp_path / "adapter", tmp_path / "full")
+    package_adapter(tmp_path / "adapter", tmp_path / "cut", rank=2)
+    assert {t.dtype for t in load_file(str(full)).values()} == {torch.float16}
+    assert json.loads((tmp_path / "cut" / "adapter_config.json").read_text())["r"] == 2
+    scale = trained.abs().max()
+    assert (update(tmp_path / "full") - trained).abs().max() < 1e-2 * scale
+    assert (update(tmp_path / "cut") - best_rank_2).abs().max() < 1e-2 * scale
+    assert (best_rank_2 - trained).abs().max() > 0.1 * scale  # the cut did change the update
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_with_zero2_train_on_different_shards(tmp_path, tiny_llama):
     """`torchrun --nproc_per_node 2` (gloo) with the repo's ZeRO-2 config, through the CLI."""

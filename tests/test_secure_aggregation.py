@@ -173,3 +173,20 @@ def test_a_secure_compare_is_answered_without_tallies(sites: dict[int, str]) -> 
 def test_tallies_are_sent_masked_only_for_a_secure_request(sites: dict[int, str]) -> None:
     grid = InProcessGrid(sites)
     assert secure_sum(grid, _request(secure=False), [1, 2, 3], 1, timeout=10) is None
+
+
+def test_a_malformed_secure_aggregation_message_is_refused_with_a_code(
+    sites: dict[int, str],
+) -> None:
+    grid = InProcessGrid(sites)
+    junk = Message(
+        RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({"stage": "unmask", "x": 1})}),
+        dst_node_id=1,
+        message_type="train",
+    )
+    (reply,) = grid.send_and_receive([junk])
+    assert reply.has_error() and reply.error.reason == "secure aggregation refused: code 39"
+    entries = ledger(open_database(_url(sites[1])))
+    assert json.loads(entries[-1].content) == {"error": "secure aggregation refused: code 39"}
+    # the site still answers the protocol afterwards
+    assert _ask_compare(grid)[0]["status"] == Status.OK

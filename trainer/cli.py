@@ -331,9 +331,25 @@ def export(
     threads: Annotated[int, typer.Option(min=0, help="quantizer threads (0: all cores)")] = 0,
 ) -> None:
     """Convert a trained judge to GGUF (f16, or quantized by llama.cpp) for `gguf:FILE` judges."""
-    from trainer.export import export_gguf
+    from judge.export import export_gguf
 
     del to  # GGUF is the only target
     with _user_errors():
         export_gguf(model, out, quant, threads)
     console.print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {quant})")
+
+
+@app.command("package-adapter")
+def package_adapter_command(
+    adapter: Annotated[Path, typer.Option("--adapter", help="a LoRA adapter dir (judge --lora)")],
+    out: Annotated[Path, typer.Option("--out", help="e.g. judge/pandalm_mini for the builtin")],
+    rank: Annotated[
+        int | None, typer.Option(min=1, help="cut every update to this rank (truncated SVD)")
+    ] = None,
+) -> None:
+    """Write a LoRA adapter as the package ships the builtin judge: fp16, optionally lower rank."""
+    from trainer.judge_training import package_adapter
+
+    with _user_errors():
+        weights = package_adapter(adapter, out, rank)
+    console.print(f"wrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB)")

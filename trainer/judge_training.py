@@ -315,3 +315,34 @@ def train_judge(
         os.replace(tmp, args.output_dir / REPORT_FILE)
     trainer.accelerator.wait_for_everyone()
     return report
+
+
+def package_adapter(adapter_dir: Path, out_dir: Path, rank: int | None = None) -> Path:
+    """A trained LoRA adapter as the package ships it: fp16 weights, and with `rank` each
+    update B·A cut to its best rank-`rank` approximation (truncated SVD, alpha scaled so the
+    update's scale is unchanged) to keep the adapter small."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    if rank is not None and rank < config["r"]:
+        for name_a in [n for n in weights if ".lora_A." in n]:
+            name_b = name_a.replace(".lora_A.", ".lora_B.")
+            a, b = weights[name_a].double(), weights[name_b].double()
+            q_b, r_b = torch.linalg.qr(b)
+            q_a, r_a = torch.linalg.qr(a.T)
+            u, s, vh = torch.linalg.svd(r_b @ r_a.T)
+            root = s[:rank].sqrt()
+            weights[name_b] = (q_b @ u[:, :rank]) * root
+            weights[name_a] = (root[:, None] * vh[:rank]) @ q_a.T
+        config["lora_alpha"] = config["lora_alpha"] * rank / config["r"]
+        config["r"] = rank
+    config["base_model_name_or_path"] = "builtin"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {name: tensor.to(torch.float16).contiguous() for name, tensor in weights.items()},
+        str(out_dir / "adapter_model.safetensors"),
+    )
+    (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out_dir / "adapter_model.safetensors"

@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from judge.backends.base import GenerationSettings, JudgeBackend
-from judge.models import ModelNotFoundError, builtin_base_gguf, builtin_base_hf_dir
+from judge.models import ModelNotFoundError, builtin_judge_gguf, builtin_judge_hf_dir
 
 __all__ = [
     "GenerationSettings",
@@ -17,11 +17,6 @@ __all__ = [
     "load_backend",
     "parse_spec",
 ]
-
-UNTUNED_BUILTIN_WARNING = (
-    "the builtin judge is the untuned SmolLM2-135M-Instruct: it answers 1 to every pair, so "
-    "its verdicts are meaningless (a trained builtin judge comes with the judge-training work)"
-)
 
 _OPTIONS = {
     "gguf": {"threads": int, "ctx": int},
@@ -40,13 +35,13 @@ class JudgeSpec:
     kind: str
     path: Path
     options: dict[str, int | str] = field(default_factory=dict)
-    untuned_builtin: bool = False
 
 
 def parse_spec(spec: str) -> JudgeSpec:
-    """Parse a judge spec; `builtin` and `hf:builtin` resolve to the embedded model."""
+    """Parse a judge spec; `builtin` and `hf:builtin` resolve to pandalm-mini (GGUF or merged
+    transformers directory, built on first use)."""
     if spec == "builtin":
-        return JudgeSpec("gguf", builtin_base_gguf(), {}, untuned_builtin=True)
+        return JudgeSpec("gguf", builtin_judge_gguf(), {})
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in _OPTIONS or not rest:
         raise SpecError(
@@ -62,7 +57,7 @@ def parse_spec(spec: str) -> JudgeSpec:
         except ValueError as exc:
             raise SpecError(f"judge spec {spec!r}: option {key!r} wants a number") from exc
     if kind == "hf" and location == "builtin":
-        return JudgeSpec(kind, builtin_base_hf_dir(), options, untuned_builtin=True)
+        return JudgeSpec(kind, builtin_judge_hf_dir(), options)
     path = Path(location).expanduser()
     if kind == "gguf" and not path.is_file():
         raise SpecError(f"judge spec {spec!r}: no GGUF file at {path}")
