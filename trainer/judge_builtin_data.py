@@ -18,8 +18,15 @@ reason names the defect and the reference is the human answer:
 | contradicted  | numbers changed, or the answer plus its negation  | win     | logical errors    |
 | ungrammatical | content words shuffled, function words cut        | win     | grammar, clarity  |
 | verbose       | the answer buried in filler sentences             | win     | conciseness       |
+| incomplete    | only the first sentence of a longer answer        | win     | comprehensiveness |
+| evasive       | a fluent non-answer ("It depends on ...")         | win     | following orders  |
 | equivalent    | the same answer after a neutral lead-in           | Tie     | equally good      |
-| both_off      | two answers to two other tasks                    | Tie     | both irrelevant   |
+
+`incomplete` and `evasive` losers are fluent, like a weak model's answers: without them the
+judge learns to spot broken text but not to prefer the more complete, helpful answer of two
+fluent ones (a first run without them judged almost every pair of the dev split by position).
+Two equally off-topic answers made a second Tie kind at first; it was dropped because it put
+Ties at 28% of the data, three times their share in human labels.
 
 Which position holds the better answer is drawn per pair (seeded); `swap_augment` later adds
 each record's mirror. Variants that do not apply (a one-word answer cannot be truncated) are
@@ -52,8 +59,9 @@ PAIR_KINDS: tuple[str, ...] = (
     "contradicted",
     "ungrammatical",
     "verbose",
+    "incomplete",
+    "evasive",
     "equivalent",
-    "both_off",
 )
 _FUNCTION_WORDS = {"the", "a", "an", "of", "to", "is", "are", "and", "in", "for", "on", "with"}
 _FILLER = (
@@ -63,6 +71,14 @@ _FILLER = (
     "Let me explain this in a lot of detail so that nothing is left out.",
 )
 _LEAD_INS = ("Sure. ", "Here is the answer: ", "Certainly! ", "Of course. ")
+_EVASIONS = (
+    "It depends on many factors, so there is no single answer to this.",
+    "I am not sure about that. You may want to look it up.",
+    "That is an interesting question. There are different views on it.",
+    "I cannot help with this request.",
+    "Please provide more details so that I can answer.",
+    "This is something you should decide for yourself.",
+)
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,13 @@ def _verbose(answer: str, rng: random.Random) -> str:
     return f"{filler[0]} {filler[1]} {answer} {filler[2]}"
 
 
+def _incomplete(answer: str) -> str | None:
+    sentences = _sentences(answer)
+    if len(sentences) < 2 or len(" ".join(sentences[1:]).split()) < 4:
+        return None
+    return sentences[0]
+
+
 def _equivalent(answer: str, rng: random.Random) -> str:
     return rng.choice(_LEAD_INS) + answer
 
@@ -180,6 +203,16 @@ def build_builtin_judge_records(
                 "is ungrammatical and unclear: its words are jumbled",
             ),
             ("verbose", _verbose(answer, rng), "is not concise: it pads the answer with filler"),
+            (
+                "incomplete",
+                _incomplete(answer),
+                "is incomplete: it gives only the first part of the answer",
+            ),
+            (
+                "evasive",
+                rng.choice(_EVASIONS),
+                "does not follow the instruction: it avoids giving an answer",
+            ),
         ]
         contradicted = _contradicted(answer, rng)
         if contradicted is not None:
@@ -194,16 +227,6 @@ def build_builtin_judge_records(
                 "Both responses give the same correct answer, equally clear and complete.",
             )
         )
-        first, second = rng.choice(others), rng.choice(others)
-        if first != second:
-            records.append(
-                _tie(
-                    task,
-                    first,
-                    second,
-                    "Neither response addresses the instruction: both answer a different task.",
-                )
-            )
     return records
 
 
