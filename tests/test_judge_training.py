@@ -274,6 +274,32 @@ def test_lora_judge_is_saved_merged_and_evaluated(tmp_path, tiny_llama):
     assert saved["train"]["world_size"] == 1
 
 
+def test_the_verdict_weighted_loss_is_the_plain_loss_at_weight_one_and_counts_the_verdict():
+    from types import SimpleNamespace
+
+    import torch
+
+    from trainer.judge_training import verdict_weighted_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 11)
+    labels = torch.tensor([[-100, -100, 3, 4, 5, 6], [-100, -100, -100, 7, 8, -100]])
+    outputs = SimpleNamespace(logits=logits)
+    token_loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none"
+    )
+    plain = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+    assert verdict_weighted_loss(1.0)(outputs, labels) == pytest.approx(plain.item())
+    verdicts = token_loss[0, 1] + token_loss[1, 2]  # the first target token of each example
+    expected = (token_loss.sum() + 9 * verdicts) / 6
+    assert verdict_weighted_loss(10.0)(outputs, labels) == pytest.approx(expected.item())
+    assert verdict_weighted_loss(10.0)(outputs, labels, num_items_in_batch=12) == pytest.approx(
+        expected.item() / 2
+    )
+
+
 def test_a_packaged_adapter_is_fp16_and_a_rank_cut_is_the_best_approximation(tmp_path, tiny_llama):
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model

@@ -235,6 +235,9 @@ def judge(
     batch_size: Annotated[int, typer.Option(min=1, help="micro batch per device")] = 2,
     gradient_accumulation: Annotated[int, typer.Option(min=1)] = 8,
     max_length: Annotated[int, typer.Option(min=8, help="tokens per record")] = 1024,
+    verdict_loss_weight: Annotated[
+        float, typer.Option(min=1.0, help="weight of the verdict token in the loss (1: paper)")
+    ] = 1.0,
     over_length: Annotated[
         Literal["drop", "truncate"], typer.Option(help="records over max length")
     ] = "drop",
@@ -279,6 +282,7 @@ def judge(
             per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=gradient_accumulation,
             max_length=max_length,
+            verdict_loss_weight=verdict_loss_weight,
             over_length=over_length,
             swap_augmentation=swap,
             max_steps=max_steps,
