@@ -127,12 +127,19 @@ def builtin_judge() -> Path:
 
 
 def test_the_builtin_judge_gguf_and_its_transformers_model_agree(builtin_judge: Path) -> None:
-    gguf = PairJudge(load_backend(f"gguf:{builtin_judge}?threads=1"), mode="score").judge(PAIRS[:1])
-    hf = PairJudge(load_backend("hf:builtin"), mode="score").judge(PAIRS[:1])
-    for order in ("forward", "backward"):
-        a = getattr(gguf[0], order).probabilities
-        b = getattr(hf[0], order).probabilities
-        assert a == pytest.approx(b, abs=0.05)
+    """The f16 GGUF of the merged judge against the fp32 merge (q8_0 moved this small judge's
+    probabilities by up to 0.15, which is why the builtin is exported in f16)."""
+    tolerance = 0.02
+    gguf = PairJudge(load_backend(f"gguf:{builtin_judge}?threads=1"), mode="score").judge(PAIRS)
+    hf = PairJudge(load_backend("hf:builtin"), mode="score").judge(PAIRS)
+    for quantized, exact in zip(gguf, hf, strict=True):
+        for order in ("forward", "backward"):
+            a = getattr(quantized, order).probabilities
+            b = getattr(exact, order).probabilities
+            assert a == pytest.approx(b, abs=tolerance)
+            top, second = sorted(b.values(), reverse=True)[:2]
+            if top - second > 2 * tolerance:
+                assert max(a, key=a.get) == max(b, key=b.get)
 
 
 def test_spec_errors(tmp_path: Path, tiny_llama: Path) -> None:
@@ -171,7 +178,7 @@ def test_builtin_is_pandalm_mini_merged_once_from_the_packaged_adapter(
     digest = hashlib.sha256(
         (PANDALM_MINI_ADAPTER / "adapter_model.safetensors").read_bytes()
     ).hexdigest()[:12]
-    assert spec.path.name == f"pandalm-mini-{digest}.Q8_0.gguf"
+    assert spec.path.name == f"pandalm-mini-{digest}.F16.gguf"
     built = spec.path.stat().st_mtime_ns
     assert parse_spec("builtin").path.stat().st_mtime_ns == built  # cached, not rebuilt
     merged = parse_spec("hf:builtin").path
