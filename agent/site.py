@@ -70,9 +70,11 @@ def accept_space(engine: Engine, record: Mapping[str, Any]) -> Reply:
     return Reply(Status.OK)
 
 
-def _jobs(engine: Engine, record: Mapping[str, Any]) -> tuple[CompareMessage, list[ComparisonJob]]:
-    """The decoded request and its judging jobs, queued where new; refused for an unknown run
-    or a failed one."""
+def _jobs(
+    engine: Engine, record: Mapping[str, Any]
+) -> tuple[CompareMessage, SiteRun, list[ComparisonJob]]:
+    """The decoded request, its run and its judging jobs (queued where new), read for use
+    after the session; refused for an unknown run."""
     run_key = record.get("run_key")
     with Session(engine) as session:
         run = session.get(SiteRun, run_key) if isinstance(run_key, str) else None
@@ -97,42 +99,31 @@ def _jobs(engine: Engine, record: Mapping[str, Any]) -> tuple[CompareMessage, li
                 session.add(job)
             jobs.append(job)
         session.commit()
-        if run.stage == "failed":
-            raise _Failed(Code(run.error_code or Code.INTERNAL_ERROR))
-        for job in jobs:
-            session.refresh(job)
+        for row in (run, *jobs):
+            session.refresh(row)
         session.expunge_all()
-        return message, jobs
-
-
-class _Failed(Exception):
-    def __init__(self, code: Code) -> None:
-        super().__init__(code.name)
-        self.code = code
+        return message, run, jobs
 
 
 def answer_compare(engine: Engine, record: Mapping[str, Any]) -> Reply:
     """Tallies when every comparison is judged (or, for a secure request, `ok` without them:
     they go out masked by SecAgg+); otherwise queue the missing ones, `pending`."""
-    try:
-        message, jobs = _jobs(engine, record)
-    except _Failed as failure:
-        return Reply(Status.FAILED, failure.code)
+    message, run, jobs = _jobs(engine, record)
+    if run.stage == "failed":
+        return Reply(Status.FAILED, Code(run.error_code or Code.INTERNAL_ERROR))
     failed = [job for job in jobs if job.status == "failed"]
     if failed:
         return Reply(Status.FAILED, Code(failed[0].error_code or Code.JUDGING_FAILED))
     done = sum(job.status == "done" for job in jobs)
     if done == len(jobs):
         return Reply(Status.OK, tallies=() if message.secure else tuple(j.tally() for j in jobs))
-    with Session(engine) as session:
-        run = session.get(SiteRun, message.run_key)
-        preparation = run.progress if run.stage != "ready" else 1000
+    preparation = run.progress if run.stage != "ready" else 1000
     return Reply(Status.PENDING, progress=(preparation + 1000 * done // len(jobs)) // 2)
 
 
 def secure_tallies(engine: Engine, record: Mapping[str, Any]) -> list[int]:
     """The flat tallies of a secure compare request, for SecAgg+ to mask; all must be judged."""
-    message, jobs = _jobs(engine, record)
+    message, _run, jobs = _jobs(engine, record)
     if not message.secure:
         raise ProtocolError(Code.OUT_OF_RANGE, "tallies in a train message only when secure")
     if any(job.status != "done" for job in jobs):

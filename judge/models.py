@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
@@ -74,18 +75,15 @@ def builtin_base_hf_dir() -> Path:
     gguf = builtin_base_gguf()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = Path(tempfile.mkdtemp(dir=models_dir(), prefix=".convert-"))
-    try:
+    def convert(folder: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    _build_directory(target, convert)
     return target
 
 
@@ -106,16 +104,13 @@ def builtin_judge_hf_dir() -> Path:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tmp = Path(tempfile.mkdtemp(dir=models_dir(), prefix=".merge-"))
-        try:
+        def merge(folder: Path) -> None:
             model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
             merged = PeftModel.from_pretrained(model, PANDALM_MINI_ADAPTER).merge_and_unload()
-            merged.save_pretrained(tmp)
-            AutoTokenizer.from_pretrained(base, local_files_only=True).save_pretrained(tmp)
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            merged.save_pretrained(folder)
+            AutoTokenizer.from_pretrained(base, local_files_only=True).save_pretrained(folder)
+
+        _build_directory(target, merge)
     return target
 
 
@@ -133,6 +128,18 @@ def builtin_judge_gguf() -> Path:
 
             export_gguf(builtin_judge_hf_dir(), target, "f16")
     return target
+
+
+def _build_directory(target: Path, build: Callable[[Path], None]) -> None:
+    """Build a model directory in a temporary folder beside `target`, then move it into place,
+    so a killed conversion never leaves a half-written model."""
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_atomically(target: Path, write) -> None:

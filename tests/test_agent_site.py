@@ -10,7 +10,7 @@ import pytest
 from sqlmodel import Session, select
 
 from agent.config import load_site_config
-from agent.db import ItemJudgment, ledger, open_database
+from agent.db import ComparisonJob, ItemJudgment, ledger, open_database
 from agent.site import handle_message
 from agent.worker import SiteWorker
 from coordinator.protocol import (
@@ -62,6 +62,21 @@ def space_record(run_key: str = "run-1", configs=CONFIGS) -> dict:
 
 def compare_record(*pairs: tuple[int, int]) -> dict:
     return encode_compare(CompareMessage("run-1", tuple(Comparison(a, b, 0, 6) for a, b in pairs)))
+
+
+def site_tally(engine, row) -> tuple[int, int, int, int, int]:
+    """A site's own tally, from its database, for a comparison the coordinator recorded (configs
+    are indices into CONFIGS)."""
+    with Session(engine) as session:
+        job = session.exec(
+            select(ComparisonJob).where(
+                ComparisonJob.run_key == row.run_name,
+                ComparisonJob.a_id == CONFIGS[row.a].id,
+                ComparisonJob.b_id == CONFIGS[row.b].id,
+                ComparisonJob.item_start == row.item_start,
+            )
+        ).one()
+        return job.tally()
 
 
 def test_site_answers_from_its_database(tmp_path: Path, tiny_llama: Path) -> None:

@@ -10,7 +10,6 @@ import pytest
 from sqlmodel import Session, select
 
 from agent.config import load_site_config
-from agent.db import ComparisonJob
 from agent.db import open_database as open_site_database
 from agent.site import handle_message
 from agent.worker import SiteWorker
@@ -19,7 +18,7 @@ from coordinator.db import open_database as open_coordinator_database
 from coordinator.federation import FederatedSelection, RunSettings
 from coordinator.secure_sum import SecureSum, secure_sum
 from tests.doubles import InProcessGrid, PlantedPreferenceJudge
-from tests.test_agent_site import CONFIGS, write_site_config
+from tests.test_agent_site import CONFIGS, site_tally, write_site_config
 
 
 class LoopbackTransport:
@@ -229,22 +228,6 @@ def test_impossible_tallies_are_rejected_for_the_round(tmp_path: Path, sites: di
             assert row.items == row.sites * 6  # only reports that added up were summed
 
 
-def _site_tallies(sites: dict, row: ComparisonResult) -> list[tuple]:
-    """Each site's own tally for a recorded comparison, read from the sites' databases."""
-    tallies = []
-    for engine, _worker in sites.values():
-        with Session(engine) as session:
-            job = session.exec(
-                select(ComparisonJob).where(
-                    ComparisonJob.a_id == CONFIGS[row.a].id,
-                    ComparisonJob.b_id == CONFIGS[row.b].id,
-                    ComparisonJob.item_start == row.item_start,
-                )
-            ).first()
-            tallies.append(job.tally())
-    return tallies
-
-
 def test_with_secure_aggregation_the_coordinator_holds_only_sums(
     tmp_path: Path, sites: dict, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -264,7 +247,7 @@ def test_with_secure_aggregation_the_coordinator_holds_only_sums(
         rows = session.exec(select(ComparisonResult)).all()
     dump = "\n".join(str(row.model_dump()) for row in rows) + caplog.text
     for row in rows:
-        per_site = _site_tallies(sites, row)
+        per_site = [site_tally(site_engine, row) for site_engine, _worker in sites.values()]
         assert row.secure and row.sites == 3
         assert (row.win, row.tie, row.loss, row.invalid, row.items) == tuple(
             sum(column) for column in zip(*per_site, strict=True)

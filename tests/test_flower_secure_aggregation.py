@@ -13,7 +13,7 @@ from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from sqlmodel import Session, select
 
-from agent.db import ComparisonJob, ledger
+from agent.db import ledger
 from agent.db import open_database as open_site_database
 from coordinator.cli import follow_run
 from coordinator.config import load_federation_config
@@ -21,7 +21,7 @@ from coordinator.db import ComparisonResult, FederatedRun
 from coordinator.db import open_database as open_coordinator_database
 from coordinator.demo import free_port
 from coordinator.launch import start_superlink, stop_process, submit_run, write_connection
-from tests.test_agent_site import CONFIGS
+from tests.test_agent_site import site_tally
 from tests.test_flower_integration import PLANTED, SPACE, Site, _federation_toml, _node_id
 
 pytestmark = pytest.mark.slow
@@ -48,18 +48,6 @@ def federation(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path):
     stop_process(link)
 
 
-def _site_tally(site: Site, row: ComparisonResult) -> tuple:
-    with Session(open_site_database(site.config.database_url)) as session:
-        job = session.exec(
-            select(ComparisonJob).where(
-                ComparisonJob.a_id == CONFIGS[row.a].id,
-                ComparisonJob.b_id == CONFIGS[row.b].id,
-                ComparisonJob.item_start == row.item_start,
-            )
-        ).one()
-        return job.tally()
-
-
 def test_secure_aggregation_over_real_supernodes(federation) -> None:
     config, sites = federation
     engine = open_coordinator_database(config.database_url)
@@ -70,7 +58,8 @@ def test_secure_aggregation_over_real_supernodes(federation) -> None:
         run = session.get(FederatedRun, "run-secure")
         rows = session.exec(select(ComparisonResult)).all()
     assert run.best_index == PLANTED and run.aggregation == "SecAgg+ over 3 sites"
-    per_site = {row.id: [_site_tally(site, row) for site in sites] for row in rows}
+    site_engines = [open_site_database(site.config.database_url) for site in sites]
+    per_site = {row.id: [site_tally(e, row) for e in site_engines] for row in rows}
     assert any(len(set(t)) == 3 for t in per_site.values()), "the sites' tallies differ"
     for row in rows:  # the coordinator recorded exactly the sums
         assert row.secure and row.sites == 3
