@@ -46,9 +46,9 @@ from urllib.parse import unquote, urlparse
 
 from judge.models import (
     BUILTIN_GGUF_NAME,
+    ENCODER_GGUF_NAME,
     ModelNotFoundError,
     builtin_base_gguf,
-    builtin_judge_gguf_name,
     cache_dir,
     models_dir,
 )
@@ -97,7 +97,7 @@ def plan_models(judge: str = "builtin", base: Path | None = None) -> ModelPlan:
     kind, sep, rest = judge.partition(":")
     location, _, query = rest.partition("?")
     suffix = f"?{query}" if query else ""
-    if judge == "builtin" or (kind == "hf" and location == "builtin"):
+    if judge == "builtin" or judge.startswith("builtin?"):
         needs_builtin = True
     elif sep and kind == "gguf" and location:
         path = Path(location).expanduser()
@@ -124,10 +124,9 @@ def plan_models(judge: str = "builtin", base: Path | None = None) -> ModelPlan:
             copies.insert(0, (builtin_base_gguf(), BUILTIN_GGUF_NAME))
         except ModelNotFoundError as exc:
             raise BundleError(str(exc)) from None
-    if judge == "builtin":
-        built = models_dir() / builtin_judge_gguf_name()
-        if built.is_file():
-            copies.insert(1, (built, built.name))
+    encoder = models_dir() / ENCODER_GGUF_NAME
+    if judge_spec.partition("?")[0] == "builtin" and encoder.is_file():
+        copies.insert(1, (encoder, ENCODER_GGUF_NAME))  # else built from the base on first use
     return ModelPlan(copies, judge_spec, base_value)
 
 

@@ -84,6 +84,20 @@ class ItemJudgment(SQLModel, table=True):
     detail: str  # JSON of both orders: verdicts, reasons, references or probabilities
 
 
+class ReferenceScore(SQLModel, table=True):
+    """A config's reference metric on this site's validation items (trainer/reference.py): a
+    check of the candidates that does not use the judge. It never leaves the site."""
+
+    __tablename__ = "reference_score"
+    __table_args__ = (UniqueConstraint("run_key", "config_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_key: str = Field(index=True)
+    config_id: str
+    metric: str  # exact_match (higher is better) | answer_nll (lower is better)
+    value: float
+    items: int
+
+
 class LedgerEntry(SQLModel, table=True):
     """Every payload that leaves the site, written before it is sent."""
 
@@ -110,7 +124,9 @@ def open_database(url: str) -> Engine:
 
     SQLModel.metadata.create_all(
         engine,
-        tables=[m.__table__ for m in (SiteRun, ComparisonJob, ItemJudgment, LedgerEntry)],
+        tables=[
+            m.__table__ for m in (SiteRun, ComparisonJob, ItemJudgment, ReferenceScore, LedgerEntry)
+        ],
     )
     return engine
 
@@ -136,3 +152,9 @@ def ledger(engine: Engine, run_key: str | None = None) -> list[LedgerEntry]:
         if run_key is not None:
             query = query.where(LedgerEntry.run_key == run_key)
         return list(session.exec(query))
+
+
+def reference_scores(engine: Engine, run_key: str) -> list[ReferenceScore]:
+    with Session(engine) as session:
+        query = select(ReferenceScore).where(ReferenceScore.run_key == run_key)
+        return list(session.exec(query.order_by(ReferenceScore.id)))

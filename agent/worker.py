@@ -20,7 +20,7 @@ from sqlmodel import Session, select
 from transformers import TrainerCallback
 
 from agent.config import SiteConfig, resolve_data_path
-from agent.db import ComparisonJob, ItemJudgment, SiteRun, open_database
+from agent.db import ComparisonJob, ItemJudgment, ReferenceScore, SiteRun, open_database
 from agent.privacy import noisy_tally
 from coordinator.protocol import Code
 
@@ -81,6 +81,18 @@ def validation_items(config: SiteConfig) -> list:
     if config.data.validation == "builtin":
         return make_validation_set(config.data.validation_items, seed=config.data.builtin_seed)
     return load_validation_set(resolve_data_path(config, config.data.validation))
+
+
+def reference_answers(config: SiteConfig) -> dict:
+    """Item id -> known answer: the builtin tasks are checkable; a validation file may give an
+    `answer` (checkable) or an `output` (reference) per item."""
+    from trainer.builtin_data import make_validation_set
+    from trainer.reference import ReferenceAnswer, load_reference_answers
+
+    if config.data.validation == "builtin":
+        items = make_validation_set(config.data.validation_items, seed=config.data.builtin_seed)
+        return {item.id: ReferenceAnswer(item.output, checkable=True) for item in items}
+    return load_reference_answers(resolve_data_path(config, config.data.validation))
 
 
 class _TrainingProgress(TrainerCallback):
@@ -179,6 +191,7 @@ class SiteWorker:
             )
             started = time.monotonic()
             items = validation_items(self.config)
+            answers = reference_answers(self.config)
             generate_responses(
                 report.checkpoints,
                 items,
@@ -186,7 +199,9 @@ class SiteWorker:
                 max_new_tokens=model.max_new_tokens,
                 batch_size=model.batch_size,
                 delete_weights=not model.keep_weights,
+                on_model=self._reference_nll(run_key, items, answers),
             )
+            self._store_exact_match(run_key, [c.config.id for c in report.checkpoints], answers)
         except Exception:
             log.exception("preparing run %s failed", run_key)
             self._set_run(run_key, stage="failed", error_code=int(Code.TRAINING_FAILED))
@@ -194,6 +209,45 @@ class SiteWorker:
         self._set_run(
             run_key, stage="ready", progress=1000, generation_seconds=time.monotonic() - started
         )
+
+    def _reference_nll(self, run_key: str, items: Sequence, answers: dict):
+        """The callback that scores reference outputs while a candidate's model is loaded."""
+        from trainer.reference import ANSWER_NLL, answer_nll, metric_name
+
+        if metric_name(answers) != ANSWER_NLL:
+            return None
+        scored = [item for item in items if item.id in answers]
+
+        def score(checkpoint, model, tokenizer) -> None:
+            value = answer_nll(model, tokenizer, scored, [answers[i.id].text for i in scored])
+            self._store_reference(run_key, checkpoint.config.id, ANSWER_NLL, value, len(scored))
+
+        return score
+
+    def _store_exact_match(self, run_key: str, config_ids: list[str], answers: dict) -> None:
+        from trainer.reference import EXACT_MATCH, exact_match_accuracy, metric_name
+
+        if metric_name(answers) != EXACT_MATCH:
+            return
+        responses = self._responses()
+        for config_id in config_ids:
+            mine = {item: text for (c, item), text in responses.items() if c == config_id}
+            value = exact_match_accuracy(mine, answers)
+            self._store_reference(run_key, config_id, EXACT_MATCH, value, len(answers))
+
+    def _store_reference(
+        self, run_key: str, config_id: str, metric: str, value: float, items: int
+    ) -> None:
+        with Session(self.engine) as session:
+            row = session.exec(
+                select(ReferenceScore).where(
+                    ReferenceScore.run_key == run_key, ReferenceScore.config_id == config_id
+                )
+            ).first() or ReferenceScore(run_key=run_key, config_id=config_id, metric=metric,
+                                        value=value, items=items)  # fmt: skip
+            row.metric, row.value, row.items = metric, value, items
+            session.add(row)
+            session.commit()
 
     def _responses(self) -> dict[tuple[str, str], str]:
         from trainer.generate import read_responses

@@ -2,11 +2,19 @@
 
 (a) PandaLM's reference style: transformers, batch 1, beam 4, repetition penalty 1.2, up to 512
     new tokens, one order; (b) our generate mode, both orders (llama.cpp, greedy, early stop);
-(c) our score mode, both orders (llama.cpp, prefix reuse). Each order counts as one judgment.
-The bound for (c) is the judgments/s reached if every prompt token of every order were
-prefilled once at the backend's raw prefill rate, measured in the same run.
+(c) our score mode, both orders (llama.cpp, prefix reuse); (d) the builtin pointwise judge
+(judge/pointwise.py) on the same pairs, both orders, from an empty encoding cache. Each order
+counts as one judgment. The bound for (c) is the judgments/s reached if every prompt token of
+every order were prefilled once at the backend's raw prefill rate, measured in the same run.
+
+Then a full round robin of 8 configs x 40 items (28 comparisons, both orders) with the builtin
+judge: with per-response caching (each response encoded once) against without (every pair's
+responses encoded afresh, as a pairwise judge must), the latter timed on the first
+`--uncached-comparisons` comparisons and scaled to 28 (each comparison costs the same).
+The 8 "configs" are the 7 self-instruct prediction files plus text-davinci-003 cut in half.
 
     python bench/bench_judge.py [--threads 2] [--reference-pairs 10] [--generate-pairs 20]
+        [--skip-reference] [--round-robin-items 40] [--uncached-comparisons 2]
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from judge.backends.hf import TransformersBackend
 from judge.backends.llamacpp import LlamaCppBackend
 from judge.engine import Pair, PairJudge
 from judge.models import builtin_base_gguf, builtin_base_hf_dir
+from judge.pointwise import load_builtin
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -79,23 +88,28 @@ def main() -> None:
     parser.add_argument("--reference-pairs", type=int, default=10)
     parser.add_argument("--generate-pairs", type=int, default=20)
     parser.add_argument("--score-pairs", type=int, default=100)
+    parser.add_argument("--skip-reference", action="store_true", help="skip (a) and (b)")
+    parser.add_argument("--round-robin-items", type=int, default=40)
+    parser.add_argument("--uncached-comparisons", type=int, default=2)
     args = parser.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"needs the shared data folder {SHARED}, absent on this machine")
     torch.set_num_threads(args.threads)
     rows = []
 
-    hf = TransformersBackend(builtin_base_hf_dir(), batch_size=1)
-    pairs = load_pairs(args.source, args.reference_pairs)
-    reference = PairJudge(hf, "generate", GenerationSettings.reference(), both_orders=False)
-    a_time, a_count = timed(reference, pairs)
-    rows.append(("a reference (hf, beam 4, one order)", a_count, a_time, peak_rss_mib()))
-    del hf, reference
+    if not args.skip_reference:
+        hf = TransformersBackend(builtin_base_hf_dir(), batch_size=1)
+        pairs = load_pairs(args.source, args.reference_pairs)
+        reference = PairJudge(hf, "generate", GenerationSettings.reference(), both_orders=False)
+        a_time, a_count = timed(reference, pairs)
+        rows.append(("a reference (hf, beam 4, one order)", a_count, a_time, peak_rss_mib()))
+        del hf, reference
 
     gguf = LlamaCppBackend(builtin_base_gguf(), n_threads=args.threads)
-    pairs = load_pairs(args.source, args.generate_pairs)
-    b_time, b_count = timed(PairJudge(gguf, "generate", GenerationSettings()), pairs)
-    rows.append(("b generate (llama.cpp, greedy, both)", b_count, b_time, peak_rss_mib()))
+    if not args.skip_reference:
+        pairs = load_pairs(args.source, args.generate_pairs)
+        b_time, b_count = timed(PairJudge(gguf, "generate", GenerationSettings()), pairs)
+        rows.append(("b generate (llama.cpp, greedy, both)", b_count, b_time, peak_rss_mib()))
 
     pairs = load_pairs(args.source, args.score_pairs)
     gguf.llm.reset()
@@ -106,6 +120,11 @@ def main() -> None:
     rate = prefill_rate(gguf, prompts[:40])
     mean_tokens = sum(gguf.count_tokens(p) for p in prompts) / len(prompts)
     bound = rate / mean_tokens
+    del gguf
+
+    builtin = load_builtin(n_threads=args.threads)
+    d_time, d_count = timed(PairJudge(builtin, "score"), pairs)
+    rows.append(("d builtin pointwise (both orders)", d_count, d_time, peak_rss_mib()))
 
     print(f"judge throughput, builtin SmolLM2-135M, {args.threads} threads, {args.source} pairs")
     print(f"{'run':40} {'judgments':>9} {'seconds':>8} {'judg/s':>8} {'s/judg':>7} {'peak RSS':>9}")
@@ -118,9 +137,69 @@ def main() -> None:
         )
     print(f"raw prefill: {rate:.0f} tokens/s; mean prompt {mean_tokens:.0f} tokens")
     print(f"bound (every prompt token prefilled once): {bound:.3f} judgments/s")
-    print(f"b/a = {rates['b'] / rates['a']:.1f}  (target >= 5)")
-    print(f"c/a = {rates['c'] / rates['a']:.1f}  (target >= 20)")
+    if "a" in rates:
+        print(f"b/a = {rates['b'] / rates['a']:.1f}  (target >= 5)")
+        print(f"c/a = {rates['c'] / rates['a']:.1f}  (target >= 20)")
     print(f"c/bound = {rates['c'] / bound:.2f}  (target >= 0.85)")
+    print(
+        f"d/c = {rates['d'] / rates['c']:.2f}  (builtin pairs/s over the PandaLM-format score mode)"
+    )
+    round_robin(args, builtin)
+
+
+def round_robin_responses(items: int) -> tuple[list[tuple[str, str]], list[list[str]]]:
+    """Tasks and, per "config", its responses: 7 self-instruct prediction files and a cut one."""
+    folder = SHARED / "self-instruct" / "predictions"
+    files = sorted(folder.glob("*.jsonl"))
+    rows = [[json.loads(x) for x in f.read_text().splitlines()[:items]] for f in files]
+    tasks = [(r["instruction"], r["input"]) for r in rows[0]]
+    configs = [[r["response"] for r in model] for model in rows]
+    configs.append([text[: len(text) // 2] for text in configs[-1]])
+    return tasks, configs
+
+
+def round_robin(args: argparse.Namespace, builtin) -> None:
+    from itertools import combinations
+
+    tasks, configs = round_robin_responses(args.round_robin_items)
+    comparisons = list(combinations(range(len(configs)), 2))
+
+    def pairs_of(a: int, b: int) -> list[Pair]:
+        return [Pair(*t, x, y) for t, x, y in zip(tasks, configs[a], configs[b], strict=True)]
+
+    builtin.featurizer.encodings.memory.clear()
+    judge = PairJudge(builtin, "score")
+    start = time.perf_counter()
+    for a, b in comparisons:
+        judge.judge(pairs_of(a, b))
+    cached_seconds, cached_encodes = (
+        time.perf_counter() - start,
+        builtin.featurizer.encodings.encoded,
+    )
+
+    encodes_before = builtin.featurizer.encodings.encoded
+    start = time.perf_counter()
+    for a, b in comparisons[: args.uncached_comparisons]:
+        for pair in pairs_of(a, b):  # a pairwise judge sees each pair afresh, in both orders
+            builtin.featurizer.encodings.memory.clear()
+            judge.judge([pair])
+    measured = time.perf_counter() - start
+    per_comparison_encodes = (
+        builtin.featurizer.encodings.encoded - encodes_before
+    ) / args.uncached_comparisons
+    uncached_seconds = measured / args.uncached_comparisons * len(comparisons)
+    n = len(configs)
+    print(
+        f"round robin, builtin judge: {n} configs x {len(tasks)} items, {len(comparisons)} "
+        f"comparisons, both orders"
+    )
+    print(f"  per-response caching: {cached_encodes} forward passes, {cached_seconds:.1f} s")
+    print(
+        f"  without (measured on {args.uncached_comparisons} comparisons, x{len(comparisons)}"
+        f"/{args.uncached_comparisons}): {per_comparison_encodes * len(comparisons):.0f} forward "
+        f"passes, {uncached_seconds:.1f} s"
+    )
+    print(f"  speed-up: {uncached_seconds / cached_seconds:.1f}x")
 
 
 if __name__ == "__main__":

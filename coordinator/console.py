@@ -1,7 +1,9 @@
 """`pandalm-coordinator console`: a live view of a run, read from the coordinator database.
 
 It needs nothing from the sites: sites and their progress, the current round and comparisons,
-running tallies, the leaderboard and the best config so far.
+running tallies, the leaderboard and the best config so far. Tallies and records come from the
+same functions as the report's (`coordinator/report.py`), so the two never disagree: a comparison
+left at equal wins and losses counts as undecided, not as a win for the incumbent.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from coordinator.db import ComparisonResult, FederatedRun, RoundLog, RunSite
-from coordinator.selection import Tally, comparison_winner
+from coordinator.db import FederatedRun, RoundLog, RunSite
+from coordinator.report import CANNOT_TELL, config_records, decided_by, pair_tallies
+from coordinator.results import run_result
+from coordinator.selection import comparison_winner
 
 
 def latest_run(engine: Engine) -> str | None:
@@ -40,13 +44,6 @@ def render(engine: Engine, run_name: str):
         if run is None:
             return Panel(f"no run named {run_name!r} yet")
         sites = list(session.exec(select(RunSite).where(RunSite.run_name == run_name)))
-        results = list(
-            session.exec(
-                select(ComparisonResult)
-                .where(ComparisonResult.run_name == run_name)
-                .order_by(ComparisonResult.id)
-            )
-        )
         last_round = session.exec(
             select(RoundLog).where(RoundLog.run_name == run_name).order_by(RoundLog.id.desc())
         ).first()
@@ -74,42 +71,34 @@ def render(engine: Engine, run_name: str):
         status = site.status if not site.reason else f"{site.status}: {site.reason}"
         site_table.add_row(str(site.node_id), status, f"{site.progress / 10:.0f}%", seen)
 
-    totals: dict[tuple[int, int], Tally] = {}
-    for r in results:
-        key = (r.a, r.b)
-        totals[key] = totals.get(key, Tally(0, 0, 0, 0, 0)) + Tally(
-            r.win, r.tie, r.loss, r.invalid, r.items
-        )
-    recent = Table(title="comparisons (summed over sites)")
+    result = run_result(engine, run_name)
+    totals = pair_tallies(result)
+    recent = Table(title="comparisons (summed over sites and orientations)")
     for column in ("a", "b", "win", "tie", "loss", "invalid", "items", "winner"):
         recent.add_column(column)
     for (a, b), t in list(totals.items())[-12:]:
-        winner = comparison_winner(a, b, t)
-        recent.add_row(
-            str(a),
-            str(b),
-            str(t.win),
-            str(t.tie),
-            str(t.loss),
-            str(t.invalid),
-            str(t.items),
-            f"#{winner}",
-        )
-    score = {i: 0 for i in range(len(ids))}
-    for (a, b), t in totals.items():
-        winner = comparison_winner(a, b, t)
-        score[winner] += 1
-        score[b if winner == a else a] -= 1
-    board = Table(title="leaderboard (comparisons won - lost)")
-    board.add_column("config")
-    board.add_column("net wins", justify="right")
-    for index, value in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:8]:
-        if any(index in key for key in totals):
-            board.add_row(_label(index, ids, params), str(value))
+        winner = f"#{comparison_winner(a, b, t)}"
+        if decided_by(t) == "tie-break":
+            winner += " (tie-break)"
+        recent.add_row(*(str(v) for v in (a, b, t.win, t.tie, t.loss, t.invalid, t.items)), winner)
+    records = config_records(result)
+    board = Table(title="leaderboard (comparisons won - lost by evidence)")
+    for column in ("config", "net", "won", "lost", "undecided"):
+        board.add_column(column, justify="left" if column == "config" else "right")
+    ranked = sorted(
+        (index for index, record in enumerate(records) if record.comparisons),
+        key=lambda index: (-records[index].net, index),
+    )
+    for index in ranked[:8]:
+        record = records[index]
+        row = (f"{record.net:+d}", str(record.wins), str(record.losses), str(record.ties))
+        board.add_row(_label(index, ids, params), *row)
     best = run.best_index
     footer = (
         f"best config: {_label(best, ids, params)}  {json.dumps(params[best])}"
         if best is not None
         else "best config: not decided yet"
     )
+    if totals and not any(record.decided for record in records):
+        footer = f"[bold]{CANNOT_TELL}[/bold]\n{footer}"
     return Panel(Group(header, site_table, recent, board, footer), title="pandalm-fed")

@@ -1,10 +1,11 @@
 """`pandalm-coordinator demo`: a whole federation on loopback with the embedded defaults.
 
 A SuperLink, one agent per site (each with its own shard of the builtin data and its own
-validation items), the SmolLM2-135M base for candidates, the builtin judge and a reduced grid
-(2 optimizers x 2 learning rates x 2 epochs). To fit about ten minutes on two CPU cores every
-epoch is a single optimizer step on 8 examples: enough to run the whole pipeline, not to learn
-much. Everything stays under `--out`.
+validation items), LoRA candidates on the SmolLM2-135M base, the builtin judge and a reduced
+grid of the paper's shape (`DemoSettings`). Each site also checks its candidates against the
+known answers of its validation items (exact match), without the judge; the demo, which owns
+every site, averages that check into summary.json to show whether the judge's choice is right.
+Everything stays under `--out`.
 """
 
 from __future__ import annotations
@@ -12,80 +13,121 @@ from __future__ import annotations
 import json
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
 from rich.console import Console
 
 from coordinator.config import load_federation_config
 from coordinator.launch import start_superlink, stop_process
 
-DEMO_SPACE = """\
-# The demo's reduced grid: 2 optimizers x 2 learning rates x 2 epochs = 8 configs, 4 runs.
-[grid]
-optimizer = ["sgd", "adamw"]
-learning_rate = [2e-5, 2e-4]
-scheduler = ["cosine"]
-epochs = [1, 2]
-"""
 
-SITE_TOML = """\
-[site]
-name = "{name}"
-data_dir = "."
+@dataclass(frozen=True)
+class DemoSettings:
+    """Everything that shapes the demo's choice, in one place (the tests read it).
 
-[data]
-train = "builtin"
-validation = "builtin"
-builtin_seed = {seed}
-train_examples = 16
-validation_items = 4
+    LoRA candidates (adapters of a few MB) on short checkable tasks, learning rates two orders
+    of magnitude apart and enough optimizer steps per epoch that the hyperparameters change what
+    the candidates write, inside ten minutes on two CPU cores with three sites.
+    """
 
-[model]
-base = "builtin"
-max_length = 128
-batch_size = 8
-max_steps_per_epoch = 1
-max_new_tokens = 24
-torch_threads = 1
+    optimizers: tuple[str, ...] = ("sgd", "adamw")
+    learning_rates: tuple[float, ...] = (1e-3, 1e-1)
+    schedulers: tuple[str, ...] = ("cosine",)
+    epochs: tuple[int, ...] = (1, 2)
+    lora_rank: int = 8
+    train_examples: int = 64
+    steps_per_epoch: int = 4
+    batch_size: int = 4
+    max_length: int = 96
+    validation_items: int = 12
+    max_new_tokens: int = 24
+    blocks: int = 2
+    chunk_items: int = 6
 
-[judge]
-spec = "builtin"
-max_new_tokens = 64
+    @property
+    def configs(self) -> int:
+        return (
+            len(self.optimizers) * len(self.learning_rates) * len(self.schedulers)
+            * len(self.epochs)
+        )  # fmt: skip
 
-[flower]
-superlink = "{superlink}"
-clientappio_port = {port}
-insecure = true
-"""
+    def space_toml(self) -> str:
+        return tomli_w.dumps(
+            {
+                "grid": {  # epochs first: a paper block holds one epoch count, all optimizers
+                    "epochs": list(self.epochs),
+                    "optimizer": list(self.optimizers),
+                    "learning_rate": list(self.learning_rates),
+                    "scheduler": list(self.schedulers),
+                    "finetune": ["lora"],
+                    "lora_rank": [self.lora_rank],
+                }
+            }
+        )
 
-FEDERATION_TOML = """\
-[run]
-name = "demo-{mode}"
-space = "space.toml"
-state_dir = "coordinator"
-database = "coordinator.sqlite"
+    def site_toml(self, name: str, seed: int, superlink: str, port: int) -> str:
+        return tomli_w.dumps(
+            {
+                "site": {"name": name, "data_dir": "."},
+                "data": {
+                    "train": "builtin",
+                    "validation": "builtin",
+                    "builtin_seed": seed,
+                    "train_examples": self.train_examples,
+                    "validation_items": self.validation_items,
+                },
+                "model": {
+                    "base": "builtin",
+                    "max_length": self.max_length,
+                    "batch_size": self.batch_size,
+                    "max_steps_per_epoch": self.steps_per_epoch,
+                    "max_new_tokens": self.max_new_tokens,
+                    "torch_threads": 1,
+                },
+                "judge": {"spec": "builtin?threads=1"},
+                "flower": {
+                    "superlink": superlink,
+                    "clientappio_port": port,
+                    "insecure": True,
+                },
+            }
+        )
 
-[selection]
-mode = "{mode}"
-min_sites = {sites}
-wait_for_sites = 120.0
-round_timeout = 30.0
-retry_seconds = 1.0
-max_retry_seconds = 8.0
-patience = 5
-validation_items = 4
-judge_mode = "score"
-blocks = 2
-chunk_items = 2
-secure_aggregation = "when-possible"
+    def federation_toml(self, mode: str, sites: int, superlink: str) -> str:
+        return tomli_w.dumps(
+            {
+                "run": {
+                    "name": f"demo-{mode}",
+                    "space": "space.toml",
+                    "state_dir": "coordinator",
+                    "database": "coordinator.sqlite",
+                },
+                "selection": {
+                    "mode": mode,
+                    "min_sites": sites,
+                    "wait_for_sites": 120.0,
+                    "round_timeout": 30.0,
+                    "retry_seconds": 1.0,
+                    "max_retry_seconds": 8.0,
+                    "patience": 5,
+                    "validation_items": self.validation_items,
+                    "judge_mode": "score",
+                    "blocks": self.blocks,
+                    "chunk_items": self.chunk_items,
+                    "secure_aggregation": "when-possible",
+                },
+                "superlink": {"address": superlink, "insecure": True},
+            }
+        )
 
-[superlink]
-address = "{superlink}"
-insecure = true
-"""
+
+DEMO = DemoSettings()
 
 
 def free_port() -> int:
@@ -101,7 +143,32 @@ def _node_id(log: Path) -> int | None:
     return int(found[-1]) if found else None
 
 
-def run_demo(n_sites: int, out: Path, mode: str, console: Console) -> dict:
+def demo_reference(site_dirs: list[Path], run_name: str):
+    """The sites' reference metric per config, averaged over sites. Only the demo can do this:
+    it owns every site, whereas in a real federation each site keeps its own."""
+    from agent.db import open_database as open_site_database
+    from agent.db import reference_scores
+    from coordinator.report import ReferenceMetric
+    from trainer.reference import EXACT_MATCH
+
+    values: dict[str, list[float]] = {}
+    names = set()
+    for folder in site_dirs:
+        engine = open_site_database(f"sqlite:///{folder / 'agent.sqlite'}")
+        for row in reference_scores(engine, run_name):
+            values.setdefault(row.config_id, []).append(row.value)
+            names.add(row.metric)
+        engine.dispose()
+    if len(names) != 1:
+        return None
+    name = names.pop()
+    mean = {config_id: statistics.fmean(v) for config_id, v in values.items()}
+    return ReferenceMetric(name, mean, higher_is_better=name == EXACT_MATCH)
+
+
+def run_demo(
+    n_sites: int, out: Path, mode: str, console: Console, settings: DemoSettings = DEMO
+) -> dict:
     from coordinator.cli import run_federation
     from coordinator.db import open_database
     from coordinator.report import write_report
@@ -111,21 +178,18 @@ def run_demo(n_sites: int, out: Path, mode: str, console: Console) -> dict:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     superlink = f"127.0.0.1:{free_port()}"
-    (out / "space.toml").write_text(DEMO_SPACE)
-    (out / "federation.toml").write_text(
-        FEDERATION_TOML.format(mode=mode, sites=n_sites, superlink=superlink)
-    )
+    (out / "space.toml").write_text(settings.space_toml())
+    (out / "federation.toml").write_text(settings.federation_toml(mode, n_sites, superlink))
     federation = load_federation_config(out / "federation.toml")
     names = [f"site-{i + 1}" for i in range(n_sites)]
     for seed, name in enumerate(names, start=1):
         folder = out / "sites" / name
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "site.toml").write_text(
-            SITE_TOML.format(name=name, seed=seed, superlink=superlink, port=free_port())
-        )
+        (folder / "site.toml").write_text(settings.site_toml(name, seed, superlink, free_port()))
     console.print(
-        f"demo: {n_sites} sites, 8 configs, {mode} selection, tallies summed by SecAgg+ "
-        "(in the clear below 3 sites); judge: builtin pandalm-mini, a 135M demo judge"
+        f"demo: {n_sites} sites, {settings.configs} LoRA configs, {mode} selection, tallies "
+        "summed by SecAgg+ (in the clear below 3 sites); judge: builtin (a pointwise head on "
+        "SmolLM2 encodings); reference check: exact match on the sites' checkable items"
     )
     link = start_superlink(federation.superlink, federation.state_dir)
     agents = []
@@ -148,7 +212,8 @@ def run_demo(n_sites: int, out: Path, mode: str, console: Console) -> dict:
     engine = open_database(federation.database_url)
     node_names = {_node_id(out / "sites" / name / "logs" / "supernode.log"): name for name in names}
     result = run_result(engine, federation.run.name, node_names)
-    summary = write_report(result, out / "report")
+    reference = demo_reference([out / "sites" / name for name in names], federation.run.name)
+    summary = write_report(result, out / "report", reference=reference)
     summary = {
         **summary,
         "wall_seconds": time.monotonic() - started,
@@ -156,6 +221,18 @@ def run_demo(n_sites: int, out: Path, mode: str, console: Console) -> dict:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     best = summary["best_config"]
-    console.print(f"best config: {best['id']} {json.dumps(best['params'])}")
+    if not summary.get("decided", True):
+        console.print(f"[yellow]{summary['conclusion']}[/yellow]")
+    console.print(
+        f"best config: {best['id']} {json.dumps(best['params'])} "
+        f"(decided by evidence in {best['decided_by_evidence']} of {best['comparisons']} "
+        "comparisons)"
+    )
+    if reference is not None:
+        console.print(
+            f"reference check ({reference.name}): the chosen config ranks "
+            f"{summary['reference_rank_of_best']} of {len(reference.values)}; Kendall tau "
+            f"between judge and reference rankings {summary['kendall_tau']:.2f}"
+        )
     console.print(f"report: {out / 'report' / 'report.html'}; summary: {out / 'summary.json'}")
     return summary

@@ -3,13 +3,22 @@
 Only config ids, parameters and tallies go in; the report shows the selected config and its
 margin, the pairwise win/tie/loss matrix, a superiority graph (an edge A -> B where A beats B by
 at least `threshold` in (wins - losses) / items, as in the PandaLM paper's Figure 4) and the
-comparisons won per hyperparameter value (the paper's Figure 8).
+comparisons won, undecided and lost per hyperparameter value (the paper's Figure 8).
 
 A pair's tallies are summed over all its recorded chunks (and over both orientations, should a
-pair have been asked both ways) before anything is computed from them; pairs with no judged
-items count for nothing. The best config's margin is (wins - losses) / items from its own point
-of view in its deciding comparison: the last recorded comparison it took part in, which in the
-paper and adaptive modes is the one that made it the winner.
+pair have been asked both ways) before anything is computed from them. The selection keeps the
+incumbent (config a) when a comparison ends with as many wins as losses (`comparison_winner`);
+such a comparison, one with no judged items included, is marked decided by "tie-break" and
+counts as undecided (a tie) for both sides, never as a win. Only comparisons with wins != losses
+are "decided by evidence". A run where none is says it could not tell the configs apart.
+
+The best config's margin is (wins - losses) / items from its own point of view in its deciding
+comparison: the last recorded comparison it took part in, which in the paper and adaptive modes
+is the one that made it the winner.
+
+An optional `ReferenceMetric` (an outside measure per config) checks the judge: the reference
+rank of the chosen config and Kendall's tau between the reference and the judge's ranking, the
+Bradley-Terry strengths that round robin ranks by, fitted on every recorded comparison.
 
 Figures are drawn on matplotlib `Figure` objects with the Agg canvas, never through pyplot's
 global state, so the report renders on a headless coordinator.
@@ -19,20 +28,30 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import networkx as nx
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
+from scipy.stats import kendalltau
 
-from coordinator.selection import Tally, comparison_winner
+from coordinator.selection import DecidedComparison, Tally, bradley_terry, comparison_winner
 
 ParamValue = str | int | float
+DecidedBy = Literal["evidence", "tie-break"]
 FIGURES = ("matrix.png", "superiority.png", "hyperparameters.png")
+REFERENCE_FIGURE = "reference.png"
+CANNOT_TELL = (
+    "The run could not tell the configs apart: no comparison had more wins than losses on "
+    "either side, so every incumbent stayed by the tie-break alone."
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +82,50 @@ class RunResult:
         return self.configs[index][0]
 
 
+@dataclass(frozen=True)
+class Record:
+    """Comparisons from one side's point of view: won and lost by evidence (wins != losses), and
+    ties, the undecided ones, where the incumbent stayed by the tie-break alone."""
+
+    wins: int = 0
+    ties: int = 0
+    losses: int = 0
+
+    def __add__(self, other: Record) -> Record:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return Record(self.wins + other.wins, self.ties + other.ties, self.losses + other.losses)
+
+    @property
+    def comparisons(self) -> int:
+        return self.wins + self.ties + self.losses
+
+    @property
+    def decided(self) -> int:
+        """Comparisons decided by evidence."""
+        return self.wins + self.losses
+
+    @property
+    def net(self) -> int:
+        """Comparisons won minus lost by evidence: a tie-break moves it neither way."""
+        return self.wins - self.losses
+
+
+@dataclass(frozen=True)
+class ReferenceMetric:
+    """An outside measure per config id (accuracy on a labelled set, say) to check the judge's
+    choice against; configs without a value are left out of the check."""
+
+    name: str
+    values: Mapping[str, float]
+    higher_is_better: bool
+
+    def __post_init__(self) -> None:
+        bad = [config_id for config_id, value in self.values.items() if not math.isfinite(value)]
+        if bad:
+            raise ValueError(f"{self.name}: non-finite values for {', '.join(bad)}")
+
+
 def pair_tallies(result: RunResult) -> dict[tuple[int, int], Tally]:
     """Each compared pair once, in the orientation first recorded, its tallies summed."""
     totals: dict[tuple[int, int], Tally] = {}
@@ -74,8 +137,29 @@ def pair_tallies(result: RunResult) -> dict[tuple[int, int], Tally]:
     return totals
 
 
+def decided_by(tally: Tally) -> DecidedBy:
+    """By evidence when one side has more wins than the other; else by the tie-break: the
+    incumbent stays only because nothing told the two apart."""
+    return "evidence" if tally.win != tally.loss else "tie-break"
+
+
+def config_records(result: RunResult) -> list[Record]:
+    """Per config index, its summed comparisons won, left undecided and lost."""
+    records = [Record()] * len(result.configs)
+    for (a, b), tally in pair_tallies(result).items():
+        if decided_by(tally) == "tie-break":
+            records[a] += Record(ties=1)
+            records[b] += Record(ties=1)
+        else:
+            winner = comparison_winner(a, b, tally)
+            records[winner] += Record(wins=1)
+            records[b if winner == a else a] += Record(losses=1)
+    return records
+
+
 def superiority_edges(result: RunResult, threshold: float = 0.1) -> list[tuple[int, int]]:
-    """(winner, loser) for every pair where (wins - losses) / items >= threshold."""
+    """(winner, loser) for every pair where (wins - losses) / items >= threshold. The threshold is
+    positive, so an edge needs wins != losses: a tie-broken comparison never makes one."""
     if threshold <= 0:
         raise ValueError(f"threshold must be positive, got {threshold}")
     edges = []
@@ -87,17 +171,14 @@ def superiority_edges(result: RunResult, threshold: float = 0.1) -> list[tuple[i
     return edges
 
 
-def wins_by_hyperparameter(result: RunResult) -> dict[str, dict[ParamValue, int]]:
-    """Per hyperparameter, per value: comparisons won by configs with that value. Every value that
-    occurs among the configs is listed, with 0 when its configs won nothing."""
-    counts: dict[str, dict[ParamValue, int]] = {}
-    for _, params in result.configs:
+def wins_by_hyperparameter(result: RunResult) -> dict[str, dict[ParamValue, Record]]:
+    """Per hyperparameter, per value: the records of the configs with that value, summed (a pair
+    of configs sharing the value adds both sides). Every value among the configs is listed."""
+    counts: dict[str, dict[ParamValue, Record]] = {}
+    for (_, params), record in zip(result.configs, config_records(result), strict=True):
         for name, value in params.items():
-            counts.setdefault(name, {}).setdefault(value, 0)
-    for (a, b), tally in pair_tallies(result).items():
-        if tally.items:
-            for name, value in result.configs[comparison_winner(a, b, tally)][1].items():
-                counts[name][value] += 1
+            values = counts.setdefault(name, {})
+            values[value] = values.get(value, Record()) + record
     return {name: dict(sorted(values.items(), key=_value_order)) for name, values in counts.items()}
 
 
@@ -115,10 +196,38 @@ def deciding_comparison(result: RunResult) -> tuple[int, Tally] | None:
     return None
 
 
-def write_report(result: RunResult, out_dir: Path, threshold: float = 0.1) -> dict[str, Any]:
-    """Write report.html, the figures and summary.json into `out_dir`; return the summary."""
+def judge_strengths(result: RunResult) -> list[float]:
+    """Per config index, its Bradley-Terry log-strength over every recorded comparison, fitted as
+    round robin ranks configs (selection.py: ties as half wins, invalid items left out) and
+    rounded to the 6 decimals the fit reaches. NaN where a config has no valid judged item: its
+    strength would be the fit's prior alone."""
+    totals = pair_tallies(result)
+    fitted = bradley_terry(
+        len(result.configs),
+        [DecidedComparison(a, b, t, comparison_winner(a, b, t)) for (a, b), t in totals.items()],
+    )
+    judged = {i for (a, b), t in totals.items() if t.win + t.tie + t.loss for i in (a, b)}
+    return [
+        float(strength) if index in judged else math.nan
+        for index, strength in enumerate(np.round(fitted, 6))
+    ]
+
+
+def write_report(
+    result: RunResult,
+    out_dir: Path,
+    threshold: float = 0.1,
+    *,
+    reference: ReferenceMetric | None = None,
+) -> dict[str, Any]:
+    """Write report.html, the figures and summary.json into `out_dir`; return the summary. With a
+    `reference`, also check the judge against it and draw reference.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = _summary(result, threshold)
+    strengths = judge_strengths(result)
+    summary = _summary(result, threshold, strengths)
+    if reference is not None:
+        summary |= _reference_summary(result, reference, strengths)
+        _save(_reference_figure(result, reference, strengths), out_dir / REFERENCE_FIGURE)
     _save(_matrix_figure(result), out_dir / "matrix.png")
     _save(_superiority_figure(result, threshold), out_dir / "superiority.png")
     _save(_hyperparameter_figure(result), out_dir / "hyperparameters.png")
@@ -127,18 +236,31 @@ def write_report(result: RunResult, out_dir: Path, threshold: float = 0.1) -> di
     return summary
 
 
-def _value_order(item: tuple[ParamValue, int]) -> tuple[bool, Any]:
+def _value_order(item: tuple[ParamValue, Record]) -> tuple[bool, Any]:
     return isinstance(item[0], str), item[0]
 
 
-def _summary(result: RunResult, threshold: float) -> dict[str, Any]:
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no NaN."""
+    return value if math.isfinite(value) else None
+
+
+def _summary(result: RunResult, threshold: float, strengths: list[float]) -> dict[str, Any]:
+    records = config_records(result)
     best = None
     if result.best is not None:
         best_id, best_params = result.configs[result.best]
-        best = {"index": result.best, "id": best_id, "params": dict(best_params)}
-    decided = deciding_comparison(result)
+        best = {
+            "index": result.best,
+            "id": best_id,
+            "params": dict(best_params),
+            "comparisons": records[result.best].comparisons,
+            "decided_by_evidence": records[result.best].decided,
+        }
+    deciding = deciding_comparison(result)
+    totals = pair_tallies(result)
     comparisons = []
-    for (a, b), tally in pair_tallies(result).items():
+    for (a, b), tally in totals.items():
         winner = comparison_winner(a, b, tally) if tally.items else None
         comparisons.append(
             {
@@ -147,31 +269,90 @@ def _summary(result: RunResult, threshold: float) -> dict[str, Any]:
                 **asdict(tally),
                 "margin": tally.margin,
                 "winner": None if winner is None else result.config_id(winner),
+                "decided_by": decided_by(tally),
             }
         )
+    by_evidence = sum(c["decided_by"] == "evidence" for c in comparisons)
+    items = sum(tally.items for tally in totals.values())
+    if not comparisons:
+        conclusion = "No comparison has been recorded yet."
+    elif by_evidence:
+        conclusion = (
+            f"{by_evidence} of {len(comparisons)} comparisons were decided by evidence; the "
+            "rest kept the incumbent by the tie-break (equal wins and losses)."
+        )
+    else:
+        conclusion = CANNOT_TELL
     return {
         "run": result.run_name,
         "selection_mode": result.selection_mode,
+        "decided": by_evidence > 0,
+        "conclusion": conclusion,
         "best_config": best,
-        "margin": None if decided is None else decided[1].margin,
+        "margin": None if deciding is None else deciding[1].margin,
         "deciding_comparison": None
-        if decided is None
-        else {"opponent": result.config_id(decided[0]), **asdict(decided[1])},
+        if deciding is None
+        else {
+            "opponent": result.config_id(deciding[0]),
+            **asdict(deciding[1]),
+            "decided_by": decided_by(deciding[1]),
+        },
         "sites": list(result.sites),
         "sites_left_out": list(result.sites_left_out),
         "aggregation": result.aggregation,
         "judgments": result.judgments,
         "wall_seconds": result.wall_seconds,
+        "tie_share": sum(tally.tie for tally in totals.values()) / items if items else None,
         "superiority_threshold": threshold,
         "superiority_edges": [
             [result.config_id(a), result.config_id(b)]
             for a, b in superiority_edges(result, threshold)
         ],
         "wins_by_hyperparameter": {
-            name: {str(value): count for value, count in values.items()}
+            name: {str(value): asdict(record) for value, record in values.items()}
             for name, values in wins_by_hyperparameter(result).items()
         },
+        "judge_strength": {
+            result.config_id(index): _finite_or_none(strength)
+            for index, strength in enumerate(strengths)
+        },
         "comparisons": comparisons,
+    }
+
+
+def _reference_summary(
+    result: RunResult, reference: ReferenceMetric, strengths: list[float]
+) -> dict[str, Any]:
+    """The reference's values, where the chosen config ranks by them (1 = their best, among
+    configs with a value) and Kendall's tau-b between them and the judge's strengths over
+    configs with both, signed so that +1 means the two orders agree."""
+    ids = [config_id for config_id, _ in result.configs]
+    unknown = sorted(set(reference.values) - set(ids))
+    if unknown:
+        raise ValueError(f"{reference.name}: no config with id {', '.join(unknown)} in the run")
+    sign = 1.0 if reference.higher_is_better else -1.0
+    oriented = {config_id: sign * value for config_id, value in reference.values.items()}
+    rank = None
+    if result.best is not None and ids[result.best] in oriented:
+        chosen = oriented[ids[result.best]]
+        rank = 1 + sum(value > chosen for value in oriented.values())
+    paired = [
+        (strength, oriented[config_id])
+        for config_id, strength in zip(ids, strengths, strict=True)
+        if config_id in oriented and math.isfinite(strength)
+    ]
+    tau = None
+    if all(len({pair[side] for pair in paired}) > 1 for side in (0, 1)):
+        judge, metric = zip(*paired, strict=True)
+        tau = float(kendalltau(judge, metric).statistic)
+    return {
+        "reference_metric": {
+            "name": reference.name,
+            "higher_is_better": reference.higher_is_better,
+            "values": {i: reference.values[i] for i in ids if i in reference.values},
+        },
+        "reference_rank_of_best": rank,
+        "kendall_tau": tau,
     }
 
 
@@ -192,7 +373,7 @@ def _label(result: RunResult, index: int, shown: int) -> str:
 
 def _matrix_figure(result: RunResult) -> Figure:
     """Row config's win rate against the column config (ties count half, invalid items not at
-    all); blank where the pair was not compared."""
+    all); blank where the pair was not compared; hatched where the tie-break decided."""
     n = len(result.configs)
     rate = np.full((n, n), np.nan)
     counts: dict[tuple[int, int], Tally] = {}
@@ -210,11 +391,19 @@ def _matrix_figure(result: RunResult) -> Figure:
     labels = [_label(result, index, n) for index in range(n)]
     axes.set_xticks(range(n), labels, rotation=90, fontsize=_label_size(n))
     axes.set_yticks(range(n), labels, fontsize=_label_size(n))
-    if n <= 12:
-        for (row, column), tally in counts.items():
+    for (row, column), tally in counts.items():
+        if decided_by(tally) == "tie-break":
+            cell = Rectangle(
+                (column - 0.5, row - 0.5), 1, 1, fill=False, hatch="//", edgecolor="0.6", lw=0
+            )
+            axes.add_patch(cell)
+        if n <= 12:
             text = f"{tally.win}/{tally.tie}/{tally.loss}"
             axes.text(column, row, text, ha="center", va="center", fontsize=7)
-    axes.set_title(f"{result.run_name}: win/tie/loss, row against column")
+    axes.set_title(
+        f"{result.run_name}: win/tie/loss, row against column\n"
+        "hatched: equal wins and losses, decided by tie-break"
+    )
     return figure
 
 
@@ -257,16 +446,52 @@ def _superiority_figure(result: RunResult, threshold: float) -> Figure:
 
 
 def _hyperparameter_figure(result: RunResult) -> Figure:
-    wins = wins_by_hyperparameter(result)
-    figure = Figure(figsize=(3.2 * max(len(wins), 1), 3.6), layout="constrained")
-    if not wins:
+    """Stacked per value: comparisons won by evidence, undecided (tie-break) and lost."""
+    by_name = wins_by_hyperparameter(result)
+    figure = Figure(figsize=(3.2 * max(len(by_name), 1), 3.8), layout="constrained")
+    if not by_name:
         figure.text(0.5, 0.5, "the configs have no parameters", ha="center")
-    for position, (name, values) in enumerate(wins.items(), start=1):
-        axes = figure.add_subplot(1, len(wins), position)
-        axes.bar([str(value) for value in values], list(values.values()), color="tab:blue")
+    for position, (name, values) in enumerate(by_name.items(), start=1):
+        axes = figure.add_subplot(1, len(by_name), position)
+        labels = [str(value) for value in values]
+        bottom = np.zeros(len(values))
+        for part, color in (("wins", "tab:green"), ("ties", "tab:gray"), ("losses", "tab:red")):
+            heights = np.array([getattr(record, part) for record in values.values()])
+            axes.bar(labels, heights, bottom=bottom, color=color, label=part)
+            bottom += heights
         axes.set_title(name)
-        axes.set_ylabel("comparisons won")
+        axes.set_ylabel("comparisons")
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes.tick_params(axis="x", rotation=45)
+        if position == 1:
+            axes.legend(fontsize=7, title="ties: tie-broken", title_fontsize=7)
+    return figure
+
+
+def _reference_figure(
+    result: RunResult, reference: ReferenceMetric, strengths: list[float]
+) -> Figure:
+    """Judge strength against the reference per config with both; the chosen config in orange."""
+    shown = [
+        index
+        for index, strength in enumerate(strengths)
+        if math.isfinite(strength) and result.config_id(index) in reference.values
+    ]
+    figure = Figure(figsize=(6.5, 5), layout="constrained")
+    axes = figure.add_subplot()
+    better = "higher" if reference.higher_is_better else "lower"
+    axes.set_title(f"{result.run_name}: {reference.name} ({better} is better) by judge strength")
+    axes.set_xlabel("judge strength (Bradley-Terry log-strength)")
+    axes.set_ylabel(reference.name)
+    if not shown:
+        axes.text(0.5, 0.5, "no config has both a strength and a value", ha="center")
+        return figure
+    x = [strengths[index] for index in shown]
+    y = [reference.values[result.config_id(index)] for index in shown]
+    colors = ["tab:orange" if index == result.best else "tab:blue" for index in shown]
+    axes.scatter(x, y, c=colors, s=[80 if index == result.best else 30 for index in shown])
+    for index, px, py in zip(shown, x, y, strict=True):
+        axes.annotate(_label(result, index, len(shown)), (px, py), fontsize=_label_size(len(shown)))
     return figure
 
 
@@ -280,48 +505,88 @@ def _html(result: RunResult, summary: dict[str, Any]) -> str:
             f"<tr><th>{e(str(name))}</th><td>{e(str(value))}</td></tr>"
             for name, value in best["params"].items()
         )
-        decided = summary["deciding_comparison"]
+        alone = "" if best["decided_by_evidence"] else "; it was chosen by the tie-break alone"
+        evidence = (
+            f"<p>Decided by evidence in {best['decided_by_evidence']} of its "
+            f"{best['comparisons']} comparisons{alone}.</p>"
+        )
+        deciding = summary["deciding_comparison"]
         margin = (
             "<p>No comparison yet.</p>"
-            if decided is None
+            if deciding is None
             else f"<p>Margin {summary['margin']:+.3f} ((wins - losses) / items) against "
-            f"<code>{e(decided['opponent'])}</code>: {decided['win']} wins, {decided['tie']} "
-            f"ties, {decided['loss']} losses, {decided['invalid']} invalid of "
-            f"{decided['items']} items.</p>"
+            f"<code>{e(deciding['opponent'])}</code>: {deciding['win']} wins, {deciding['tie']} "
+            f"ties, {deciding['loss']} losses, {deciding['invalid']} invalid of "
+            f"{deciding['items']} items, decided by {deciding['decided_by']}.</p>"
         )
-        best_section = f"<p>Config <code>{e(best['id'])}</code></p><table>{params}</table>{margin}"
+        best_section = (
+            f"<p>Config <code>{e(best['id'])}</code></p><table>{params}</table>{evidence}{margin}"
+        )
     rows = "".join(
         f"<tr><td><code>{e(c['a'])}</code></td><td><code>{e(c['b'])}</code></td>"
         f"<td>{c['win']}</td><td>{c['tie']}</td><td>{c['loss']}</td><td>{c['invalid']}</td>"
         f"<td>{c['items']}</td><td>{c['margin']:+.3f}</td>"
-        f"<td><code>{e(c['winner'] or '-')}</code></td></tr>"
+        f"<td><code>{e(c['winner'] or '-')}</code></td><td>{c['decided_by']}</td></tr>"
         for c in summary["comparisons"]
     )
+    strengths = summary["judge_strength"]
     configs = "".join(
         f"<tr><td>{index}</td><td><code>{e(config_id)}</code></td><td>"
-        f"{e(', '.join(f'{name}={value}' for name, value in params.items()))}</td></tr>"
+        f"{e(', '.join(f'{name}={value}' for name, value in params.items()))}</td>"
+        f"<td>{_number(strengths[config_id])}</td></tr>"
         for index, (config_id, params) in enumerate(result.configs)
     )
-    figures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in FIGURES)
+    shown = FIGURES + ((REFERENCE_FIGURE,) if "reference_metric" in summary else ())
+    figures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in shown)
     left_out = ", ".join(result.sites_left_out) or "none"
+    tie_share = summary["tie_share"]
+    verdict = e(summary["conclusion"])
+    if not summary["decided"]:
+        verdict = f"<strong>{verdict}</strong>"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{e(result.run_name)}</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px;text-align:left}}
 img{{max-width:100%}}</style></head><body>
 <h1>Run {e(result.run_name)}</h1>
+<p>{verdict}</p>
 <p>Selection mode {e(result.selection_mode)}; {result.judgments} judgments;
-{result.wall_seconds:.0f} s.</p>
+{result.wall_seconds:.0f} s. Ties: {"-" if tie_share is None else f"{tie_share:.1%}"} of the
+judged items.</p>
 <p>Sites: {e(", ".join(result.sites) or "none")}. Left out: {e(left_out)}.
 Aggregation: {e(result.aggregation or "-")}.</p>
 <h2>Best config</h2>
 {best_section}
+{_reference_html(summary)}
 <h2>Figures</h2>
 {figures}
 <h2>Comparisons</h2>
+<p>Decided by "tie-break": as many wins as losses, so the incumbent (a) stayed without
+evidence.</p>
 <table><tr><th>a</th><th>b</th><th>win</th><th>tie</th><th>loss</th><th>invalid</th>
-<th>items</th><th>margin</th><th>winner</th></tr>{rows}</table>
+<th>items</th><th>margin</th><th>winner</th><th>decided by</th></tr>{rows}</table>
 <h2>Configs</h2>
-<table><tr><th>index</th><th>id</th><th>parameters</th></tr>{configs}</table>
+<table><tr><th>index</th><th>id</th><th>parameters</th><th>judge strength</th></tr>{configs}
+</table>
 </body></html>
 """
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
+def _reference_html(summary: dict[str, Any]) -> str:
+    if "reference_metric" not in summary:
+        return ""
+    metric = summary["reference_metric"]
+    better = "higher" if metric["higher_is_better"] else "lower"
+    rank = summary["reference_rank_of_best"]
+    ranked = len(metric["values"])
+    return (
+        f"<h2>Reference check: {html.escape(metric['name'])}</h2>"
+        f"<p>{better.capitalize()} is better. The chosen config ranks "
+        f"{'-' if rank is None else rank} of {ranked} by {html.escape(metric['name'])}; Kendall's "
+        f"tau between the judge's strengths and it: {_number(summary['kendall_tau'])} "
+        "(+1: the same order, -1: reversed).</p>"
+    )

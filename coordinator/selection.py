@@ -364,7 +364,7 @@ class RoundRobin(_Procedure):
     def strengths(self) -> np.ndarray:
         """Bradley-Terry log-strengths of the configs from the comparisons recorded so far."""
         if self._strengths is None:
-            self._strengths = _bradley_terry(self.n_configs, self._decided)
+            self._strengths = bradley_terry(self.n_configs, self._decided)
         return self._strengths.copy()
 
     def _askable(self) -> Iterable[ComparisonRequest]:
@@ -379,7 +379,7 @@ class RoundRobin(_Procedure):
         self._strengths = None
 
 
-def _bradley_terry(n_configs: int, comparisons: list[DecidedComparison]) -> np.ndarray:
+def bradley_terry(n_configs: int, comparisons: list[DecidedComparison]) -> np.ndarray:
     """Logistic regression on +1/-1 pair rows weighted by wins (+ half the ties) of each side.
     Each pair also enters mirrored (-1/+1, labels swapped), which leaves the maximum-likelihood
     strengths unchanged and guarantees both labels are present."""

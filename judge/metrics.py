@@ -31,6 +31,7 @@ def judge_metrics(
     if not gold:
         raise ValueError("no items to evaluate")
     metrics: dict = {"n": len(gold), "accuracy": float(accuracy_score(gold, predicted))}
+    metrics["decisive_accuracy"] = decisive_accuracy(gold, predicted)
     for average in ("macro", "weighted"):
         precision, recall, f1, _ = precision_recall_fscore_support(
             gold, predicted, labels=list(CLASSES), average=average, zero_division=0
@@ -49,3 +50,85 @@ def judge_metrics(
         "matrix": matrix.tolist(),
     }
     return metrics
+
+
+LENGTH_TIE_BAND = 0.10
+"""Word counts within 10% of each other count as equally long (the length rule's Tie)."""
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def similar_length(a: str, b: str, band: float = LENGTH_TIE_BAND) -> bool:
+    na, nb = word_count(a), word_count(b)
+    return abs(na - nb) <= band * max(na, nb)
+
+
+def length_verdict(response1: str, response2: str) -> Verdict:
+    """The length rule: the longer response wins, Tie when the word counts are within 10%."""
+    if similar_length(response1, response2):
+        return "Tie"
+    return "1" if word_count(response1) > word_count(response2) else "2"
+
+
+def _longer_share(verdicts: Sequence[Verdict], pairs: Sequence[tuple[str, str]]) -> dict:
+    picks = [
+        (v == "1") == (word_count(a) > word_count(b))
+        for v, (a, b) in zip(verdicts, pairs, strict=True)
+        if v in ("1", "2") and word_count(a) != word_count(b)
+    ]
+    return {"share": sum(picks) / len(picks) if picks else None, "n": len(picks)}
+
+
+def bias_diagnostics(
+    pairs: Sequence[tuple[str, str]],
+    gold: Sequence[Verdict] | None,
+    predicted: Sequence[Verdict],
+    orders: Sequence[Sequence[Verdict]] | None = None,
+) -> dict:
+    """How a judge leans: position, length, and its accuracy where length cannot help.
+
+    - `position_bias`: among two-order pairs whose orders disagree, the share where both orders
+      chose the same position (in the pair's terms, one order said `1` and the other `2`);
+    - `length_preference`: among decisive verdicts on pairs of unequal word counts, the share
+      that picked the longer response, next to the same share of the human labels;
+    - `length_controlled`: accuracy on decisive human-labelled pairs whose word counts are within
+      10% of each other;
+    - `length_baseline`: the length rule's metrics on the same items.
+    `pairs` are (response1, response2); `orders` each pair's per-order verdicts in its terms.
+    """
+    result: dict = {}
+    if orders is not None:
+        two = [tuple(o) for o in orders if len(o) == 2]
+        disagreeing = [o for o in two if o[0] != o[1]]
+        same_position = sum(o in (("1", "2"), ("2", "1")) for o in disagreeing)
+        result["position_bias"] = {
+            "share": same_position / len(disagreeing) if disagreeing else None,
+            "n": len(disagreeing),
+        }
+    preference = {"judge": _longer_share(predicted, pairs)}
+    if gold is not None:
+        preference["human"] = _longer_share(gold, pairs)
+        controlled = [
+            g == p
+            for g, p, (a, b) in zip(gold, predicted, pairs, strict=True)
+            if g in ("1", "2") and similar_length(a, b)
+        ]
+        result["length_controlled"] = {
+            "accuracy": sum(controlled) / len(controlled) if controlled else None,
+            "n": len(controlled),
+        }
+        rule = [length_verdict(a, b) for a, b in pairs]
+        baseline = judge_metrics(gold, rule)
+        result["length_baseline"] = {k: baseline[k] for k in ("accuracy", "f1_macro", "kappa")} | {
+            "decisive_accuracy": decisive_accuracy(gold, rule)
+        }
+    result["length_preference"] = preference
+    return result
+
+
+def decisive_accuracy(gold: Sequence[Verdict], predicted: Sequence[Verdict]) -> float | None:
+    """Accuracy on the pairs that humans did not call a tie."""
+    decisive = [g == p for g, p in zip(gold, predicted, strict=True) if g in ("1", "2")]
+    return sum(decisive) / len(decisive) if decisive else None

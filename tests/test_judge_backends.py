@@ -1,6 +1,5 @@
 """Backends on real models: a tiny random LLaMA (transformers, bitsandbytes), the builtin GGUF."""
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -117,29 +116,29 @@ def test_llamacpp_generation_is_deterministic(builtin_gguf: Path) -> None:
         backend.generate([PAIRS[0].prompt()], GenerationSettings.reference())
 
 
-@pytest.fixture(scope="module")
-def builtin_judge() -> Path:
-    """pandalm-mini's GGUF (built from the packaged adapter on first use; make setup builds it)."""
+@pytest.mark.slow
+def test_the_shipped_builtin_judge_prefers_the_right_answer_in_both_orders() -> None:
+    """`builtin` is the pointwise judge: the packaged head on the embedded model's encoder."""
     try:
-        return parse_spec("builtin").path
+        backend = load_backend("builtin?threads=1")
     except ModelNotFoundError as exc:
         pytest.skip(f"builtin model not installed (run make setup): {exc}")
-
-
-def test_the_builtin_judge_gguf_and_its_transformers_model_agree(builtin_judge: Path) -> None:
-    """The f16 GGUF of the merged judge against the fp32 merge (q8_0 moved this small judge's
-    probabilities by up to 0.15, which is why the builtin is exported in f16)."""
-    tolerance = 0.02
-    gguf = PairJudge(load_backend(f"gguf:{builtin_judge}?threads=1"), mode="score").judge(PAIRS)
-    hf = PairJudge(load_backend("hf:builtin"), mode="score").judge(PAIRS)
-    for quantized, exact in zip(gguf, hf, strict=True):
-        for order in ("forward", "backward"):
-            a = getattr(quantized, order).probabilities
-            b = getattr(exact, order).probabilities
-            assert a == pytest.approx(b, abs=tolerance)
-            top, second = sorted(b.values(), reverse=True)[:2]
-            if top - second > 2 * tolerance:
-                assert max(a, key=a.get) == max(b, key=b.get)
+    assert backend.identity.startswith("pointwise:")
+    pairs = [
+        Pair(
+            "Explain why the sky is blue.",
+            "",
+            "Sunlight is scattered by the molecules of the air, and blue light, with its "
+            "shorter wavelength, is scattered much more than red light, so the sky looks blue.",
+            "blue blue blue blue blue blue",
+        ),
+    ]
+    judged = PairJudge(backend, mode="score").judge(pairs)
+    swapped = PairJudge(backend, mode="score").judge(
+        [Pair(p.instruction, p.input, p.response2, p.response1) for p in pairs]
+    )
+    assert [j.verdict for j in judged] == ["1"] and [j.verdict for j in swapped] == ["2"]
+    assert all(j.consistent for j in judged + swapped)
 
 
 def test_spec_errors(tmp_path: Path, tiny_llama: Path) -> None:
@@ -155,31 +154,3 @@ def test_spec_errors(tmp_path: Path, tiny_llama: Path) -> None:
     broken.write_bytes(b"GGUF but not really")
     with pytest.raises(SpecError, match=r"broken\.gguf: cannot load a gguf judge"):
         load_backend(f"gguf:{broken}")
-
-
-@pytest.mark.slow
-def test_builtin_is_pandalm_mini_merged_once_from_the_packaged_adapter(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A fresh model cache holding only the base: `builtin` merges the packaged adapter into
-    it, exports a GGUF named after the adapter's hash, and reuses both afterwards."""
-    from judge.models import PANDALM_MINI_ADAPTER, builtin_base_hf_dir, models_dir
-
-    try:
-        base_gguf, base_hf = builtin_base_gguf(), builtin_base_hf_dir()
-    except ModelNotFoundError as exc:
-        pytest.skip(f"builtin model not installed (run make setup): {exc}")
-    monkeypatch.setenv("PANDALM_HOME", str(tmp_path))
-    (models_dir() / base_gguf.name).symlink_to(base_gguf)
-    (models_dir() / base_hf.name).symlink_to(base_hf)
-
-    spec = parse_spec("builtin")
-    assert spec.kind == "gguf" and spec.path.parent == models_dir()
-    digest = hashlib.sha256(
-        (PANDALM_MINI_ADAPTER / "adapter_model.safetensors").read_bytes()
-    ).hexdigest()[:12]
-    assert spec.path.name == f"pandalm-mini-{digest}.F16.gguf"
-    built = spec.path.stat().st_mtime_ns
-    assert parse_spec("builtin").path.stat().st_mtime_ns == built  # cached, not rebuilt
-    merged = parse_spec("hf:builtin").path
-    assert merged.name == f"pandalm-mini-{digest}-hf" and (merged / "config.json").is_file()

@@ -62,10 +62,10 @@ def _plain_accuracy_and_macro_f1(gold: list[str], predicted: list[str]) -> tuple
 def test_released_prediction_files(shared_data: Path, filename: str, field: str) -> None:
     testset = shared_data / "pandalm" / "testset-dev.json"
     predictions = shared_data / "pandalm" / filename
-    items = read_testset(testset)
+    items = read_testset(testset).items
     by_idx = read_predictions(predictions)
     gold = [item.gold for item in items]
-    predicted = [by_idx[item.idx] for item in items]
+    predicted = [by_idx[item.idx].verdict for item in items]
     raw = {r["idx"]: r[field] for r in json.loads(predictions.read_text())}
     expected_invalid = sum(
         str(v) not in ("0", "1", "2", "Tie") for v in (raw[item.idx] for item in items)

@@ -357,3 +357,37 @@ def package_adapter_command(
     with _user_errors():
         weights = package_adapter(adapter, out, rank)
     console.print(f"wrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB)")
+
+
+@app.command("builtin-judge")
+def builtin_judge(
+    testset: Annotated[
+        Path, typer.Option(help="PandaLM's dev split (human labels; trained on)", exists=True)
+    ],
+    out: Annotated[Path, typer.Option("--out", help="where head.json and README.md go")] = Path(
+        "judge/builtin_judge"
+    ),
+    preferences: Annotated[
+        list[Path] | None,
+        typer.Option("--preferences", help="preference JSONL; only use=train rows", exists=True),
+    ] = None,
+    cache: Annotated[Path, typer.Option(help="encoding cache (resume)")] = Path(
+        "build/builtin-judge/encodings.sqlite"
+    ),
+    folds: Annotated[int, typer.Option(min=2)] = 5,
+    threads: Annotated[int, typer.Option(min=1)] = 2,
+) -> None:
+    """Train the builtin judge's head on frozen SmolLM2 encodings; dev figures out-of-fold."""
+    from trainer.builtin_judge import BuiltinJudgeArguments, train_builtin_judge
+
+    with _user_errors():
+        args = BuiltinJudgeArguments(
+            testset=testset,
+            out=out,
+            preferences=list(preferences or []),
+            cache=cache,
+            folds=folds,
+            threads=threads,
+        )
+        record = train_builtin_judge(args, console)
+    typer.echo(json.dumps(record["dev_out_of_fold"], indent=2))

@@ -127,12 +127,14 @@ def generate_responses(
     batch_size: int = 8,
     delete_weights: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    on_model: Callable[[CandidateCheckpoint, Any, Any], None] | None = None,
 ) -> GenerationReport:
     """Greedy responses of every checkpoint to every item, appended to `out` (JSONL).
 
     `delete_weights` removes the model of a finished run's checkpoint once all its responses
     are stored, as judging needs only the responses; `on_progress(n)` counts responses done,
-    cached ones included.
+    cached ones included; `on_model(checkpoint, model, tokenizer)` is called while a
+    checkpoint's model is loaded for generation (the reference NLL uses it).
     """
     done = {_key(record) for record in read_responses(out)}
     unique = list({item.id: item for item in items}.values())
@@ -168,6 +170,8 @@ def generate_responses(
                 generated += len(batch)
                 if on_progress is not None:
                     on_progress(len(batch))
+            if on_model is not None:
+                on_model(checkpoint, model, tokenizer)
             del model
         if delete_weights and checkpoint.run_finished and checkpoint.has_weights:
             _delete_weights(checkpoint)

@@ -267,7 +267,7 @@ def evaluate_judge(
     from judge.io import read_testset
     from judge.metrics import judge_metrics
 
-    items = read_testset(testset)[:limit]
+    items = read_testset(testset).items[:limit]
     pair_judge = PairJudge(load_backend(f"hf:{model_dir}"), mode)  # type: ignore[arg-type]
     stats = RunStats()
     predicted = []

@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from judge.backends.base import GenerationSettings, JudgeBackend
-from judge.models import ModelNotFoundError, builtin_judge_gguf, builtin_judge_hf_dir
+from judge.models import ModelNotFoundError
 
 __all__ = [
     "GenerationSettings",
@@ -19,6 +19,7 @@ __all__ = [
 ]
 
 _OPTIONS = {
+    "builtin": {"threads": int},
     "gguf": {"threads": int, "ctx": int},
     "hf": {"quant": str, "dtype": str, "batch": int},
 }
@@ -38,15 +39,16 @@ class JudgeSpec:
 
 
 def parse_spec(spec: str) -> JudgeSpec:
-    """Parse a judge spec; `builtin` and `hf:builtin` resolve to pandalm-mini (GGUF or merged
-    transformers directory, built on first use)."""
-    if spec == "builtin":
-        return JudgeSpec("gguf", builtin_judge_gguf(), {})
-    kind, sep, rest = spec.partition(":")
-    if not sep or kind not in _OPTIONS or not rest:
-        raise SpecError(
-            f"unknown judge spec {spec!r}: use builtin, gguf:PATH or hf:PATH[?quant=8bit|4bit]"
-        )
+    """Parse a judge spec; `builtin[?threads=N]` is the pointwise builtin judge
+    (judge/pointwise.py) on the embedded base model."""
+    if spec == "builtin" or spec.startswith("builtin?"):
+        kind, rest = "builtin", spec
+    else:
+        kind, sep, rest = spec.partition(":")
+        if not sep or kind not in _OPTIONS or kind == "builtin" or not rest:
+            raise SpecError(
+                f"unknown judge spec {spec!r}: use builtin, gguf:PATH or hf:PATH[?quant=8bit|4bit]"
+            )
     location, _, query = rest.partition("?")
     options: dict[str, int | str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
@@ -56,8 +58,10 @@ def parse_spec(spec: str) -> JudgeSpec:
             options[key] = _OPTIONS[kind][key](value)
         except ValueError as exc:
             raise SpecError(f"judge spec {spec!r}: option {key!r} wants a number") from exc
-    if kind == "hf" and location == "builtin":
-        return JudgeSpec(kind, builtin_judge_hf_dir(), options)
+    if kind == "builtin":
+        from judge.pointwise import BUILTIN_HEAD
+
+        return JudgeSpec(kind, BUILTIN_HEAD, options)
     path = Path(location).expanduser()
     if kind == "gguf" and not path.is_file():
         raise SpecError(f"judge spec {spec!r}: no GGUF file at {path}")
@@ -71,6 +75,10 @@ def load_backend(spec: JudgeSpec | str) -> JudgeBackend:
     if isinstance(spec, str):
         spec = parse_spec(spec)
     try:
+        if spec.kind == "builtin":
+            from judge.pointwise import load_builtin
+
+            return load_builtin(spec.path, n_threads=int(spec.options.get("threads", 0)) or None)
         if spec.kind == "gguf":
             from judge.backends.llamacpp import LlamaCppBackend
 

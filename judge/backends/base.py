@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from judge.cache import JudgmentCache
+    from judge.engine import Pair
 
 
 @dataclass(frozen=True)
@@ -43,4 +47,18 @@ class JudgeBackend(Protocol):
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens the backend's tokenizer gives `text` (prefill accounting)."""
+        ...
+
+
+class PointwiseBackend(Protocol):
+    """A judge that scores each response on its own (judge/pointwise.py): pair probabilities
+    come from per-response encodings, each computed once and kept in the judgment cache."""
+
+    identity: str
+    pointwise: bool
+
+    def attach_cache(self, cache: JudgmentCache | None) -> None: ...
+
+    def probabilities(self, pairs: list[Pair]) -> list[dict[str, float]]:
+        """p(`1`), p(`2`), p(`Tie`) for each pair as presented."""
         ...

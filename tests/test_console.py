@@ -1,0 +1,94 @@
+"""The console leaderboard scores only comparisons decided by evidence: config 0's four
+tie-breaks once showed as +4. Tallies are merged over orientations as in the report."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from rich.console import Console
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from coordinator.console import render
+from coordinator.db import ComparisonResult, FederatedRun, open_database
+from tests.test_report import IDS, PARAMS
+
+# Config 0 keeps its place four times by the tie-break; 4 beats 3 by evidence; (1,2) asked both
+# ways sums to 4 wins and 4 losses: a tie-break, though each row alone has a winner.
+TIE_BREAKS = [
+    (0, 1, 2, 4, 2),
+    (0, 2, 0, 8, 0),
+    (0, 3, 1, 6, 1),
+    (0, 4, 3, 2, 3),
+    (1, 2, 3, 0, 1),
+    (2, 1, 3, 0, 1),
+]
+EVIDENCE = [(3, 4, 1, 2, 5)]
+
+
+def planted(tmp_path: Path, rows: list[tuple[int, int, int, int, int]]) -> Engine:
+    engine = open_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    with Session(engine) as session:
+        session.add(
+            FederatedRun(
+                name="planted",
+                mode="paper",
+                config_ids=json.dumps(IDS),
+                params=json.dumps(PARAMS),
+                settings="{}",
+                status="done",
+                best_index=0,
+            )
+        )
+        for a, b, win, tie, loss in rows:
+            items = win + tie + loss
+            session.add(
+                ComparisonResult(
+                    run_name="planted",
+                    a=a,
+                    b=b,
+                    item_start=0,
+                    item_stop=items,
+                    win=win,
+                    tie=tie,
+                    loss=loss,
+                    invalid=0,
+                    items=items,
+                    sites=2,
+                    round=1,
+                )
+            )
+        session.commit()
+    return engine
+
+
+def frame(engine: Engine) -> str:
+    console = Console(width=240, record=True)
+    console.print(render(engine, "planted"))
+    return console.export_text()
+
+
+def leaderboard(text: str) -> list[list[str]]:
+    """The board's rows as cells: label, net, won, lost, undecided."""
+    rows = [line.split("│") for line in text.splitlines() if re.search(r"│ #\d+ \w{8} ", line)]
+    return [[cell.strip() for cell in row if cell.strip()] for row in rows]
+
+
+def test_leaderboard_scores_only_comparisons_decided_by_evidence(tmp_path: Path) -> None:
+    text = frame(planted(tmp_path, TIE_BREAKS + EVIDENCE))
+    board = {row[0].split()[0]: row[1:] for row in leaderboard(text)}
+    assert list(board) == ["#4", "#0", "#1", "#2", "#3"]
+    assert board["#4"] == ["+1", "1", "0", "1"]
+    assert board["#0"] == ["+0", "0", "0", "4"]
+    assert board["#1"] == board["#2"] == ["+0", "0", "0", "2"], "(1,2) merged over orientations"
+    assert board["#3"] == ["-1", "0", "1", "1"]
+    assert "#0 (tie-break)" in text
+    assert "could not tell" not in text
+
+
+def test_console_says_when_nothing_was_decided(tmp_path: Path) -> None:
+    text = frame(planted(tmp_path, TIE_BREAKS))
+    assert "could not tell the configs apart" in text
+    assert all(row[1] == "+0" for row in leaderboard(text))
