@@ -56,4 +56,4 @@ clean-venv:
 SHARED_DATA ?= ../shared/data
 builtin-judge: setup
 	$(BIN)/pandalm-train builtin-judge --testset $(SHARED_DATA)/pandalm/testset-dev.json \
-	  --out judge/builtin_judge
+	  --seed-tasks $(SHARED_DATA)/alpaca/seed_tasks.jsonl --out judge/builtin_judge

@@ -16,7 +16,7 @@ from rich.table import Table
 from sqlmodel import Session, func, select
 
 from agent.config import SiteConfig, SiteConfigError, load_site_config
-from agent.db import ComparisonJob, SiteRun, ledger, open_database
+from agent.db import ComparisonJob, ReferenceScore, SiteRun, ledger, open_database
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -155,6 +155,23 @@ def status(config: ConfigOption) -> None:
                 str(counts.get("done", 0)),
                 str(counts.get("pending", 0)),
             )
+    Console().print(table)
+    _print_reference_scores(engine)
+
+
+def _print_reference_scores(engine) -> None:
+    """The site's own judge-free check of its candidates (it never leaves the site)."""
+    with Session(engine) as session:
+        rows = session.exec(select(ReferenceScore).order_by(ReferenceScore.run_key)).all()
+    if not rows:
+        return
+    table = Table(title="reference check (this site's validation items; never sent)")
+    for column in ("run", "config", "metric", "value", "items"):
+        table.add_column(column)
+    for row in sorted(
+        rows, key=lambda r: (r.run_key, -r.value if r.metric == "exact_match" else r.value)
+    ):
+        table.add_row(row.run_key, row.config_id, row.metric, f"{row.value:.3f}", str(row.items))
     Console().print(table)
 
 

@@ -30,6 +30,8 @@ class ModelSettings:
     max_length: int = 256
     batch_size: int = 8
     max_steps_per_epoch: int = 0
+    lora_top_layers: int = 0
+    """LoRA candidates adapt only the last N layers (cheaper steps); 0: every layer."""
     """0 trains whole epochs; N caps every epoch at N optimizer steps (quick demos)."""
     max_new_tokens: int = 64
     torch_threads: int = 1

@@ -177,6 +177,7 @@ class SiteWorker:
                 max_length=model.max_length,
                 per_device_train_batch_size=model.batch_size,
                 max_steps_per_epoch=model.max_steps_per_epoch or None,
+                lora_top_layers=model.lora_top_layers or None,
             )
 
             progress = _TrainingProgress(self, run_key)

@@ -1,6 +1,6 @@
 """Judge-training throughput per process on CPU for the builtin SmolLM2-135M base (issue 4).
 
-Trains on pandalm-mini records (built from the Alpaca seed tasks when `--seed-tasks` exists,
+Trains on synthetic seed-task records (built from the Alpaca seed tasks when `--seed-tasks` exists,
 else from generated stand-in tasks) through the same Trainer as `pandalm-train judge`: micro
 batch 2, no accumulation, max length 1024, LoRA (rank 16) and full fine-tuning, each in its own
 process with `--threads` torch threads. The first step (warm-up) is not timed. Prints tokens per

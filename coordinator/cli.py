@@ -15,7 +15,7 @@ from rich.live import Live
 
 from coordinator.config import FederationConfig, FederationConfigError, load_federation_config
 from coordinator.console import latest_run, render
-from coordinator.db import open_database
+from coordinator.db import open_database, run_finished
 from coordinator.launch import (
     CONNECTION,
     port_open,
@@ -46,16 +46,27 @@ def _url(database: str) -> str:
     return database if "://" in database else f"sqlite:///{Path(database).resolve()}"
 
 
+FLOWER_STATUS_SECONDS = 30.0
+"""How often Flower itself is asked while the run's record says it is still going: every `flwr
+ls` is a Python process of its own, about a second of CPU that the sites' training lacks."""
+
+
 def follow_run(federation: FederationConfig, run_id: str, live_view: bool = True) -> dict:
-    """Show the live console until Flower says the run finished; returns Flower's run record."""
+    """Show the live console until Flower says the run finished; returns Flower's run record.
+    Flower is asked when the coordinator database says the run ended, and every
+    FLOWER_STATUS_SECONDS otherwise (a ServerApp that died never writes its end)."""
     engine = open_database(federation.database_url)
+    asked = time.monotonic()
     with Live(render(engine, federation.run.name), console=console, refresh_per_second=1,
               transient=False, auto_refresh=live_view) as live:  # fmt: skip
         while True:
-            status = run_status(federation.state_dir, run_id)
             live.update(render(engine, federation.run.name))
-            if str(status.get("status", "")).startswith("finished"):
-                return status
+            ended = run_finished(engine, federation.run.name)
+            if ended or time.monotonic() - asked >= FLOWER_STATUS_SECONDS:
+                asked = time.monotonic()
+                status = run_status(federation.state_dir, run_id)
+                if str(status.get("status", "")).startswith("finished"):
+                    return status
             time.sleep(2)
 
 

@@ -111,3 +111,10 @@ def sites(engine: Engine, run_name: str) -> list[RunSite]:
     with Session(engine) as session:
         query = select(RunSite).where(RunSite.run_name == run_name).order_by(RunSite.id)
         return list(session.exec(query))
+
+
+def run_finished(engine: Engine, run_name: str) -> bool:
+    """Whether the run's record says it ended (done or failed)."""
+    with Session(engine) as session:
+        run = session.get(FederatedRun, run_name)
+        return run is not None and run.status != "running"

@@ -37,18 +37,21 @@ class DemoSettings:
     """
 
     optimizers: tuple[str, ...] = ("sgd", "adamw")
-    learning_rates: tuple[float, ...] = (1e-3, 1e-1)
+    learning_rates: tuple[float, ...] = (3e-4, 3e-1)
     schedulers: tuple[str, ...] = ("cosine",)
     epochs: tuple[int, ...] = (1, 2)
     lora_rank: int = 8
+    lora_top_layers: int = 8
+    """LoRA on the last 8 of 30 layers: backpropagation stops there, a step costs half."""
     train_examples: int = 64
-    steps_per_epoch: int = 4
-    batch_size: int = 4
+    steps_per_epoch: int = 6
+    batch_size: int = 1
+    """One example a step: more updates for the same compute (the demo's CPU is the limit)."""
     max_length: int = 96
-    validation_items: int = 12
-    max_new_tokens: int = 24
+    validation_items: int = 8
+    max_new_tokens: int = 12
     blocks: int = 2
-    chunk_items: int = 6
+    chunk_items: int = 4
 
     @property
     def configs(self) -> int:
@@ -87,6 +90,7 @@ class DemoSettings:
                     "max_length": self.max_length,
                     "batch_size": self.batch_size,
                     "max_steps_per_epoch": self.steps_per_epoch,
+                    "lora_top_layers": self.lora_top_layers,
                     "max_new_tokens": self.max_new_tokens,
                     "torch_threads": 1,
                 },
@@ -113,8 +117,10 @@ class DemoSettings:
                     "min_sites": sites,
                     "wait_for_sites": 120.0,
                     "round_timeout": 30.0,
-                    "retry_seconds": 1.0,
-                    "max_retry_seconds": 8.0,
+                    # every poll starts a ClientApp process per site: poll sparingly while the
+                    # sites train, as their CPU is the demo's bottleneck
+                    "retry_seconds": 2.0,
+                    "max_retry_seconds": 30.0,
                     "patience": 5,
                     "validation_items": self.validation_items,
                     "judge_mode": "score",
@@ -166,6 +172,25 @@ def demo_reference(site_dirs: list[Path], run_name: str):
     return ReferenceMetric(name, mean, higher_is_better=name == EXACT_MATCH)
 
 
+def responses_differ(site_dirs: list[Path], comparisons: list[dict]) -> list[dict]:
+    """Per recorded comparison, the share of (site, item) responses in which the two configs
+    wrote different text: a comparison of identical answers can only be a tie."""
+    from trainer.generate import read_responses
+
+    responses: dict[tuple[str, str, str], str] = {}
+    for folder in site_dirs:
+        for record in read_responses(folder / "responses.jsonl"):
+            responses[(folder.name, record["config_id"], record["item_id"])] = record["response"]
+    items = {(site, item) for site, _config, item in responses}
+    shares = []
+    for comparison in comparisons:
+        a, b = comparison["a"], comparison["b"]
+        both = [(s, i) for s, i in items if (s, a, i) in responses and (s, b, i) in responses]
+        differ = sum(responses[(s, a, i)] != responses[(s, b, i)] for s, i in both)
+        shares.append({"a": a, "b": b, "items": len(both), "differ": differ / len(both)})
+    return shares
+
+
 def run_demo(
     n_sites: int, out: Path, mode: str, console: Console, settings: DemoSettings = DEMO
 ) -> dict:
@@ -214,8 +239,12 @@ def run_demo(
     result = run_result(engine, federation.run.name, node_names)
     reference = demo_reference([out / "sites" / name for name in names], federation.run.name)
     summary = write_report(result, out / "report", reference=reference)
+    sites_dirs = [out / "sites" / name for name in names]
+    differ = responses_differ(sites_dirs, summary["comparisons"])
     summary = {
         **summary,
+        "responses_differ": differ,
+        "min_share_of_items_that_differ": min((d["differ"] for d in differ), default=None),
         "wall_seconds": time.monotonic() - started,
         "flower_traffic": flower_status.get("network-traffic", {}),
     }
@@ -229,10 +258,16 @@ def run_demo(
         "comparisons)"
     )
     if reference is not None:
+        tau = summary["kendall_tau"]
+        agreement = (
+            "undefined (the reference gives every config the same value)"
+            if tau is None
+            else f"{tau:.2f}"
+        )
         console.print(
             f"reference check ({reference.name}): the chosen config ranks "
             f"{summary['reference_rank_of_best']} of {len(reference.values)}; Kendall tau "
-            f"between judge and reference rankings {summary['kendall_tau']:.2f}"
+            f"between judge and reference rankings {agreement}"
         )
     console.print(f"report: {out / 'report' / 'report.html'}; summary: {out / 'summary.json'}")
     return summary

@@ -50,6 +50,11 @@ from coordinator.selection import ComparisonRequest, Tally, make_procedure
 log = logging.getLogger(__name__)
 
 
+PREPARED_PROGRESS = 500
+"""A pending compare reply below this permille is from a site still training or generating
+(agent.site: half the progress is preparation, half the run's judging)."""
+
+
 class Transport(Protocol):
     """Sends one message to each of some sites and collects the replies that come in time."""
 
@@ -438,6 +443,7 @@ class FederatedSelection:
             replies = self._exchange(
                 COMPARE_MESSAGE, {n: record for n in waiting}, len(message.comparisons)
             )
+            preparing = False
             for node_id in waiting:
                 reply = self._decode(node_id, replies.get(node_id), message)
                 if reply is None:
@@ -446,9 +452,16 @@ class FederatedSelection:
                     answers[node_id] = reply.tallies
                 elif reply.status != Status.PENDING:
                     self._leave_out(node_id, f"compare {reply.status.name} code {reply.code.name}")
+                else:
+                    preparing |= reply.progress < PREPARED_PROGRESS
             if any(n not in answers for n in self._active_sites()):
                 time.sleep(pause)
-                pause = min(2 * pause, self.settings.max_retry_seconds)
+                # back off while a site still trains (minutes; every ask costs it CPU), not
+                # while the sites only judge (seconds)
+                if preparing:
+                    pause = min(2 * pause, self.settings.max_retry_seconds)
+                else:
+                    pause = self.settings.retry_seconds
 
     def _secure_sum(
         self, message: CompareMessage, record: dict

@@ -323,8 +323,9 @@ def _summary(result: RunResult, threshold: float, strengths: list[float]) -> dic
 def _reference_summary(
     result: RunResult, reference: ReferenceMetric, strengths: list[float]
 ) -> dict[str, Any]:
-    """The reference's values, where the chosen config ranks by them (1 = their best, among
-    configs with a value) and Kendall's tau-b between them and the judge's strengths over
+    """The reference's values, where the chosen config ranks by them (1 = strictly their best,
+    among configs with a value; configs with an equal value count against it, so a reference
+    that cannot tell the configs apart never ranks the choice first) and Kendall's tau-b between them and the judge's strengths over
     configs with both, signed so that +1 means the two orders agree."""
     ids = [config_id for config_id, _ in result.configs]
     unknown = sorted(set(reference.values) - set(ids))
@@ -335,7 +336,7 @@ def _reference_summary(
     rank = None
     if result.best is not None and ids[result.best] in oriented:
         chosen = oriented[ids[result.best]]
-        rank = 1 + sum(value > chosen for value in oriented.values())
+        rank = sum(value >= chosen for value in oriented.values())
     paired = [
         (strength, oriented[config_id])
         for config_id, strength in zip(ids, strengths, strict=True)

@@ -10,9 +10,9 @@ import pytest
 from sqlmodel import Session, select
 
 from agent.config import load_site_config
-from agent.db import ComparisonJob, ItemJudgment, ledger, open_database
+from agent.db import ComparisonJob, ItemJudgment, ledger, open_database, reference_scores
 from agent.site import handle_message
-from agent.worker import SiteWorker
+from agent.worker import SiteWorker, reference_answers
 from coordinator.protocol import (
     COMPARE_MESSAGE,
     SPACE_MESSAGE,
@@ -25,6 +25,7 @@ from coordinator.protocol import (
     encode_space,
 )
 from tests.doubles import PlantedPreferenceJudge
+from trainer.reference import exact_match
 from trainer.space import CandidateConfig
 
 CONFIGS = [
@@ -104,7 +105,18 @@ def test_site_answers_from_its_database(tmp_path: Path, tiny_llama: Path) -> Non
     worker = SiteWorker(config, judge_factory=lambda _c, _m: PlantedPreferenceJudge(planted))
     while worker.step():
         pass
-    assert len({r["config_id"] for r in map(json.loads, config.responses_file.open())}) == 4
+    responses = [json.loads(line) for line in config.responses_file.open()]
+    assert len({r["config_id"] for r in responses}) == 4
+
+    # The judge-free reference check: exact match on the builtin tasks' answers, per config,
+    # kept in the site's database (it is no tally and never leaves the site).
+    answers = reference_answers(config)
+    scores = {row.config_id: row for row in reference_scores(engine, "run-1")}
+    assert set(scores) == {c.id for c in CONFIGS}
+    for config_id, row in scores.items():
+        mine = {r["item_id"]: r["response"] for r in responses if r["config_id"] == config_id}
+        expected = sum(exact_match(mine[i], a.text) for i, a in answers.items()) / len(answers)
+        assert (row.metric, row.items, row.value) == ("exact_match", 6, expected)
 
     answer = handle_message(engine, COMPARE_MESSAGE, request)
     assert answer["status"] == Status.OK

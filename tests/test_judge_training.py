@@ -1,4 +1,4 @@
-"""Judge training: data loading and filtering, label masking, CPU ZeRO-2 runs, pandalm-mini data."""
+"""Judge training: data loading and filtering, label masking, CPU ZeRO-2 runs, synthetic data."""
 
 from __future__ import annotations
 
@@ -370,7 +370,7 @@ def test_two_cpu_processes_with_zero2_train_on_different_shards(tmp_path, tiny_l
     assert not model.state_dict()[name].equal(base.state_dict()[name])
 
 
-# --- pandalm-mini data ----------------------------------------------------------------------
+# --- synthetic seed-task data ---------------------------------------------------------------
 
 
 def test_builtin_judge_data_has_known_verdicts_and_respects_the_exclusion(tmp_path):

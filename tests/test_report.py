@@ -305,3 +305,13 @@ def test_reference_with_an_unknown_config_id_is_refused(tmp_path: Path) -> None:
     reference = ReferenceMetric("accuracy", {"not-a-config": 0.5}, True)
     with pytest.raises(ValueError, match="not-a-config"):
         write_report(make_result(), tmp_path, reference=reference)
+
+
+def test_a_reference_that_cannot_tell_the_configs_apart_never_ranks_the_choice_first(
+    tmp_path: Path,
+) -> None:
+    reference = ReferenceMetric("exact_match", dict.fromkeys(IDS[:4], 0.0), True)
+    result = make_result(best=0, comparisons=ORDERED, n_configs=4)
+    summary = write_report(result, tmp_path, reference=reference)
+    assert summary["reference_rank_of_best"] == 4  # tied with all four: no evidence it is best
+    assert summary["kendall_tau"] is None

@@ -289,3 +289,17 @@ def test_bad_data_stops_the_cli_before_any_training(tiny_llama: Path, tmp_path: 
     command[2] = str(tmp_path / "nothing")
     missing = CliRunner().invoke(app, command)
     assert missing.exit_code == 2 and "not a local transformers model directory" in missing.output
+
+
+def test_lora_on_the_top_layers_only_adapts_those_layers(tiny_llama: Path, tmp_path: Path) -> None:
+    (config,) = grid("1", 'finetune=["lora"]\nlora_rank=4')
+    args = make_args(tmp_path, tiny_llama, lora_top_layers=1)
+    (run,) = plan_training_runs([config])
+    tokenizer = load_tokenizer(tiny_llama)
+    data = tokenize_for_training(RECORDS, tokenizer, args.max_length)
+    model = build_trainer(run, data, tokenizer, args).model
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    # the tiny model has 2 layers: every adapted linear module sits in the last one
+    assert trainable and all(".layers.1." in name and "lora_" in name for name in trainable)
+    modules = {name.split(".layers.1.")[1].split(".")[1] for name in trainable}
+    assert {"q_proj", "down_proj"} <= modules

@@ -45,6 +45,11 @@ class BuiltinJudgeArguments:
     out: Path = Path("judge/builtin_judge")
     preferences: list[Path] = field(default_factory=list)
     """Preference JSONL files; only their `use = "train"` rows are used."""
+    seed_tasks: Path | None = None
+    """Alpaca's seed_tasks.jsonl (Apache-2.0): synthetic pairs whose loser is broken, truncated,
+    off-topic... (trainer/judge_builtin_data.py), so the score knows degenerate output."""
+    synthetic_weight: float = 0.3
+    """Weight of a synthetic pair against a human-labelled one."""
     cache: Path = Path("build/builtin-judge/encodings.sqlite")
     folds: int = 5
     c_grid: tuple[float, ...] = (0.0003, 0.001)
@@ -62,6 +67,30 @@ class TrainingPair:
     gold: str
     group: str
     source: str
+    weight: float = 1.0
+
+
+SYNTHETIC_MAX_ANSWER_CHARS = 150
+"""Seed tasks with short answers only: 99 of 175, 775 pairs, about 6 minutes to encode here."""
+
+
+def synthetic_pairs(seed_tasks: Path, exclude: list[str], weight: float) -> list[TrainingPair]:
+    """Seed-task pairs with verdicts known by construction (trainer/judge_builtin_data.py)."""
+    from judge.engine import Pair
+    from trainer.judge_builtin_data import build_builtin_judge_records, load_seed_tasks
+
+    tasks = [t for t in load_seed_tasks(seed_tasks) if len(t.output) <= SYNTHETIC_MAX_ANSWER_CHARS]
+    records = build_builtin_judge_records(tasks, 0, exclude)
+    return [
+        TrainingPair(
+            Pair(r.instruction, r.input, r.response1, r.response2),
+            r.result,
+            "seed:" + r.instruction,
+            "alpaca-seed-synthetic",
+            weight,
+        )
+        for r in records
+    ]
 
 
 def read_training_preferences(path: Path) -> tuple[list[TrainingPair], int]:
@@ -84,7 +113,9 @@ def read_training_preferences(path: Path) -> tuple[list[TrainingPair], int]:
     return pairs, skipped
 
 
-def _fit_scores(first: np.ndarray, second: np.ndarray, gold: list[str], c: float):
+def _fit_scores(
+    first: np.ndarray, second: np.ndarray, gold: list[str], c: float, weight: np.ndarray
+):
     """The response score (no intercept) from decisive pairs, each also entered swapped, so
     s(A) - s(B) is antisymmetric by construction; features scaled by their spread."""
     diff = first - second
@@ -92,7 +123,8 @@ def _fit_scores(first: np.ndarray, second: np.ndarray, gold: list[str], c: float
     y = np.array([g == "1" for g in gold] + [g == "2" for g in gold], dtype=int)
     scale = x.std(axis=0)
     scale[scale == 0] = 1.0
-    model = LogisticRegression(C=c, fit_intercept=False, max_iter=5000).fit(x / scale, y)
+    model = LogisticRegression(C=c, fit_intercept=False, max_iter=5000)
+    model.fit(x / scale, y, sample_weight=np.concatenate([weight, weight]))
     return scale, model.coef_[0]
 
 
@@ -101,6 +133,7 @@ def _fit_heads(
     second: np.ndarray,
     gold: list[str],
     groups: np.ndarray,
+    weight: np.ndarray,
     c: float,
     tie_weights: tuple[float, ...],
 ) -> list[PreferenceHead]:
@@ -110,18 +143,18 @@ def _fit_heads(
     if decisive.all() or not decisive.any():
         raise InputError("the training pairs need decisive labels (1 or 2) and Tie labels")
     labels = [gold[i] for i in np.flatnonzero(decisive)]
-    scale, weights = _fit_scores(first[decisive], second[decisive], labels, c)
+    scale, weights = _fit_scores(first[decisive], second[decisive], labels, c, weight[decisive])
     margins = np.zeros(len(gold))
     splits = GroupKFold(n_splits=min(4, len(set(groups))))
     for train, held in splits.split(first, groups=groups):
         train = train[decisive[train]]
-        s, w = _fit_scores(first[train], second[train], [gold[i] for i in train], c)
+        s, w = _fit_scores(first[train], second[train], [gold[i] for i in train], c, weight[train])
         margins[held] = (first[held] / s) @ w - (second[held] / s) @ w
     inputs = tie_inputs(margins, first[:, LOG_WORDS] - second[:, LOG_WORDS])
     heads = []
     for tie_weight in tie_weights:
         tie = LogisticRegression(class_weight={0: 1.0, 1: tie_weight}, max_iter=1000)
-        tie.fit(inputs, (~decisive).astype(int))
+        tie.fit(inputs, (~decisive).astype(int), sample_weight=weight)
         meta = {"C": c, "tie_weight": tie_weight}
         heads.append(PreferenceHead(scale, weights, tie.coef_[0], float(tie.intercept_[0]), meta))
     return heads
@@ -133,7 +166,9 @@ def _predict(head: PreferenceHead, first: np.ndarray, second: np.ndarray) -> lis
     return [argmax_verdict(dict(zip(CLASSES, row, strict=True))) for row in rows]
 
 
-def _select(first, second, gold, groups, idx, args: BuiltinJudgeArguments) -> tuple[float, float]:
+def _select(
+    first, second, gold, groups, weight, idx, args: BuiltinJudgeArguments
+) -> tuple[float, float]:
     """(C, tie weight) with the best inner grouped-CV macro F1, on rows `idx` only."""
     inner = GroupKFold(n_splits=min(4, len(set(groups[idx]))))
     scores = {}
@@ -141,15 +176,16 @@ def _select(first, second, gold, groups, idx, args: BuiltinJudgeArguments) -> tu
         gold_all, predicted = [], {w: [] for w in args.tie_weights}
         for train, held in inner.split(idx, groups=groups[idx]):
             train, held = idx[train], idx[held]
+            held = held[weight[held] == 1.0]  # scored on human labels only
             heads = _fit_heads(
-                first[train], second[train], [gold[i] for i in train], groups[train], c,
-                args.tie_weights,
+                first[train], second[train], [gold[i] for i in train], groups[train],
+                weight[train], c, args.tie_weights,
             )  # fmt: skip
-            for weight, head in zip(args.tie_weights, heads, strict=True):
-                predicted[weight] += _predict(head, first[held], second[held])
+            for tie_weight, head in zip(args.tie_weights, heads, strict=True):
+                predicted[tie_weight] += _predict(head, first[held], second[held])
             gold_all += [gold[i] for i in held]
-        for weight in args.tie_weights:
-            scores[(c, weight)] = judge_metrics(gold_all, predicted[weight])["f1_macro"]
+        for tie_weight in args.tie_weights:
+            scores[(c, tie_weight)] = judge_metrics(gold_all, predicted[tie_weight])["f1_macro"]
     return max(scores, key=scores.__getitem__)
 
 
@@ -166,6 +202,9 @@ def train_builtin_judge(args: BuiltinJudgeArguments, console: Console | None = N
         pairs, skipped = read_training_preferences(path)
         extra += pairs
         skipped_eval += skipped
+    if args.seed_tasks is not None:
+        exclude = [i.pair.instruction for i in dev]
+        extra += synthetic_pairs(args.seed_tasks, exclude, args.synthetic_weight)
     dev_pairs = [
         TrainingPair(i.pair, i.gold, "dev:" + i.pair.instruction, "pandalm-dev") for i in dev
     ]
@@ -200,6 +239,7 @@ def train_builtin_judge(args: BuiltinJudgeArguments, console: Console | None = N
     second = featurizer.features(tasks, [t.pair.response2 for t in everything])
     gold = [t.gold for t in everything]
     groups = np.array([t.group for t in everything])
+    weight = np.array([t.weight for t in everything])
     n_dev = len(dev_pairs)
     dev_idx = np.arange(n_dev)
     extra_idx = np.arange(n_dev, len(everything))
@@ -210,22 +250,23 @@ def train_builtin_judge(args: BuiltinJudgeArguments, console: Console | None = N
     outer = GroupKFold(n_splits=args.folds)
     for fold, (tr, te) in enumerate(outer.split(dev_idx, groups=groups[:n_dev])):
         train_idx = np.concatenate([dev_idx[tr], extra_idx])
-        c, weight = _select(first, second, gold, groups, train_idx, args)
-        chosen.append([c, weight])
+        c, tie_weight = _select(first, second, gold, groups, weight, train_idx, args)
+        chosen.append([c, tie_weight])
         (head,) = _fit_heads(
             first[train_idx], second[train_idx], [gold[i] for i in train_idx],
-            groups[train_idx], c, (weight,),
+            groups[train_idx], weight[train_idx], c, (tie_weight,),
         )  # fmt: skip
         for i, verdict in zip(te, _predict(head, first[te], second[te]), strict=True):
             predicted[i] = verdict
-        console.print(f"fold {fold + 1}/{args.folds}: C={c}, tie weight {weight}")
+        console.print(f"fold {fold + 1}/{args.folds}: C={c}, tie weight {tie_weight}")
     dev_gold = gold[:n_dev]
     oof = judge_metrics(dev_gold, predicted, consistency=1.0)
     pairs_text = [(t.pair.response1, t.pair.response2) for t in dev_pairs]
     oof.update(bias_diagnostics(pairs_text, dev_gold, predicted))
 
-    final_c, final_weight = _select(first, second, gold, groups, np.arange(len(gold)), args)
-    (head,) = _fit_heads(first, second, gold, groups, final_c, (final_weight,))
+    everything_idx = np.arange(len(gold))
+    final_c, final_weight = _select(first, second, gold, groups, weight, everything_idx, args)
+    (head,) = _fit_heads(first, second, gold, groups, weight, final_c, (final_weight,))
     sources = Counter(t.source for t in everything)
     meta = {
         **head.meta,
@@ -256,6 +297,8 @@ def train_builtin_judge(args: BuiltinJudgeArguments, console: Console | None = N
 LICENCES = {
     "pandalm-dev": "Apache-2.0 (PandaLM's repository); instructions from self-instruct's "
     "user-oriented set, whose authors ask that it not be used for training",
+    "alpaca-seed-synthetic": "Apache-2.0 (Stanford Alpaca's seed tasks); the human answer "
+    "against a variant built by trainer/judge_builtin_data.py, weighted below human labels",
 }
 
 

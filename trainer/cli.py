@@ -216,9 +216,7 @@ def judge(
     ] = None,
     seed_tasks: Annotated[
         Path | None,
-        typer.Option(
-            help="instead of --data: build pandalm-mini's data from seed tasks", exists=True
-        ),
+        typer.Option(help="instead of --data: synthetic pairs built from seed tasks", exists=True),
     ] = None,
     exclude_testset: ExcludeTestsetOption = None,
     deepspeed: Annotated[
@@ -314,7 +312,7 @@ def judge_data(
     exclude_testset: ExcludeTestsetOption = None,
     seed: int = 42,
 ) -> None:
-    """Build pandalm-mini's training pairs (verdicts known by construction) from seed tasks."""
+    """Build synthetic judge-training pairs (verdicts known by construction) from seed tasks."""
     from trainer.judge_builtin_data import build_builtin_judge_records, load_seed_tasks
     from trainer.judge_data import write_judge_records
 
@@ -346,7 +344,7 @@ def export(
 @app.command("package-adapter")
 def package_adapter_command(
     adapter: Annotated[Path, typer.Option("--adapter", help="a LoRA adapter dir (judge --lora)")],
-    out: Annotated[Path, typer.Option("--out", help="e.g. judge/pandalm_mini for the builtin")],
+    out: Annotated[Path, typer.Option("--out", help="the folder to write the packaged adapter to")],
     rank: Annotated[
         int | None, typer.Option(min=1, help="cut every update to this rank (truncated SVD)")
     ] = None,
@@ -371,6 +369,13 @@ def builtin_judge(
         list[Path] | None,
         typer.Option("--preferences", help="preference JSONL; only use=train rows", exists=True),
     ] = None,
+    seed_tasks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Alpaca seed_tasks.jsonl: synthetic pairs with broken losers", exists=True
+        ),
+    ] = None,
+    synthetic_weight: Annotated[float, typer.Option(min=0.0)] = 0.3,
     cache: Annotated[Path, typer.Option(help="encoding cache (resume)")] = Path(
         "build/builtin-judge/encodings.sqlite"
     ),
@@ -385,6 +390,8 @@ def builtin_judge(
             testset=testset,
             out=out,
             preferences=list(preferences or []),
+            seed_tasks=seed_tasks,
+            synthetic_weight=synthetic_weight,
             cache=cache,
             folds=folds,
             threads=threads,

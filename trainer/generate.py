@@ -60,6 +60,30 @@ def read_responses(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+class _SharedBase:
+    """One base model for every LoRA checkpoint of a generation call: each adapter is put on it
+    for its responses and taken off again (`unload`), instead of loading the base per config."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.model: Any = None
+
+    def attach(self, checkpoint: CandidateCheckpoint) -> Any:
+        if self.path != checkpoint.base_model:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                checkpoint.base_model, local_files_only=True, dtype=torch.float32
+            )
+            self.path = checkpoint.base_model
+        return PeftModel.from_pretrained(self.model, checkpoint.path).eval()
+
+    def detach(self, model: Any) -> None:
+        self.model = model.unload()
+
+
+def _uses_shared_base(checkpoint: CandidateCheckpoint) -> bool:
+    return checkpoint.config.get("finetune") == "lora" and not torch.cuda.is_available()
+
+
 def load_candidate_model(checkpoint: CandidateCheckpoint) -> Any:
     """A checkpoint's model for inference: full weights, or the base with the LoRA adapter
     (merged for speed, except on a 4-bit base)."""
@@ -139,6 +163,7 @@ def generate_responses(
     done = {_key(record) for record in read_responses(out)}
     unique = list({item.id: item for item in items}.values())
     generated = cached = deleted = 0
+    shared = _SharedBase()
     out.parent.mkdir(parents=True, exist_ok=True)
     for checkpoint in checkpoints:
         missing = [i for i in unique if (checkpoint.config.id, i.id, max_new_tokens) not in done]
@@ -153,7 +178,8 @@ def generate_responses(
         if missing:
             tokenizer = load_tokenizer(checkpoint.path)
             tokenizer.padding_side = "left"
-            model = load_candidate_model(checkpoint)
+            lora_on_cpu = _uses_shared_base(checkpoint)
+            model = shared.attach(checkpoint) if lora_on_cpu else load_candidate_model(checkpoint)
             for batch in _batches(missing, batch_size):
                 responses = _generate(model, tokenizer, [i.prompt() for i in batch], max_new_tokens)
                 with out.open("a", encoding="utf-8") as handle:
@@ -172,6 +198,8 @@ def generate_responses(
                     on_progress(len(batch))
             if on_model is not None:
                 on_model(checkpoint, model, tokenizer)
+            if lora_on_cpu:
+                shared.detach(model)
             del model
         if delete_weights and checkpoint.run_finished and checkpoint.has_weights:
             _delete_weights(checkpoint)

@@ -1,4 +1,7 @@
-"""Training data for the builtin demo judge (pandalm-mini), built from human-written seed tasks.
+"""Synthetic judge-training pairs built from human-written seed tasks (verdicts by construction).
+
+They train a PandaLM-format judge (`pandalm-train judge --seed-tasks`) and teach the builtin
+pointwise judge what broken output looks like (`pandalm-train builtin-judge --seed-tasks`).
 
 Source: the 175 seed tasks of Stanford Alpaca / self-instruct (`seed_tasks.jsonl`: instruction,
 instances[input, output], Apache-2.0), each with a human-written answer. PandaLM's human-labelled
@@ -14,6 +17,8 @@ reason names the defect and the reference is the human answer:
 |---------------|---------------------------------------------------|---------|-------------------|
 | truncated     | the answer cut off after 30-60% of its words      | win     | comprehensiveness |
 | repetitive    | its first sentence (or words) repeated 4-7 times  | win     | repetition        |
+| degenerate    | one token of it repeated 8-30 times, as a broken  | win     | repetition        |
+|               | model writes ("N N N", "9999", "firefirefire")    |         |                   |
 | off_topic     | the answer to another seed task                   | win     | irrelevance       |
 | contradicted  | numbers changed, or the answer plus its negation  | win     | logical errors    |
 | ungrammatical | content words shuffled, function words cut        | win     | grammar, clarity  |
@@ -125,6 +130,12 @@ def _repetitive(answer: str, rng: random.Random) -> str | None:
     return " ".join([unit] * rng.randint(4, 7))
 
 
+def _degenerate(answer: str, rng: random.Random) -> str:
+    tokens = re.findall(r"\w+", answer) or ["the"]
+    token = rng.choice([rng.choice(tokens), rng.choice(tokens)[:1], str(rng.randint(0, 9))])
+    return rng.choice((" ", "")).join([token] * rng.randint(8, 30))
+
+
 def _contradicted(answer: str, rng: random.Random) -> tuple[str, str] | None:
     numbers = re.findall(r"\d+", answer)
     if numbers:
@@ -196,6 +207,7 @@ def build_builtin_judge_records(
         candidates: list[tuple[str, str | None, str]] = [
             ("truncated", _truncated(answer, rng), "stops mid-sentence and leaves it unfinished"),
             ("repetitive", _repetitive(answer, rng), "repeats the same words over and over"),
+            ("degenerate", _degenerate(answer, rng), "is broken: one token repeated over and over"),
             ("off_topic", rng.choice(others), "is irrelevant: it answers a different task"),
             (
                 "ungrammatical",

@@ -99,7 +99,8 @@ class JudgeTrainingArguments:
     max_length: int = 1024
     verdict_loss_weight: float = 1.0
     """How many times the verdict (the target's first token) counts in the loss; 1 is the
-    paper's plain loss. A small judge needs more (pandalm-mini: 30), see verdict_weighted_loss."""
+    paper's plain loss. A small judge needs more (a 135M judge: 30-50), see
+    verdict_weighted_loss."""
     over_length: OverLength = "drop"
     swap_augmentation: bool = False
     activation_checkpointing: bool = False
