@@ -65,7 +65,7 @@ def _federation_toml(
     path.write_text(
         f'[run]\nname = "{name}"\nspace = "space.toml"\nstate_dir = "coordinator"\n'
         f'wire_log = "{name}-wire.jsonl"\n'
-        f'[selection]\nmode = "paper"\nmin_sites = {min_sites}\nround_timeout = 8.0\n'
+        f'[selection]\nmode = "paper"\nmin_sites = {min_sites}\nround_timeout = 20.0\n'
         f'secure_aggregation = "{secure_aggregation}"\n'
         "retry_seconds = 0.5\nmax_retry_seconds = 4.0\npatience = 2\n"
         "validation_items = 6\nblocks = 2\n"
