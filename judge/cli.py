@@ -183,7 +183,7 @@ def compare(
     pairs_file: Annotated[Path, typer.Argument(help="JSONL with instruction, input, response1/2")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output JSONL (resumed if present)")],
     judge: JudgeOption = "builtin",
-    mode: ModeOption = "generate",
+    mode: ModeOption = None,
     one_order: OneOrderOption = False,
     reference_decoding: ReferenceOption = False,
     max_new_tokens: MaxNewTokensOption = 512,
@@ -220,7 +220,7 @@ def evaluate(
         Path | None, typer.Option(help="released or our prediction file, matched by idx")
     ] = None,
     judge: Annotated[str | None, typer.Option(help="judge the test set with this spec")] = None,
-    mode: ModeOption = "generate",
+    mode: ModeOption = None,
     one_order: OneOrderOption = False,
     max_new_tokens: MaxNewTokensOption = 512,
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N items")] = None,
