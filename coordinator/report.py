@@ -325,8 +325,9 @@ def _reference_summary(
 ) -> dict[str, Any]:
     """The reference's values, where the chosen config ranks by them (1 = strictly their best,
     among configs with a value; configs with an equal value count against it, so a reference
-    that cannot tell the configs apart never ranks the choice first) and Kendall's tau-b between them and the judge's strengths over
-    configs with both, signed so that +1 means the two orders agree."""
+    that cannot tell the configs apart never ranks the choice first) and Kendall's tau-b
+    between them and the judge's strengths over configs with both, signed so that +1 means the
+    two orders agree."""
     ids = [config_id for config_id, _ in result.configs]
     unknown = sorted(set(reference.values) - set(ids))
     if unknown:
