@@ -41,6 +41,7 @@ from judge.models import (
     install_builtin_from_wheel,
 )
 from judge.pointwise import GENERATE_UNSUPPORTED
+from judge.verdict import is_consistent
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -272,7 +273,7 @@ def evaluate(
     consistency = stats.consistency
     if predictions is not None and with_orders:
         two = [o for o in stats.orders if len(o) == 2]
-        consistency = sum(o[0] == o[1] != "invalid" for o in two) / len(two) if two else None
+        consistency = sum(is_consistent(*o) for o in two) / len(two) if two else None
     metrics = judge_metrics(gold, stats.predicted, consistency)
     diagnostics = stats.diagnostics(gold)
     if not with_orders:

@@ -185,17 +185,15 @@ class PairJudge:
         if self.both_orders:
             swapped = [Pair(p.instruction, p.input, p.response2, p.response1) for p in pairs]
             backward = [swap_probabilities(q) for q in self.backend.probabilities(swapped)]
-        judgments = []
-        for ahead, behind in zip(forward, backward, strict=True):
-            first = OrderJudgment(argmax_verdict(ahead), probabilities=ahead)
-            if behind is None:
-                judgments.append(PairJudgment(first.verdict, first, None, ahead))
-                continue
-            second = OrderJudgment(argmax_verdict(behind), probabilities=behind)
-            combined = {v: (ahead[v] + behind[v]) / 2 for v in VERDICTS}
-            verdict = combine_verdicts(first.verdict, second.verdict)
-            judgments.append(PairJudgment(verdict, first, second, combined))
-        return judgments
+        return [
+            _pair_judgment(
+                OrderJudgment(argmax_verdict(ahead), probabilities=ahead),
+                None
+                if behind is None
+                else OrderJudgment(argmax_verdict(behind), probabilities=behind),
+            )
+            for ahead, behind in zip(forward, backward, strict=True)
+        ]
 
     def _orders(self) -> tuple[bool, ...]:
         return (False, True) if self.both_orders else (False,)
@@ -222,17 +220,7 @@ class PairJudge:
 
     def _reconcile(self, raw_orders: list[dict]) -> PairJudgment:
         orders = [self._order_judgment(raw, swapped=k == 1) for k, raw in enumerate(raw_orders)]
-        forward = orders[0]
-        backward = orders[1] if len(orders) > 1 else None
-        if backward is None:
-            return PairJudgment(forward.verdict, forward, None, forward.probabilities)
-        combined = None
-        if forward.probabilities is not None and backward.probabilities is not None:
-            combined = {
-                v: (forward.probabilities[v] + backward.probabilities[v]) / 2 for v in VERDICTS
-            }
-        verdict = combine_verdicts(forward.verdict, backward.verdict)
-        return PairJudgment(verdict, forward, backward, combined)
+        return _pair_judgment(orders[0], orders[1] if len(orders) > 1 else None)
 
     @staticmethod
     def _order_judgment(raw: dict, swapped: bool) -> OrderJudgment:
@@ -244,3 +232,15 @@ class PairJudge:
         if swapped:
             probs = swap_probabilities(probs)
         return OrderJudgment(argmax_verdict(probs), probabilities=probs)
+
+
+def _pair_judgment(forward: OrderJudgment, backward: OrderJudgment | None) -> PairJudgment:
+    """Reconcile the two orders (judge.verdict's rule table); probabilities are averaged."""
+    if backward is None:
+        return PairJudgment(forward.verdict, forward, None, forward.probabilities)
+    combined = None
+    if forward.probabilities is not None and backward.probabilities is not None:
+        combined = {v: (forward.probabilities[v] + backward.probabilities[v]) / 2 for v in VERDICTS}
+    return PairJudgment(
+        combine_verdicts(forward.verdict, backward.verdict), forward, backward, combined
+    )

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from judge.prompt import VERDICTS
+
 if TYPE_CHECKING:
     from judge.cache import JudgmentCache
     from judge.engine import Pair
@@ -31,8 +33,8 @@ BUILTIN_HEAD = Path(__file__).parent / "builtin_judge" / "head.json"
 TASK_CHARS = 600
 RESPONSE_CHARS = 1400
 _WORD = re.compile(r"\w+", re.UNICODE)
-CLASSES: tuple[str, ...] = ("1", "2", "Tie")
-"""The order of a probability row."""
+CLASSES = VERDICTS
+"""The order of a probability row: judge.prompt's verdicts."""
 
 GENERATE_UNSUPPORTED = (
     "the builtin judge is a pointwise scorer: it gives verdict probabilities (--mode score) but "
