@@ -42,6 +42,7 @@ max_length = 256
 batch_size = 8
 max_steps_per_epoch = 0           # 0: whole epochs
 max_new_tokens = 64
+generation_batch_size = 8         # validation prompts decoded together
 torch_threads = 1
 keep_weights = false              # weights are deleted once their responses exist
 

@@ -30,10 +30,13 @@ class ModelSettings:
     max_length: int = 256
     batch_size: int = 8
     max_steps_per_epoch: int = 0
+    """0 trains whole epochs; N caps every epoch at N optimizer steps (quick demos)."""
     lora_top_layers: int = 0
     """LoRA candidates adapt only the last N layers (cheaper steps); 0: every layer."""
-    """0 trains whole epochs; N caps every epoch at N optimizer steps (quick demos)."""
     max_new_tokens: int = 64
+    generation_batch_size: int = 8
+    """Validation prompts decoded together: on a CPU one batch of 8 costs little more than one
+    prompt, whatever the training batch size."""
     torch_threads: int = 1
     keep_weights: bool = False
     """Keep candidate weights after their responses exist (judging needs only responses)."""

@@ -198,7 +198,7 @@ class SiteWorker:
                 items,
                 self.config.responses_file,
                 max_new_tokens=model.max_new_tokens,
-                batch_size=model.batch_size,
+                batch_size=model.generation_batch_size,
                 delete_weights=not model.keep_weights,
                 on_model=self._reference_nll(run_key, items, answers),
             )
