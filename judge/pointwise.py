@@ -4,8 +4,9 @@ Each "task + response" text is encoded once by the first layers of the embedded 
 in llama.cpp's embedding mode (mean pooling) and described by a few surface features (length,
 repetition, copying of the task, ...). A linear score s(response) on those is the judge's
 opinion of one response; a pair (A, B) gets the margin z = s(A) - s(B), and
-p(Tie) = sigmoid(t . tie_inputs(z, log words(A) - log words(B))); the rest of the mass is split
-sigmoid(z) : sigmoid(-z) between `1` and `2`. Swapping A and B therefore swaps p(1) and p(2)
+p(Tie) = sigmoid(t . tie_inputs(z, log words(A) - log words(B), similarity(A, B))), where the
+similarity (shared words, shared characters) is symmetric in A and B; the rest of the mass is
+split sigmoid(z) : sigmoid(-z) between `1` and `2`. Swapping A and B therefore swaps p(1) and p(2)
 exactly, so both presentation orders always agree, and a response is encoded once however many
 comparisons it enters (the encodings are cached per text). Trained on human labels by
 `pandalm-train builtin-judge`; see the model card next to the weights.
@@ -13,6 +14,7 @@ comparisons it enters (the encodings are cached per text). Trained on human labe
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -126,9 +128,12 @@ class PreferenceHead:
         """s(response) for a (n, features) matrix of responses."""
         return (features / self.scale) @ self.weights
 
-    def probabilities(self, margin: np.ndarray, length_gap: np.ndarray) -> np.ndarray:
-        """Rows of p(1), p(2), p(Tie) from z = s(A) - s(B) and |log words(A) - log words(B)|."""
-        tie_logit = self.tie_intercept + tie_inputs(margin, length_gap) @ self.tie_coef
+    def probabilities(
+        self, margin: np.ndarray, length_gap: np.ndarray, similarity: np.ndarray
+    ) -> np.ndarray:
+        """Rows of p(1), p(2), p(Tie) from z = s(A) - s(B), log words(A) - log words(B) and
+        the pair's `pair_similarity` rows."""
+        tie_logit = self.tie_intercept + tie_inputs(margin, length_gap, similarity) @ self.tie_coef
         p_tie = 1 / (1 + np.exp(-tie_logit))
         # sigmoid(z) and sigmoid(-z) written alike, so swapping A and B swaps them bit for bit
         return np.column_stack(
@@ -136,13 +141,35 @@ class PreferenceHead:
         )
 
 
-def tie_inputs(margin: np.ndarray, length_gap: np.ndarray) -> np.ndarray:
-    """The tie model's symmetric inputs: logs of |z| and of the length gap, and their product.
-    Humans call a tie when the margin is small *and* the lengths are close; a logistic model
-    of these can say "and" (measured on the dev split, out-of-fold)."""
+def tie_inputs(margin: np.ndarray, length_gap: np.ndarray, similarity: np.ndarray) -> np.ndarray:
+    """The tie model's symmetric inputs: logs of |z| and of the length gap, their product, and
+    the two responses' similarity. Humans call a tie when the margin is small *and* the lengths
+    are close (a logistic model of the product can say "and"), and most of all when the two
+    responses say nearly the same thing: on PandaLM's dev split 22 of the 34 pairs sharing 80%
+    of their words are ties, against 48 of 536 overall."""
     log_margin = np.log(np.abs(margin) + 0.05)
     log_gap = np.log(np.abs(length_gap) + 0.05)
-    return np.column_stack([log_margin, log_gap, log_margin * log_gap])
+    return np.column_stack([log_margin, log_gap, log_margin * log_gap, similarity])
+
+
+TIE_INPUTS = 5
+"""Columns of `tie_inputs`: log |z|, log gap, their product, and the two similarities."""
+
+
+def pair_similarity(response1: str, response2: str) -> tuple[float, float]:
+    """How much two responses say the same: the share of distinct words they have in common
+    (Jaccard) and difflib's matching-character ratio. Computed on the pair sorted, so both
+    presentation orders get the same numbers bit for bit."""
+    a, b = sorted((response1.strip()[:RESPONSE_CHARS], response2.strip()[:RESPONSE_CHARS]))
+    words_a, words_b = set(_words(a)), set(_words(b))
+    union = words_a | words_b
+    jaccard = len(words_a & words_b) / len(union) if union else 1.0
+    return jaccard, difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def pair_similarities(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """`pair_similarity` rows for (response1, response2) pairs."""
+    return np.array([pair_similarity(a, b) for a, b in pairs], dtype=float).reshape(-1, 2)
 
 
 class LlamaEmbeddingEncoder:
@@ -256,7 +283,8 @@ class PointwiseJudgeBackend:
         second = self.featurizer.features(tasks, [p.response2 for p in pairs])
         margin = self.head.scores(first) - self.head.scores(second)
         gap = first[:, LOG_WORDS] - second[:, LOG_WORDS]
-        rows = self.head.probabilities(margin, gap)
+        similarity = pair_similarities([(p.response1, p.response2) for p in pairs])
+        rows = self.head.probabilities(margin, gap, similarity)
         return [dict(zip(CLASSES, map(float, row), strict=True)) for row in rows]
 
 

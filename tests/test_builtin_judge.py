@@ -15,10 +15,12 @@ from judge.metrics import bias_diagnostics, length_verdict
 from judge.pointwise import (
     CLASSES,
     GENERATE_UNSUPPORTED,
+    TIE_INPUTS,
     LlamaEmbeddingEncoder,
     PointwiseJudgeBackend,
     PreferenceHead,
     ResponseFeaturizer,
+    pair_similarity,
 )
 
 
@@ -50,7 +52,11 @@ class CountingEncoder:
 def _random_head(width: int, seed: int = 0) -> PreferenceHead:
     rng = np.random.default_rng(seed)
     return PreferenceHead(
-        rng.uniform(0.5, 2.0, size=width), rng.normal(size=width), rng.normal(size=3), -0.5, {}
+        rng.uniform(0.5, 2.0, size=width),
+        rng.normal(size=width),
+        rng.normal(size=TIE_INPUTS),
+        -0.5,
+        {},
     )
 
 
@@ -81,6 +87,24 @@ def test_swapping_the_responses_swaps_1_and_2_exactly(encoder) -> None:
     assert forward[0]["1"] != forward[0]["2"]  # the random head does take sides
     # Identical responses: no margin, so p(1) = p(2).
     assert forward[2]["1"] == forward[2]["2"]
+
+
+def test_the_tie_model_reads_how_alike_the_two_responses_are(encoder) -> None:
+    same = pair_similarity("The answer is 42.", "The answer is 42.")
+    assert same == (1.0, 1.0)
+    a, b = "Paris is the capital of France.", "The capital is Lyon, not Paris, I think."
+    assert pair_similarity(a, b) == pair_similarity(b, a)  # symmetric bit for bit
+    assert 0.0 < pair_similarity(a, b)[0] < 1.0
+    assert pair_similarity("red green", "blue yellow")[0] == 0.0
+    backend = _backend(encoder)
+    coef = np.zeros(TIE_INPUTS)
+    coef[-2:] = 4.0  # only similarity moves p(Tie)
+    backend.head = PreferenceHead(backend.head.scale, backend.head.weights, coef, -4.0, {})
+    task = ("What is the capital of France?", "")
+    alike, apart = backend.probabilities(
+        [Pair(*task, a, a + " Yes."), Pair(*task, a, "Bananas are yellow fruit.")]
+    )
+    assert alike["Tie"] > 0.5 > apart["Tie"]
 
 
 def test_pair_judge_on_the_pointwise_backend_is_consistent_and_refuses_generate(encoder):

@@ -31,6 +31,7 @@ from judge.pointwise import (
     ResponseFeaturizer,
     builtin_encoder,
     encoder_text,
+    pair_similarities,
     tie_inputs,
 )
 from judge.verdict import argmax_verdict
@@ -131,6 +132,7 @@ def _fit_scores(
 def _fit_heads(
     first: np.ndarray,
     second: np.ndarray,
+    similarity: np.ndarray,
     gold: list[str],
     groups: np.ndarray,
     weight: np.ndarray,
@@ -150,24 +152,30 @@ def _fit_heads(
         train = train[decisive[train]]
         s, w = _fit_scores(first[train], second[train], [gold[i] for i in train], c, weight[train])
         margins[held] = (first[held] / s) @ w - (second[held] / s) @ w
-    inputs = tie_inputs(margins, first[:, LOG_WORDS] - second[:, LOG_WORDS])
+    inputs = tie_inputs(margins, first[:, LOG_WORDS] - second[:, LOG_WORDS], similarity)
+    # standardized for the fit, then folded back into plain coefficients of the raw inputs
+    center, spread = inputs.mean(axis=0), inputs.std(axis=0) + 1e-9
     heads = []
     for tie_weight in tie_weights:
         tie = LogisticRegression(class_weight={0: 1.0, 1: tie_weight}, max_iter=1000)
-        tie.fit(inputs, (~decisive).astype(int), sample_weight=weight)
+        tie.fit((inputs - center) / spread, (~decisive).astype(int), sample_weight=weight)
+        coef = tie.coef_[0] / spread
+        intercept = float(tie.intercept_[0] - coef @ center)
         meta = {"C": c, "tie_weight": tie_weight}
-        heads.append(PreferenceHead(scale, weights, tie.coef_[0], float(tie.intercept_[0]), meta))
+        heads.append(PreferenceHead(scale, weights, coef, intercept, meta))
     return heads
 
 
-def _predict(head: PreferenceHead, first: np.ndarray, second: np.ndarray) -> list[str]:
+def _predict(
+    head: PreferenceHead, first: np.ndarray, second: np.ndarray, similarity: np.ndarray
+) -> list[str]:
     margin = head.scores(first) - head.scores(second)
-    rows = head.probabilities(margin, first[:, LOG_WORDS] - second[:, LOG_WORDS])
+    rows = head.probabilities(margin, first[:, LOG_WORDS] - second[:, LOG_WORDS], similarity)
     return [argmax_verdict(dict(zip(CLASSES, row, strict=True))) for row in rows]
 
 
 def _select(
-    first, second, gold, groups, weight, idx, args: BuiltinJudgeArguments
+    first, second, similarity, gold, groups, weight, idx, args: BuiltinJudgeArguments
 ) -> tuple[float, float]:
     """(C, tie weight) with the best inner grouped-CV macro F1, on rows `idx` only."""
     inner = GroupKFold(n_splits=min(4, len(set(groups[idx]))))
@@ -178,11 +186,11 @@ def _select(
             train, held = idx[train], idx[held]
             held = held[weight[held] == 1.0]  # scored on human labels only
             heads = _fit_heads(
-                first[train], second[train], [gold[i] for i in train], groups[train],
-                weight[train], c, args.tie_weights,
+                first[train], second[train], similarity[train], [gold[i] for i in train],
+                groups[train], weight[train], c, args.tie_weights,
             )  # fmt: skip
             for tie_weight, head in zip(args.tie_weights, heads, strict=True):
-                predicted[tie_weight] += _predict(head, first[held], second[held])
+                predicted[tie_weight] += _predict(head, first[held], second[held], similarity[held])
             gold_all += [gold[i] for i in held]
         for tie_weight in args.tie_weights:
             scores[(c, tie_weight)] = judge_metrics(gold_all, predicted[tie_weight])["f1_macro"]
@@ -237,6 +245,7 @@ def train_builtin_judge(args: BuiltinJudgeArguments, console: Console | None = N
     tasks = [(t.pair.instruction, t.pair.input) for t in everything]
     first = featurizer.features(tasks, [t.pair.response1 for t in everything])
     second = featurizer.features(tasks, [t.pair.response2 for t in everything])
+    similarity = pair_similarities([(t.pair.response1, t.pair.response2) for t in everything])
     gold = [t.gold for t in everything]
     groups = np.array([t.group for t in everything])
     weight = np.array([t.weight for t in everything])
@@ -250,13 +259,14 @@ def train_builtin_judge(args: BuiltinJudgeArguments, console: Console | None = N
     outer = GroupKFold(n_splits=args.folds)
     for fold, (tr, te) in enumerate(outer.split(dev_idx, groups=groups[:n_dev])):
         train_idx = np.concatenate([dev_idx[tr], extra_idx])
-        c, tie_weight = _select(first, second, gold, groups, weight, train_idx, args)
+        c, tie_weight = _select(first, second, similarity, gold, groups, weight, train_idx, args)
         chosen.append([c, tie_weight])
         (head,) = _fit_heads(
-            first[train_idx], second[train_idx], [gold[i] for i in train_idx],
-            groups[train_idx], weight[train_idx], c, (tie_weight,),
+            first[train_idx], second[train_idx], similarity[train_idx],
+            [gold[i] for i in train_idx], groups[train_idx], weight[train_idx], c, (tie_weight,),
         )  # fmt: skip
-        for i, verdict in zip(te, _predict(head, first[te], second[te]), strict=True):
+        verdicts = _predict(head, first[te], second[te], similarity[te])
+        for i, verdict in zip(te, verdicts, strict=True):
             predicted[i] = verdict
         console.print(f"fold {fold + 1}/{args.folds}: C={c}, tie weight {tie_weight}")
     dev_gold = gold[:n_dev]
@@ -265,8 +275,10 @@ def train_builtin_judge(args: BuiltinJudgeArguments, console: Console | None = N
     oof.update(bias_diagnostics(pairs_text, dev_gold, predicted))
 
     everything_idx = np.arange(len(gold))
-    final_c, final_weight = _select(first, second, gold, groups, weight, everything_idx, args)
-    (head,) = _fit_heads(first, second, gold, groups, weight, final_c, (final_weight,))
+    final_c, final_weight = _select(
+        first, second, similarity, gold, groups, weight, everything_idx, args
+    )
+    (head,) = _fit_heads(first, second, similarity, gold, groups, weight, final_c, (final_weight,))
     sources = Counter(t.source for t in everything)
     meta = {
         **head.meta,
