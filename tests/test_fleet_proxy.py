@@ -63,9 +63,7 @@ SPACE = '[[grid]]\noptimizer = "sgd"\nlearning_rate = 2e-6\nscheduler = "linear"
 
 def nginx_binary() -> str:
     """Debian's nginx; the test fails in CI without it and skips elsewhere."""
-    found = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx",) if Path(p).is_file()), None
-    )
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     if found is None:
         reason = "needs nginx (Debian: apt-get install nginx; .ci/run installs it)"
         if os.environ.get("CI") == "true":
@@ -88,7 +86,7 @@ def shipped_with(certs: Path, listen: str, upstream: str) -> str:
     return text
 
 
-def start_nginx(folder: Path, server_block: str) -> subprocess.Popen:
+def start_nginx(nginx: str, folder: Path, server_block: str) -> subprocess.Popen:
     """nginx in the foreground with the server block and a wrapper of test paths only: an
     access log that records, per request, the raw URI, the status and the upstream reached."""
     folder.mkdir()
@@ -105,7 +103,7 @@ def start_nginx(folder: Path, server_block: str) -> subprocess.Popen:
         f"    access_log {folder / 'access.log'} probe;\n{temp_paths}"
         f"    include {folder / 'fleet-only.conf'};\n}}\n"
     )
-    base = [nginx_binary(), "-p", str(folder), "-e", str(folder / "error.log"),
+    base = [nginx, "-p", str(folder), "-e", str(folder / "error.log"),
             "-c", str(folder / "nginx.conf")]  # fmt: skip
     checked = subprocess.run([*base, "-t"], capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stderr
@@ -153,6 +151,7 @@ def upstreams(folder: Path, uris: list[str], timeout: float = 5.0) -> dict[str, 
 def proxied(tmp_path_factory: pytest.TempPathFactory):
     """A TLS SuperLink on loopback, nginx with the shipped file in front of it, and one
     registered site whose SuperNode (and app guard) reach the SuperLink through nginx only."""
+    nginx = nginx_binary()
     folder = tmp_path_factory.mktemp("proxy")
     certs = folder / "certs"
     init_certificates(certs, ["127.0.0.1"])
@@ -173,7 +172,8 @@ def proxied(tmp_path_factory: pytest.TempPathFactory):
     site = load_site_config(folder / "site.toml")
     processes = [start_superlink(federation.superlink, federation.state_dir)]
     try:
-        processes.append(start_nginx(folder / "nginx", shipped_with(certs, proxy, superlink)))
+        server_block = shipped_with(certs, proxy, superlink)
+        processes.append(start_nginx(nginx, folder / "nginx", server_block))
         wait_for_port(proxy)
         node_id = register_site(federation, SITE, enroll(site.keys_dir, comment=SITE))
         env = site_environment(site)
