@@ -16,19 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.app.message_type import MessageType
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import Code as FlowerCode
 from flwr.common import FitRes, ndarrays_to_parameters
 from flwr.common import Status as FlowerStatus
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
-from flwr.compat.common import recorddict_compat as compat
 from sqlalchemy import Engine
 
 from agent.config import load_site_config
 from agent.db import open_database, record_egress
+from agent.flower_internals import RECORD_KEY_CONFIGS, SecAggPlusKey, fitres_to_recorddict
 from agent.site import handle_message, secure_tallies
 from coordinator.protocol import (
     RECORD_KEY,
@@ -84,7 +82,7 @@ def _masked_tallies(message: Message, context: Context) -> Message:
         raise ProtocolError(Code.OUT_OF_RANGE, "a tally is beyond the secure aggregation range")
     vector = ndarrays_to_parameters([np.asarray(tallies, dtype=np.float64)])
     fit_result = FitRes(FlowerStatus(FlowerCode.OK, ""), vector, 1, {})
-    return Message(compat.fitres_to_recorddict(fit_result, keep_input=True), reply_to=message)
+    return Message(fitres_to_recorddict(fit_result, keep_input=True), reply_to=message)
 
 
 def _ledger_content(reply: Message) -> dict[str, Any]:
@@ -108,7 +106,8 @@ def answer_secure_aggregation(message: Message, context: Context) -> Message:
     Flower then sends back the exception's type and this fixed text, nothing of the data."""
     engine = _site_engine(str(context.node_config["site-config"]))
     run_key = _remember_run_key(context, {})
-    stage = message.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.STAGE, "unknown")
+    configs = message.content.config_records.get(RECORD_KEY_CONFIGS, {})
+    stage = configs.get(SecAggPlusKey.STAGE, "unknown")
     try:
         reply = secaggplus_mod(message, context, _masked_tallies)
     except Exception as exc:

@@ -7,8 +7,9 @@ installed pandalm-fed builds (a pyproject.toml naming the installed ClientApp), 
 it is imported*. A match starts `flwr-clientapp` for the task; anything else is refused with a
 fixed code (the SuperNode must get an answer or it stalls) and written to the egress ledger.
 
-This uses Flower 1.42's runtime API (`flwr.supercore.runtime`, `flwr.supernode.runtime`); the
-project pins flwr==1.42.0 for it.
+This uses Flower 1.42's runtime API (`flwr.supercore.runtime`, `flwr.supernode.runtime`), outside
+Flower's public API: through agent/flower_internals.py, checked by tests/test_flower_internals.py;
+the project pins flwr==1.42.0 for it.
 """
 
 from __future__ import annotations
@@ -21,22 +22,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from flwr.app import Message
-from flwr.app.error import Error
-from flwr.cli.build import build_fab_from_disk
-from flwr.common.constant import ErrorCode, SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
-from flwr.supercore.constant import TaskType
-from flwr.supercore.interceptors import (
-    RuntimeTokenHttpInterceptor,
-    RuntimeVersionHttpInterceptor,
-)
-from flwr.supercore.retry import make_simple_http_retry_invoker
-from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.app import Error, Message
 from sqlalchemy import Engine
 
 from agent.db import record_egress
+from agent.flower_internals import (
+    AcquireTaskRequest,
+    ErrorCode,
+    RuntimeHttpClient,
+    RuntimeTokenHttpInterceptor,
+    RuntimeVersionHttpInterceptor,
+    SubStatus,
+    TaskType,
+    build_fab_from_disk,
+    make_simple_http_retry_invoker,
+    pull_task_input,
+    push_message,
+    push_task_output,
+)
 from coordinator.flower_app import write_flower_app
 from coordinator.protocol import Code, Reply, Status, encode_reply
 

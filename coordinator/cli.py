@@ -17,7 +17,6 @@ from coordinator.config import FederationConfig, FederationConfigError, load_fed
 from coordinator.console import latest_run, render
 from coordinator.db import open_database, run_finished
 from coordinator.launch import (
-    CONNECTION,
     port_open,
     run_status,
     start_superlink,
@@ -179,44 +178,38 @@ def superlink(config: ConfigOption) -> None:
 
 @sites_app.command("add")
 def sites_add(
-    name: Annotated[str, typer.Argument(help="the site's name")],
+    name: Annotated[str, typer.Argument(help="the site's name, shown in results and reports")],
     key_file: Annotated[Path, typer.Argument(help="the site's public key (pandalm-agent enroll)")],
     config: ConfigOption,
 ) -> None:
-    """Register a site's public key with the running SuperLink."""
-    from coordinator.launch import flwr_cli
+    """Register a site's public key with the running SuperLink, under a name."""
+    from coordinator.sites import register_site
 
     with _user_errors():
         federation = load_federation_config(config)
-        write_connection(federation.superlink, federation.state_dir)
-        answer = flwr_cli(federation.state_dir, "supernode", "register", str(key_file),
-                          CONNECTION, "--name", name)  # fmt: skip
-    console.print(f"registered {name}: node {answer.get('node-id')}")
+        node_id = register_site(federation, name, key_file)
+    console.print(f"registered {name}: node {node_id}")
 
 
 @sites_app.command("list")
 def sites_list(config: ConfigOption) -> None:
-    """The registered sites and whether they are online."""
-    from coordinator.launch import flwr_cli
+    """The registered sites, their names and whether they are online."""
+    from coordinator.sites import list_sites
 
     with _user_errors():
-        federation = load_federation_config(config)
-        write_connection(federation.superlink, federation.state_dir)
-        answer = flwr_cli(federation.state_dir, "supernode", "list", CONNECTION)
-    print(json.dumps(answer.get("nodes", answer), indent=2))
+        nodes = list_sites(load_federation_config(config))
+    print(json.dumps(nodes, indent=2))
 
 
 @sites_app.command("remove")
-def sites_remove(node_id: Annotated[str, typer.Argument(help="the site's node id")],
+def sites_remove(site: Annotated[str, typer.Argument(help="the site's name or node id")],
                  config: ConfigOption) -> None:  # fmt: skip
     """Unregister a site: its SuperNode can no longer connect."""
-    from coordinator.launch import flwr_cli
+    from coordinator.sites import remove_site
 
     with _user_errors():
-        federation = load_federation_config(config)
-        write_connection(federation.superlink, federation.state_dir)
-        flwr_cli(federation.state_dir, "supernode", "unregister", node_id, CONNECTION)
-    console.print(f"unregistered node {node_id}")
+        node_id = remove_site(load_federation_config(config), site)
+    console.print(f"unregistered {site} (node {node_id})")
 
 
 @app.command()

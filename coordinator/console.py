@@ -17,10 +17,11 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from coordinator.db import FederatedRun, RoundLog, RunSite
+from coordinator.db import FederatedRun, RoundLog, RunSite, site_names
 from coordinator.report import CANNOT_TELL, config_records, decided_by, pair_tallies
 from coordinator.results import run_result
 from coordinator.selection import comparison_winner
+from coordinator.sites import node_label
 
 
 def latest_run(engine: Engine) -> str | None:
@@ -63,13 +64,15 @@ def render(engine: Engine, run_name: str):
             f"{last_round.comparisons} comparisons, {last_round.answered} answers "
             f"({last_round.pending} pending) in {last_round.seconds:.1f}s"
         )
+    names = site_names(engine)
     site_table = Table(title="sites")
-    for column in ("node", "status", "progress", "last seen"):
+    for column in ("site", "status", "progress", "last seen"):
         site_table.add_column(column)
     for site in sites:
         seen = site.last_seen.isoformat(timespec="seconds") if site.last_seen else "-"
         status = site.status if not site.reason else f"{site.status}: {site.reason}"
-        site_table.add_row(str(site.node_id), status, f"{site.progress / 10:.0f}%", seen)
+        label = node_label(site.node_id, names)
+        site_table.add_row(label, status, f"{site.progress / 10:.0f}%", seen)
 
     result = run_result(engine, run_name)
     totals = pair_tallies(result)

@@ -90,7 +90,55 @@ class RoundLog(SQLModel, table=True):
     started: datetime = Field(default_factory=_now)
 
 
-TABLES = (FederatedRun, RunSite, ComparisonResult, RoundLog)
+# --- Site registry. Schema change (issue 14, site names): the table `registered_site` is new;
+# nothing else of the schema changed with it. -----------------------------------------------
+class RegisteredSite(SQLModel, table=True):
+    """A site the operator registered (`pandalm-coordinator sites add NAME KEY.pub`): the name
+    the operator gave it and its public key, under the node id the SuperLink assigned. Results,
+    the console and reports name sites by it. A removed site keeps its row (`removed` set), so
+    earlier runs still show its name."""
+
+    __tablename__ = "registered_site"
+    node_id: str = Field(primary_key=True)
+    name: str = Field(index=True)
+    public_key: str  # the OpenSSH line, as registered with the SuperLink
+    registered: datetime = Field(default_factory=_now)
+    removed: datetime | None = None
+
+
+def registered_site(engine: Engine, name_or_node_id: str) -> RegisteredSite | None:
+    """The registered (not removed) site with this name or node id."""
+    with Session(engine) as session:
+        query = select(RegisteredSite).where(
+            RegisteredSite.removed.is_(None),  # type: ignore[union-attr]
+            (RegisteredSite.name == name_or_node_id) | (RegisteredSite.node_id == name_or_node_id),
+        )
+        return session.exec(query).first()
+
+
+def record_registration(engine: Engine, node_id: str, name: str, public_key: str) -> None:
+    with Session(engine) as session:
+        session.merge(RegisteredSite(node_id=node_id, name=name, public_key=public_key))
+        session.commit()
+
+
+def record_removal(engine: Engine, node_id: str) -> None:
+    with Session(engine) as session:
+        site = session.get(RegisteredSite, node_id)
+        if site is not None:
+            site.removed = _now()
+            session.commit()
+
+
+def site_names(engine: Engine) -> dict[str, str]:
+    """Node id -> name of every site ever registered here."""
+    with Session(engine) as session:
+        return {s.node_id: s.name for s in session.exec(select(RegisteredSite))}
+
+
+# --- end of the site registry ---------------------------------------------------------------
+
+TABLES = (FederatedRun, RunSite, ComparisonResult, RoundLog, RegisteredSite)
 
 
 def open_database(url: str) -> Engine:

@@ -1,17 +1,18 @@
 """`pandalm-coordinator demo`: a whole federation on loopback with the embedded defaults.
 
-A SuperLink, one agent per site (each with its own shard of the builtin data and its own
-validation items), LoRA candidates on the SmolLM2-135M base, the builtin judge and a reduced
-grid of the paper's shape (`DemoSettings`). Each site also checks its candidates against the
-known answers of its validation items (exact match), without the judge; the demo, which owns
-every site, averages that check into summary.json to show whether the judge's choice is right.
+A SuperLink over TLS that admits registered sites only (each site enrolled and registered under
+its name, as in a real deployment, so results name the sites), one agent per site (each with its
+own shard of the builtin data and its own validation items), LoRA candidates on the SmolLM2-135M
+base, the builtin judge and a reduced grid of the paper's shape (`DemoSettings`). Each site also
+checks its candidates against the known answers of its validation items (exact match), without
+the judge; the demo, which owns every site, averages that check into summary.json to show
+whether the judge's choice is right.
 Everything stays under `--out`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import socket
 import statistics
 import subprocess
@@ -23,8 +24,11 @@ from pathlib import Path
 import tomli_w
 from rich.console import Console
 
-from coordinator.config import load_federation_config
+from coordinator.certs import init_certificates
+from coordinator.config import FederationConfig, load_federation_config
+from coordinator.db import open_database, registered_site
 from coordinator.launch import start_superlink, stop_process
+from coordinator.sites import register_site
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class DemoSettings:
             }
         )
 
-    def site_toml(self, name: str, seed: int, superlink: str, port: int) -> str:
+    def site_toml(self, name: str, seed: int, superlink: str, port: int, ca_file: Path) -> str:
         return tomli_w.dumps(
             {
                 "site": {"name": name, "data_dir": "."},
@@ -98,7 +102,7 @@ class DemoSettings:
                 "flower": {
                     "superlink": superlink,
                     "clientappio_port": port,
-                    "insecure": True,
+                    "root_certificates": str(ca_file),
                 },
             }
         )
@@ -128,7 +132,7 @@ class DemoSettings:
                     "chunk_items": self.chunk_items,
                     "secure_aggregation": "when-possible",
                 },
-                "superlink": {"address": superlink, "insecure": True},
+                "superlink": {"address": superlink, "certificates": "certs"},
             }
         )
 
@@ -142,11 +146,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _node_id(log: Path) -> int | None:
-    if not log.is_file():
-        return None
-    found = re.findall(r"SuperNode ID: (\d+)", log.read_text(errors="replace"))
-    return int(found[-1]) if found else None
+def enroll_demo_sites(federation: FederationConfig, site_configs: list[Path]) -> None:
+    """Each site's key pair, registered under the site's name as an operator would (`pandalm-agent
+    enroll`, `pandalm-coordinator sites add`): the SuperLink admits these sites only, and
+    results name them. A site registered by an earlier demo in the same folder stays."""
+    from agent.config import load_site_config
+    from agent.identity import enroll
+
+    engine = open_database(federation.database_url)
+    for path in site_configs:
+        site = load_site_config(path)
+        public_key = enroll(site.keys_dir, comment=site.name)
+        if registered_site(engine, site.name) is None:
+            register_site(federation, site.name, public_key)
 
 
 def demo_reference(site_dirs: list[Path], run_name: str):
@@ -195,7 +207,6 @@ def run_demo(
     n_sites: int, out: Path, mode: str, console: Console, settings: DemoSettings = DEMO
 ) -> dict:
     from coordinator.cli import run_federation
-    from coordinator.db import open_database
     from coordinator.report import write_report
     from coordinator.results import run_result
 
@@ -206,11 +217,15 @@ def run_demo(
     (out / "space.toml").write_text(settings.space_toml())
     (out / "federation.toml").write_text(settings.federation_toml(mode, n_sites, superlink))
     federation = load_federation_config(out / "federation.toml")
+    if not (out / "certs" / "server.pem").is_file():
+        init_certificates(out / "certs", ["127.0.0.1"])
     names = [f"site-{i + 1}" for i in range(n_sites)]
     for seed, name in enumerate(names, start=1):
         folder = out / "sites" / name
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "site.toml").write_text(settings.site_toml(name, seed, superlink, free_port()))
+        (folder / "site.toml").write_text(
+            settings.site_toml(name, seed, superlink, free_port(), out / "certs" / "ca.crt")
+        )
     console.print(
         f"demo: {n_sites} sites, {settings.configs} LoRA configs, {mode} selection, tallies "
         "summed by SecAgg+ (in the clear below 3 sites); judge: builtin (a pointwise head on "
@@ -219,6 +234,7 @@ def run_demo(
     link = start_superlink(federation.superlink, federation.state_dir)
     agents = []
     try:
+        enroll_demo_sites(federation, [out / "sites" / name / "site.toml" for name in names])
         for name in names:
             folder = out / "sites" / name
             log = (folder / "agent.log").open("ab")
@@ -235,8 +251,7 @@ def run_demo(
             stop_process(agent)
         stop_process(link)
     engine = open_database(federation.database_url)
-    node_names = {_node_id(out / "sites" / name / "logs" / "supernode.log"): name for name in names}
-    result = run_result(engine, federation.run.name, node_names)
+    result = run_result(engine, federation.run.name)
     reference = demo_reference([out / "sites" / name for name in names], federation.run.name)
     summary = write_report(result, out / "report", reference=reference)
     sites_dirs = [out / "sites" / name for name in names]

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from coordinator.db import FederatedRun, comparisons, sites
+from coordinator.db import FederatedRun, comparisons, site_names, sites
 from coordinator.report import RunResult
 from coordinator.selection import Tally
+from coordinator.sites import node_label
 
 
-def run_result(
-    engine: Engine, run_name: str, site_names: Mapping[int, str] | None = None
-) -> RunResult:
-    """The run's configs, summed comparisons and sites; sites are named by node id unless
-    `site_names` (node id -> name, known to whoever started the sites) says otherwise."""
+def run_result(engine: Engine, run_name: str) -> RunResult:
+    """The run's configs, summed comparisons and sites; registered sites by the name they were
+    registered under (`sites add`), others (insecure demo nodes) as `node-<id>`."""
     with Session(engine) as session:
         run = session.get(FederatedRun, run_name)
     if run is None:
         raise FileNotFoundError(f"no run named {run_name!r} in {engine.url}")
-    names = dict(site_names or {})
+    names = site_names(engine)
 
     def name(node_id: str) -> str:
-        return names.get(int(node_id), f"node-{node_id}")
+        return node_label(node_id, names)
 
     rows = comparisons(engine, run_name)
     run_sites = sites(engine, run_name)

@@ -19,19 +19,21 @@ from typing import Any, Protocol
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common import FitIns, FitRes, Parameters, parameters_to_ndarrays
-from flwr.server.client_manager import ClientManager
-from flwr.server.client_proxy import ClientProxy
-from flwr.server.compat.grid_client_proxy import GridClientProxy
-from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server import ClientManager, LegacyContext
 from flwr.server.strategy import Strategy
 from flwr.server.workflow import SecAggPlusWorkflow
 
+from coordinator.flower_internals import (
+    MAIN_CONFIGS_RECORD,
+    MAIN_PARAMS_RECORD,
+    ClientProxy,
+    GridClientProxy,
+    WorkflowKey,
+)
 from coordinator.protocol import SECAGG_CLIP, SECAGG_MODULUS
 
 log = logging.getLogger(__name__)
 
-# keys of the legacy workflow's state (flwr.server.workflow.constant)
-_CONFIG_RECORD, _PARAMS_RECORD, _ROUND = "config", "parameters", "current_round"
 RECONSTRUCTION_FRACTION = 2 / 3
 """Share of a site's key shares needed to unmask: with 3 sites, any 2; one may drop out."""
 
@@ -94,8 +96,8 @@ def secure_sum(
     strategy = _TallyStrategy(request, proxies)
     state = RecordDict(
         {
-            _CONFIG_RECORD: ConfigRecord({_ROUND: round_number}),
-            _PARAMS_RECORD: ArrayRecord(),
+            MAIN_CONFIGS_RECORD: ConfigRecord({WorkflowKey.CURRENT_ROUND: round_number}),
+            MAIN_PARAMS_RECORD: ArrayRecord(),
         }
     )
     context = LegacyContext(

@@ -8,8 +8,8 @@ import zlib
 from collections.abc import Iterator, Sequence
 
 from flwr.app import Context, Error, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
+from coordinator.flower_internals import TaskIdentity
 from judge.engine import OrderJudgment, Pair, PairJudgment
 
 

@@ -12,7 +12,15 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from coordinator.console import render
-from coordinator.db import ComparisonResult, FederatedRun, open_database
+from coordinator.db import (
+    ComparisonResult,
+    FederatedRun,
+    RunSite,
+    open_database,
+    record_registration,
+    record_removal,
+)
+from coordinator.results import run_result
 from tests.test_report import IDS, PARAMS
 
 # Config 0 keeps its place four times by the tie-break; 4 beats 3 by evidence; (1,2) asked both
@@ -92,3 +100,24 @@ def test_console_says_when_nothing_was_decided(tmp_path: Path) -> None:
     text = frame(planted(tmp_path, TIE_BREAKS))
     assert "could not tell the configs apart" in text
     assert all(row[1] == "+0" for row in leaderboard(text))
+
+
+def test_registered_sites_are_named_others_shown_by_node_id(tmp_path: Path) -> None:
+    """Names come from the registry `sites add` writes; an unregistered (insecure demo) node
+    keeps its node id. The console, the result the report and summary.json use, agree."""
+    engine = planted(tmp_path, EVIDENCE)
+    registered, unregistered, removed = "18446744073709551615", "42", "7"
+    with Session(engine) as session:
+        for node_id, status in ((registered, "active"), (unregistered, "active"),
+                                (removed, "left_out")):  # fmt: skip
+            session.add(RunSite(run_name="planted", node_id=node_id, status=status))
+        session.commit()
+    record_registration(engine, registered, "hospital-a", "ecdsa-sha2-nistp384 AAAA site")
+    record_registration(engine, removed, "clinic.b", "ecdsa-sha2-nistp384 BBBB site")
+    record_removal(engine, removed)  # unregistered later: earlier runs keep its name
+    result = run_result(engine, "planted")
+    assert result.sites == ["hospital-a", f"node-{unregistered}"]
+    assert result.sites_left_out == ["clinic.b"]
+    text = frame(engine)
+    assert "hospital-a" in text and f"node-{unregistered}" in text and "clinic.b" in text
+    assert registered not in text

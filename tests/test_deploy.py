@@ -6,12 +6,11 @@ import re
 from pathlib import Path
 
 import yaml
-from flwr.superlink.routers.control.router import router as control_router
-from flwr.superlink.routers.fleet.router import router as fleet_router
 from typer.main import get_command
 
 from agent.cli import app as agent_app
 from coordinator.cli import app as coordinator_app
+from coordinator.flower_internals import superlink_api_prefixes
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -64,9 +63,13 @@ def test_systemd_units_start_existing_commands() -> None:
 
 
 def test_fleet_proxy_forwards_only_flowers_fleet_prefix() -> None:
+    """Static check, with or without nginx; tests/test_fleet_proxy.py runs the file."""
     conf = (DEPLOY / "nginx" / "fleet-only.conf").read_text()
-    locations = re.findall(r"location (\S+) \{", conf)
-    assert locations == [f"{fleet_router.prefix}/", "/"]
-    assert fleet_router.prefix == "/v1/fleet" and control_router.prefix == "/v1/control"
+    prefixes = superlink_api_prefixes()
+    assert prefixes == {"fleet": "/v1/fleet", "control": "/v1/control", "runtime": "/v1/runtime"}
+    locations = re.findall(r"location (.+) \{", conf)
+    assert locations == [f"~ ^{prefixes['fleet']}/[a-z-]+$", "/"]
+    assert conf.count("proxy_pass") == 1
     catch_all = conf[conf.index("location / {") :]
     assert "return 403" in catch_all and "proxy_pass" not in catch_all
+    assert not re.search(r"^\s*http2\s", conf, re.M)  # the directive needs nginx >= 1.25.1

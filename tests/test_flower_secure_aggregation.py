@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.common import bytes_to_ndarray
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from sqlmodel import Session, select
 
 from agent.db import ledger
 from agent.db import open_database as open_site_database
+from agent.flower_internals import RECORD_KEY_CONFIGS
+from agent.flower_internals import SecAggPlusKey as Key
 from coordinator.cli import follow_run
 from coordinator.config import load_federation_config
 from coordinator.db import ComparisonResult, FederatedRun

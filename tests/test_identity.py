@@ -20,6 +20,7 @@ from agent.supervisor import site_environment, supernode_command
 from coordinator.certs import init_certificates
 from coordinator.cli import app as coordinator_app
 from coordinator.config import load_federation_config
+from coordinator.db import open_database, record_registration, registered_site, site_names
 from coordinator.demo import free_port
 from coordinator.launch import start_superlink, stop_process
 
@@ -115,9 +116,34 @@ def test_only_registered_sites_connect(tmp_path: Path) -> None:
                 break
             time.sleep(0.5)
         assert [n["status"] for n in listed] == ["online"]  # site-a alone, over TLS
+        assert [n["name"] for n in listed] == ["site-a"]  # as registered by `sites add`
         assert nodes[1].poll() not in (None, 0)  # site-b was refused and gave up
         assert "SuperNode ID" not in (tmp_path / "site-b.log").read_text()
+        removed = runner.invoke(
+            coordinator_app, ["sites", "remove", "site-a", "--config", str(federation_toml)]
+        )
+        assert removed.exit_code == 0, removed.output
+        engine = open_database(federation.database_url)
+        assert registered_site(engine, "site-a") is None  # removed, its name kept for results
+        assert site_names(engine) == {listed[0]["node-id"]: "site-a"}
     finally:
         for node in nodes:
             stop_process(node)
         stop_process(link)
+
+
+def test_site_names_are_checked_before_flower_is_asked(tmp_path: Path) -> None:
+    """A name that is not plain, or taken, is refused with the reason; no SuperLink runs here."""
+    federation_toml = tmp_path / "federation.toml"
+    federation_toml.write_text('[run]\nname = "names"\n[superlink]\naddress = "127.0.0.1:1"\n')
+    key = tmp_path / "site.pub"
+    key.write_text("ecdsa-sha2-nistp384 AAAA site\n")
+    record_registration(
+        open_database(load_federation_config(federation_toml).database_url), "12", "taken", "k"
+    )
+    for name, reason in (("[red]x", "use 1-64 letters"), ("123", "at least one letter"),
+                         ("taken", "registered already (node 12)")):  # fmt: skip
+        result = runner.invoke(
+            coordinator_app, ["sites", "add", name, str(key), "--config", str(federation_toml)]
+        )
+        assert result.exit_code == 2 and reason in " ".join(result.output.split()), result.output

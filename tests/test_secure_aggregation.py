@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common import bytes_to_ndarray
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from sqlmodel import Session
 
 from agent.config import load_site_config
 from agent.db import ComparisonJob, ledger, open_database
+from agent.flower_internals import RECORD_KEY_CONFIGS
+from agent.flower_internals import SecAggPlusKey as Key
 from agent.site import handle_message
 from coordinator.protocol import (
     COMPARE_MESSAGE,
