@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from agent.db import ComparisonJob, SiteRun, record_egress
+from agent.db import ComparisonJob, SiteRun, add_new, record_egress
 from coordinator.protocol import (
     COMPARE_MESSAGE,
     SPACE_MESSAGE,
@@ -93,11 +93,8 @@ def _jobs(
                 item_start=comparison.item_start,
                 item_stop=max(stop, comparison.item_start),
             )
-            job = session.exec(select(ComparisonJob).filter_by(**key)).first()
-            if job is None:
-                job = ComparisonJob(**key)
-                session.add(job)
-            jobs.append(job)
+            add_new(session, ComparisonJob(**key))
+            jobs.append(session.exec(select(ComparisonJob).filter_by(**key)).one())
         session.commit()
         for row in (run, *jobs):
             session.refresh(row)
