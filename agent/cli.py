@@ -33,6 +33,7 @@ SITE_TEMPLATE = """\
 name = "{name}"
 data_dir = "{name}-data"          # checkpoints, responses, judgments, ledger
 # database = "postgresql+psycopg://USER:PASSWORD@HOST/DB"  # default: SQLite in data_dir
+# judge_cache = "postgresql+psycopg://USER:PASSWORD@HOST/DB"  # the judgment cache, likewise
 
 [data]
 train = "builtin"                 # or an Alpaca-format JSON/JSONL file
@@ -131,7 +132,7 @@ def _databases(site: SiteConfig) -> list[tuple[Engine, Schema]]:
 
     return [
         (create_database_engine(site.database_url), SCHEMA),
-        (create_database_engine(f"sqlite:///{site.judge_cache}"), JUDGE_CACHE),
+        (create_database_engine(site.judge_cache), JUDGE_CACHE),
     ]
 
 

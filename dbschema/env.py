@@ -4,9 +4,17 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Connection
+from sqlalchemy import Connection, TypeDecorator
 
 from dbschema import Schema, create_database_engine
+
+
+def _plain_types(kind: str, item: object, _context: object) -> str | bool:
+    """Autogenerate writes SQLModel's column types (AutoString, UTCDateTime) as the SQLAlchemy
+    types they store, so revisions import nothing but sqlalchemy."""
+    if kind == "type" and isinstance(item, TypeDecorator):
+        return f"sa.{item.impl!r}"
+    return False
 
 
 def _migrate(connection: Connection, schema: Schema) -> None:
@@ -17,6 +25,7 @@ def _migrate(connection: Connection, schema: Schema) -> None:
         include_name=schema.owns,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters by copying tables
         compare_type=True,
+        render_item=_plain_types,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -109,12 +109,23 @@ def postgres_server() -> Iterator[PostgresServer | str]:
         server.stop()
 
 
+class NewDatabase:
+    """Makes fresh, empty databases on one backend: `new_database_url("agent")` is a URL."""
+
+    def __init__(self, backend: str, make: Callable[[str], str]) -> None:
+        self.backend, self._make = backend, make
+
+    def __call__(self, name: str) -> str:
+        return self._make(name)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def new_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
-    """Makes fresh, empty databases on the test's backend: `new_database_url("agent")`."""
+def new_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> NewDatabase:
+    """Fresh databases on SQLite, then on the session's PostgreSQL server: a test taking this
+    fixture runs on both."""
     if request.param == "sqlite":
-        return lambda name: f"sqlite:///{tmp_path / name}.sqlite"
+        return NewDatabase("sqlite", lambda name: f"sqlite:///{tmp_path / name}.sqlite")
     server = request.getfixturevalue("postgres_server")
     if isinstance(server, str):
         unavailable(server)
-    return lambda _name: server.new_database()
+    return NewDatabase("postgresql", lambda _name: server.new_database())

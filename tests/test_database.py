@@ -112,7 +112,7 @@ def test_an_initial_database_is_upgraded_to_head_with_every_row_intact(
     new_database_url, made_before_alembic: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     urls = {name: new_database_url(name) for name in SCHEMAS}
-    before = {}
+    before, initial_tables = {}, {}
     for name, schema in SCHEMAS.items():
         engine = dbschema.create_database_engine(urls[name])
         dbschema.upgrade(engine, schema, schema.initial)
@@ -120,6 +120,7 @@ def test_an_initial_database_is_upgraded_to_head_with_every_row_intact(
             with engine.begin() as connection:
                 connection.execute(text(f"DROP TABLE {schema.version_table}"))
         before[name] = _fill(urls[name], schema)
+        initial_tables[name] = _reflected(urls[name], schema)
         assert all(len(rows) == 3 for rows in before[name].values())
 
     with caplog.at_level(logging.WARNING, logger="dbschema"):
@@ -130,8 +131,7 @@ def test_an_initial_database_is_upgraded_to_head_with_every_row_intact(
         cache = JudgmentCache(urls["judge"])
     for name, schema in SCHEMAS.items():
         assert _revision(urls[name], schema) == dbschema.head(schema)
-        old_tables = _reflected(urls[name], schema)
-        assert _rows(urls[name], old_tables) == before[name], name
+        assert _rows(urls[name], initial_tables[name]) == before[name], name
     said = [r.getMessage() for r in caplog.records]
     if made_before_alembic:
         assert len(said) == 3 and all("made before schema versioning" in m for m in said), said
@@ -260,3 +260,8 @@ def test_db_verbs_of_both_clis(new_database_url, tmp_path: Path) -> None:
         connection.execute(text(f"UPDATE {COORDINATOR.version_table} SET version_num = '0099'"))
     refused = runner.invoke(coordinator_cli, ["db", "upgrade", "--database", coordinator_url])
     assert refused.exit_code == 2 and "newer version" in refused.output, refused.output
+
+
+def test_a_bare_postgresql_url_gets_the_psycopg_driver() -> None:
+    url = dbschema.database_url("postgresql://pandalm:secret@db.internal/pandalm")
+    assert url.drivername == "postgresql+psycopg" and url.database == "pandalm"
