@@ -51,12 +51,8 @@ def accept_space(engine: Engine, record: Mapping[str, Any]) -> Reply:
             raise ProtocolError(Code.CONFIG_ID_MISMATCH, f"{config_id} != {expected}")
     space_hash = _space_hash(record)
     with Session(engine) as session:
-        existing = session.get(SiteRun, message.run_key)
-        if existing is not None:
-            if existing.space_hash != space_hash:
-                raise ProtocolError(Code.SPACE_CHANGED, f"run {message.run_key} changed space")
-            return Reply(Status.OK)
-        session.add(
+        add_new(  # a repeated (or concurrent) request finds the stored run
+            session,
             SiteRun(
                 run_key=message.run_key,
                 space_hash=space_hash,
@@ -64,9 +60,11 @@ def accept_space(engine: Engine, record: Mapping[str, Any]) -> Reply:
                 params=json.dumps(list(message.params)),
                 validation_items=message.validation_items,
                 judge_mode=message.judge_mode,
-            )
+            ),
         )
         session.commit()
+        if session.get(SiteRun, message.run_key).space_hash != space_hash:
+            raise ProtocolError(Code.SPACE_CHANGED, f"run {message.run_key} changed space")
     return Reply(Status.OK)
 
 

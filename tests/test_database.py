@@ -265,3 +265,18 @@ def test_db_verbs_of_both_clis(new_database_url, tmp_path: Path) -> None:
 def test_a_bare_postgresql_url_gets_the_psycopg_driver() -> None:
     url = dbschema.database_url("postgresql://pandalm:secret@db.internal/pandalm")
     assert url.drivername == "postgresql+psycopg" and url.database == "pandalm"
+
+
+def test_without_a_server_ci_fails_and_elsewhere_skips(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests import postgres
+
+    monkeypatch.setattr(postgres, "BIN_GLOB", "/nonexistent/*/bin")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(postgres.PostgresUnavailable, match="apt-get install postgresql") as why:
+        postgres.PostgresServer()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="needs a PostgreSQL server: no PostgreSQL"):
+        postgres.unavailable(str(why.value))
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="needs a PostgreSQL server: no PostgreSQL"):
+        postgres.unavailable(str(why.value))
