@@ -19,6 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from filelock import FileLock
 from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 
@@ -88,23 +94,25 @@ def shown(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
+def _sqlite_file(url: URL) -> str | None:
+    """The file of a SQLite URL (None for in-memory or another database)."""
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return url.database
+    return None
+
+
 def create_database_engine(url: str) -> Engine:
     """An engine for the URL. A SQLite file gets its folder, WAL mode and a 30 s busy timeout
     (a site's worker and its ClientApps write to it from separate processes)."""
     parsed = database_url(url)
-    sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (
-        None,
-        "",
-        ":memory:",
-    )
+    sqlite_file = _sqlite_file(parsed)
     if sqlite_file:
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        Path(sqlite_file).parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = create_engine(parsed, connect_args={"timeout": 30} if sqlite_file else {})
     except ModuleNotFoundError as exc:
-        raise SchemaError(
-            f"{parsed.render_as_string(hide_password=True)}: {POSTGRES_HINT}"
-        ) from exc
+        shown_url = parsed.render_as_string(hide_password=True)
+        raise SchemaError(f"{shown_url}: {POSTGRES_HINT}") from exc
     if sqlite_file:
 
         @event.listens_for(engine, "connect")
@@ -115,19 +123,16 @@ def create_database_engine(url: str) -> Engine:
     return engine
 
 
-def _config(schema: Schema, connection: Connection):  # type: ignore[no-untyped-def]
-    from alembic.config import Config
-
+def alembic_config(schema: Schema, connection: Connection) -> Config:
+    """Alembic's configuration for the schema's scripts, on an open connection (env.py uses
+    it instead of making its own)."""
     config = Config()
     config.set_main_option("script_location", str(schema.scripts))
     config.attributes["connection"] = connection
-    config.attributes["schema"] = schema
     return config
 
 
-def _scripts(schema: Schema):  # type: ignore[no-untyped-def]
-    from alembic.script import ScriptDirectory
-
+def _scripts(schema: Schema) -> ScriptDirectory:
     return ScriptDirectory(str(schema.scripts))
 
 
@@ -138,8 +143,6 @@ def head(schema: Schema) -> str:
 def stored_revision(connection: Connection, schema: Schema) -> tuple[str | None, bool]:
     """(revision, legacy): the version table's revision, else the initial one if the schema's
     tables are there without it (a database made before Alembic), else None (brand new)."""
-    from alembic.runtime.migration import MigrationContext
-
     context = MigrationContext.configure(connection, opts={"version_table": schema.version_table})
     revision = context.get_current_revision()
     if revision is not None:
@@ -151,8 +154,6 @@ def stored_revision(connection: Connection, schema: Schema) -> tuple[str | None,
 
 
 def _known(revision: str, schema: Schema) -> bool:
-    from alembic.util import CommandError
-
     try:
         return _scripts(schema).get_revision(revision) is not None
     except CommandError:
@@ -179,11 +180,9 @@ def _migration_lock(connection: Connection, schema: Schema) -> Iterator[None]:
                            {"name": schema.version_table})  # fmt: skip
         yield
         return
-    database = connection.engine.url.database
-    if dialect == "sqlite" and database not in (None, "", ":memory:"):
-        from filelock import FileLock
-
-        with FileLock(f"{database}.migrate.lock"):
+    sqlite_file = _sqlite_file(connection.engine.url)
+    if sqlite_file:
+        with FileLock(f"{sqlite_file}.migrate.lock"):
             yield
         return
     yield
@@ -191,8 +190,6 @@ def _migration_lock(connection: Connection, schema: Schema) -> Iterator[None]:
 
 def upgrade(engine: Engine, schema: Schema, revision: str = "head") -> Upgrade:
     """Bring the database to `revision` (the code's head by default); refuse a newer one."""
-    from alembic import command
-
     url = shown(engine)
     with engine.connect() as connection:
         before, legacy = stored_revision(connection, schema)
@@ -204,7 +201,7 @@ def upgrade(engine: Engine, schema: Schema, revision: str = "head") -> Upgrade:
         before, legacy = stored_revision(connection, schema)
         _check_known(before, schema, url)
         if before != target or legacy:
-            config = _config(schema, connection)
+            config = alembic_config(schema, connection)
             if legacy:
                 command.stamp(config, schema.initial)
             command.upgrade(config, target)

@@ -15,7 +15,7 @@ import tempfile
 
 from alembic import command
 
-from dbschema import _config, create_database_engine, head, upgrade
+from dbschema import alembic_config, create_database_engine, head, upgrade
 
 SCHEMAS = {"agent": "agent.db", "coordinator": "coordinator.db", "judge": "judge.cache"}
 
@@ -32,7 +32,7 @@ def main() -> None:
         upgrade(engine, schema)
         with engine.begin() as connection:
             script = command.revision(
-                _config(schema, connection),
+                alembic_config(schema, connection),
                 message=args.message,
                 autogenerate=True,
                 rev_id=f"{int(head(schema)) + 1:04d}",
