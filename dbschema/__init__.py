@@ -33,7 +33,7 @@ POSTGRES_HINT = "PostgreSQL needs the driver: pip install 'pandalm-fed[postgres]
 
 
 class SchemaError(RuntimeError):
-    """A database this version cannot use (written by a newer one, or unreachable driver)."""
+    """A database this version cannot use: written by a newer one, or its driver is missing."""
 
 
 @dataclass(frozen=True)
