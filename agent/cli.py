@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,11 @@ from sqlmodel import Session, func, select
 
 from agent.config import SiteConfig, SiteConfigError, load_site_config
 from agent.db import ComparisonJob, ReferenceScore, SiteRun, ledger, open_database
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from dbschema import Schema
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -27,7 +32,8 @@ SITE_TEMPLATE = """\
 [site]
 name = "{name}"
 data_dir = "{name}-data"          # checkpoints, responses, judgments, ledger
-# database = "postgresql://..."   # default: SQLite in data_dir
+# database = "postgresql+psycopg://USER:PASSWORD@HOST/DB"  # default: SQLite in data_dir
+# judge_cache = "postgresql+psycopg://USER:PASSWORD@HOST/DB"  # the judgment cache, likewise
 
 [data]
 train = "builtin"                 # or an Alpaca-format JSON/JSONL file
@@ -100,10 +106,64 @@ def start(config: ConfigOption) -> None:
     """Run the site: the job worker and the Flower SuperNode, restarted if they exit."""
     from agent.supervisor import supervise
 
-    with _site(config) as site:
-        open_database(site.database_url)
+    with _site(config) as site, _schema_errors():
+        for changed, line in _upgrade(site):
+            if changed:
+                console.print(line, highlight=False, soft_wrap=True)
     console.print(f"site {site.name}: data in {site.data_dir}, logs in {site.data_dir / 'logs'}")
     supervise(site)
+
+
+@contextmanager
+def _schema_errors() -> Iterator[None]:
+    from dbschema import SchemaError
+
+    try:
+        yield
+    except SchemaError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _databases(site: SiteConfig) -> list[tuple[Engine, Schema]]:
+    """The site's databases: its state and its judgment cache."""
+    from agent.db import SCHEMA
+    from dbschema import create_database_engine
+    from judge.cache import SCHEMA as JUDGE_CACHE
+
+    return [
+        (create_database_engine(site.database_url), SCHEMA),
+        (create_database_engine(site.judge_cache), JUDGE_CACHE),
+    ]
+
+
+def _upgrade(site: SiteConfig) -> list[tuple[bool, str]]:
+    from dbschema import upgrade_line
+
+    return [upgrade_line(engine, schema) for engine, schema in _databases(site)]
+
+
+db_app = typer.Typer(help="The site's databases and their schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption) -> None:
+    """Bring the site's database and judgment cache to this version's schema (start does it
+    too); a database from a newer version is refused."""
+    with _site(config) as site, _schema_errors():
+        for _changed, line in _upgrade(site):
+            Console().print(line, highlight=False, soft_wrap=True)
+
+
+@db_app.command("current")
+def db_current(config: ConfigOption) -> None:
+    """The schema revision of the site's database and judgment cache; changes nothing."""
+    from dbschema import current_line
+
+    with _site(config) as site, _schema_errors():
+        for engine, schema in _databases(site):
+            Console().print(current_line(engine, schema), highlight=False, soft_wrap=True)
 
 
 @app.command(hidden=True)
@@ -123,7 +183,7 @@ def guard(config: ConfigOption) -> None:
     from agent.guard import AppGuard, trusted_fab_hash
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    with _site(config) as site:
+    with _site(config) as site, _schema_errors():
         engine = open_database(site.database_url)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one request per poll
     trusted = trusted_fab_hash()
@@ -134,7 +194,7 @@ def guard(config: ConfigOption) -> None:
 @app.command()
 def status(config: ConfigOption) -> None:
     """The runs this site joined and how far their work is."""
-    with _site(config) as site:
+    with _site(config) as site, _schema_errors():
         engine = open_database(site.database_url)
     table = Table(title=f"site {site.name}")
     for column in ("run", "configs", "stage", "progress", "comparisons done", "pending"):
@@ -192,7 +252,8 @@ def audit(
     else:
         console.print("[red]error:[/red] give --config or --data-dir")
         raise typer.Exit(2)
-    entries = ledger(open_database(url), run)
+    with _schema_errors():
+        entries = ledger(open_database(url), run)
     if as_json:
         rows = [
             {

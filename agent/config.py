@@ -72,6 +72,8 @@ class SiteConfig:
     data_dir: Path
     database: str = ""
     """SQLAlchemy URL of the agent's state; empty: SQLite in the data directory."""
+    judge_cache_database: str = ""
+    """SQLAlchemy URL of the judgment cache; empty: SQLite in the data directory."""
     data: DataSettings = field(default_factory=DataSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
@@ -96,8 +98,9 @@ class SiteConfig:
         return self.data_dir / "keys"
 
     @property
-    def judge_cache(self) -> Path:
-        return self.data_dir / "judge-cache.sqlite"
+    def judge_cache(self) -> str:
+        """The judgment cache's database URL."""
+        return self.judge_cache_database or f"sqlite:///{self.data_dir / 'judge-cache.sqlite'}"
 
 
 def load_site_config(path: Path) -> SiteConfig:
@@ -106,7 +109,7 @@ def load_site_config(path: Path) -> SiteConfig:
     site = document.pop("site", None)
     if not isinstance(site, dict) or not isinstance(site.get("name"), str):
         raise SiteConfigError(f'{path}: [site] needs name = "..."')
-    unknown = set(site) - {"name", "data_dir", "database"}
+    unknown = set(site) - {"name", "data_dir", "database", "judge_cache"}
     if unknown:
         raise SiteConfigError(f"{path}: [site].{sorted(unknown)[0]}: unknown setting")
     sections = {
@@ -134,6 +137,7 @@ def load_site_config(path: Path) -> SiteConfig:
         name=site["name"],
         data_dir=data_dir,
         database=str(site.get("database", "")),
+        judge_cache_database=str(site.get("judge_cache", "")),
         source=path.resolve(),
         **parsed,
     )

@@ -1,5 +1,6 @@
 """The agent's local state (sqlmodel): the runs it joined, comparison jobs, per-item judgments
-and the egress ledger. SQLite in the data directory by default, any SQLAlchemy URL by setting.
+and the egress ledger. SQLite in the data directory by default, PostgreSQL (or any SQLAlchemy
+URL) by setting; Alembic keeps the schema (agent/migrations).
 
 Everything is keyed so that a repeated request finds its stored answer and a crash at any point
 loses nothing and counts nothing twice (unique constraints on the natural keys).
@@ -12,8 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, UniqueConstraint, event
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlalchemy import Engine, UniqueConstraint
+from sqlmodel import Field, Session, SQLModel, select
+
+import dbschema
+from dbschema import Schema
 
 
 def _now() -> datetime:
@@ -110,25 +114,32 @@ class LedgerEntry(SQLModel, table=True):
     content: str  # JSON of the decoded payload
 
 
+TABLES = (SiteRun, ComparisonJob, ItemJudgment, ReferenceScore, LedgerEntry)
+SCHEMA = Schema(
+    name="agent database",
+    scripts=Path(__file__).parent / "migrations",
+    tables=tuple(model.__table__ for model in TABLES),
+    version_table="alembic_version_agent",
+)
+
+
 def open_database(url: str) -> Engine:
-    """Create the tables if needed; SQLite runs in WAL mode for the agent's two processes."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
-    if url.startswith("sqlite"):
+    """The agent database at the code's schema (created, or upgraded in place, by Alembic);
+    SQLite runs in WAL mode for the agent's processes."""
+    return dbschema.open_database(url, SCHEMA)
 
-        @event.listens_for(engine, "connect")
-        def _wal(connection, _record) -> None:  # type: ignore[no-untyped-def]
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
 
-    SQLModel.metadata.create_all(
-        engine,
-        tables=[
-            m.__table__ for m in (SiteRun, ComparisonJob, ItemJudgment, ReferenceScore, LedgerEntry)
-        ],
-    )
-    return engine
+def add_new(session: Session, row: SQLModel) -> None:
+    """Insert the row unless one with the same unique key is there: processes racing on one
+    key (two workers, two ClientApps) store it once instead of failing."""
+    table = type(row).__table__
+    values = {
+        name: value
+        for name, value in row.model_dump().items()
+        if not (value is None and table.c[name].primary_key)  # the database numbers it
+    }
+    insert = dbschema.dialect_insert(session.get_bind().dialect.name)
+    session.connection().execute(insert(table).values(**values).on_conflict_do_nothing())
 
 
 def record_egress(engine: Engine, run_key: str, message_type: str, payload: dict) -> None:

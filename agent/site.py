@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from agent.db import ComparisonJob, SiteRun, record_egress
+from agent.db import ComparisonJob, SiteRun, add_new, record_egress
 from coordinator.protocol import (
     COMPARE_MESSAGE,
     SPACE_MESSAGE,
@@ -51,12 +51,8 @@ def accept_space(engine: Engine, record: Mapping[str, Any]) -> Reply:
             raise ProtocolError(Code.CONFIG_ID_MISMATCH, f"{config_id} != {expected}")
     space_hash = _space_hash(record)
     with Session(engine) as session:
-        existing = session.get(SiteRun, message.run_key)
-        if existing is not None:
-            if existing.space_hash != space_hash:
-                raise ProtocolError(Code.SPACE_CHANGED, f"run {message.run_key} changed space")
-            return Reply(Status.OK)
-        session.add(
+        add_new(  # a repeated (or concurrent) request finds the stored run
+            session,
             SiteRun(
                 run_key=message.run_key,
                 space_hash=space_hash,
@@ -64,9 +60,11 @@ def accept_space(engine: Engine, record: Mapping[str, Any]) -> Reply:
                 params=json.dumps(list(message.params)),
                 validation_items=message.validation_items,
                 judge_mode=message.judge_mode,
-            )
+            ),
         )
         session.commit()
+        if session.get(SiteRun, message.run_key).space_hash != space_hash:
+            raise ProtocolError(Code.SPACE_CHANGED, f"run {message.run_key} changed space")
     return Reply(Status.OK)
 
 
@@ -93,11 +91,8 @@ def _jobs(
                 item_start=comparison.item_start,
                 item_stop=max(stop, comparison.item_start),
             )
-            job = session.exec(select(ComparisonJob).filter_by(**key)).first()
-            if job is None:
-                job = ComparisonJob(**key)
-                session.add(job)
-            jobs.append(job)
+            add_new(session, ComparisonJob(**key))
+            jobs.append(session.exec(select(ComparisonJob).filter_by(**key)).one())
         session.commit()
         for row in (run, *jobs):
             session.refresh(row)

@@ -3,7 +3,9 @@
 It runs apart from the Flower SuperNode so that hours of training never hold up a message. All
 its work is resumable: the trainer resumes from the last finished epoch, generation and the
 judge keep caches, and per-item judgments are stored under a unique key, so a kill -9 at any
-point loses nothing and counts nothing twice.
+point loses nothing and counts nothing twice. A second worker on the same database (two agents
+of one site) may judge a job twice but records it once: the first stored judgment of an item
+stays, and only the first worker to finish a job tallies it.
 """
 
 from __future__ import annotations
@@ -15,12 +17,18 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlmodel import Session, select
-from transformers import TrainerCallback
 
 from agent.config import SiteConfig, resolve_data_path
-from agent.db import ComparisonJob, ItemJudgment, ReferenceScore, SiteRun, open_database
+from agent.db import (
+    ComparisonJob,
+    ItemJudgment,
+    ReferenceScore,
+    SiteRun,
+    add_new,
+    open_database,
+)
 from agent.privacy import noisy_tally
 from coordinator.protocol import Code
 
@@ -95,19 +103,23 @@ def reference_answers(config: SiteConfig) -> dict:
     return load_reference_answers(resolve_data_path(config, config.data.validation))
 
 
-class _TrainingProgress(TrainerCallback):
-    """Training counts for the first 80% of a run's preparation, step by step."""
+def _training_progress(worker: SiteWorker, run_key: str):  # type: ignore[no-untyped-def]
+    """Training counts for the first 80% of a run's preparation, step by step. (transformers
+    is imported here, not at module level: a worker that only judges starts in seconds.)"""
+    from transformers import TrainerCallback
 
-    def __init__(self, worker: SiteWorker, run_key: str) -> None:
-        self.worker, self.run_key = worker, run_key
-        self.position, self.total = 1, 1
+    class TrainingProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.position, self.total = 1, 1
 
-    def enter(self, _run: object, position: int, total: int) -> None:
-        self.position, self.total = position, total
+        def enter(self, _run: object, position: int, total: int) -> None:
+            self.position, self.total = position, total
 
-    def on_step_end(self, args, state, control, **kwargs):
-        done = (self.position - 1 + state.global_step / max(state.max_steps, 1)) / self.total
-        self.worker._set_run(self.run_key, progress=int(800 * done))
+        def on_step_end(self, args, state, control, **kwargs):
+            done = (self.position - 1 + state.global_step / max(state.max_steps, 1)) / self.total
+            worker._set_run(run_key, progress=int(800 * done))
+
+    return TrainingProgress()
 
 
 class SiteWorker:
@@ -180,7 +192,7 @@ class SiteWorker:
                 lora_top_layers=model.lora_top_layers or None,
             )
 
-            progress = _TrainingProgress(self, run_key)
+            progress = _training_progress(self, run_key)
             records = training_records(self.config)
             started = time.monotonic()
             report = train(configs, records, args, callbacks=[progress], on_run=progress.enter)
@@ -289,8 +301,11 @@ class SiteWorker:
         except Exception:
             log.exception("judging comparison job %s failed", job_id)
             with Session(self.engine) as session:
-                job = session.get(ComparisonJob, job_id)
-                job.status, job.error_code = "failed", int(Code.JUDGING_FAILED)
+                session.connection().execute(
+                    update(ComparisonJob)
+                    .where(ComparisonJob.id == job_id, ComparisonJob.status == "pending")
+                    .values(status="failed", error_code=int(Code.JUDGING_FAILED))
+                )
                 session.commit()
             return
         self._finish(job_id, key, [item.id for item in items], time.monotonic() - started)
@@ -314,7 +329,8 @@ class SiteWorker:
     def _store_judgment(self, key: tuple[str, str, str], item_id: str, judgment) -> None:
         detail = json.dumps(judgment.as_record())
         with Session(self.engine) as session:
-            session.add(
+            add_new(  # a worker racing on the same job may have stored it: the first one stays
+                session,
                 ItemJudgment(
                     run_key=key[0],
                     a_id=key[1],
@@ -322,7 +338,7 @@ class SiteWorker:
                     item_id=item_id,
                     verdict=judgment.verdict,
                     detail=detail,
-                )
+                ),
             )
             session.commit()
 
@@ -330,6 +346,16 @@ class SiteWorker:
         self, job_id: int, key: tuple[str, str, str], item_ids: Sequence[str], seconds: float
     ) -> None:
         with Session(self.engine) as session:
+            # Finishing claims the job first (the transaction's first statement, so it holds
+            # the write lock): a second worker racing on the job finds it finished and records
+            # nothing, neither a second noisy tally nor a second share of the privacy budget.
+            claimed = session.connection().execute(
+                update(ComparisonJob)
+                .where(ComparisonJob.id == job_id, ComparisonJob.status == "pending")
+                .values(status="done")
+            )
+            if claimed.rowcount == 0:
+                return
             rows = session.exec(
                 select(ItemJudgment).where(
                     ItemJudgment.run_key == key[0],
@@ -345,7 +371,9 @@ class SiteWorker:
             tally = (counts["win"], counts["tie"], counts["loss"], counts["invalid"], len(rows))
             privacy = self.config.privacy
             if privacy.epsilon > 0:
-                run = session.get(SiteRun, key[0])
+                run = session.exec(
+                    select(SiteRun).where(SiteRun.run_key == key[0]).with_for_update()
+                ).one()
                 if privacy.budget and run.epsilon_spent + privacy.epsilon > privacy.budget + 1e-9:
                     job.status, job.error_code = "failed", int(Code.PRIVACY_BUDGET)
                     session.commit()

@@ -15,7 +15,7 @@ from rich.live import Live
 
 from coordinator.config import FederationConfig, FederationConfigError, load_federation_config
 from coordinator.console import latest_run, render
-from coordinator.db import open_database, run_finished
+from coordinator.db import SCHEMA, open_database, run_finished
 from coordinator.launch import (
     port_open,
     run_status,
@@ -24,6 +24,7 @@ from coordinator.launch import (
     submit_run,
     write_connection,
 )
+from dbschema import create_database_engine, current_line, upgrade_line
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -37,6 +38,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except (FederationConfigError, FileNotFoundError, TimeoutError, RuntimeError) as exc:
+        # (dbschema.SchemaError is a RuntimeError: a database from a newer version)
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -76,7 +78,9 @@ def run_federation(federation: FederationConfig) -> dict:
         superlink = start_superlink(federation.superlink, federation.state_dir)
     try:
         write_connection(federation.superlink, federation.state_dir)
-        open_database(federation.database_url)
+        changed, line = upgrade_line(create_database_engine(federation.database_url), SCHEMA)
+        if changed:
+            console.print(line, highlight=False, soft_wrap=True)
         run_id = submit_run(federation.state_dir, federation.run_config())
         console.print(f"submitted run {federation.run.name} (Flower run {run_id})")
         status = follow_run(federation, run_id)
@@ -108,7 +112,8 @@ def live_console(
     once: Annotated[bool, typer.Option(help="print one frame and exit")] = False,
 ) -> None:
     """A live view of a run: sites, rounds, tallies, leaderboard, best config so far."""
-    engine = open_database(_url(database))
+    with _user_errors():
+        engine = open_database(_url(database))
     name = run or latest_run(engine)
     if name is None:
         console.print("[red]error:[/red] no run in this database yet")
@@ -136,6 +141,42 @@ def report(
     with _user_errors():
         summary = write_report(run_result(open_database(_url(database)), run), out, threshold)
     print(json.dumps(summary["best_config"]))
+
+
+db_app = typer.Typer(help="The coordinator database and its schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+OptionalConfig = Annotated[
+    Path | None, typer.Option("--config", "-c", help="federation.toml (instead of --database)")
+]
+
+
+def _database_url(config: Path | None, database: str) -> str:
+    return load_federation_config(config).database_url if config else _url(database)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    config: OptionalConfig = None,
+    database: DatabaseOption = "coordinator-state/coordinator.sqlite",
+) -> None:
+    """Bring the coordinator database to this version's schema (start does it too); a
+    database from a newer version is refused."""
+    with _user_errors():
+        _changed, line = upgrade_line(
+            create_database_engine(_database_url(config, database)), SCHEMA
+        )
+    Console().print(line, highlight=False, soft_wrap=True)
+
+
+@db_app.command("current")
+def db_current(
+    config: OptionalConfig = None,
+    database: DatabaseOption = "coordinator-state/coordinator.sqlite",
+) -> None:
+    """The coordinator database's schema revision; changes nothing."""
+    with _user_errors():
+        line = current_line(create_database_engine(_database_url(config, database)), SCHEMA)
+    Console().print(line, highlight=False, soft_wrap=True)
 
 
 certs_app = typer.Typer(help="TLS certificates for the SuperLink.", no_args_is_help=True)

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, UniqueConstraint
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, select
+
+import dbschema
+from dbschema import Schema
 
 
 def _now() -> datetime:
@@ -141,12 +144,18 @@ def site_names(engine: Engine) -> dict[str, str]:
 TABLES = (FederatedRun, RunSite, ComparisonResult, RoundLog, RegisteredSite)
 
 
+SCHEMA = Schema(
+    name="coordinator database",
+    scripts=Path(__file__).parent / "migrations",
+    tables=tuple(model.__table__ for model in TABLES),
+    version_table="alembic_version_coordinator",
+)
+
+
 def open_database(url: str) -> Engine:
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
-    SQLModel.metadata.create_all(engine, tables=[t.__table__ for t in TABLES])
-    return engine
+    """The coordinator database at the code's schema (created, or upgraded in place, by
+    Alembic: coordinator/migrations)."""
+    return dbschema.open_database(url, SCHEMA)
 
 
 def comparisons(engine: Engine, run_name: str) -> list[ComparisonResult]:

@@ -1,4 +1,8 @@
-"""On-disk judgment cache: a row per (judge identity, mode, settings, prompt); reruns are free."""
+"""On-disk judgment cache: a row per (judge identity, mode, settings, prompt); reruns are free.
+
+SQLite by default, PostgreSQL (or any SQLAlchemy URL) by setting; Alembic keeps the schema
+(judge/migrations, version table `alembic_version_judge_cache`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ import json
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, select
+
+import dbschema
+from dbschema import Schema
 
 
 class CachedJudgment(SQLModel, table=True):
@@ -18,20 +25,25 @@ class CachedJudgment(SQLModel, table=True):
     payload: str
 
 
+SCHEMA = Schema(
+    name="judgment cache",
+    scripts=Path(__file__).parent / "migrations",
+    tables=(CachedJudgment.__table__,),
+    version_table="alembic_version_judge_cache",
+)
+
+
 def judgment_key(identity: str, mode: str, settings: str, prompt: str) -> str:
     material = json.dumps([identity, mode, settings, prompt], ensure_ascii=False)
     return hashlib.sha256(material.encode()).hexdigest()
 
 
 class JudgmentCache:
-    """A SQLite (or any SQLAlchemy URL) store of per-order judge outputs."""
+    """A SQLite file (or any SQLAlchemy URL) of per-order judge outputs."""
 
     def __init__(self, location: Path | str) -> None:
         url = str(location) if "://" in str(location) else f"sqlite:///{location}"
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url)
-        SQLModel.metadata.create_all(self.engine, tables=[CachedJudgment.__table__])
+        self.engine: Engine = dbschema.open_database(url, SCHEMA)
 
     def get_many(self, keys: list[str]) -> dict[str, dict]:
         if not keys:
@@ -41,7 +53,16 @@ class JudgmentCache:
             return {row.key: json.loads(row.payload) for row in rows}
 
     def put_many(self, entries: dict[str, dict]) -> None:
-        with Session(self.engine) as session:
-            for key, value in entries.items():
-                session.merge(CachedJudgment(key=key, payload=json.dumps(value)))
-            session.commit()
+        """Store entries, replacing any under the same key (processes sharing the cache may
+        write one key at once)."""
+        if not entries:
+            return
+        insert = dbschema.dialect_insert(self.engine.dialect.name)
+        table = CachedJudgment.__table__
+        rows = [{"key": key, "payload": json.dumps(value)} for key, value in entries.items()]
+        statement = insert(table)
+        statement = statement.on_conflict_do_update(
+            index_elements=[table.c.key], set_={"payload": statement.excluded.payload}
+        )
+        with self.engine.begin() as connection:
+            connection.execute(statement, rows)

@@ -23,6 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from dbschema import SchemaError
 from judge.backends import (
     GenerationSettings,
     JudgeSpec,
@@ -68,7 +69,10 @@ ReferenceOption = Annotated[
 ]
 MaxNewTokensOption = Annotated[int, typer.Option("--max-new-tokens", min=1)]
 CacheOption = Annotated[
-    Path | None, typer.Option("--cache", help="judgment cache (default: in the local cache dir)")
+    str | None,
+    typer.Option(
+        "--cache", help="judgment cache: SQLite file or database URL (default: local cache dir)"
+    ),
 ]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="judge everything afresh")]
 
@@ -78,7 +82,7 @@ def _user_errors() -> Iterator[None]:
     """Turn known bad-input errors into one clear line and exit status 2."""
     try:
         yield
-    except (InputError, SpecError, ModelNotFoundError) as exc:
+    except (InputError, SpecError, ModelNotFoundError, SchemaError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -89,7 +93,7 @@ def _make_judge(
     one_order: bool,
     reference_decoding: bool,
     max_new_tokens: int,
-    cache: Path | None,
+    cache: str | None,
     no_cache: bool,
 ) -> PairJudge:
     if mode is None:

@@ -1,11 +1,15 @@
-"""Shared fixtures: a tiny random LLaMA with a tiny byte-level BPE tokenizer, built in the test."""
+"""Shared fixtures: a tiny random LLaMA with a tiny byte-level BPE tokenizer, built in the test;
+fresh databases on SQLite and on a real PostgreSQL server (tests/postgres.py)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.postgres import PostgresServer, PostgresUnavailable, unavailable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -84,3 +88,44 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"needs the shared data folder {SHARED_DATA}, absent on this machine")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer | str]:
+    """One throw-away PostgreSQL cluster for the session, started on first use; or why not."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        yield "psycopg is not installed: pip install -e '.[postgres]'"
+        return
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as exc:
+        yield str(exc)
+        return
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class NewDatabase:
+    """Makes fresh, empty databases on one backend: `new_database_url("agent")` is a URL."""
+
+    def __init__(self, backend: str, make: Callable[[str], str]) -> None:
+        self.backend, self._make = backend, make
+
+    def __call__(self, name: str) -> str:
+        return self._make(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> NewDatabase:
+    """Fresh databases on SQLite, then on the session's PostgreSQL server: a test taking this
+    fixture runs on both."""
+    if request.param == "sqlite":
+        return NewDatabase("sqlite", lambda name: f"sqlite:///{tmp_path / name}.sqlite")
+    server = request.getfixturevalue("postgres_server")
+    if isinstance(server, str):
+        unavailable(server)
+    return NewDatabase("postgresql", lambda _name: server.new_database())

@@ -37,10 +37,13 @@ CONFIGS = [
 ]
 
 
-def write_site_config(folder: Path, base: Path, name: str = "site-a", seed: int = 0) -> Path:
+def write_site_config(
+    folder: Path, base: Path | str, name: str = "site-a", seed: int = 0, database: str = ""
+) -> Path:
     path = folder / f"{name}.toml"
+    setting = f'database = "{database}"\n' if database else ""
     path.write_text(
-        f'[site]\nname = "{name}"\ndata_dir = "{name}-data"\n'
+        f'[site]\nname = "{name}"\ndata_dir = "{name}-data"\n{setting}'
         f"[data]\nbuiltin_seed = {seed}\ntrain_examples = 16\nvalidation_items = 6\n"
         f'[model]\nbase = "{base}"\nmax_length = 96\nbatch_size = 8\nmax_new_tokens = 8\n'
         "keep_weights = true\n"
@@ -80,8 +83,10 @@ def site_tally(engine, row) -> tuple[int, int, int, int, int]:
         return job.tally()
 
 
-def test_site_answers_from_its_database(tmp_path: Path, tiny_llama: Path) -> None:
-    config = load_site_config(write_site_config(tmp_path, tiny_llama))
+def test_site_answers_from_its_database(tmp_path: Path, tiny_llama: Path, new_database_url) -> None:
+    config = load_site_config(
+        write_site_config(tmp_path, tiny_llama, database=new_database_url("agent"))
+    )
     engine = open_database(config.database_url)
 
     early = handle_message(engine, COMPARE_MESSAGE, compare_record((0, 1)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from rich.console import Console
 from sqlalchemy import Engine
@@ -36,8 +35,8 @@ TIE_BREAKS = [
 EVIDENCE = [(3, 4, 1, 2, 5)]
 
 
-def planted(tmp_path: Path, rows: list[tuple[int, int, int, int, int]]) -> Engine:
-    engine = open_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+def planted(url: str, rows: list[tuple[int, int, int, int, int]]) -> Engine:
+    engine = open_database(url)
     with Session(engine) as session:
         session.add(
             FederatedRun(
@@ -84,8 +83,8 @@ def leaderboard(text: str) -> list[list[str]]:
     return [[cell.strip() for cell in row if cell.strip()] for row in rows]
 
 
-def test_leaderboard_scores_only_comparisons_decided_by_evidence(tmp_path: Path) -> None:
-    text = frame(planted(tmp_path, TIE_BREAKS + EVIDENCE))
+def test_leaderboard_scores_only_comparisons_decided_by_evidence(new_database_url) -> None:
+    text = frame(planted(new_database_url("coordinator"), TIE_BREAKS + EVIDENCE))
     board = {row[0].split()[0]: row[1:] for row in leaderboard(text)}
     assert list(board) == ["#4", "#0", "#1", "#2", "#3"]
     assert board["#4"] == ["+1", "1", "0", "1"]
@@ -96,8 +95,8 @@ def test_leaderboard_scores_only_comparisons_decided_by_evidence(tmp_path: Path)
     assert "could not tell" not in text
 
 
-def test_console_says_when_nothing_was_decided(tmp_path: Path) -> None:
-    text = frame(planted(tmp_path, TIE_BREAKS))
+def test_console_says_when_nothing_was_decided(new_database_url) -> None:
+    text = frame(planted(new_database_url("coordinator"), TIE_BREAKS))
     assert "could not tell the configs apart" in text
     assert all(row[1] == "+0" for row in leaderboard(text))
 

@@ -119,9 +119,9 @@ def test_a_silent_site_is_left_out_and_named(tmp_path: Path, sites: dict) -> Non
     )
 
 
-def test_a_restarted_coordinator_resumes(tmp_path: Path, sites: dict) -> None:
-    url = f"sqlite:///{tmp_path / 'coordinator.sqlite'}"
-    first = _selection(open_coordinator_database(url), LoopbackTransport(sites), "run-resume")
+def test_a_restarted_coordinator_resumes(sites: dict, new_database_url) -> None:
+    url, name = new_database_url("coordinator"), f"run-resume-{new_database_url.backend}"
+    first = _selection(open_coordinator_database(url), LoopbackTransport(sites), name)
     calls = 0
     original = first._compare
 
@@ -138,7 +138,7 @@ def test_a_restarted_coordinator_resumes(tmp_path: Path, sites: dict) -> None:
     assert {(r.a, r.b) for r in comparison_rows(url)} == {(0, 1), (2, 3)}
 
     transport = LoopbackTransport(sites)
-    outcome = _selection(open_coordinator_database(url), transport, "run-resume").run()
+    outcome = _selection(open_coordinator_database(url), transport, name).run()
     assert outcome.best_index == 2
     rows = comparison_rows(url)
     keys = [(r.a, r.b, r.item_start, r.item_stop) for r in rows]

@@ -46,11 +46,15 @@ def _request(secure: bool = True) -> dict:
 
 
 @pytest.fixture
-def sites(tmp_path: Path) -> dict[int, str]:
-    """Three sites that joined run-1 and have judged both comparisons (planted tallies)."""
+def sites(tmp_path: Path, new_database_url) -> dict[int, str]:
+    """Three sites that joined run-1 and have judged both comparisons (planted tallies); their
+    databases on SQLite, then on PostgreSQL."""
     paths = {}
     for node_id, tallies in SITE_TALLIES.items():
-        path = write_site_config(tmp_path, tmp_path, name=f"site-{node_id}", seed=node_id)
+        name = f"site-{node_id}"
+        path = write_site_config(
+            tmp_path, tmp_path, name=name, seed=node_id, database=new_database_url(name)
+        )
         engine = open_database(load_site_config(path).database_url)
         assert handle_message(engine, SPACE_MESSAGE, space_record())["status"] == Status.OK
         with Session(engine) as session:
