@@ -101,10 +101,10 @@ def test_console_says_when_nothing_was_decided(new_database_url) -> None:
     assert all(row[1] == "+0" for row in leaderboard(text))
 
 
-def test_registered_sites_are_named_others_shown_by_node_id(tmp_path: Path) -> None:
+def test_registered_sites_are_named_others_shown_by_node_id(new_database_url) -> None:
     """Names come from the registry `sites add` writes; an unregistered (insecure demo) node
     keeps its node id. The console, the result the report and summary.json use, agree."""
-    engine = planted(tmp_path, EVIDENCE)
+    engine = planted(new_database_url("coordinator"), EVIDENCE)
     registered, unregistered, removed = "18446744073709551615", "42", "7"
     with Session(engine) as session:
         for node_id, status in ((registered, "active"), (unregistered, "active"),

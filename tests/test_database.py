@@ -53,8 +53,7 @@ def _fill(url: str, schema: Schema) -> dict[str, list[tuple]]:
     """Three rows in every table of the schema as the database has it now (reflected); the
     integer surrogate keys come from the database, as they would in use."""
     engine = dbschema.create_database_engine(url)
-    tables = MetaData()
-    tables.reflect(engine, only=[t.name for t in schema.tables])
+    tables = _reflected(url, schema)
     with engine.begin() as connection:
         for table in tables.sorted_tables:
             for row in range(3):
@@ -82,8 +81,12 @@ def _rows(url: str, tables: MetaData) -> dict[str, list[tuple]]:
 
 
 def _reflected(url: str, schema: Schema) -> MetaData:
+    """The schema's tables that the database has at its revision (later ones may be missing)."""
+    names = {t.name for t in schema.tables}
     tables = MetaData()
-    tables.reflect(dbschema.create_database_engine(url), only=[t.name for t in schema.tables])
+    tables.reflect(
+        dbschema.create_database_engine(url), only=lambda name, _metadata: name in names
+    )
     return tables
 
 
