@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session, func, select
 
-from agent.config import SiteConfig, SiteConfigError, load_site_config
+from agent.config import SiteConfig, SiteConfigError, check_judge_endpoint, load_site_config
 from agent.db import ComparisonJob, ReferenceScore, SiteRun, ledger, open_database
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -46,7 +46,8 @@ torch_threads = 1
 keep_weights = false              # weights are deleted once their responses exist
 
 [judge]
-spec = "builtin"                  # gguf:PATH | hf:PATH[?quant=8bit|4bit]
+spec = "builtin"                  # gguf:PATH | hf:PATH[?quant=8bit|4bit] | openai:URL[?model=NAME]
+allow_remote = false              # an openai: judge must be on this site's network unless true
 
 [privacy]
 epsilon = 0.0                     # > 0: differentially private tallies (agent/privacy.py)
@@ -100,6 +101,7 @@ def start(config: ConfigOption) -> None:
     from agent.supervisor import supervise
 
     with _site(config) as site:
+        check_judge_endpoint(site)
         open_database(site.database_url)
     console.print(f"site {site.name}: data in {site.data_dir}, logs in {site.data_dir / 'logs'}")
     supervise(site)
@@ -112,7 +114,7 @@ def worker(config: ConfigOption) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with _site(config) as site:
-        pass
+        check_judge_endpoint(site)
     SiteWorker(site).run_forever()
 
 
