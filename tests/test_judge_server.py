@@ -154,10 +154,12 @@ def test_judgments_are_cached_and_requests_run_concurrently(server, tmp_path: Pa
     assert peak > 1
 
 
-def test_count_tokens_uses_the_servers_tokenizer(server, in_process) -> None:
+def test_the_model_and_the_tokenizer_are_the_servers(server, in_process) -> None:
     backend = load_backend(f"openai:{server}")
     text = PAIRS[0].prompt()
     assert backend.count_tokens(text) == in_process.count_tokens(text)
+    with pytest.raises(SpecError, match=r"serves \['tiny-judge'\], not 'pandalm-7b'"):
+        load_backend(f"openai:{server}?model=pandalm-7b")
 
 
 def test_bad_specs_and_unreachable_servers() -> None:

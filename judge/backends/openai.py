@@ -41,7 +41,7 @@ accepts (servers may batch the two requests differently)."""
 
 
 STREAM_CUT = (
-    "the judge server ended a completion without a finish reason (llama-cpp-python's server "
+    "the judge server cut a completion short (llama-cpp-python's server "
     "cuts a stream short when another request arrives: start it with --interrupt_requests "
     "false, or judge with concurrency=1)"
 )
@@ -84,14 +84,15 @@ class OpenAICompletionsBackend:
         self.concurrency = concurrency
         self.logprobs = logprobs
         self.client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0))
-        self.model = model or self._served_model()
+        self.model = self._served_model(model)
         self.identity = f"openai:{self.url}:{self.model}"
         self._scoring = None if scoring == "auto" else scoring
         self._scoring_lock = threading.Lock()
         self._list_all = True
 
-    def _served_model(self) -> str:
-        """The first model the server lists: checks that it is there and speaks the API."""
+    def _served_model(self, wanted: str | None) -> str:
+        """`wanted`, or the first model the server lists; checks that the server is there and
+        serves it."""
         models_url = self.url.removesuffix("/completions") + "/models"
         try:
             response = self.client.get(models_url)
@@ -100,21 +101,31 @@ class OpenAICompletionsBackend:
         if response.status_code != 200:
             raise OSError(f"{models_url} answered HTTP {response.status_code}, not a model list")
         try:
-            return str(response.json()["data"][0]["id"])
+            served = [str(entry["id"]) for entry in response.json()["data"]]
         except (ValueError, LookupError, TypeError) as exc:
-            raise OSError(f"{models_url} lists no model") from exc
+            raise OSError(f"{models_url} gives no model list") from exc
+        if not served or (wanted is not None and wanted not in served):
+            raise OSError(f"{models_url} serves {served or 'no model'}, not {wanted!r}")
+        return wanted or served[0]
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             response = self.client.post(self.url, json={"model": self.model, **body})
         except httpx.HTTPError as exc:
-            raise OSError(f"judge server {self.url} unreachable ({exc})") from exc
+            raise self._transport_error(exc) from exc
         if response.status_code != 200:
             raise EndpointError(
                 f"judge server {self.url} answered HTTP {response.status_code}: "
                 f"{response.text[:300]}"
             )
         return response.json()
+
+    def _transport_error(self, exc: httpx.HTTPError) -> Exception:
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return OSError(f"judge server {self.url} unreachable ({exc})")
+        if isinstance(exc, httpx.TimeoutException):
+            return EndpointError(f"judge server {self.url} did not answer in time ({exc})")
+        return EndpointError(f"{self.url}: {STREAM_CUT} ({exc})")
 
     def _concurrently(self, work: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         items = list(items)
@@ -161,12 +172,8 @@ class OpenAICompletionsBackend:
                     finished = finished or bool(choice.get("finish_reason"))
                     if settings.stop_early and generation_settled(text):
                         return text  # closing the stream tells the server to stop
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise OSError(f"judge server {self.url} unreachable ({exc})") from exc
-        except httpx.TimeoutException as exc:
-            raise EndpointError(f"judge server {self.url} did not answer in time ({exc})") from exc
         except httpx.HTTPError as exc:
-            raise EndpointError(f"{self.url}: {STREAM_CUT} ({exc})") from exc
+            raise self._transport_error(exc) from exc
         if not finished:
             raise EndpointError(f"{self.url}: {STREAM_CUT}")
         return text
