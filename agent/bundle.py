@@ -111,8 +111,17 @@ def plan_models(judge: str = "builtin", base: Path | None = None) -> ModelPlan:
             raise BundleError(f"--judge {judge}: {path} is not a transformers model directory")
         copies.append((path, f"judge/{path.resolve().name}"))
         judge_spec = f"hf:{MODELS_PLACEHOLDER}/judge/{path.resolve().name}{suffix}"
+    elif sep and kind == "openai":
+        from judge.backends import SpecError, parse_spec
+
+        try:
+            parse_spec(judge)  # a judge server on the site's network: no model to carry
+        except SpecError as exc:
+            raise BundleError(f"--judge {judge}: {exc}") from None
     else:
-        raise BundleError(f"--judge {judge}: use builtin, gguf:PATH or hf:PATH[?options]")
+        raise BundleError(
+            f"--judge {judge}: use builtin, gguf:PATH, hf:PATH[?options] or openai:URL[?options]"
+        )
     base_value = "builtin"
     if base is not None:
         if not (base / "config.json").is_file():

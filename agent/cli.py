@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session, func, select
 
-from agent.config import SiteConfig, SiteConfigError, load_site_config
+from agent.config import SiteConfig, SiteConfigError, check_judge_endpoint, load_site_config
 from agent.db import ComparisonJob, ReferenceScore, SiteRun, ledger, open_database
 
 if TYPE_CHECKING:
@@ -53,7 +53,8 @@ torch_threads = 1
 keep_weights = false              # weights are deleted once their responses exist
 
 [judge]
-spec = "builtin"                  # gguf:PATH | hf:PATH[?quant=8bit|4bit]
+spec = "builtin"                  # gguf:PATH | hf:PATH[?quant=8bit|4bit] | openai:URL[?model=NAME]
+allow_remote = false              # an openai: judge must be on this site's network unless true
 
 [privacy]
 epsilon = 0.0                     # > 0: differentially private tallies (agent/privacy.py)
@@ -107,6 +108,7 @@ def start(config: ConfigOption) -> None:
     from agent.supervisor import supervise
 
     with _site(config) as site, _schema_errors():
+        check_judge_endpoint(site)
         for changed, line in _upgrade(site):
             if changed:
                 console.print(line, highlight=False, soft_wrap=True)
@@ -173,7 +175,7 @@ def worker(config: ConfigOption) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with _site(config) as site:
-        pass
+        check_judge_endpoint(site)
     SiteWorker(site).run_forever()
 
 

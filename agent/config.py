@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from coordinator.tomlconfig import read_toml, typed_table
 
@@ -46,6 +49,9 @@ class ModelSettings:
 class JudgeSettings:
     spec: str = "builtin"
     max_new_tokens: int = 256
+    allow_remote: bool = False
+    """An `openai:URL` judge sees the site's texts: its host must be loopback or a private
+    address unless this is set."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,13 @@ def load_site_config(path: Path) -> SiteConfig:
     data_dir = Path(site.get("data_dir", f"{site['name']}-data")).expanduser()
     if not data_dir.is_absolute():
         data_dir = path.parent.resolve() / data_dir
+    if parsed["judge"].spec.startswith("openai:"):
+        from judge.backends import SpecError, parse_spec
+
+        try:
+            parse_spec(parsed["judge"].spec)
+        except SpecError as exc:
+            raise SiteConfigError(f"{path}: [judge].spec: {exc}") from None
     for key in ("train", "validation"):
         value = getattr(parsed["data"], key)
         if value != "builtin" and not (path.parent / value).expanduser().exists():
@@ -146,3 +159,40 @@ def load_site_config(path: Path) -> SiteConfig:
 def resolve_data_path(config: SiteConfig, value: str) -> Path:
     base = config.source.parent if config.source else Path.cwd()
     return (base / value).expanduser()
+
+
+def judge_endpoint(config: SiteConfig) -> str | None:
+    """`host:port` of an `openai:URL` judge (where the site's texts are sent), else None."""
+    if not config.judge.spec.startswith("openai:"):
+        return None
+    url = urlsplit(config.judge.spec.removeprefix("openai:").partition("?")[0])
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"{url.hostname}:{port}"
+
+
+def check_judge_endpoint(config: SiteConfig) -> None:
+    """Refuse a judge server outside the site's network: every address its host resolves to
+    must be loopback or private, unless `[judge] allow_remote = true`."""
+    endpoint = judge_endpoint(config)
+    if endpoint is None or config.judge.allow_remote:
+        return
+    host = endpoint.rpartition(":")[0]
+    where = f"{config.source}: [judge].spec"
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror as exc:
+        raise SiteConfigError(
+            f"{where}: cannot resolve the judge host {host!r} to check that it is on the "
+            f"site's network ({exc.strerror})"
+        ) from None
+    public = sorted(a for a in addresses if not (_ip(a).is_loopback or _ip(a).is_private))
+    if public:
+        raise SiteConfigError(
+            f"{where}: the judge host {host} is at {', '.join(public)}, not a loopback or "
+            "private address; the judge is sent the site's texts, so it must be on the site's "
+            "own network (set [judge] allow_remote = true if that server is yours)"
+        )
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(address.partition("%")[0])

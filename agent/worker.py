@@ -20,14 +20,16 @@ import numpy as np
 from sqlalchemy import Engine, update
 from sqlmodel import Session, select
 
-from agent.config import SiteConfig, resolve_data_path
+from agent.config import SiteConfig, check_judge_endpoint, judge_endpoint, resolve_data_path
 from agent.db import (
     ComparisonJob,
     ItemJudgment,
+    LedgerEntry,
     ReferenceScore,
     SiteRun,
     add_new,
     open_database,
+    record_egress,
 )
 from agent.privacy import noisy_tally
 from coordinator.protocol import Code
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from judge.engine import Pair, PairJudgment
 
 log = logging.getLogger(__name__)
+JUDGE_ENDPOINT = "judge.endpoint"
+"""Ledger entry: the host of a judge server that this run's pairs are sent to (no content)."""
 TALLY_OF_VERDICT = {"1": "win", "Tie": "tie", "2": "loss", "invalid": "invalid"}
 
 
@@ -60,6 +64,7 @@ class LocalJudge:
         from judge.cache import JudgmentCache
         from judge.engine import PairJudge
 
+        check_judge_endpoint(config)
         self.pair_judge = PairJudge(
             load_backend(config.judge.spec),
             mode=mode,  # type: ignore[arg-type]
@@ -176,6 +181,7 @@ class SiteWorker:
         from trainer.space import CandidateConfig
 
         torch.set_num_threads(self.config.model.torch_threads)
+        self._record_judge_endpoint(run_key)
         with Session(self.engine) as session:
             run = session.get(SiteRun, run_key)
             configs = [
@@ -222,6 +228,20 @@ class SiteWorker:
         self._set_run(
             run_key, stage="ready", progress=1000, generation_seconds=time.monotonic() - started
         )
+
+    def _record_judge_endpoint(self, run_key: str) -> None:
+        """The run's pairs will go to a judge server: the ledger names its host (once)."""
+        endpoint = judge_endpoint(self.config)
+        if endpoint is None:
+            return
+        with Session(self.engine) as session:
+            recorded = session.exec(
+                select(LedgerEntry).where(
+                    LedgerEntry.run_key == run_key, LedgerEntry.message_type == JUDGE_ENDPOINT
+                )
+            ).first()
+        if recorded is None:
+            record_egress(self.engine, run_key, JUDGE_ENDPOINT, {"judge_host": endpoint})
 
     def _reference_nll(self, run_key: str, items: Sequence, answers: dict):
         """The callback that scores reference outputs while a candidate's model is loaded."""

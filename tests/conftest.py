@@ -83,6 +83,16 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny LLaMA exported to an f16 GGUF."""
+    from judge.export import export_gguf
+
+    out = tmp_path_factory.mktemp("tiny-gguf") / "tiny.F16.gguf"
+    export_gguf(tiny_llama, out, "f16")
+    return out
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

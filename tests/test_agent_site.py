@@ -153,3 +153,61 @@ def test_site_config_errors_name_the_field(tmp_path: Path) -> None:
     path.write_text('[site]\nname = "a"\n[data]\ntrain = "missing.jsonl"\n')
     with pytest.raises(SiteConfigError, match=r"\[data\]\.train: no file missing\.jsonl"):
         load_site_config(path)
+
+
+def _with_judge(path: Path, judge: str) -> Path:
+    path.write_text(path.read_text() + f"[judge]\n{judge}\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://127.0.0.1:8000/v1", True),
+        ("http://localhost:8000", True),
+        ("http://10.20.0.5:8000/v1?model=pandalm-7b", True),
+        ("http://[::1]:8000/v1", True),
+        ("https://8.8.8.8/v1", False),
+    ],
+)
+def test_a_judge_server_must_be_on_the_sites_network(
+    tmp_path: Path, url: str, allowed: bool
+) -> None:
+    from agent.config import SiteConfigError, check_judge_endpoint
+
+    path = _with_judge(write_site_config(tmp_path, tmp_path), f'spec = "openai:{url}"')
+    config = load_site_config(path)
+    if allowed:
+        check_judge_endpoint(config)
+    else:
+        with pytest.raises(
+            SiteConfigError,
+            match=r"\[judge\]\.spec: the judge host 8\.8\.8\.8 "
+            r"is at 8\.8\.8\.8, not a loopback or private address; the judge is "
+            r"sent the site's texts",
+        ):
+            check_judge_endpoint(config)
+        path.write_text(path.read_text() + "allow_remote = true\n")
+        check_judge_endpoint(load_site_config(path))
+
+
+def test_a_judge_spec_that_is_no_url_is_refused_at_load(tmp_path: Path) -> None:
+    from agent.config import SiteConfigError
+
+    path = _with_judge(write_site_config(tmp_path, tmp_path), 'spec = "openai:judge:8000"')
+    with pytest.raises(SiteConfigError, match=r"\[judge\]\.spec: .*is not an http\(s\) URL"):
+        load_site_config(path)
+
+
+def test_the_ledger_names_the_judge_server_at_run_start(tmp_path: Path) -> None:
+    """The pairs go to the judge server: its host (and nothing else) is in the ledger once,
+    written when the run starts (here training then fails at once: no base model)."""
+    spec = 'spec = "openai:http://127.0.0.1:8000/v1?model=judge"'
+    config = load_site_config(_with_judge(write_site_config(tmp_path, tmp_path / "none"), spec))
+    engine = open_database(config.database_url)
+    handle_message(engine, SPACE_MESSAGE, space_record())
+    worker = SiteWorker(config)
+    assert worker.step()
+    worker._prepare("run-1")  # a restarted worker does not write it twice
+    entries = [e for e in ledger(engine, "run-1") if e.message_type == "judge.endpoint"]
+    assert [json.loads(e.content) for e in entries] == [{"judge_host": "127.0.0.1:8000"}]

@@ -25,15 +25,6 @@ from judge.pointwise import (
 
 
 @pytest.fixture(scope="module")
-def tiny_gguf(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from judge.export import export_gguf
-
-    out = tmp_path_factory.mktemp("tiny-gguf") / "tiny.F16.gguf"
-    export_gguf(tiny_llama, out, "f16")
-    return out
-
-
-@pytest.fixture(scope="module")
 def encoder(tiny_gguf: Path) -> LlamaEmbeddingEncoder:
     return LlamaEmbeddingEncoder(tiny_gguf, n_threads=1)
 

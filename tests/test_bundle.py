@@ -76,6 +76,9 @@ def test_builtin_judge_and_base_travel_as_the_gguf(fake_home: Path) -> None:
     assert plan.copies == [(fake_home / "models" / BUILTIN_GGUF_NAME, BUILTIN_GGUF_NAME)]
     assert (plan.judge_spec, plan.base) == ("builtin", "builtin")
     assert plan_models("builtin?threads=2").judge_spec == "builtin?threads=2"
+    served = plan_models("openai:http://10.0.0.5:8000/v1?model=pandalm-7b")
+    assert served.judge_spec == "openai:http://10.0.0.5:8000/v1?model=pandalm-7b"
+    assert [d for _, d in served.copies] == [BUILTIN_GGUF_NAME]  # the base only, no judge
 
 
 def test_a_named_judge_and_base_are_copied_and_the_template_points_at_them(
@@ -101,7 +104,7 @@ def test_bad_options_are_named(fake_home: Path, tmp_path: Path) -> None:
         plan_models(f"gguf:{tmp_path / 'missing.gguf'}")
     with pytest.raises(BundleError, match=r"--judge hf:.*not a transformers model"):
         plan_models(f"hf:{tmp_path}")
-    with pytest.raises(BundleError, match=r"--judge openai:x"):
+    with pytest.raises(BundleError, match=r"--judge openai:x: .*not an http\(s\) URL"):
         plan_models("openai:x")
     with pytest.raises(BundleError, match=r"--base .*no config.json"):
         plan_models(base=tmp_path)

@@ -142,8 +142,8 @@ def test_the_shipped_builtin_judge_prefers_the_right_answer_in_both_orders() -> 
 
 
 def test_spec_errors(tmp_path: Path, tiny_llama: Path) -> None:
-    with pytest.raises(SpecError, match="unknown judge spec 'openai:gpt'"):
-        parse_spec("openai:gpt")
+    with pytest.raises(SpecError, match="unknown judge spec 'vllm:gpt'"):
+        parse_spec("vllm:gpt")
     with pytest.raises(SpecError, match="unknown option 'beams'"):
         parse_spec(f"hf:{tiny_llama}?beams=4")
     with pytest.raises(SpecError, match="no GGUF file"):

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,9 +116,14 @@ def test_bad_judge_specs_exit_cleanly(tmp_path: Path) -> None:
     _write_pairs(pairs, 1)
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"\0" * 64)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there
     for spec, message in [
-        ("openai:gpt-4", "unknown judge spec 'openai:gpt-4'"),
+        ("vllm:gpt-4", "unknown judge spec 'vllm:gpt-4'"),
+        ("openai:gpt-4", "judge spec 'openai:gpt-4': 'gpt-4' is not an http(s) URL"),
         (f"gguf:{broken}", "broken.gguf: cannot load a gguf judge"),
+        (f"openai:http://127.0.0.1:{port}/v1", f"{port}/v1: cannot load a openai judge (no judge"),
     ]:
         result = runner.invoke(
             app, ["compare", str(pairs), "-o", str(tmp_path / "o.jsonl"), "--judge", spec]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 from typer.testing import CliRunner
 
 from trainer.candidates import (
@@ -116,25 +117,56 @@ def _files(checkpoint: Path) -> set[str]:
     return {path.name for path in checkpoint.iterdir()}
 
 
+def _dtypes(checkpoint: Path) -> set[torch.dtype]:
+    return {tensor.dtype for tensor in load_file(checkpoint / "model.safetensors").values()}
+
+
+class SavedFiles(TrainerCallback):
+    """The files of each checkpoint as the Trainer has just written it."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, set[str]] = {}
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.seen[state.global_step] = _files(path)
+
+
 def test_one_checkpoint_per_epoch_maps_to_configs_and_keeps_only_weights(
     tiny_llama: Path, tmp_path: Path
 ) -> None:
     configs = grid()
-    report = train_candidates(configs, RECORDS, make_args(tmp_path, tiny_llama))
+    saved = SavedFiles()
+    report = train_candidates(configs, RECORDS, make_args(tmp_path, tiny_llama), [saved])
     assert len(report.runs_trained) == 1 and report.examples == 16
     assert [(c.epoch, c.global_step) for c in report.checkpoints] == [(1, 4), (2, 8), (3, 12)]
     assert [c.config for c in report.checkpoints] == configs
+    # epochs 1 and 2 were saved resumable; the last one as the model only (save_only_model)
+    assert "optimizer.pt" in saved.seen[4] & saved.seen[8]
+    assert "model.safetensors" in saved.seen[12] and "optimizer.pt" not in saved.seen[12]
     for checkpoint in report.checkpoints:
         assert checkpoint.path.name == f"checkpoint-{checkpoint.global_step}"
         files = _files(checkpoint.path)
         assert "model.safetensors" in files and "tokenizer.json" in files
         assert not files & {"optimizer.pt", "scheduler.pt", "rng_state.pth"}
+        assert _dtypes(checkpoint.path) == {torch.bfloat16}
+        assert json.loads((checkpoint.path / "config.json").read_text())["dtype"] == "bfloat16"
 
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     again = train_candidates(configs, RECORDS, make_args(tmp_path, tiny_llama))
     assert again.runs_skipped == report.runs_trained and not again.runs_trained
     assert again.checkpoints == report.checkpoints
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == stamps
+
+    # killed after the last epoch's save but before its manifest: nothing is left to train
+    manifest = tmp_path / "runs" / report.runs_trained[0] / "run.json"
+    manifest.write_text(manifest.read_text().replace('"finished": true', '"finished": false'))
+    finished = train_candidates(configs, RECORDS, make_args(tmp_path, tiny_llama))
+    assert finished.runs_trained == report.runs_trained
+    assert finished.checkpoints == report.checkpoints
+    assert json.loads(manifest.read_text())["finished"]
+    untouched = {p: t for p, t in stamps.items() if p != manifest and p.is_file()}
+    assert untouched == {p: p.stat().st_mtime_ns for p in untouched}
 
     with pytest.raises(SettingsError, match="seed: 42 there, 7 now"):
         train_candidates(configs, RECORDS, make_args(tmp_path, tiny_llama, seed=7))
@@ -154,6 +186,7 @@ def test_resumable_retention_keeps_the_last_optimizer_state(
     first, second = train_candidates(grid("[1, 2]"), RECORDS, args).checkpoints
     assert "optimizer.pt" not in _files(first.path)
     assert {"optimizer.pt", "scheduler.pt", "rng_state.pth"} <= _files(second.path)
+    assert _dtypes(first.path) == {torch.bfloat16} and _dtypes(second.path) == {torch.float32}
 
 
 def _lr_log(checkpoint: Path) -> dict[int, float]:
@@ -214,8 +247,10 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(
     assert not json.loads((run_dir / "run.json").read_text())["finished"]
     (run_dir / "checkpoint-6").mkdir()  # a save cut short by a kill: no trainer_state.json
     (run_dir / "checkpoint-6" / "config.json").write_text("{}")
-    epoch_one = run_dir / "checkpoint-4" / "model.safetensors"
+    epoch_one = run_dir / "checkpoint-4" / "trainer_state.json"  # the weights become bf16 later
     before = epoch_one.stat().st_mtime_ns, epoch_one.read_bytes()
+    assert {"optimizer.pt", "scheduler.pt"} <= _files(run_dir / "checkpoint-4")
+    assert _dtypes(run_dir / "checkpoint-4") == {torch.float32}  # exact weights to resume from
 
     resumed = train_candidates(grid(), RECORDS, make_args(out, tiny_llama))
     assert resumed.runs_trained == [run_dir.name]
@@ -225,6 +260,7 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(
 
     uninterrupted = train_candidates(grid(), RECORDS, make_args(tmp_path / "once", tiny_llama))
     for resumed_ckpt, once_ckpt in zip(resumed.checkpoints, uninterrupted.checkpoints, strict=True):
+        assert _dtypes(resumed_ckpt.path) == {torch.bfloat16}
         a = load_file(resumed_ckpt.path / "model.safetensors")
         b = load_file(once_ckpt.path / "model.safetensors")
         assert all(torch.equal(a[name], b[name]) for name in b)

@@ -5,6 +5,11 @@ Layout of the output directory:
     settings.json              the settings and data fingerprint every run here was trained with
     runs/<run id>/run.json     the run's parameters, the config each epoch stands for, finished
     runs/<run id>/checkpoint-<step>/   one Trainer checkpoint per epoch (weights or adapter)
+
+A kept checkpoint holds bf16 weights (or the LoRA adapter as trained). Only the newest
+checkpoint of an unfinished run keeps full-precision weights and the optimizer, scheduler and RNG
+state that resume it exactly; the last epoch of a run is saved as the model only
+(`save_only_model`), since nothing resumes from it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import Any, Literal
 import torch
 from accelerate import PartialState
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -372,6 +379,36 @@ def _strip_trainer_state(checkpoint: Path) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def compact_weights(checkpoint: Path) -> None:
+    """Store a checkpoint's full-model float32 weights in bf16 (half the disk); a file is
+    replaced whole, and one already in bf16 is not touched. LoRA adapters stay as trained."""
+    cast = False
+    for path in sorted(checkpoint.glob("model*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata()
+            if not any(handle.get_slice(k).get_dtype() == "F32" for k in handle.keys()):  # noqa: SIM118
+                continue
+        tensors = {
+            name: tensor.to(torch.bfloat16) if tensor.dtype == torch.float32 else tensor
+            for name, tensor in load_file(path).items()
+        }
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+        cast = True
+    config_path = checkpoint / "config.json"
+    if cast and config_path.is_file():
+        config = _read_json(config_path)
+        config["dtype"] = "bfloat16"
+        config.pop("torch_dtype", None)
+        _write_json(config_path, config)
+
+
+def _keep_weights_only(checkpoint: Path) -> None:
+    _strip_trainer_state(checkpoint)
+    compact_weights(checkpoint)
+
+
 def _apply_retention(run_dir: Path, run: TrainingRun, finished: bool, retention: Retention) -> None:
     """Keep per config its weights; keep trainer state only where training may continue."""
     *earlier, latest = _complete_checkpoints(run_dir) or [None]
@@ -379,16 +416,21 @@ def _apply_retention(run_dir: Path, run: TrainingRun, finished: bool, retention:
         if run.config_for_epoch(_epoch(checkpoint)) is None:
             shutil.rmtree(checkpoint)
         else:
-            _strip_trainer_state(checkpoint)
+            _keep_weights_only(checkpoint)
     if latest is not None and finished and retention != "resumable":
-        _strip_trainer_state(latest)
+        _keep_weights_only(latest)
 
 
 class _Retention(TrainerCallback):
-    """Applies the retention setting each time an epoch's checkpoint is written."""
+    """Applies the retention setting each time an epoch's checkpoint is written; with `weights`
+    retention the run's last epoch is saved without the trainer state nothing will resume."""
 
     def __init__(self, run: TrainingRun, retention: Retention) -> None:
         self.run, self.retention = run, retention
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.retention == "weights" and round(state.epoch) + 1 >= args.num_train_epochs:
+            args.save_only_model = True
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -477,6 +519,12 @@ def train_run(
             _apply_retention(run_dir, run, True, args.retention)
         return False
     complete = _complete_checkpoints(run_dir)
+    if complete and _epoch(complete[-1]) >= run.epochs:  # killed before the manifest was done
+        if main_process:
+            _write_json(manifest, _run_manifest(run, finished=True))
+            _apply_retention(run_dir, run, True, args.retention)
+        PartialState().wait_for_everyone()
+        return True
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(manifest, _run_manifest(run, finished=False))

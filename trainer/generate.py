@@ -85,13 +85,15 @@ def _uses_shared_base(checkpoint: CandidateCheckpoint) -> bool:
 
 
 def load_candidate_model(checkpoint: CandidateCheckpoint) -> Any:
-    """A checkpoint's model for inference: full weights, or the base with the LoRA adapter
-    (merged for speed, except on a 4-bit base)."""
+    """A checkpoint's model for inference: its (bf16) weights, or the base with the LoRA adapter
+    (merged for speed, except on a 4-bit base); computed in bf16 on a GPU, float32 on a CPU."""
     finetune = checkpoint.config.get("finetune")
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32  # CPUs: bf16 is slow
     if finetune == "full":
-        model = AutoModelForCausalLM.from_pretrained(checkpoint.path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            checkpoint.path, local_files_only=True, dtype=dtype
+        )
     else:
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         quantization = (
             BitsAndBytesConfig(
                 load_in_4bit=True,

@@ -1,10 +1,11 @@
-"""Judge specs (`builtin`, `gguf:PATH`, `hf:PATH?quant=8bit|4bit&dtype=bf16`) and loading."""
+"""Judge specs (`builtin`, `gguf:PATH`, `hf:PATH?quant=8bit|4bit&dtype=bf16`,
+`openai:URL?model=NAME`) and loading."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from judge.backends.base import GenerationSettings, JudgeBackend
 from judge.models import ModelNotFoundError
@@ -22,7 +23,9 @@ _OPTIONS = {
     "builtin": {"threads": int},
     "gguf": {"threads": int, "ctx": int},
     "hf": {"quant": str, "dtype": str, "batch": int},
+    "openai": {"model": str, "concurrency": int, "scoring": str, "logprobs": int, "timeout": int},
 }
+SPEC_FORMS = "builtin, gguf:PATH, hf:PATH[?quant=8bit|4bit] or openai:URL[?model=NAME]"
 
 
 class SpecError(ValueError):
@@ -31,10 +34,11 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class JudgeSpec:
-    """A parsed judge spec: backend kind, model path and options."""
+    """A parsed judge spec: backend kind, model path (the server's URL for `openai`) and
+    options."""
 
     kind: str
-    path: Path
+    path: Path | str
     options: dict[str, int | str] = field(default_factory=dict)
 
 
@@ -46,9 +50,7 @@ def parse_spec(spec: str) -> JudgeSpec:
     else:
         kind, sep, rest = spec.partition(":")
         if not sep or kind not in _OPTIONS or kind == "builtin" or not rest:
-            raise SpecError(
-                f"unknown judge spec {spec!r}: use builtin, gguf:PATH or hf:PATH[?quant=8bit|4bit]"
-            )
+            raise SpecError(f"unknown judge spec {spec!r}: use {SPEC_FORMS}")
     location, _, query = rest.partition("?")
     options: dict[str, int | str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
@@ -62,6 +64,11 @@ def parse_spec(spec: str) -> JudgeSpec:
         from judge.pointwise import BUILTIN_HEAD
 
         return JudgeSpec(kind, BUILTIN_HEAD, options)
+    if kind == "openai":
+        url = urlsplit(location)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise SpecError(f"judge spec {spec!r}: {location!r} is not an http(s) URL")
+        return JudgeSpec(kind, location, options)
     path = Path(location).expanduser()
     if kind == "gguf" and not path.is_file():
         raise SpecError(f"judge spec {spec!r}: no GGUF file at {path}")
@@ -86,6 +93,17 @@ def load_backend(spec: JudgeSpec | str) -> JudgeBackend:
                 spec.path,
                 n_threads=int(spec.options.get("threads", 0)) or None,
                 n_ctx=int(spec.options.get("ctx", 4096)),
+            )
+        if spec.kind == "openai":
+            from judge.backends.openai import OpenAICompletionsBackend
+
+            return OpenAICompletionsBackend(
+                str(spec.path),
+                model=str(spec.options["model"]) if spec.options.get("model") else None,
+                concurrency=int(spec.options.get("concurrency", 4)),
+                scoring=str(spec.options.get("scoring", "auto")),
+                logprobs=int(spec.options.get("logprobs", 20)),
+                timeout=float(spec.options.get("timeout", 600)),
             )
         from judge.backends.hf import TransformersBackend
 
