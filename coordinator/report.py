@@ -276,6 +276,8 @@ def _summary(result: RunResult, threshold: float, strengths: list[float]) -> dic
     items = sum(tally.items for tally in totals.values())
     if not comparisons:
         conclusion = "No comparison has been recorded yet."
+    elif by_evidence == len(comparisons):
+        conclusion = f"Every comparison was decided by evidence ({by_evidence} of {by_evidence})."
     elif by_evidence:
         conclusion = (
             f"{by_evidence} of {len(comparisons)} comparisons were decided by evidence; the "

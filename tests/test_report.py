@@ -223,6 +223,9 @@ def test_tie_breaks_are_marked_and_never_count_as_wins(tmp_path: Path) -> None:
     assert superiority_edges(result, threshold=1e-9) == [(0, 1)], "no edge from a tie-break"
     assert summary["tie_share"] == pytest.approx(9 / 16)
     assert summary["decided"] is True
+    assert summary["conclusion"].startswith("1 of 2 comparisons were decided by evidence; the rest")
+    evidence_only = write_report(make_result(0, EVIDENCE_AND_TIE[:1], 3), tmp_path / "evidence")
+    assert evidence_only["conclusion"] == "Every comparison was decided by evidence (1 of 1)."
 
     page = (tmp_path / "report.html").read_text()
     assert html_row(page, IDS[0], IDS[1]).endswith("<td>evidence</td>")
