@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from sqlalchemy import Engine
@@ -40,4 +41,5 @@ def run_result(
         judgments=sum(2 * r.items for r in rows),
         wall_seconds=(finished - started).total_seconds(),
         aggregation=run.aggregation,
+        requested_mode=json.loads(run.settings).get("mode", run.mode),
     )
