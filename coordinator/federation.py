@@ -113,7 +113,10 @@ class RunSettings:
     (tallies in the clear with fewer than 3 sites) or `off`."""
 
     def __post_init__(self) -> None:
-        check_mode(self.mode, allow_auto=True)
+        try:
+            check_mode(self.mode, allow_auto=True)
+        except ValueError as exc:
+            raise ValueError(f"mode: {exc}") from None
         if not self.budget > 0:
             raise ValueError(f"budget: must be above 0, got {self.budget}")
         if self.secure_aggregation not in SECURE_AGGREGATION:

@@ -228,6 +228,12 @@ def test_federation_config_errors_name_the_field(tmp_path: Path) -> None:
         FederationConfigError, match=r"\[selection\]\.secure_aggregation: 'maybe' is not one of"
     ):
         load_federation_config(path)
+    path.write_text('[run]\nname = "x"\n[selection]\nmode = "swiss"\n')
+    with pytest.raises(FederationConfigError, match=r"\[selection\]\.mode: unknown selection mode"):
+        load_federation_config(path)
+    path.write_text('[run]\nname = "x"\n[selection]\nmode = "racing"\nbudget = 0.0\n')
+    with pytest.raises(FederationConfigError, match=r"\[selection\]\.budget: must be above 0"):
+        load_federation_config(path)
     path.write_text('[run]\nname = "x"\nspace = "nope.toml"\n')
     with pytest.raises(FederationConfigError, match=r"\[run\]\.space: no file nope\.toml"):
         load_federation_config(path)
