@@ -201,7 +201,8 @@ class Federation:
         for site, verdicts in enumerate(self.site_verdicts(low, high)):
             judged = verdicts[request.item_start : request.item_stop]
             counts += np.bincount(judged, minlength=4)
-            self.scored[[low, high], site, request.item_start : request.item_stop] = True
+            stop = request.item_start + len(judged)
+            self.scored[[low, high], site, request.item_start : stop] = True
         win, tie, loss, invalid = (int(count) for count in counts)
         self.judgments += 2 * int(counts.sum())
         tally = Tally(win, tie, loss, invalid, int(counts.sum()))
