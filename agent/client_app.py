@@ -37,6 +37,7 @@ from coordinator.protocol import (
     Status,
     encode_reply,
 )
+from judge.backends import parse_spec
 
 log = logging.getLogger(__name__)
 FIT_CONFIG = "fitins.config"
@@ -47,6 +48,12 @@ RUN_KEY_STATE = "pandalm.run"
 @cache
 def _site_engine(config_path: str) -> Engine:
     return open_database(load_site_config(Path(config_path)).database_url)
+
+
+@cache
+def _pointwise_judge(config_path: str) -> bool:
+    """Whether the site's judge spec names a pointwise judge; read from the spec, not loaded."""
+    return parse_spec(load_site_config(Path(config_path)).judge.spec).pointwise
 
 
 def _remember_run_key(context: Context, record: dict[str, Any]) -> str:
@@ -61,11 +68,16 @@ def answer(message: Message, context: Context) -> Message:
     if message.metadata.message_type == MessageType.TRAIN:
         return answer_secure_aggregation(message, context)
     try:
-        engine = _site_engine(str(context.node_config["site-config"]))
+        config_path = str(context.node_config["site-config"])
         content = message.content
         record = dict(content[RECORD_KEY]) if RECORD_KEY in content.config_records else {}
         _remember_run_key(context, record)
-        payload = handle_message(engine, message.metadata.message_type, record)
+        payload = handle_message(
+            _site_engine(config_path),
+            message.metadata.message_type,
+            record,
+            pointwise_judge=_pointwise_judge(config_path),
+        )
     except Exception:
         log.exception("cannot answer %s", message.metadata.message_type)
         payload = encode_reply(Reply(Status.FAILED, Code.INTERNAL_ERROR))

@@ -39,8 +39,9 @@ def _space_hash(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(dict(record), sort_keys=True).encode()).hexdigest()
 
 
-def accept_space(engine: Engine, record: Mapping[str, Any]) -> Reply:
-    """Store the run's search space after checking every config id against its parameters."""
+def accept_space(engine: Engine, record: Mapping[str, Any], pointwise_judge: bool = False) -> Reply:
+    """Store the run's search space after checking every config id against its parameters; the
+    reply says whether this site's judge is pointwise (the coordinator's `auto` mode reads it)."""
     message = decode_space(record)
     for config_id, params in zip(message.config_ids, message.params, strict=True):
         try:
@@ -65,7 +66,7 @@ def accept_space(engine: Engine, record: Mapping[str, Any]) -> Reply:
         session.commit()
         if session.get(SiteRun, message.run_key).space_hash != space_hash:
             raise ProtocolError(Code.SPACE_CHANGED, f"run {message.run_key} changed space")
-    return Reply(Status.OK)
+    return Reply(Status.OK, pointwise_judge=int(pointwise_judge))
 
 
 def _jobs(
@@ -126,11 +127,14 @@ def secure_tallies(engine: Engine, record: Mapping[str, Any]) -> list[int]:
     return [value for job in jobs for value in job.tally()]
 
 
-def handle_message(engine: Engine, message_type: str, record: Mapping[str, Any]) -> dict:
-    """Answer one coordinator message; never raises, never lets text out."""
+def handle_message(
+    engine: Engine, message_type: str, record: Mapping[str, Any], pointwise_judge: bool = False
+) -> dict:
+    """Answer one coordinator message; never raises, never lets text out. `pointwise_judge`:
+    whether this site's judge scores each response on its own (said in the reply to space)."""
     try:
         if message_type == SPACE_MESSAGE:
-            reply = accept_space(engine, record)
+            reply = accept_space(engine, record, pointwise_judge)
         elif message_type == COMPARE_MESSAGE:
             reply = answer_compare(engine, record)
         else:

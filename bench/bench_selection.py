@@ -1,74 +1,165 @@
-"""Selection by simulation with known ground truth (issue text: "the adaptive mode picks the true
-best at least as often as the paper's procedure with at most half its judgments").
+"""Selection by simulation with known ground truth: how often each mode finds the true best
+config, for how many judgments and federated rounds (issue 10: racing finds the true best far
+more often than the paper's procedure for the same judging budget).
 
 Each trial draws a latent quality per config (normal, sd `--quality-sd`). On every validation
 item, config a's response is truly better than b's with probability sigmoid(q_a - q_b). The
-simulated judge sees each item in both orders; per order it answers invalid with probability
-`--invalid`, prefers whichever response comes first with probability `--position-bias`, answers
-1/2/Tie uniformly at random with probability `--noise`, and is right otherwise. The two orders
-are reconciled as in judge/verdict.py (agreement stands, a conflict is Tie, an invalid order
-defers to the other), giving one verdict per item. Each order is one judgment: an item costs two.
-A pair's verdicts on a site's items are drawn once per trial and then fixed (a real validation
-set judged through the judgment cache), so all modes of a trial see the same verdicts and differ
-only in which of them they ask for; adaptive and paper are compared trial by trial.
+simulated judge sees each item in both orders and the two verdicts are reconciled as in
+judge/verdict.py (agreement stands, a conflict is Tie, an invalid order defers to the other),
+giving one verdict per item. Each order is one judgment: an item costs two. A pair's verdicts on
+a site's items are drawn once per trial and then fixed (a real validation set judged through the
+judgment cache), so all modes of a trial see the same verdicts and differ only in which of them
+they ask for; modes are compared with the paper's procedure trial by trial.
+
+Judge models. "synthetic": per order it answers invalid with probability `--invalid`, prefers
+whichever response comes first with probability `--position-bias`, answers 1/2/Tie uniformly at
+random with probability `--noise`, and is right otherwise; the orders are independent. A fitted
+model comes from a labelled test set in PandaLM's format and a prediction file on it (pairs whose
+gold label is a tie are left out): with both orders (`pandalm-judge compare` output), the
+reconciled verdict's distribution given the truth is counted directly, so errors shared by the
+two orders stay shared; with one order (the released PandaLM-7B and GPT-3.5 files), the
+per-order table is fitted and the orders drawn independently. Both print per-order invalid,
+tie and error rates and the position bias, P(says first | second is better) - P(says second |
+first is better). By default the PandaLM-7B predictions on the dev split are fitted when
+../shared/data/pandalm/ (beside the repository) has them; the bench runs without them.
 
 The real procedures from `coordinator.selection` are driven to completion: every request of
-`pending()` is answered by summing the sites' tallies for its item slice. The "paper, N items"
-row runs the paper's procedure with every site's validation set cut to a prefix so that it
-spends what the adaptive mode spent: the paper's procedure at equal cost. Round robin is 40 times
-dearer and runs fewer trials.
+`pending()` is answered by summing the sites' tallies for its item slice. Rows: the paper's
+procedure (and, at 0.25x, the same with every site's validation set cut to a quarter), the
+adaptive mode, racing at budgets of 0.25x, 0.5x and 1x the paper's judgments, and round robin,
+which costs 40x and runs on the first `--round-robin-trials` trials. For a pointwise judge
+(each response scored on its own, judge/pointwise.py) a comparison costs no forward pass once
+both responses are scored: those rows count forward passes, one per (config, site, item)
+response scored, against the paper's with the same judge.
 
-    python bench/bench_selection.py [--trials 200] [--round-robin-trials 10] [--seed 0]
-        [--quality-sd 0.5] [--chunk-items N --delta D --alpha A]
+Rounds: sequential message rounds of compare requests (at most 256 comparisons a message, as
+the coordinator sends them). With SecAgg+ each round adds four more (its stages); the wall they
+imply is rounds x 8 s in the clear, rounds x (8 + 25) s with SecAgg+ (the measured ~8 s per
+round and ~25 s per secure sum), judging time not included.
+
+    python bench/bench_selection.py [--trials 200] [--round-robin-trials 40] [--seed 0]
+        [--json] [--testset FILE --predictions FILE [--predictions FILE ...] | --no-fitted]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from coordinator.protocol import MAX_COMPARISONS
 from coordinator.selection import ComparisonRequest, Tally, make_procedure
+from judge.io import read_predictions, read_testset
+from judge.verdict import INVALID, Verdict, combine_verdicts
 
 # Outcome columns, from config a's point of view: a better, tie, b better, invalid.
-WIN, TIE, LOSS, INVALID = range(4)
+WIN, TIE, LOSS, INVALID_COLUMN = range(4)
+# Per-order columns in presentation terms: the first shown is preferred, tie, second, invalid.
+FIRST, SECOND = WIN, LOSS
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "pandalm"
+SECONDS_PER_ROUND = 8.0
+SECONDS_PER_SECURE_SUM = 25.0
+SECAGG_STAGES = 4
+RACING_BUDGETS = (0.25, 0.5, 1.0)
+
+
+def reconcile(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """Distribution of the reconciled verdict of two independent orders (both in a/b terms)."""
+    outcome = np.zeros(4)
+    for f, pf in enumerate(forward):
+        for b, pb in enumerate(backward):
+            if f == b or b == INVALID_COLUMN:
+                combined = f
+            elif f == INVALID_COLUMN:
+                combined = b
+            else:
+                combined = TIE
+            outcome[combined] += pf * pb
+    return outcome
 
 
 @dataclass(frozen=True)
 class JudgeModel:
-    """Per-order error rates of the simulated judge."""
+    """The simulated judge: the reconciled verdict's distribution when config a is truly better
+    (b's case mirrors it) and, for the record, the per-order rates it came from."""
 
-    invalid: float
-    position_bias: float
-    noise: float
+    name: str
+    if_a_better: np.ndarray
+    per_order: dict[str, float]
 
-    def order_verdicts(self, a_better: bool, a_first: bool) -> np.ndarray:
-        """Probabilities of the order's verdict (in a/b terms) over win, tie, loss, invalid."""
-        right = 1 - self.invalid - self.position_bias - self.noise
-        probs = np.full(4, self.noise / 3)
-        probs[INVALID] = self.invalid
-        probs[WIN if a_better else LOSS] += right
-        probs[WIN if a_first else LOSS] += self.position_bias
-        return probs
+    @classmethod
+    def from_order_table(cls, name: str, first_better: np.ndarray, second_better: np.ndarray):
+        """Independent orders, each drawn from the per-order table in presentation terms."""
+        forward = first_better  # a is shown first and is better
+        backward = second_better[[SECOND, TIE, FIRST, INVALID_COLUMN]]  # b first, a better
+        return cls(name, reconcile(forward, backward), order_rates(first_better, second_better))
 
-    def item_outcomes(self, a_better: bool) -> np.ndarray:
-        """Probabilities of the reconciled verdict of both orders over win, tie, loss, invalid."""
-        forward = self.order_verdicts(a_better, a_first=True)
-        backward = self.order_verdicts(a_better, a_first=False)
-        outcome = np.zeros(4)
-        for f, pf in enumerate(forward):
-            for b, pb in enumerate(backward):
-                if f == b or b == INVALID:
-                    combined = f
-                elif f == INVALID:
-                    combined = b
-                else:
-                    combined = TIE
-                outcome[combined] += pf * pb
-        return outcome
+    @classmethod
+    def synthetic(cls, invalid: float, position_bias: float, noise: float) -> JudgeModel:
+        right = 1 - invalid - position_bias - noise
+        tables = []
+        for better in (FIRST, SECOND):
+            probs = np.full(4, noise / 3)
+            probs[INVALID_COLUMN] = invalid
+            probs[better] += right
+            probs[FIRST] += position_bias
+            tables.append(probs)
+        return cls.from_order_table("synthetic", *tables)
+
+    def outcomes(self, a_better: bool) -> np.ndarray:
+        """Distribution of the reconciled verdict over win, tie, loss, invalid (a's view)."""
+        if a_better:
+            return self.if_a_better
+        return self.if_a_better[[LOSS, TIE, WIN, INVALID_COLUMN]]
+
+
+def order_rates(first_better: np.ndarray, second_better: np.ndarray) -> dict[str, float]:
+    both = (first_better + second_better) / 2
+    return {
+        "invalid": float(both[INVALID_COLUMN]),
+        "tie": float(both[TIE]),
+        "error": float((first_better[SECOND] + second_better[FIRST]) / 2),
+        "position_bias": float(second_better[FIRST] - first_better[SECOND]),
+    }
+
+
+VERDICT_COLUMN = {"Tie": TIE, INVALID: INVALID_COLUMN}
+
+
+def fit_judge_model(testset: Path, predictions: Path) -> JudgeModel:
+    """A judge model from a prediction file on a labelled test set (see the module docstring)."""
+    gold = {item.idx: item.gold for item in read_testset(testset).items if item.gold != "Tie"}
+    by_idx = {i: p for i, p in read_predictions(predictions).items() if i in gold}
+    if not by_idx:
+        raise SystemExit(f"{predictions}: no prediction for a decided pair of {testset}")
+    tables = {True: np.zeros(4), False: np.zeros(4)}  # by "the first shown is better"
+    reconciled = np.zeros(4)  # in truth terms: right, tie, wrong, invalid
+    both_orders = all(len(p.orders) == 2 for p in by_idx.values())
+
+    def column(verdict: Verdict, first: str) -> int:
+        return VERDICT_COLUMN.get(verdict, FIRST if verdict == first else SECOND)
+
+    for idx, prediction in by_idx.items():
+        orders = prediction.orders or (prediction.verdict,)
+        for shown_first, verdict in zip(("1", "2"), orders, strict=False):
+            tables[gold[idx] == shown_first][column(verdict, shown_first)] += 1
+        if both_orders:
+            verdict = combine_verdicts(*orders)
+            reconciled[column(verdict, gold[idx])] += 1
+    first_better = tables[True] / tables[True].sum()
+    second_better = tables[False] / tables[False].sum()
+    name = f"fitted: {predictions.name}" + (" (both orders)" if both_orders else " (one order)")
+    if both_orders:
+        return JudgeModel(
+            name, reconciled / reconciled.sum(), order_rates(first_better, second_better)
+        )
+    return JudgeModel.from_order_table(name, first_better, second_better)
 
 
 class Federation:
@@ -76,7 +167,8 @@ class Federation:
 
     The reconciled verdict of each (pair, site, item) is drawn once and then fixed, as with a real
     validation set and the judgment cache: every mode of a trial sees the same verdicts, a chunk
-    of items is a slice of them, and a shorter validation set is a prefix of them."""
+    of items is a slice of them, and a shorter validation set is a prefix of them. It counts
+    judgments (two per item) and the forward passes a pointwise judge would make."""
 
     def __init__(
         self, quality: np.ndarray, site_items: list[int], judge: JudgeModel, seed: list[int]
@@ -84,17 +176,18 @@ class Federation:
         self.quality = quality
         self.site_items = site_items
         self.seed = seed
-        self.if_a_better = judge.item_outcomes(a_better=True)
-        self.if_b_better = judge.item_outcomes(a_better=False)
+        self.if_a_better = judge.outcomes(a_better=True)
+        self.if_b_better = judge.outcomes(a_better=False)
         self.verdicts: dict[tuple[int, int], list[np.ndarray]] = {}
         self.judgments = 0
+        self.scored = np.zeros((len(quality), len(site_items), max(site_items)), dtype=bool)
 
     def site_verdicts(self, low: int, high: int) -> list[np.ndarray]:
         """Per site, the outcome column of each item, from config `low`'s point of view."""
         if (low, high) not in self.verdicts:
             p_low_better = 1 / (1 + math.exp(self.quality[high] - self.quality[low]))
             probs = p_low_better * self.if_a_better + (1 - p_low_better) * self.if_b_better
-            bounds = np.cumsum(probs)[:INVALID]
+            bounds = np.cumsum(probs)[:INVALID_COLUMN]
             draws = (
                 np.random.default_rng([*self.seed, low, high, site]).random(n)
                 for site, n in enumerate(self.site_items)
@@ -105,63 +198,233 @@ class Federation:
     def answer(self, request: ComparisonRequest) -> Tally:
         low, high = sorted((request.a, request.b))
         counts = np.zeros(4, dtype=int)
-        for verdicts in self.site_verdicts(low, high):
+        for site, verdicts in enumerate(self.site_verdicts(low, high)):
             judged = verdicts[request.item_start : request.item_stop]
             counts += np.bincount(judged, minlength=4)
+            stop = request.item_start + len(judged)
+            self.scored[[low, high], site, request.item_start : stop] = True
         win, tie, loss, invalid = (int(count) for count in counts)
         self.judgments += 2 * int(counts.sum())
         tally = Tally(win, tie, loss, invalid, int(counts.sum()))
         return tally if request.a == low else tally.reversed()
 
+    @property
+    def forward_passes(self) -> int:
+        """Responses a pointwise judge scores: each (config, site, item) once, however many
+        comparisons it enters."""
+        return int(self.scored.sum())
 
-def run_selection(mode: str, federation: Federation, settings: dict[str, int | float]) -> int:
-    """Drive a procedure to its end against the federation; the config it selects."""
+
+def run_selection(mode: str, federation: Federation, settings: dict) -> tuple[int, int]:
+    """Drive a procedure to its end against the federation: the config it selects and the
+    message rounds it took."""
     procedure = make_procedure(mode, len(federation.quality), **settings)
+    rounds = 0
     while not procedure.done:
-        for request in procedure.pending():
+        requests = procedure.pending()
+        rounds += math.ceil(len(requests) / MAX_COMPARISONS)
+        for request in requests:
             procedure.record(request, federation.answer(request))
     best = procedure.best()
     assert best is not None
-    return best
+    return best, rounds
 
 
 @dataclass
 class ModeResult:
-    label: str
+    mode: str
+    budget: float | None
     best_hits: np.ndarray
     top3_hits: np.ndarray
     judgments: np.ndarray
+    rounds: np.ndarray
+    forward_passes: np.ndarray
+
+    @property
+    def p_best(self) -> float:
+        return float(self.best_hits.mean())
+
+    @property
+    def se(self) -> float:
+        return math.sqrt(self.p_best * (1 - self.p_best) / len(self.best_hits))
 
 
 def simulate(
-    label: str,
     mode: str,
-    settings: dict[str, int | float],
+    budget: float | None,
+    settings: dict,
     trials: int,
     args: argparse.Namespace,
+    judge: JudgeModel,
     site_items: list[int],
 ) -> ModeResult:
-    judge = JudgeModel(args.invalid, args.position_bias, args.noise)
-    best_hits, top3_hits, judgments = [], [], []
+    hits, top3, judgments, rounds, passes = [], [], [], [], []
     for trial in range(trials):
         quality = np.random.default_rng([args.seed, trial]).normal(0, args.quality_sd, args.configs)
         federation = Federation(quality, site_items, judge, [args.seed, trial])
-        picked = run_selection(mode, federation, settings)
+        picked, trial_rounds = run_selection(mode, federation, settings)
         rank = int((quality > quality[picked]).sum())
-        best_hits.append(rank == 0)
-        top3_hits.append(rank < 3)
+        hits.append(rank == 0)
+        top3.append(rank < 3)
         judgments.append(federation.judgments)
-    return ModeResult(label, np.array(best_hits), np.array(top3_hits), np.array(judgments))
+        rounds.append(trial_rounds)
+        passes.append(federation.forward_passes)
+    return ModeResult(mode, budget, *(np.array(v) for v in (hits, top3, judgments, rounds, passes)))
 
 
 def split_items(total: int, sites: int) -> list[int]:
     return [len(part) for part in np.array_split(np.arange(total), sites)]
 
 
+@dataclass(frozen=True)
+class Row:
+    mode: str
+    budget: float | None
+    p_best: float
+    se: float
+    judgments: float
+    ratio_to_paper: float
+    rounds: float
+    trials: int
+    top3: float
+
+
+def bench_judge(args: argparse.Namespace, judge: JudgeModel) -> tuple[list[Row], list[str]]:
+    """Every mode under one judge model: its rows and the lines comparing them to the paper."""
+    site_items = split_items(args.items, args.sites)
+    per_site = max(site_items)
+    run = {}
+    run["paper"] = simulate("paper", 1.0, {}, args.trials, args, judge, site_items)
+    quarter = split_items(round(args.items * 0.25), args.sites)
+    run["paper 0.25"] = simulate("paper", 0.25, {}, args.trials, args, judge, quarter)
+    run["adaptive"] = simulate("adaptive", None, {}, args.trials, args, judge, site_items)
+    for budget in RACING_BUDGETS:
+        settings = {"items_per_site": per_site, "budget": budget}
+        run[f"racing {budget}"] = simulate(
+            "racing", budget, settings, args.trials, args, judge, site_items
+        )
+    if args.round_robin_trials:
+        run["round-robin"] = simulate(
+            "round-robin", None, {}, args.round_robin_trials, args, judge, site_items
+        )
+    paper = run["paper"]
+    rows = [
+        Row(
+            r.mode,
+            r.budget,
+            r.p_best,
+            r.se,
+            float(r.judgments.mean()),
+            float(r.judgments.mean() / paper.judgments.mean()),
+            float(r.rounds.mean()),
+            len(r.best_hits),
+            float(r.top3_hits.mean()),
+        )
+        for r in run.values()
+    ]
+    pointwise = [("paper (pointwise judge)", paper)]
+    if "round-robin" in run:
+        pointwise.append(("round-robin (pointwise judge)", run["round-robin"]))
+    for label, r in pointwise:
+        rows.append(
+            Row(
+                label,
+                None,
+                r.p_best,
+                r.se,
+                float(r.forward_passes.mean()),
+                float(r.forward_passes.mean() / paper.forward_passes.mean()),
+                float(r.rounds.mean()),
+                len(r.best_hits),
+                float(r.top3_hits.mean()),
+            )
+        )
+    lines = []
+    for key, result in run.items():
+        if key == "paper" or len(result.best_hits) != len(paper.best_hits):
+            continue
+        difference = result.best_hits.astype(float) - paper.best_hits.astype(float)
+        stderr = difference.std(ddof=1) / math.sqrt(len(difference))
+        larger = "larger" if abs(difference.mean()) > stderr else "not larger"
+        lines.append(
+            f"{key:<14} vs paper, same trials: found the true best where the paper missed it in "
+            f"{(difference > 0).sum():>3}, missed it where the paper found it in "
+            f"{(difference < 0).sum():>3}; P(best) {difference.mean():+.3f} ± {stderr:.3f} "
+            f"({larger} than the standard error)"
+        )
+    return rows, lines
+
+
+def target_lines(rows: Sequence[Row]) -> list[str]:
+    """The issue's targets, judged on these rows: racing at 1x and at 0.25x."""
+    paper = next(r for r in rows if r.mode == "paper" and r.budget == 1.0)
+    racing = {r.budget: r for r in rows if r.mode == "racing"}
+
+    def verdict(budget: float, goal: float) -> str:
+        row = racing.get(budget)
+        if row is None:
+            return f"NOT measured: no racing row at {budget}x"
+        gap = row.p_best - goal
+        state = "met" if gap >= 0 and row.ratio_to_paper <= budget else "NOT met"
+        margin = "more" if abs(gap) > row.se else "not more"
+        return (
+            f"{state}: P(best) {row.p_best:.3f} ± {row.se:.3f} ({margin} than one standard "
+            f"error from {goal}) with {row.ratio_to_paper:.3f}x the judgments"
+        )
+
+    rounds = "NOT measured: no racing row at 1x"
+    if 1.0 in racing:
+        state = "met" if racing[1.0].rounds <= 1.5 * paper.rounds else "NOT met"
+        rounds = f"{state}: {racing[1.0].rounds:.1f} rounds against the paper's {paper.rounds:.1f}"
+    return [
+        f"target P(best) >= 0.75 at <= 1x the paper's judgments: {verdict(1.0, 0.75)}",
+        f"stretch P(best) >= 0.80 at <= 1x: {verdict(1.0, 0.80)}",
+        f"target P(best) >= 0.66 at <= 0.25x: {verdict(0.25, 0.66)}",
+        f"target rounds at 1x <= 1.5x the paper's: {rounds}",
+    ]
+
+
+def print_table(judge: JudgeModel, rows: Sequence[Row], lines: Sequence[str]) -> None:
+    rates = ", ".join(f"{name} {value:.3f}" for name, value in judge.per_order.items())
+    outcome = ", ".join(
+        f"{name} {value:.3f}"
+        for name, value in zip(("right", "tie", "wrong", "invalid"), judge.if_a_better, strict=True)
+    )
+    print(f"\njudge {judge.name}\n  per order: {rates}\n  reconciled item verdict: {outcome}")
+    header = (
+        f"{'mode':<30}{'budget':>7}{'trials':>7}{'P(best)':>15}{'P(top-3)':>9}"
+        f"{'judgments':>11}{'ratio':>7}{'rounds':>8}{'wall':>8}{'SecAgg+':>9}"
+    )
+    print(header)
+    for row in rows:
+        budget = "-" if row.budget is None else f"{row.budget:g}x"
+        clear = row.rounds * SECONDS_PER_ROUND / 60
+        secure = row.rounds * (SECONDS_PER_ROUND + SECONDS_PER_SECURE_SUM) / 60
+        print(
+            f"{row.mode:<30}{budget:>7}{row.trials:>7}{row.p_best:>8.3f} ±{row.se:.3f}"
+            f"{row.top3:>9.3f}{row.judgments:>11.0f}{row.ratio_to_paper:>7.3f}"
+            f"{row.rounds:>8.1f}{clear:>6.1f}m{secure:>8.1f}m"
+        )
+    for line in lines:
+        print(line)
+
+
+def row_json(row: Row) -> dict:
+    return {
+        "mode": row.mode,
+        "budget": row.budget,
+        "p_best": round(row.p_best, 4),
+        "se": round(row.se, 4),
+        "judgments": round(row.judgments, 1),
+        "ratio_to_paper": round(row.ratio_to_paper, 4),
+        "rounds": round(row.rounds, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--round-robin-trials", type=int, default=10)
+    parser.add_argument("--round-robin-trials", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--configs", type=int, default=80)
     parser.add_argument("--items", type=int, default=170, help="validation items over all sites")
@@ -170,60 +433,58 @@ def main() -> None:
     parser.add_argument("--invalid", type=float, default=0.02)
     parser.add_argument("--position-bias", type=float, default=0.1)
     parser.add_argument("--noise", type=float, default=0.15)
-    parser.add_argument("--chunk-items", type=int, help="adaptive setting (default: its own)")
-    parser.add_argument("--delta", type=float, help="adaptive setting (default: its own)")
-    parser.add_argument("--alpha", type=float, help="adaptive setting (default: its own)")
+    parser.add_argument("--testset", type=Path, default=SHARED / "testset-dev.json")
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        action="append",
+        help="prediction file to fit a judge model from (repeatable; default: the PandaLM-7B "
+        "dev predictions in ../shared when present)",
+    )
+    parser.add_argument("--no-fitted", action="store_true", help="only the synthetic judge")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    adaptive_settings = {
-        name: value
-        for name in ("chunk_items", "delta", "alpha")
-        if (value := getattr(args, name)) is not None
-    }
+    predictions = args.predictions
+    if predictions is None:
+        default = SHARED / "pandalm-7b-predictions-dev.json"
+        predictions = [default] if default.is_file() and args.testset.is_file() else []
+    if args.no_fitted:
+        predictions = []
 
-    site_items = split_items(args.items, args.sites)
-    print(
-        f"{args.configs} configs, quality sd {args.quality_sd}; sites {site_items}; judge per "
-        f"order: invalid {args.invalid}, position bias {args.position_bias}, noise {args.noise}"
-    )
     start = time.perf_counter()
-    paper = simulate("paper", "paper", {}, args.trials, args, site_items)
-    adaptive = simulate("adaptive", "adaptive", adaptive_settings, args.trials, args, site_items)
-    spent = adaptive.judgments.mean() / paper.judgments.mean()
-    cut_items = split_items(round(args.items * spent), args.sites)
-    paper_cut = simulate(
-        f"paper, {sum(cut_items)} items", "paper", {}, args.trials, args, cut_items
-    )
-    results = [paper, adaptive, paper_cut]
-    if args.round_robin_trials:
-        results.append(
-            simulate("round-robin", "round-robin", {}, args.round_robin_trials, args, site_items)
-        )
-
-    print(f"{'mode':<22}{'trials':>7}{'P(best)':>14}{'P(top-3)':>10}{'judgments':>12}{'ratio':>7}")
-    for result in results:
-        p_best = result.best_hits.mean()
-        stderr = math.sqrt(p_best * (1 - p_best) / len(result.best_hits))
-        print(
-            f"{result.label:<22}{len(result.best_hits):>7}{p_best:>8.3f} ±{stderr:.3f}"
-            f"{result.top3_hits.mean():>10.3f}{result.judgments.mean():>12.0f}"
-            f"{result.judgments.mean() / paper.judgments.mean():>7.3f}"
-        )
-    difference = adaptive.best_hits.astype(float) - paper.best_hits.astype(float)
-    stderr = difference.std(ddof=1) / math.sqrt(args.trials)
+    synthetic = JudgeModel.synthetic(args.invalid, args.position_bias, args.noise)
+    rows, lines = bench_judge(args, synthetic)
+    fitted = []
+    for path in predictions:
+        judge = fit_judge_model(args.testset, path)
+        fitted.append((judge, *bench_judge(args, judge)))
+    if args.json:
+        document: dict = {"rows": [row_json(row) for row in rows]}
+        if fitted:
+            document["fitted_judges"] = [
+                {
+                    "judge": judge.name,
+                    "per_order": judge.per_order,
+                    "rows": [row_json(r) for r in rs],
+                }
+                for judge, rs, _ in fitted
+            ]
+        print(json.dumps(document))
+        return
     print(
-        f"adaptive vs paper, same trials: found the true best where the paper missed it in "
-        f"{(difference > 0).sum()}, missed it where the paper found it in {(difference < 0).sum()}"
-        f"; P(best) {difference.mean():+.3f} ± {stderr:.3f}"
+        f"{args.configs} configs, quality sd {args.quality_sd}; sites "
+        f"{split_items(args.items, args.sites)}; {args.trials} trials (round robin "
+        f"{args.round_robin_trials}); wall = rounds x {SECONDS_PER_ROUND:g} s in the clear, "
+        f"x {SECONDS_PER_ROUND + SECONDS_PER_SECURE_SUM:g} s with SecAgg+ "
+        f"({SECAGG_STAGES} more rounds each); judging time not included"
     )
-    if spent > 0.5:
-        verdict = f"NOT met, {spent:.3f}x the judgments"
-    elif difference.mean() >= 0:
-        verdict = "met"
-    elif -difference.mean() < 2 * stderr:
-        verdict = "NOT met on the point estimate, within 2 standard errors"
-    else:
-        verdict = "NOT met"
-    print(f"target (P(best) >= paper's with <= 0.5x its judgments): {verdict}")
+    print_table(synthetic, rows, lines)
+    for line in target_lines(rows):
+        print(line)
+    for judge, judge_rows, judge_lines in fitted:
+        print_table(judge, judge_rows, judge_lines)
+        for line in target_lines(judge_rows):
+            print(line)
     print(f"{time.perf_counter() - start:.1f} s")
 
 

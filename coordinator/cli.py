@@ -259,7 +259,9 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="keeps everything of the run")] = Path(
         "pandalm-demo"
     ),
-    mode: Annotated[str, typer.Option(help="paper | round-robin | adaptive")] = "paper",
+    mode: Annotated[
+        str, typer.Option(help="paper | round-robin | adaptive | racing | auto")
+    ] = "paper",
 ) -> None:
     """The whole federation on loopback with the embedded defaults."""
     from coordinator.demo import run_demo

@@ -49,11 +49,13 @@ def render(engine: Engine, run_name: str):
             select(RoundLog).where(RoundLog.run_name == run_name).order_by(RoundLog.id.desc())
         ).first()
     ids, params = run.ids(), run.param_list()
+    result = run_result(engine, run_name)
     end = run.finished or datetime.now(UTC)
     started = run.started if run.started.tzinfo else run.started.replace(tzinfo=UTC)
     end = end if end.tzinfo else end.replace(tzinfo=UTC)
     header = (
-        f"run [bold]{run.name}[/bold]  mode {run.mode}  status {run.status}  "
+        f"run [bold]{run.name}[/bold]  mode {result.selection}  "
+        f"status {run.status}  "
         f"configs {len(ids)}  elapsed {(end - started).total_seconds():.0f}s"
     )
     if run.aggregation:
@@ -74,7 +76,6 @@ def render(engine: Engine, run_name: str):
         label = node_label(site.node_id, names)
         site_table.add_row(label, status, f"{site.progress / 10:.0f}%", seen)
 
-    result = run_result(engine, run_name)
     totals = pair_tallies(result)
     recent = Table(title="comparisons (summed over sites and orientations)")
     for column in ("a", "b", "win", "tie", "loss", "invalid", "items", "winner"):

@@ -7,6 +7,11 @@ Sites answer `pending` while they train, generate or judge; they are asked again
 `retry_seconds`, doubling up to `max_retry_seconds`. A site that refuses, fails, or does not
 answer for `patience` rounds in a row is left out of the rest of the run and named in the result.
 
+With `mode = "auto"` the mode is chosen once the sites have accepted the space, from the
+capability flag of their replies: round robin when every active site's judge is pointwise (any
+comparison is then nearly free once each response is scored), racing otherwise. The choice is
+stored as the run's mode, so a restarted coordinator replays the same procedure.
+
 With `secure_aggregation` on and at least 3 active sites, a compare round only asks whether the
 sites are ready; the tallies then travel through SecAgg+ (`secure_sum.py`) and the coordinator
 records only their sum. With fewer sites the setting decides: `required` stops the run,
@@ -41,11 +46,20 @@ from coordinator.protocol import (
     Status,
     check_tallies,
     decode_reply,
+    decode_space_reply,
     encode_compare,
     encode_space,
 )
 from coordinator.secure_sum import SecureSum
-from coordinator.selection import ComparisonRequest, Tally, make_procedure
+from coordinator.selection import (
+    AUTO,
+    ComparisonRequest,
+    SelectionProcedure,
+    Tally,
+    auto_mode,
+    check_mode,
+    make_procedure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +93,7 @@ class RunSettings:
 
     name: str
     mode: str = "paper"
+    """paper | round-robin | adaptive | racing | auto (coordinator/selection.py)."""
     min_sites: int = 1
     wait_for_sites: float = 300.0
     round_timeout: float = 60.0
@@ -91,11 +106,19 @@ class RunSettings:
     judge_mode: str = "score"
     blocks: int = 4
     chunk_items: int = 8
+    budget: float = 1.0
+    """racing: judgments to spend, as a multiple of the paper procedure's."""
     secure_aggregation: str = "required"
     """SecAgg+ for the tallies: `required` (stop with fewer than 3 sites), `when-possible`
     (tallies in the clear with fewer than 3 sites) or `off`."""
 
     def __post_init__(self) -> None:
+        try:
+            check_mode(self.mode, allow_auto=True)
+        except ValueError as exc:
+            raise ValueError(f"mode: {exc}") from None
+        if not self.budget > 0:
+            raise ValueError(f"budget: must be above 0, got {self.budget}")
         if self.secure_aggregation not in SECURE_AGGREGATION:
             raise ValueError(
                 f"secure_aggregation: {self.secure_aggregation!r} is not one of "
@@ -139,21 +162,35 @@ class FederatedSelection:
         self.config_ids = config_ids
         self.params = params
         self.on_round = on_round or (lambda: None)
-        self.procedure = make_procedure(
-            settings.mode, len(config_ids), **self._procedure_settings()
-        )
+        self.mode = settings.mode
+        """The mode run: the setting, or under `auto` the one chosen once the sites answered."""
+        self._procedure: SelectionProcedure | None = None
+        self._pointwise: dict[int, bool] = {}  # per site, from its reply to the space
         self.round = 0
         self._silent_rounds: dict[int, int] = {}
         self._outstanding: list[ComparisonRequest] = []  # handed out, not recorded yet
 
+    @property
+    def procedure(self) -> SelectionProcedure:
+        if self._procedure is None:
+            self._procedure = make_procedure(
+                self.mode, len(self.config_ids), **self._procedure_settings()
+            )
+        return self._procedure
+
     def _procedure_settings(self) -> dict[str, Any]:
-        if self.settings.mode == "paper":
+        if self.mode == "paper":
             return {"blocks": self.settings.blocks}
-        if self.settings.mode == "adaptive":
+        if self.mode == "adaptive":
             return {
                 "blocks": self.settings.blocks,
                 "chunk_items": self.settings.chunk_items,
                 "max_items": self.settings.validation_items,
+            }
+        if self.mode == "racing":
+            return {
+                "items_per_site": self.settings.validation_items,
+                "budget": self.settings.budget,
             }
         return {}
 
@@ -173,11 +210,15 @@ class FederatedSelection:
                 )
                 session.commit()
                 return
-            if run.ids() != self.config_ids or run.mode != self.settings.mode:
+            requested = json.loads(run.settings).get("mode", run.mode)
+            if run.ids() != self.config_ids or requested != self.settings.mode:
                 raise ValueError(
                     f"run {self.settings.name!r} exists with another space or mode: "
                     "choose another run name"
                 )
+            self.mode = run.mode
+        if self.mode == AUTO:
+            return  # nothing was compared before the mode was chosen
         for result in self._recorded():
             request = ComparisonRequest(result.a, result.b, result.item_start, self._stop(result))
             self._replay(
@@ -292,6 +333,7 @@ class FederatedSelection:
                 if reply is None:
                     continue
                 if reply.status == Status.OK:
+                    self._pointwise[node_id] = bool(reply.pointwise_judge)
                     todo.discard(node_id)
                 else:
                     self._leave_out(node_id, f"space {reply.status.name} code {reply.code.name}")
@@ -300,6 +342,23 @@ class FederatedSelection:
             self._leave_out(node_id, "did not accept the space")
         if len(self._active_sites()) < self.settings.min_sites:
             raise RuntimeError(f"fewer than {self.settings.min_sites} sites accepted the space")
+        if self.mode == AUTO:
+            self._choose_mode()
+
+    def _choose_mode(self) -> None:
+        """Under `auto`: round robin when every active site's judge is pointwise, else racing;
+        stored as the run's mode (the settings keep `auto`)."""
+        active = self._active_sites()
+        self.mode = auto_mode([self._pointwise.get(node_id, False) for node_id in active])
+        pointwise = sum(self._pointwise.get(node_id, False) for node_id in active)
+        log.warning(
+            "mode auto: %s (%d of %d active sites have a pointwise judge)",
+            self.mode, pointwise, len(active),
+        )  # fmt: skip
+        with Session(self.engine) as session:
+            run = session.get(FederatedRun, self.settings.name)
+            run.mode = self.mode
+            session.commit()
 
     def _all_sites(self) -> list[RunSite]:
         return sites(self.engine, self.settings.name)
@@ -338,7 +397,10 @@ class FederatedSelection:
         if record is None:
             return None
         try:
-            reply = decode_reply(record, request, self.settings.validation_items)
+            if request is None:
+                reply = decode_space_reply(record)
+            else:
+                reply = decode_reply(record, request, self.settings.validation_items)
         except ProtocolError as exc:
             log.warning("rejected the report of site %s this round: %s", node_id, exc.code.name)
             self._note(node_id, f"report rejected: {exc.code.name}")

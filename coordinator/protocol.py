@@ -18,6 +18,10 @@ Site -> coordinator
 - a reply with `status` (ok, pending, refused, failed), a numeric `code`, `progress` in permille
   and, for an answered `compare`, `tallies`: five integers per comparison (win, tie, loss,
   invalid, items) from config a's point of view; empty when the request was `secure`.
+- a reply to `space` may carry the capability flag `pointwise_judge` (1: the site's judge scores
+  each response on its own, so once every config's responses are scored any comparison costs no
+  further forward pass; 0: a pairwise judge). Absent counts as 0; any value but the integers 0
+  and 1, or the flag on another reply, is refused by both `encode_reply` and the decoders.
 """
 
 from __future__ import annotations
@@ -138,6 +142,8 @@ class Reply:
     code: Code = Code.NONE
     progress: int = 0
     tallies: tuple[tuple[int, int, int, int, int], ...] = ()
+    pointwise_judge: int | None = None
+    """Only on a reply to `space`: 1 when the site's judge is pointwise, else 0."""
 
 
 def _check_fields(message: Mapping[str, Any], required: dict[str, type]) -> None:
@@ -269,20 +275,45 @@ def decode_compare(record: Mapping[str, Any], n_configs: int | None = None) -> C
     return CompareMessage(record["run_key"], tuple(comparisons), bool(record["secure"]))
 
 
+REPLY_FIELDS: dict[str, Any] = {"status": int, "code": int, "progress": int, "tallies": [int]}
+POINTWISE_FIELD = "pointwise_judge"
+
+
+def _check_pointwise(value: Any) -> int:
+    _check_type(POINTWISE_FIELD, value, int)
+    if value not in (0, 1):
+        raise ProtocolError(Code.OUT_OF_RANGE, f"{POINTWISE_FIELD} must be 0 or 1")
+    return value
+
+
 def encode_reply(reply: Reply) -> dict[str, Any]:
-    return {
+    record: dict[str, Any] = {
         "status": int(reply.status),
         "code": int(reply.code),
         "progress": reply.progress,
         "tallies": [value for tally in reply.tallies for value in tally],
     }
+    if reply.pointwise_judge is not None:
+        if reply.tallies:
+            raise ProtocolError(Code.UNKNOWN_FIELD, f"{POINTWISE_FIELD} on a reply with tallies")
+        record[POINTWISE_FIELD] = _check_pointwise(reply.pointwise_judge)
+    return record
+
+
+def decode_space_reply(record: Mapping[str, Any]) -> Reply:
+    """Decode a site's reply to `space`: no tallies, and the optional capability flag."""
+    flag = record.get(POINTWISE_FIELD)
+    reply = decode_reply({k: v for k, v in record.items() if k != POINTWISE_FIELD})
+    if flag is None:
+        return reply
+    return Reply(reply.status, reply.code, reply.progress, (), _check_pointwise(flag))
 
 
 def decode_reply(
     record: Mapping[str, Any], request: CompareMessage | None = None, item_limit: int = MAX_ITEMS
 ) -> Reply:
     """Decode a site's reply; for a compare request, reject impossible tallies."""
-    _check_fields(record, {"status": int, "code": int, "progress": int, "tallies": [int]})
+    _check_fields(record, REPLY_FIELDS)
     try:
         status, code = Status(record["status"]), Code(record["code"])
     except ValueError as exc:

@@ -42,7 +42,13 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from scipy.stats import kendalltau
 
-from coordinator.selection import DecidedComparison, Tally, bradley_terry, comparison_winner
+from coordinator.selection import (
+    DecidedComparison,
+    Tally,
+    bradley_terry,
+    comparison_winner,
+    describe_mode,
+)
 
 ParamValue = str | int | float
 DecidedBy = Literal["evidence", "tie-break"]
@@ -70,6 +76,13 @@ class RunResult:
     wall_seconds: float
     aggregation: str = ""
     """How the tallies were summed (SecAgg+ or in the clear, and why)."""
+    requested_mode: str = ""
+    """The mode the operator set (`auto`, say) when it differs from `selection_mode`."""
+
+    @property
+    def selection(self) -> str:
+        """The mode used and, under `auto`, why it was chosen."""
+        return describe_mode(self.requested_mode or self.selection_mode, self.selection_mode)
 
     def __post_init__(self) -> None:
         indices = {i for a, b, _ in self.comparisons for i in (a, b)}
@@ -288,6 +301,7 @@ def _summary(result: RunResult, threshold: float, strengths: list[float]) -> dic
     return {
         "run": result.run_name,
         "selection_mode": result.selection_mode,
+        "selection": result.selection,
         "decided": by_evidence > 0,
         "conclusion": conclusion,
         "best_config": best,
@@ -554,7 +568,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px;te
 img{{max-width:100%}}</style></head><body>
 <h1>Run {e(result.run_name)}</h1>
 <p>{verdict}</p>
-<p>Selection mode {e(result.selection_mode)}; {result.judgments} judgments;
+<p>Selection mode {e(result.selection)}; {result.judgments} judgments;
 {result.wall_seconds:.0f} s. Ties: {"-" if tie_share is None else f"{tie_share:.1%}"} of the
 judged items.</p>
 <p>Sites: {e(", ".join(result.sites) or "none")}. Left out: {e(left_out)}.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -37,4 +39,5 @@ def run_result(engine: Engine, run_name: str) -> RunResult:
         judgments=sum(2 * r.items for r in rows),
         wall_seconds=(finished - started).total_seconds(),
         aggregation=run.aggregation,
+        requested_mode=json.loads(run.settings).get("mode", run.mode),
     )

@@ -1,4 +1,4 @@
-"""Choosing the best candidate config from pairwise judge tallies: three selection procedures.
+"""Choosing the best candidate config from pairwise judge tallies: four selection procedures.
 
 The coordinator never sees text, models or data: a procedure deals only in config indices and
 integer tallies. It is driven ask/tell: `pending()` lists the comparisons that can be asked now
@@ -30,6 +30,27 @@ Modes (`make_procedure`):
   design of +1 for a and -1 for b, weighted by the outcome counts; its small L2 penalty
   (C = 1, negligible against hundreds of items per pair) keeps them finite when a config wins
   every item.
+- "racing": a fixed budget of judgments, `budget` times the paper procedure's (n_configs - 1)
+  comparisons of `items_per_site` items, spent in batches of comparisons asked all at once
+  (few federated rounds). It is Sequential Halving (Karnin, Koren & Somekh, "Almost Optimal
+  Exploration in Multi-Armed Bandits", ICML 2013) on pairwise comparisons, with the action
+  elimination of racing (Even-Dar, Mannor & Mansour, JMLR 7, 2006) and a final playoff. Each
+  halving batch gets an equal share of the budget left (share = left / (halvings left + 1), the
+  playoff counting as one): every survivor meets `opponents` others in random perfect matchings
+  (seeded by the batch number; all pairs once that is as many), each pair on its next fresh
+  item slice [cursor, cursor + chunk) of every site. After each batch the Bradley-Terry
+  strengths are refitted on all recorded tallies (`bradley_terry_with_covariance`, the
+  round-robin fit, with a Laplace covariance); a survivor whose strength is more than `z`
+  standard errors below the leader's is dropped, and of the rest the strongest `keep` share
+  goes on. Once at most `playoff` contenders remain, one playoff batch spends what is left:
+  every pair of contenders on all its fresh items, and each contender against the strongest
+  eliminated configs (common opponents) until the budget is filled. The best is the strongest
+  survivor; the ranking orders configs by how long they survived, then by strength. A clear
+  best is thus found with few judgments (the others fall more than `z` standard errors behind
+  early and the rest of the budget is not spent), and a near-tie of the top two goes to the
+  playoff. bench/bench_selection.py measures it (80 configs, 3 sites, 170 items, 200 trials,
+  its synthetic judge): P(true best) 0.73 ± 0.03 at budget 0.25, 0.85 ± 0.03 at budget 1 (0.9x
+  the judgments spent) against the paper procedure's 0.66 ± 0.03, in 6 rounds instead of 22.
 - "adaptive": the paper's blocks and order of comparisons, but each comparison is asked in
   chunks of `chunk_items` validation items per site (items [k*chunk, (k+1)*chunk) in chunk k)
   and stops as soon as a sequential test on the running totals is decided. The test is Wald's
@@ -43,6 +64,10 @@ Modes (`make_procedure`):
   (the sites have no more) or when it reaches item `max_items` per site (default: no cap); the
   winner is then `comparison_winner` on the totals so far, exactly as in the paper mode.
   bench/bench_selection.py measures it against the paper mode.
+
+`auto` is no procedure: the coordinator runs round robin when every active site's judge is
+pointwise (`auto_mode`; a comparison then costs no forward pass once both configs' responses are
+scored) and racing otherwise.
 """
 
 from __future__ import annotations
@@ -50,14 +75,16 @@ from __future__ import annotations
 import itertools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-MODES = ("paper", "round-robin", "adaptive")
+MODES = ("paper", "round-robin", "adaptive", "racing")
+AUTO = "auto"
+"""Not a procedure: the coordinator picks round robin or racing from the sites' judges."""
 
 
 @dataclass(frozen=True)
@@ -379,6 +406,208 @@ class RoundRobin(_Procedure):
         self._strengths = None
 
 
+class RacingProcedure(_Procedure):
+    """Sequential halving over Bradley-Terry strengths with confidence-bound elimination and a
+    final playoff, within a fixed judging budget (see the module docstring)."""
+
+    mode = "racing"
+
+    def __init__(
+        self,
+        n_configs: int,
+        items_per_site: int,
+        budget: float = 1.0,
+        opponents: int = 6,
+        keep: float = 0.5,
+        playoff: int = 3,
+        z: float = 3.0,
+    ) -> None:
+        super().__init__(n_configs)
+        if items_per_site < 1:
+            raise ValueError(f"items_per_site must be at least 1, got {items_per_site}")
+        if budget <= 0 or opponents < 1 or not 0 < keep < 1 or playoff < 2 or z <= 0:
+            raise ValueError(
+                "need budget > 0, opponents >= 1, 0 < keep < 1, playoff >= 2 and z > 0, got "
+                f"{budget}, {opponents}, {keep}, {playoff}, {z}"
+            )
+        self.items_per_site = items_per_site
+        self.budget_items = max(1, round(budget * max(n_configs - 1, 1) * items_per_site))
+        self.opponents, self.keep, self.playoff, self.z = opponents, keep, playoff, z
+        self.spent_items = 0
+        self.batches = 0
+        self.survivors = list(range(n_configs))
+        self._last_batch = [0] * n_configs  # per config: the last batch it survived
+        self._totals: dict[tuple[int, int], Tally] = {}
+        self._cursor: dict[tuple[int, int], int] = {}
+        self._exhausted: set[tuple[int, int]] = set()
+        self._batch: dict[ComparisonRequest, None] = {}
+        self._strengths = np.zeros(n_configs)
+        self._finished = False
+        self._playoff_held = False
+        self._plan()
+
+    @property
+    def done(self) -> bool:
+        return self._finished
+
+    def best(self) -> int | None:
+        return self.ranking()[0] if self._finished else None
+
+    def ranking(self) -> list[int]:
+        """Survivors first, then by the batch a config was eliminated after (later is better),
+        then by Bradley-Terry strength, then lower index."""
+        strengths = np.round(self._strengths, 6)
+        return sorted(range(self.n_configs), key=lambda i: (-self._last_batch[i], -strengths[i], i))
+
+    def _askable(self) -> Iterable[ComparisonRequest]:
+        return self._batch
+
+    def _is_askable(self, request: ComparisonRequest) -> bool:
+        return request in self._batch
+
+    def _apply(self, request: ComparisonRequest, tally: Tally) -> None:
+        del self._batch[request]
+        pair = (request.a, request.b)
+        self._totals[pair] = self._totals.get(pair, Tally()) + tally
+        assert request.item_stop is not None
+        self._cursor[pair] = request.item_stop
+        if tally.items == 0:
+            self._exhausted.add(pair)
+        if not self._batch:
+            self._eliminate()
+            self._plan()
+
+    def _remaining(self, pair: tuple[int, int]) -> int:
+        if pair in self._exhausted:
+            return 0
+        return self.items_per_site - self._cursor.get(pair, 0)
+
+    def _eliminate(self) -> None:
+        """Refit on everything recorded; drop the survivors clearly behind the leader, then (but
+        after the playoff) keep the strongest `keep` share of them, at least `playoff`."""
+        was_playoff = len(self.survivors) <= self.playoff
+        strengths, covariance = bradley_terry_with_covariance(self.n_configs, self._totals)
+        self._strengths = strengths
+        leader = max(self.survivors, key=lambda i: (strengths[i], -i))
+
+        def clearly_behind(i: int) -> bool:
+            variance = covariance[leader, leader] + covariance[i, i] - 2 * covariance[leader, i]
+            return strengths[leader] - strengths[i] > self.z * math.sqrt(max(variance, 0.0))
+
+        alive = [i for i in self.survivors if not clearly_behind(i)]
+        if not was_playoff:
+            alive.sort(key=lambda i: (-strengths[i], i))
+            alive = alive[: max(self.playoff, math.ceil(len(self.survivors) * self.keep))]
+        self.survivors = sorted(alive)
+        for i in self.survivors:
+            self._last_batch[i] = self.batches
+
+    def _plan(self) -> None:
+        """The next batch of requests, all askable at once; none: the procedure is done."""
+        left = self.budget_items - self.spent_items
+        contenders = len(self.survivors)
+        if self._playoff_held:
+            self._finished = True
+            return
+        if contenders <= self.playoff:
+            self._playoff_held = True
+            pairs = self._playoff_pairs(left)
+            share = left
+        else:
+            halvings = math.ceil(math.log(contenders / self.playoff) / math.log(1 / self.keep))
+            share = left // (halvings + 1)
+            count = min(self.opponents, max(1, share // math.ceil(contenders / 2)))
+            if count >= contenders - 1:
+                pairs = dict.fromkeys(itertools.combinations(self.survivors, 2), 1)
+            else:
+                pairs = self._matchings(count)
+        matches = max(1, sum(pairs.values()))
+        chunk = share // matches if share >= matches else left // matches
+        batch = {}
+        for pair, count in pairs.items():
+            size = min(chunk * count, self._remaining(pair))
+            if size >= 1:
+                start = self._cursor.get(pair, 0)
+                batch[ComparisonRequest(*pair, start, start + size)] = None
+        if contenders <= 1 or not batch:
+            self._finished = True
+            return
+        self.batches += 1
+        self.spent_items += sum(r.item_stop - r.item_start for r in batch)  # type: ignore[operator]
+        self._batch = batch
+
+    def _playoff_pairs(self, left: int) -> dict[tuple[int, int], int]:
+        """Every pair of contenders, and each contender against the strongest eliminated configs
+        (common opponents: a near-tie is also told apart by how each fares against them), as
+        many of those as the remaining budget can fill with fresh items."""
+        pairs = dict.fromkeys(itertools.combinations(self.survivors, 2), 1)
+        capacity = sum(self._remaining(pair) for pair in pairs)
+        others = sorted(
+            (i for i in range(self.n_configs) if i not in self.survivors),
+            key=lambda i: (-self._strengths[i], i),
+        )
+        for other in others:
+            if capacity >= left:
+                break
+            for contender in self.survivors:
+                pair = (min(contender, other), max(contender, other))
+                pairs[pair] = 1
+                capacity += self._remaining(pair)
+        return pairs
+
+    def _matchings(self, count: int) -> dict[tuple[int, int], int]:
+        """`count` random perfect matchings of the survivors (seeded by the batch number,
+        so a replay draws the same); an odd one out meets a random other survivor."""
+        pairs: dict[tuple[int, int], int] = {}
+        for matching in range(count):
+            rng = np.random.default_rng([self.batches, matching])
+            order = [self.survivors[i] for i in rng.permutation(len(self.survivors))]
+            if len(order) % 2:
+                order.append(order[int(rng.integers(len(order) - 1))])
+            for a, b in zip(order[::2], order[1::2], strict=True):
+                pair = (min(a, b), max(a, b))
+                pairs[pair] = pairs.get(pair, 0) + 1
+        return pairs
+
+
+def bradley_terry_with_covariance(
+    n_configs: int, totals: Mapping[tuple[int, int], Tally]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bradley-Terry strengths and their approximate covariance from per-pair totals.
+
+    The maximum of the penalized log-likelihood that `bradley_terry` fits (each side scores its
+    wins plus half the ties; L2 penalty 1/4 |theta|^2, which is what its mirrored rows and C = 1
+    amount to), found by Newton's method, which also gives the covariance: the inverse of the
+    penalized observed information (a Laplace approximation). Newton on the 80-odd strengths
+    takes milliseconds where a general solver takes a hundred times longer, and racing refits
+    after every batch."""
+    pairs = [(a, b, t.win + t.tie / 2, t.loss + t.tie / 2) for (a, b), t in totals.items()]
+    penalty = 0.5
+    strengths = np.zeros(n_configs)
+    information = penalty * np.eye(n_configs)
+    if not pairs:
+        return strengths, np.linalg.inv(information)
+    a, b, a_points, b_points = (np.array(column) for column in zip(*pairs, strict=True))
+    a, b = a.astype(int), b.astype(int)
+    for _ in range(100):
+        p = 1 / (1 + np.exp(strengths[b] - strengths[a]))
+        pair_gradient = a_points - (a_points + b_points) * p
+        gradient = -penalty * strengths
+        np.add.at(gradient, a, pair_gradient)
+        np.add.at(gradient, b, -pair_gradient)
+        weight = (a_points + b_points) * p * (1 - p)
+        information = penalty * np.eye(n_configs)
+        np.add.at(information, (a, a), weight)
+        np.add.at(information, (b, b), weight)
+        np.add.at(information, (a, b), -weight)
+        np.add.at(information, (b, a), -weight)
+        step = np.linalg.solve(information, gradient)
+        strengths += step
+        if np.abs(step).max() < 1e-10:
+            break
+    return strengths, np.linalg.inv(information)
+
+
 def bradley_terry(n_configs: int, comparisons: list[DecidedComparison]) -> np.ndarray:
     """Logistic regression on +1/-1 pair rows weighted by wins (+ half the ties) of each side.
     Each pair also enters mirrored (-1/+1, labels swapped), which leaves the maximum-likelihood
@@ -399,14 +628,43 @@ def bradley_terry(n_configs: int, comparisons: list[DecidedComparison]) -> np.nd
     return model.coef_[0].copy()
 
 
+def check_mode(mode: str, allow_auto: bool = False) -> None:
+    """Refuse a mode that is none of MODES (nor `auto`, where allowed)."""
+    allowed = (*MODES, AUTO) if allow_auto else MODES
+    if mode not in allowed:
+        raise ValueError(f"unknown selection mode {mode!r}; choose one of {', '.join(allowed)}")
+
+
+def auto_mode(pointwise_judges: Sequence[bool]) -> str:
+    """What `auto` runs: round robin when every active site's judge is pointwise (a comparison
+    then costs no forward pass once both configs' responses are scored, so the exhaustive
+    procedure costs what any other does), racing otherwise (and with no site at all)."""
+    return "round-robin" if pointwise_judges and all(pointwise_judges) else "racing"
+
+
+def describe_mode(requested: str, mode: str) -> str:
+    """The mode a run uses, and under `auto` why, for the console, report and summary."""
+    if requested != AUTO:
+        return mode
+    if mode == AUTO:
+        return "auto: not chosen yet (waiting for the sites' replies to the space)"
+    why = (
+        "every active site's judge is pointwise"
+        if mode == "round-robin"
+        else "not every active site's judge is pointwise"
+    )
+    return f"{mode} (auto: {why})"
+
+
 def make_procedure(mode: str, n_configs: int, **settings: int | float | None) -> SelectionProcedure:
     """A fresh procedure for `mode` (one of MODES); `settings` go to its constructor:
-    paper: blocks; adaptive: blocks, chunk_items, delta, alpha, max_items; round-robin: none."""
+    paper: blocks; adaptive: blocks, chunk_items, delta, alpha, max_items; round-robin: none;
+    racing: items_per_site, budget, opponents, keep, playoff, z."""
     procedures: dict[str, Callable[..., SelectionProcedure]] = {
         "paper": PaperProcedure,
         "round-robin": RoundRobin,
         "adaptive": AdaptiveProcedure,
+        "racing": RacingProcedure,
     }
-    if mode not in procedures:
-        raise ValueError(f"unknown selection mode {mode!r}; choose one of {', '.join(MODES)}")
+    check_mode(mode)
     return procedures[mode](n_configs, **settings)

@@ -20,6 +20,7 @@ from coordinator.db import open_database
 from coordinator.federation import FederatedSelection, RunSettings
 from coordinator.protocol import RECORD_KEY
 from coordinator.secure_sum import SecureSum, secure_sum
+from coordinator.selection import describe_mode
 from trainer.space import load_space
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ def main(grid: Grid, context: Context) -> None:
         json.dumps(
             {
                 "run": settings.name,
+                "selection": describe_mode(settings.mode, selection.mode),
                 "best_config": best.to_json() if best else None,
                 "sites": outcome.sites,
                 "left_out": outcome.left_out,

@@ -91,8 +91,10 @@ def test_site_answers_from_its_database(tmp_path: Path, tiny_llama: Path, new_da
 
     early = handle_message(engine, COMPARE_MESSAGE, compare_record((0, 1)))
     assert (early["status"], early["code"]) == (Status.REFUSED, Code.UNKNOWN_RUN)
-    assert handle_message(engine, SPACE_MESSAGE, space_record())["status"] == Status.OK
-    assert handle_message(engine, SPACE_MESSAGE, space_record())["status"] == Status.OK
+    accepted = handle_message(engine, SPACE_MESSAGE, space_record())
+    assert (accepted["status"], accepted["pointwise_judge"]) == (Status.OK, 0)
+    again = handle_message(engine, SPACE_MESSAGE, space_record(), pointwise_judge=True)
+    assert (again["status"], again["pointwise_judge"]) == (Status.OK, 1)
     changed = handle_message(engine, SPACE_MESSAGE, space_record(configs=CONFIGS[:3]))
     assert (changed["status"], changed["code"]) == (Status.REFUSED, Code.SPACE_CHANGED)
     forged = space_record("run-2")
@@ -136,11 +138,29 @@ def test_site_answers_from_its_database(tmp_path: Path, tiny_llama: Path, new_da
     assert len(entries) == 9
     for entry in entries:
         content = json.loads(entry.content)
-        assert set(content) == {"status", "code", "progress", "tallies"}
+        flag = {"pointwise_judge"} if entry.message_type == SPACE_MESSAGE else set()
+        assert set(content) - flag == {"status", "code", "progress", "tallies"}
         assert all(
             isinstance(v, int)
-            for v in (content["status"], content["code"], content["progress"], *content["tallies"])
+            for v in (
+                content["status"],
+                content["code"],
+                content["progress"],
+                *content["tallies"],
+                *(content[name] for name in flag & set(content)),
+            )
         )
+
+
+def test_the_site_says_its_judge_is_pointwise_from_the_spec(tmp_path: Path) -> None:
+    from agent.client_app import _pointwise_judge
+
+    gguf = tmp_path / "judge.gguf"
+    gguf.write_bytes(b"GGUF")
+    for spec, pointwise in (("builtin", True), (f"gguf:{gguf}", False)):
+        path = tmp_path / f"{pointwise}.toml"
+        path.write_text(f'[site]\nname = "s"\n[judge]\nspec = "{spec}"\n')
+        assert _pointwise_judge(str(path)) is pointwise
 
 
 def test_site_config_errors_name_the_field(tmp_path: Path) -> None:

@@ -25,9 +25,15 @@ class LoopbackTransport:
     """Test double for Flower's Grid: calls each site's message handler in process and lets
     its worker do a step of work after every exchange; SecAgg+ runs over `InProcessGrid`."""
 
-    def __init__(self, sites: dict[int, tuple], silent: set[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        sites: dict[int, tuple],
+        silent: set[int] = frozenset(),
+        pointwise: set[int] = frozenset(),
+    ) -> None:
         self.sites = sites
         self.silent = set(silent)
+        self.pointwise = set(pointwise)  # sites whose judge says it is pointwise
         self.exchanges: list[tuple[str, dict]] = []
 
     def node_ids(self) -> list[int]:
@@ -39,7 +45,11 @@ class LoopbackTransport:
         for node_id, record in records.items():
             engine, worker = self.sites[node_id]
             replies[node_id] = (
-                None if node_id in self.silent else handle_message(engine, message_type, record)
+                None
+                if node_id in self.silent
+                else handle_message(
+                    engine, message_type, record, pointwise_judge=node_id in self.pointwise
+                )
             )
             worker.step()
         return replies
@@ -85,13 +95,36 @@ def _selection(
     )
 
 
-@pytest.mark.parametrize("mode", ["paper", "round-robin", "adaptive"])
+@pytest.mark.parametrize("mode", ["paper", "round-robin", "adaptive", "racing"])
 def test_every_mode_finds_the_planted_best(tmp_path: Path, sites: dict, mode: str) -> None:
     engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
     outcome = _selection(engine, LoopbackTransport(sites), f"run-{mode}", mode).run()
     assert outcome.best_index == 2
     assert outcome.sites == [11, 12, 13] and outcome.left_out == {}
     assert outcome.judgments > 0
+
+
+@pytest.mark.parametrize(
+    ("pointwise", "chosen"), [({11, 12, 13}, "round-robin"), ({11, 13}, "racing")]
+)
+def test_auto_runs_round_robin_only_when_every_site_is_pointwise(
+    tmp_path: Path, sites: dict, pointwise: set[int], chosen: str
+) -> None:
+    """The choice is stored as the run's mode (said by the report) and kept on a restart."""
+    from coordinator.results import run_result
+
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    transport = LoopbackTransport(sites, pointwise=pointwise)
+    selection = _selection(engine, transport, "run-auto", "auto")
+    outcome = selection.run()
+    assert selection.mode == chosen and outcome.best_index == 2
+    result = run_result(engine, "run-auto")
+    assert result.selection_mode == chosen and result.selection.startswith(f"{chosen} (auto: ")
+    recorded = len(comparison_rows(f"sqlite:///{tmp_path / 'coordinator.sqlite'}"))
+    restarted = _selection(engine, LoopbackTransport(sites), "run-auto", "auto")
+    assert restarted.run().best_index == 2, "replayed with the stored mode, not chosen again"
+    assert restarted.mode == chosen
+    assert len(comparison_rows(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")) == recorded
 
 
 def test_a_silent_site_is_left_out_and_named(tmp_path: Path, sites: dict) -> None:
@@ -194,6 +227,12 @@ def test_federation_config_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(
         FederationConfigError, match=r"\[selection\]\.secure_aggregation: 'maybe' is not one of"
     ):
+        load_federation_config(path)
+    path.write_text('[run]\nname = "x"\n[selection]\nmode = "swiss"\n')
+    with pytest.raises(FederationConfigError, match=r"\[selection\]\.mode: unknown selection mode"):
+        load_federation_config(path)
+    path.write_text('[run]\nname = "x"\n[selection]\nmode = "racing"\nbudget = 0.0\n')
+    with pytest.raises(FederationConfigError, match=r"\[selection\]\.budget: must be above 0"):
         load_federation_config(path)
     path.write_text('[run]\nname = "x"\nspace = "nope.toml"\n')
     with pytest.raises(FederationConfigError, match=r"\[run\]\.space: no file nope\.toml"):

@@ -2,7 +2,8 @@
 
 One run finds the planted best config while a site's worker is killed mid-training and
 restarted (nothing recomputed) and another site's SuperNode is killed mid-run (the run completes
-without it and names it). A second run, stopped mid-way and submitted again, resumes.
+without it and names it). A second run, in mode `auto`, runs racing (site 2 says its judge is
+not pointwise), is stopped mid-way and submitted again, and resumes.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ from coordinator.launch import (
     submit_run,
     write_connection,
 )
+from judge.backends import parse_spec
 from tests.test_agent_site import CONFIGS, write_site_config
 
 pytestmark = pytest.mark.slow
 PLANTED = 2  # index of the config the judge double prefers
+PAIRWISE_SITE = 2  # its judge spec names a pairwise judge; the others' the pointwise builtin
 
 SPACE = """# the four configs of tests.test_agent_site.CONFIGS, in that order
 [[grid]]
@@ -57,7 +60,12 @@ epochs = [1, 2]
 
 
 def _federation_toml(
-    folder: Path, name: str, superlink: str, min_sites: int, secure_aggregation: str = "off"
+    folder: Path,
+    name: str,
+    superlink: str,
+    min_sites: int,
+    secure_aggregation: str = "off",
+    mode: str = "paper",
 ) -> Path:
     """These runs check tallies in the clear (the wire against the ledger) and sites dropping
     below three; test_flower_secure_aggregation.py runs SecAgg+."""
@@ -65,7 +73,7 @@ def _federation_toml(
     path.write_text(
         f'[run]\nname = "{name}"\nspace = "space.toml"\nstate_dir = "coordinator"\n'
         f'wire_log = "{name}-wire.jsonl"\n'
-        f'[selection]\nmode = "paper"\nmin_sites = {min_sites}\nround_timeout = 20.0\n'
+        f'[selection]\nmode = "{mode}"\nmin_sites = {min_sites}\nround_timeout = 20.0\n'
         f'secure_aggregation = "{secure_aggregation}"\n'
         "retry_seconds = 0.5\nmax_retry_seconds = 4.0\npatience = 2\n"
         "validation_items = 6\nblocks = 2\n"
@@ -77,9 +85,13 @@ def _federation_toml(
 class Site:
     def __init__(self, folder: Path, base: Path, index: int, superlink: str) -> None:
         path = write_site_config(folder, base, name=f"site-{index}", seed=index)
+        judge = ""
+        if index == PAIRWISE_SITE:  # the worker judges with the double whatever the spec says
+            (folder / "pairwise.gguf").write_bytes(b"GGUF")
+            judge = f'[judge]\nspec = "gguf:{folder / "pairwise.gguf"}"\n'
         text = path.read_text().replace(
             "[flower]\ninsecure = true\n",
-            f'[flower]\ninsecure = true\nsuperlink = "{superlink}"\n'
+            f'{judge}[flower]\ninsecure = true\nsuperlink = "{superlink}"\n'
             f"clientappio_port = {free_port()}\n",
         )
         path.write_text(text)
@@ -221,12 +233,16 @@ def _assert_only_tallies_arrived(wire_log: Path, sites: list[Site]) -> None:
     by_node = {_node_id(site): site for site in sites}
     for node_id, site in by_node.items():
         sent = [json.loads(e.content) for e in ledger(open_site_database(site.config.database_url))]
-        arrived = [r["content"] for r in received if r["node"] == node_id]
+        arrived = [(r["message_type"], r["content"]) for r in received if r["node"] == node_id]
+        pointwise = int(parse_spec(site.config.judge.spec).pointwise)
         position = 0
-        for content in arrived:
+        for message_type, content in arrived:
             assert set(content) == {"pandalm"} and content["pandalm"]["type"] == "ConfigRecord"
             fields = content["pandalm"]["fields"]
-            assert set(fields) == {"status", "code", "progress", "tallies"}
+            flag = {"pointwise_judge"} if message_type == "query.space" else set()
+            assert set(fields) == {"status", "code", "progress", "tallies"} | flag
+            if flag:  # the capability flag: this site's judge is pointwise, or not
+                assert fields["pointwise_judge"] == pointwise
             values = [fields["status"], fields["code"], fields["progress"], *fields["tallies"]]
             assert all(type(v) is int for v in values)
             position = sent.index(fields, position) + 1  # raises if the ledger lacks it
@@ -234,7 +250,7 @@ def _assert_only_tallies_arrived(wire_log: Path, sites: list[Site]) -> None:
 
 def test_a_stopped_coordinator_resumes_the_run(federation) -> None:
     folder, superlink, _sites = federation
-    config = load_federation_config(_federation_toml(folder, "run-two", superlink, 2))
+    config = load_federation_config(_federation_toml(folder, "run-two", superlink, 2, mode="auto"))
     engine = open_coordinator_database(config.database_url)
     run_id = submit_run(config.state_dir, config.run_config())
     deadline = time.monotonic() + 240
@@ -268,9 +284,11 @@ def test_a_stopped_coordinator_resumes_the_run(federation) -> None:
             select(ComparisonResult).where(ComparisonResult.run_name == "run-two")
         ).all()
         keys = [(r.a, r.b, r.item_start, r.item_stop) for r in rows]
-        assert len(keys) == len(set(keys)) == 3  # two block comparisons and the final
+        assert len(keys) == len(set(keys)) >= 6  # every pair, then the playoff
         assert early <= {(r.a, r.b) for r in rows}
-        assert session.get(FederatedRun, "run-two").best_index == PLANTED
+        run = session.get(FederatedRun, "run-two")
+        assert run.best_index == PLANTED
+        assert run.mode == "racing" and json.loads(run.settings)["mode"] == "auto"
 
 
 def test_a_site_refuses_an_app_bundle_it_did_not_install(federation, tmp_path: Path) -> None:

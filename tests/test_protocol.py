@@ -16,6 +16,7 @@ from coordinator.protocol import (
     decode_compare,
     decode_reply,
     decode_space,
+    decode_space_reply,
     encode_compare,
     encode_reply,
     encode_space,
@@ -159,6 +160,7 @@ wire_records = st.dictionaries(
             "code",
             "progress",
             "tallies",
+            "pointwise_judge",
             "other",
         ]
     ),
@@ -173,12 +175,56 @@ def test_decoders_never_fail_other_than_with_a_protocol_error(record: dict) -> N
     for decode in (
         lambda r: decode_compare(r, n_configs=4),
         decode_space,
+        decode_space_reply,
         lambda r: decode_reply(r, request),
     ):
         try:
             decode(record)
         except ProtocolError as exc:
             assert isinstance(exc.code, Code)
+
+
+def test_the_pointwise_judge_flag_travels_on_the_space_reply_only() -> None:
+    for flag in (0, 1):
+        record = encode_reply(Reply(Status.OK, pointwise_judge=flag))
+        assert record["pointwise_judge"] == flag
+        assert decode_space_reply(record).pointwise_judge == flag
+    plain = encode_reply(Reply(Status.OK))
+    assert "pointwise_judge" not in plain and decode_space_reply(plain).pointwise_judge is None
+    refused = encode_reply(Reply(Status.REFUSED, Code.SPACE_CHANGED))
+    assert decode_space_reply(refused).code == Code.SPACE_CHANGED
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (2, Code.OUT_OF_RANGE),
+        (-1, Code.OUT_OF_RANGE),
+        (True, Code.WRONG_TYPE),
+        ("1", Code.WRONG_TYPE),
+        (1.0, Code.WRONG_TYPE),
+        ([1], Code.WRONG_TYPE),
+    ],
+)
+def test_a_malformed_pointwise_judge_flag_is_refused_both_ways(value: object, code: Code) -> None:
+    with pytest.raises(ProtocolError) as raised:
+        encode_reply(Reply(Status.OK, pointwise_judge=value))  # type: ignore[arg-type]
+    assert raised.value.code == code
+    record = {**encode_reply(Reply(Status.OK)), "pointwise_judge": value}
+    with pytest.raises(ProtocolError) as raised:
+        decode_space_reply(record)
+    assert raised.value.code == code
+
+
+def test_the_pointwise_judge_flag_is_refused_on_a_compare_reply() -> None:
+    request = CompareMessage("run-1", (Comparison(0, 1, 0, 8),))
+    record = {**encode_reply(Reply(Status.OK, tallies=((8, 0, 0, 0, 8),))), "pointwise_judge": 1}
+    with pytest.raises(ProtocolError) as raised:
+        decode_reply(record, request)
+    assert raised.value.code == Code.UNKNOWN_FIELD
+    with pytest.raises(ProtocolError) as raised:
+        encode_reply(Reply(Status.OK, tallies=((8, 0, 0, 0, 8),), pointwise_judge=1))
+    assert raised.value.code == Code.UNKNOWN_FIELD
 
 
 def test_a_secure_request_is_answered_without_tallies() -> None:

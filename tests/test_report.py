@@ -4,6 +4,8 @@ PNGs, summary JSON, HTML naming the best config)."""
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import json
 import math
 import struct
@@ -169,6 +171,16 @@ def test_report_writes_figures_summary_and_html(tmp_path: Path) -> None:
     page = (out / "report.html").read_text()
     assert IDS[4] in page
     assert all(f'src="{name}"' in page for name in ("matrix.png", "superiority.png"))
+
+
+def test_report_says_which_mode_auto_chose(tmp_path: Path) -> None:
+    result = dataclasses.replace(make_result(), selection_mode="racing", requested_mode="auto")
+    summary = write_report(result, tmp_path / "report")
+    said = "racing (auto: not every active site's judge is pointwise)"
+    assert (summary["selection_mode"], summary["selection"]) == ("racing", said)
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert f"Selection mode {html.escape(said)}" in page
+    assert write_report(make_result(), tmp_path / "plain")["selection"] == "adaptive"
 
 
 def test_report_without_a_winner_or_with_a_cycle(tmp_path: Path) -> None:

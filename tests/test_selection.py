@@ -1,8 +1,10 @@
 """Selection procedures: tallies, the paper's blocks, round robin with Bradley-Terry, the adaptive
-mode's sequential test, ask/tell bookkeeping and replay after a restart."""
+mode's sequential test, racing on planted tallies, `auto`, ask/tell bookkeeping and replay after
+a restart."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable
@@ -15,14 +17,22 @@ from coordinator.selection import (
     MODES,
     AdaptiveProcedure,
     ComparisonRequest,
+    DecidedComparison,
+    RacingProcedure,
     SelectionProcedure,
     Tally,
+    auto_mode,
+    bradley_terry,
+    bradley_terry_with_covariance,
     comparison_winner,
+    describe_mode,
     make_procedure,
 )
 
 ITEMS_PER_SITE = 20
 SITES = 3
+REQUIRED = {"racing": {"items_per_site": ITEMS_PER_SITE}}
+"""Settings a mode cannot do without."""
 
 
 def items_in(request: ComparisonRequest) -> int:
@@ -135,7 +145,7 @@ def test_paper_splits_uneven_blocks_as_equal_as_possible(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_single_config_is_selected_without_asking(mode: str) -> None:
-    procedure = make_procedure(mode, 1)
+    procedure = make_procedure(mode, 1, **REQUIRED.get(mode, {}))
     assert procedure.done
     assert procedure.best() == 0
     assert procedure.pending() == []
@@ -143,7 +153,7 @@ def test_a_single_config_is_selected_without_asking(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_unknown_or_repeated_records_are_refused(mode: str) -> None:
-    procedure = make_procedure(mode, 5)
+    procedure = make_procedure(mode, 5, **REQUIRED.get(mode, {}))
     request = procedure.pending()[0]
     with pytest.raises(ValueError):
         procedure.record(ComparisonRequest(3, 4, 100, 104), Tally())
@@ -259,6 +269,120 @@ def test_adaptive_rejects_impossible_settings() -> None:
         make_procedure("adaptive", 4, chunk_items=0)
 
 
+# Racing
+
+
+def planted_tally(request: ComparisonRequest, planted: dict[tuple[int, int], float]) -> Tally:
+    """Three sites; `planted` gives the share of items the lower index wins against the higher
+    (no ties), every other pair ties on every item."""
+    items = items_in(request)
+    low, high = sorted((request.a, request.b))
+    share = planted.get((low, high))
+    if share is None:
+        return Tally(tie=items, items=items)
+    wins = round(share * items)
+    tally = Tally(win=wins, loss=items - wins, items=items)
+    return tally if request.a == low else tally.reversed()
+
+
+def beats_everyone(best: int, n_configs: int) -> dict[tuple[int, int], float]:
+    return {(min(best, i), max(best, i)): 1.0 if best < i else 0.0 for i in range(n_configs)}
+
+
+def test_racing_finds_a_clear_best_with_few_judgments() -> None:
+    """Config 17 wins every item, the rest tie: the others fall more than z standard errors
+    behind after the first batches and the budget is mostly left unspent."""
+    procedure = make_procedure("racing", 40, items_per_site=ITEMS_PER_SITE)
+    assert isinstance(procedure, RacingProcedure)
+    first_batch = procedure.pending()
+    assert {i for r in first_batch for i in (r.a, r.b)} == set(range(40)), "all asked at once"
+    planted = beats_everyone(17, 40)
+    history = [(r, planted_tally(r, planted)) for r in first_batch]
+    for request, tally in history:
+        procedure.record(request, tally)
+    history += run_to_end(procedure, lambda r: planted_tally(r, planted))
+    assert procedure.best() == 17
+    assert procedure.ranking()[0] == 17
+    spent = sum(tally.items for _, tally in history) / SITES
+    paper = 39 * ITEMS_PER_SITE
+    assert spent == procedure.spent_items
+    assert spent <= paper / 3, f"{spent} items per site of the paper's {paper}"
+
+
+def test_racing_sends_a_near_tie_of_the_top_two_to_a_playoff() -> None:
+    """Configs 4 and 9 beat everyone, and 4 beats 9 on 60% of the items: both reach the
+    playoff, which asks the pair on all its fresh items, and 4 is chosen."""
+    planted = beats_everyone(4, 30) | beats_everyone(9, 30) | {(4, 9): 0.6}
+    procedure = make_procedure("racing", 30, items_per_site=ITEMS_PER_SITE)
+    assert isinstance(procedure, RacingProcedure)
+    playoff: list[ComparisonRequest] = []
+    while not procedure.done:
+        requests = procedure.pending()
+        if len(procedure.survivors) <= procedure.playoff:
+            playoff = requests
+            assert {4, 9} <= set(procedure.survivors)
+        for request in requests:
+            procedure.record(request, planted_tally(request, planted))
+    head_to_head = [r for r in playoff if {r.a, r.b} == {4, 9}]
+    assert head_to_head and head_to_head[0].item_stop == ITEMS_PER_SITE
+    assert procedure.best() == 4
+    assert procedure.ranking()[:2] == [4, 9]
+
+
+def test_racing_keeps_to_its_budget_and_asks_each_pair_fresh_items() -> None:
+    rng = random.Random(3)
+    procedure = make_procedure("racing", 25, items_per_site=ITEMS_PER_SITE, budget=0.5)
+    history = run_to_end(procedure, lambda r: random_tally(r, rng))
+    by_pair: dict[tuple[int, int], list[ComparisonRequest]] = {}
+    for request, _ in history:
+        by_pair.setdefault((request.a, request.b), []).append(request)
+    for asked in by_pair.values():
+        assert asked[0].item_start == 0
+        assert all(done.item_stop == then.item_start for done, then in itertools.pairwise(asked))
+    spent = sum((request.item_stop or 0) - request.item_start for request, _ in history)
+    assert 0.4 * 24 * ITEMS_PER_SITE <= spent <= 0.5 * 24 * ITEMS_PER_SITE
+
+
+def test_racing_rejects_impossible_settings() -> None:
+    with pytest.raises(ValueError, match="items_per_site"):
+        make_procedure("racing", 4, items_per_site=0)
+    with pytest.raises(ValueError, match="budget"):
+        make_procedure("racing", 4, items_per_site=8, budget=0)
+
+
+def test_newton_bradley_terry_matches_the_logistic_regression_fit() -> None:
+    rng = random.Random(5)
+    totals = {}
+    for a, b in [(0, 1), (0, 2), (1, 2), (2, 3), (1, 4), (3, 4)]:
+        counts = [rng.randrange(30) for _ in range(4)]
+        totals[(a, b)] = Tally(*counts, items=sum(counts))
+    strengths, covariance = bradley_terry_with_covariance(5, totals)
+    decided = [
+        DecidedComparison(a, b, tally, comparison_winner(a, b, tally))
+        for (a, b), tally in totals.items()
+    ]
+    assert strengths == pytest.approx(bradley_terry(5, decided), abs=1e-5)
+    assert covariance == pytest.approx(covariance.T)
+    assert all(covariance[i, i] > 0 for i in range(5))
+
+
+# auto
+
+
+def test_auto_runs_round_robin_only_when_every_site_is_pointwise() -> None:
+    assert auto_mode([True, True, True]) == "round-robin"
+    assert auto_mode([True, False, True]) == "racing"
+    assert auto_mode([False]) == "racing"
+    assert auto_mode([]) == "racing"
+    assert describe_mode("auto", "round-robin") == (
+        "round-robin (auto: every active site's judge is pointwise)"
+    )
+    assert describe_mode("auto", "racing").startswith("racing (auto: not every")
+    assert describe_mode("paper", "paper") == "paper"
+    with pytest.raises(ValueError, match="auto"):
+        make_procedure("auto", 4)
+
+
 # Replay after a restart
 
 
@@ -268,7 +392,7 @@ def test_replaying_the_history_restores_the_state(mode: str, n_configs: int, see
     """Sites answer in any order; a fresh procedure fed the recorded history in the order it was
     recorded asks the same questions as the original, including those left unanswered."""
     rng = random.Random(seed)
-    options = {"blocks": 3} if mode == "paper" else {}
+    options = {"blocks": 3} if mode == "paper" else REQUIRED.get(mode, {})
     original = make_procedure(mode, n_configs, **options)
     history: list[tuple[ComparisonRequest, Tally]] = []
     outstanding: list[ComparisonRequest] = []

@@ -41,6 +41,12 @@ class JudgeSpec:
     path: Path | str
     options: dict[str, int | str] = field(default_factory=dict)
 
+    @property
+    def pointwise(self) -> bool:
+        """Whether the judge scores each response on its own (judge/pointwise.py), so a pair
+        costs no forward pass once both responses are scored."""
+        return self.kind == "builtin"
+
 
 def parse_spec(spec: str) -> JudgeSpec:
     """Parse a judge spec; `builtin[?threads=N]` is the pointwise builtin judge
