@@ -89,11 +89,13 @@ def test_the_demo_configuration_lives_in_one_place(tmp_path: Path) -> None:
         "optimizer", "learning_rate", "scheduler", "epochs",
     }  # fmt: skip
     site_path = tmp_path / "site.toml"
-    site_path.write_text(DEMO.site_toml("site-1", 1, "127.0.0.1:9092", 9094))
+    ca_file = tmp_path / "ca.crt"
+    site_path.write_text(DEMO.site_toml("site-1", 1, "127.0.0.1:9092", 9094, ca_file))
     site = load_site_config(site_path)
     assert site.model.max_steps_per_epoch == DEMO.steps_per_epoch
     assert site.data.validation_items == DEMO.validation_items
     assert site.model.max_new_tokens == DEMO.max_new_tokens
+    assert site.flower.root_certificates == str(ca_file) and not site.flower.insecure
     fed_path = tmp_path / "federation.toml"
     fed_path.write_text(DEMO.federation_toml("paper", 3, "127.0.0.1:9092"))
     federation = load_federation_config(fed_path)
