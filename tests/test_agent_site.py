@@ -231,3 +231,28 @@ def test_the_ledger_names_the_judge_server_at_run_start(tmp_path: Path) -> None:
     worker._prepare("run-1")  # a restarted worker does not write it twice
     entries = [e for e in ledger(engine, "run-1") if e.message_type == "judge.endpoint"]
     assert [json.loads(e.content) for e in entries] == [{"judge_host": "127.0.0.1:8000"}]
+
+
+@pytest.mark.parametrize(
+    ("tables", "error"),
+    [
+        ('[model]\nfinetune = "lorra"', r"\[model\]\.finetune: 'lorra' is not one of 'full'"),
+        ('[judge]\nspec = "gguff:x.gguf"', r"\[judge\]\.spec: unknown judge spec 'gguff:x\.gguf'"),
+        ('[judge]\nspec = "hf:m?quant=8bit&bach=2"', r"\[judge\]\.spec: .*unknown option 'bach'"),
+        ('[privacy]\nepsilon = "1.0"', r"\[privacy\]\.epsilon: must be float, got '1\.0'"),
+        ("[flower]\ninsecure = 1", r"\[flower\]\.insecure: must be bool, got 1"),
+        ("[data]\nbuiltin_seed = 1.5", r"\[data\]\.builtin_seed: must be int, got 1\.5"),
+        ("[model]\nbach_size = 4", r"\[model\]\.bach_size: unknown setting \(known: base,"),
+        ("[modle]", r"\[modle\]: unknown table"),
+        ("[site]\nnmae = 1", r"\[site\]\.name: required\n.*\[site\]\.nmae: unknown setting"),
+    ],
+)
+def test_site_config_refuses_typos_and_wrong_types(tmp_path: Path, tables: str, error: str) -> None:
+    """Every setting is checked when the file is read, with file and key in one line."""
+    from agent.config import SiteConfigError
+
+    path = tmp_path / "site.toml"
+    site = "" if tables.startswith("[site]") else '[site]\nname = "a"\n'
+    path.write_text(f"{site}{tables}\n")
+    with pytest.raises(SiteConfigError, match=rf"^{path}: {error}"):
+        load_site_config(path)

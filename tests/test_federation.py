@@ -239,6 +239,47 @@ def test_federation_config_errors_name_the_field(tmp_path: Path) -> None:
         load_federation_config(path)
 
 
+@pytest.mark.parametrize(
+    ("selection", "error"),
+    [
+        ('mode = "papr"', r"\[selection\]\.mode: unknown selection mode 'papr'"),
+        ('judge_mode = "scroe"', r"\[selection\]\.judge_mode: 'scroe' is not one of 'generate'"),
+        ('secure_aggregation = "on"', r"\[selection\]\.secure_aggregation: 'on' is not one of"),
+        ("min_site = 2", r"\[selection\]\.min_site: unknown setting \(known: mode, min_sites"),
+        ('round_timeout = "60"', r"\[selection\]\.round_timeout: must be float, got '60'"),
+        ("patience = true", r"\[selection\]\.patience: must be int, got True"),
+        ("blocks = 2.5", r"\[selection\]\.blocks: must be int, got 2\.5"),
+        ('name = "y"', r"\[selection\]\.name: unknown setting"),
+        ('[superlink]\nstart = "yes"', r"\[superlink\]\.start: must be bool, got 'yes'"),
+        ("[superlink]\ninsecure = 1", r"\[superlink\]\.insecure: must be bool, got 1"),
+        ("[selections]", r"\[selections\]: unknown table"),
+    ],
+)
+def test_federation_config_refuses_typos_and_wrong_types(
+    tmp_path: Path, selection: str, error: str
+) -> None:
+    """Every setting is checked when the file is read, with file and key in one line."""
+    from coordinator.config import FederationConfigError, load_federation_config
+
+    path = tmp_path / "federation.toml"
+    path.write_text(f'[run]\nname = "x"\n[selection]\n{selection}\n')
+    with pytest.raises(FederationConfigError, match=rf"^{path}: {error}"):
+        load_federation_config(path)
+
+
+def test_coordinator_start_refuses_a_bad_config_before_starting_anything(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from coordinator.cli import app
+
+    path = tmp_path / "federation.toml"
+    path.write_text('[run]\nname = "x"\n[selection]\nmode = "paper"\njudge_mode = "scroe"\n')
+    result = CliRunner().invoke(app, ["start", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "[selection].judge_mode: 'scroe' is not one of" in result.output
+    assert list(tmp_path.iterdir()) == [path]  # no state folder, SuperLink or database
+
+
 def test_impossible_tallies_are_rejected_for_the_round(tmp_path: Path, sites: dict) -> None:
     """A site whose report does not add up is not counted that round and is named; one that
     keeps doing it is left out; the run goes on with the others."""
