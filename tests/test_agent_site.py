@@ -1,5 +1,6 @@
 """A site without Flower: protocol answers from the database, the worker's real training,
-generation and judging (a planted-preference judge double), the egress ledger."""
+generation and judging (on a judge backend double that prefers a planted token), the egress
+ledger."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from coordinator.protocol import (
     encode_compare,
     encode_space,
 )
-from tests.doubles import PlantedPreferenceJudge
+from tests.doubles import planted_token_judge, planting_generation
 from trainer.reference import exact_match
 from trainer.space import CandidateConfig
 
@@ -83,7 +84,9 @@ def site_tally(engine, row) -> tuple[int, int, int, int, int]:
         return job.tally()
 
 
-def test_site_answers_from_its_database(tmp_path: Path, tiny_llama: Path, new_database_url) -> None:
+def test_site_answers_from_its_database(
+    tmp_path: Path, tiny_llama: Path, new_database_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = load_site_config(
         write_site_config(tmp_path, tiny_llama, database=new_database_url("agent"))
     )
@@ -109,7 +112,8 @@ def test_site_answers_from_its_database(tmp_path: Path, tiny_llama: Path, new_da
     assert pending["status"] == Status.PENDING and pending["tallies"] == []
 
     planted = CONFIGS[1].id
-    worker = SiteWorker(config, judge_factory=lambda _c, _m: PlantedPreferenceJudge(planted))
+    monkeypatch.setattr("trainer.generate.generate_responses", planting_generation(planted))
+    worker = SiteWorker(config, judge_factory=planted_token_judge())
     while worker.step():
         pass
     responses = [json.loads(line) for line in config.responses_file.open()]

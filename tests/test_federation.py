@@ -4,6 +4,7 @@ resumes without asking again for what it recorded."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from coordinator.db import ComparisonResult, RunSite
 from coordinator.db import open_database as open_coordinator_database
 from coordinator.federation import FederatedSelection, RunSettings
 from coordinator.secure_sum import SecureSum, secure_sum
-from tests.doubles import InProcessGrid, PlantedPreferenceJudge
+from tests.doubles import InProcessGrid, planted_token_judge, planting_generation
 from tests.test_agent_site import CONFIGS, site_tally, write_site_config
 
 
@@ -62,17 +63,19 @@ class LoopbackTransport:
 
 
 @pytest.fixture(scope="module")
-def sites(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> dict[int, tuple]:
+def sites(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterator[dict[int, tuple]]:
+    """Three sites whose generation plants the token in config 2's responses."""
     folder = tmp_path_factory.mktemp("sites")
-    planted = CONFIGS[2].id
     result = {}
     for node_id in (11, 12, 13):
         config = load_site_config(
             write_site_config(folder, tiny_llama, name=f"site-{node_id}", seed=node_id)
         )
-        worker = SiteWorker(config, judge_factory=lambda _c, _m: PlantedPreferenceJudge(planted))
+        worker = SiteWorker(config, judge_factory=planted_token_judge())
         result[node_id] = (open_site_database(config.database_url), worker)
-    return result
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("trainer.generate.generate_responses", planting_generation(CONFIGS[2].id))
+        yield result
 
 
 def _selection(
