@@ -124,16 +124,20 @@ def test_two_workers_of_one_site_racing_on_the_same_jobs_record_them_once(
     )
     barrier, calls, errors = threading.Barrier(2, timeout=60), [], []
 
-    def work(lag: float) -> None:
+    def work(judge: RacingJudge) -> None:
         try:
-            judge = RacingJudge(planted_token_judge()(config, "score"), barrier, calls, lag)
             worker = SiteWorker(config, judge_factory=lambda _c, _m: judge)
             while worker.step():
                 pass
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(lag,)) for lag in (0.0, 1.0)]
+    # the judges (and so the site's judgment cache) exist before the workers race
+    judges = [
+        RacingJudge(planted_token_judge()(config, "score"), barrier, calls, lag)
+        for lag in (0.0, 1.0)
+    ]
+    threads = [threading.Thread(target=work, args=(judge,)) for judge in judges]
     for thread in threads:
         thread.start()
     for thread in threads:
