@@ -6,16 +6,21 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
-from coordinator.tomlconfig import read_toml, typed_table
+import pydantic
+
+from coordinator.tomlconfig import SETTINGS, read_toml, typed_table
+from judge.backends import check_spec_form
+from trainer.space import FINETUNES
 
 
 class SiteConfigError(ValueError):
     """A site.toml that cannot be used; the message names the file and field."""
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
 class DataSettings:
     train: str = "builtin"
     """Alpaca-format JSON/JSONL file, or `builtin` for the generated demo data."""
@@ -26,10 +31,10 @@ class DataSettings:
     validation_items: int = 16
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
 class ModelSettings:
     base: str = "builtin"
-    finetune: str = "full"
+    finetune: Literal[FINETUNES] = "full"
     max_length: int = 256
     batch_size: int = 8
     max_steps_per_epoch: int = 0
@@ -45,7 +50,7 @@ class ModelSettings:
     """Keep candidate weights after their responses exist (judging needs only responses)."""
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
 class JudgeSettings:
     spec: str = "builtin"
     max_new_tokens: int = 256
@@ -53,8 +58,15 @@ class JudgeSettings:
     """An `openai:URL` judge sees the site's texts: its host must be loopback or a private
     address unless this is set."""
 
+    @pydantic.field_validator("spec")
+    @classmethod
+    def _spec_syntax(cls, spec: str) -> str:
+        """The spec's form and options; its model file is looked for when the judge loads."""
+        check_spec_form(spec)
+        return spec
 
-@dataclass(frozen=True)
+
+@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
 class PrivacySettings:
     epsilon: float = 0.0
     """Differential privacy per comparison (agent/privacy.py); 0 sends exact tallies."""
@@ -62,7 +74,7 @@ class PrivacySettings:
     """Total epsilon a run may spend at this site; 0: no limit."""
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
 class FlowerSettings:
     superlink: str = "127.0.0.1:9092"
     clientappio_port: int = 9094
@@ -109,48 +121,49 @@ class SiteConfig:
         return self.judge_cache_database or f"sqlite:///{self.data_dir / 'judge-cache.sqlite'}"
 
 
+@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
+class SiteTable:
+    """site.toml's [site] table."""
+
+    name: str
+    data_dir: str = ""
+    """Default: `NAME-data` next to the file."""
+    database: str = ""
+    judge_cache: str = ""
+
+
+SECTIONS = {
+    "privacy": PrivacySettings,
+    "data": DataSettings,
+    "model": ModelSettings,
+    "judge": JudgeSettings,
+    "flower": FlowerSettings,
+}
+
+
 def load_site_config(path: Path) -> SiteConfig:
-    """Read and validate a site.toml."""
+    """Read and validate a site.toml: every table, key, type and allowed value."""
     document = read_toml(path, SiteConfigError)
-    site = document.pop("site", None)
-    if not isinstance(site, dict) or not isinstance(site.get("name"), str):
-        raise SiteConfigError(f'{path}: [site] needs name = "..."')
-    unknown = set(site) - {"name", "data_dir", "database", "judge_cache"}
-    if unknown:
-        raise SiteConfigError(f"{path}: [site].{sorted(unknown)[0]}: unknown setting")
-    sections = {
-        "privacy": PrivacySettings,
-        "data": DataSettings,
-        "model": ModelSettings,
-        "judge": JudgeSettings,
-        "flower": FlowerSettings,
-    }
     for key in document:
-        if key not in sections:
+        if key not in ("site", *SECTIONS):
             raise SiteConfigError(f"{path}: [{key}]: unknown table")
+    site = typed_table(SiteTable, document.get("site", {}), f"{path}: [site]", SiteConfigError)
     parsed = {
-        key: cls(**typed_table(cls, document.get(key, {}), f"{path}: [{key}]", SiteConfigError))
-        for key, cls in sections.items()
+        key: typed_table(cls, document.get(key, {}), f"{path}: [{key}]", SiteConfigError)
+        for key, cls in SECTIONS.items()
     }
-    data_dir = Path(site.get("data_dir", f"{site['name']}-data")).expanduser()
+    data_dir = Path(site.data_dir or f"{site.name}-data").expanduser()
     if not data_dir.is_absolute():
         data_dir = path.parent.resolve() / data_dir
-    if parsed["judge"].spec.startswith("openai:"):
-        from judge.backends import SpecError, parse_spec
-
-        try:
-            parse_spec(parsed["judge"].spec)
-        except SpecError as exc:
-            raise SiteConfigError(f"{path}: [judge].spec: {exc}") from None
     for key in ("train", "validation"):
         value = getattr(parsed["data"], key)
         if value != "builtin" and not (path.parent / value).expanduser().exists():
             raise SiteConfigError(f"{path}: [data].{key}: no file {value}")
     return SiteConfig(
-        name=site["name"],
+        name=site.name,
         data_dir=data_dir,
-        database=str(site.get("database", "")),
-        judge_cache_database=str(site.get("judge_cache", "")),
+        database=site.database,
+        judge_cache_database=site.judge_cache,
         source=path.resolve(),
         **parsed,
     )

@@ -35,6 +35,7 @@ from agent.privacy import noisy_tally
 from coordinator.protocol import Code
 
 if TYPE_CHECKING:
+    from judge.backends.base import JudgeBackend, PointwiseBackend
     from judge.engine import Pair, PairJudgment
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,16 @@ class ComparisonJudge(Protocol):
 
 
 JudgeFactory = Callable[[SiteConfig, str], ComparisonJudge]
-"""Builds the judge for a judge mode; integration tests substitute a double here."""
+"""Builds the judge for a judge mode."""
 
 
 class LocalJudge:
-    """The site's PandaLM judge; it sees only the texts, never which config wrote them."""
+    """The site's PandaLM judge; it sees only the texts, never which config wrote them.
+    `backend` replaces the model the site's judge spec names (tests pass a double here)."""
 
-    def __init__(self, config: SiteConfig, mode: str) -> None:
+    def __init__(
+        self, config: SiteConfig, mode: str, backend: JudgeBackend | PointwiseBackend | None = None
+    ) -> None:
         from judge.backends import load_backend
         from judge.backends.base import GenerationSettings
         from judge.cache import JudgmentCache
@@ -66,7 +70,7 @@ class LocalJudge:
 
         check_judge_endpoint(config)
         self.pair_judge = PairJudge(
-            load_backend(config.judge.spec),
+            backend or load_backend(config.judge.spec),
             mode=mode,  # type: ignore[arg-type]
             settings=GenerationSettings(max_new_tokens=config.judge.max_new_tokens),
             cache=JudgmentCache(config.judge_cache),

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 
 from coordinator.config import FederationConfig, FederationConfigError, load_federation_config
 from coordinator.console import latest_run, render
@@ -39,7 +40,7 @@ def _user_errors() -> Iterator[None]:
         yield
     except (FederationConfigError, FileNotFoundError, TimeoutError, RuntimeError) as exc:
         # (dbschema.SchemaError is a RuntimeError: a database from a newer version)
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

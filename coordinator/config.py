@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import pydantic
+
 from coordinator.federation import RunSettings
 from coordinator.launch import SuperLinkSettings
-from coordinator.tomlconfig import read_toml, typed_table
+from coordinator.tomlconfig import SETTINGS, read_toml, typed_table
 
 
 class FederationConfigError(ValueError):
@@ -40,48 +42,53 @@ class FederationConfig:
         return values
 
 
+@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
+class RunTable:
+    """federation.toml's [run] table: the run's name and where its files are."""
+
+    name: str
+    state_dir: str = "coordinator-state"
+    database: str = "coordinator.sqlite"
+    space: str = ""
+    wire_log: str = ""
+
+
+@pydantic.dataclasses.dataclass(config=SETTINGS)
+class SuperLinkTable(SuperLinkSettings):
+    """federation.toml's [superlink] table: the SuperLink's settings, and whether to start it."""
+
+    start: bool = True
+
+
 def load_federation_config(path: Path) -> FederationConfig:
+    """Read and validate a federation.toml: every table, key, type and allowed value."""
     document = read_toml(path, FederationConfigError)
     unknown = set(document) - {"run", "selection", "superlink"}
     if unknown:
         raise FederationConfigError(f"{path}: [{sorted(unknown)[0]}]: unknown table")
-    run = dict(document.get("run", {}))
-    name = run.pop("name", None)
-    if not isinstance(name, str):
-        raise FederationConfigError(f'{path}: [run].name = "..." is required')
+    run = typed_table(RunTable, document.get("run", {}), f"{path}: [run]", FederationConfigError)
     base = path.parent.resolve()
-    state_dir = base / str(run.pop("state_dir", "coordinator-state"))
-    database = str(run.pop("database", "coordinator.sqlite"))
-    space = str(run.pop("space", ""))
-    wire_log = str(run.pop("wire_log", ""))
-    if run:
-        raise FederationConfigError(f"{path}: [run].{sorted(run)[0]}: unknown setting")
-    if space and not (base / space).is_file():
-        raise FederationConfigError(f"{path}: [run].space: no file {space}")
-    selection = typed_table(
+    if run.space and not (base / run.space).is_file():
+        raise FederationConfigError(f"{path}: [run].space: no file {run.space}")
+    settings = typed_table(
         RunSettings,
         document.get("selection", {}),
         f"{path}: [selection]",
         FederationConfigError,
-        skip=("name",),
+        name=run.name,
     )
-    link = dict(document.get("superlink", {}))
-    start = link.pop("start", True)
-    if not isinstance(start, bool):
-        raise FederationConfigError(f"{path}: [superlink].start: must be bool")
-    link = typed_table(SuperLinkSettings, link, f"{path}: [superlink]", FederationConfigError)
-    if "certificates" in link:
-        link["certificates"] = str(base / link["certificates"])
-    try:
-        settings = RunSettings(name=name, **selection)
-    except ValueError as exc:
-        raise FederationConfigError(f"{path}: [selection].{exc}") from None
+    link = typed_table(
+        SuperLinkTable, document.get("superlink", {}), f"{path}: [superlink]", FederationConfigError
+    )
+    link_settings = {f.name: getattr(link, f.name) for f in fields(SuperLinkSettings)}
+    if link.certificates:
+        link_settings["certificates"] = str(base / link.certificates)
     return FederationConfig(
         run=settings,
-        database=database,
-        space=str(base / space) if space else "",
-        state_dir=state_dir,
-        superlink=SuperLinkSettings(**link),
-        start_superlink=start,
-        wire_log=str(base / wire_log) if wire_log else "",
+        database=run.database,
+        space=str(base / run.space) if run.space else "",
+        state_dir=base / run.state_dir,
+        superlink=SuperLinkSettings(**link_settings),
+        start_superlink=link.start,
+        wire_log=str(base / run.wire_log) if run.wire_log else "",
     )

@@ -26,14 +26,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+import pydantic
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from coordinator.db import ComparisonResult, FederatedRun, RoundLog, RunSite, comparisons, sites
 from coordinator.protocol import (
     COMPARE_MESSAGE,
+    JUDGE_MODES,
     MAX_COMPARISONS,
     MAX_ITEMS,
     SECAGG_MAX_SITES,
@@ -60,6 +62,7 @@ from coordinator.selection import (
     check_mode,
     make_procedure,
 )
+from coordinator.tomlconfig import SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +90,14 @@ class Transport(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+SECURE_AGGREGATION = ("required", "when-possible", "off")
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
 class RunSettings:
-    """What the operator sets in federation.toml for one run."""
+    """What the operator sets in federation.toml for one run; pydantic checks every value on
+    construction, `__post_init__` the selection mode (coordinator/selection.py's `check_mode`:
+    its MODES, or `auto`) and the budget."""
 
     name: str
     mode: str = "paper"
@@ -103,12 +111,12 @@ class RunSettings:
     changes: every message costs a site a fresh ClientApp process."""
     patience: int = 3
     validation_items: int = 16
-    judge_mode: str = "score"
+    judge_mode: Literal[JUDGE_MODES] = "score"
     blocks: int = 4
     chunk_items: int = 8
     budget: float = 1.0
     """racing: judgments to spend, as a multiple of the paper procedure's."""
-    secure_aggregation: str = "required"
+    secure_aggregation: Literal[SECURE_AGGREGATION] = "required"
     """SecAgg+ for the tallies: `required` (stop with fewer than 3 sites), `when-possible`
     (tallies in the clear with fewer than 3 sites) or `off`."""
 
@@ -119,14 +127,6 @@ class RunSettings:
             raise ValueError(f"mode: {exc}") from None
         if not self.budget > 0:
             raise ValueError(f"budget: must be above 0, got {self.budget}")
-        if self.secure_aggregation not in SECURE_AGGREGATION:
-            raise ValueError(
-                f"secure_aggregation: {self.secure_aggregation!r} is not one of "
-                f"{', '.join(SECURE_AGGREGATION)}"
-            )
-
-
-SECURE_AGGREGATION = ("required", "when-possible", "off")
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,12 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+import pydantic
+
 from coordinator.flower_app import write_flower_app
+from coordinator.tomlconfig import SETTINGS
 
 CONNECTION = "pandalm"
 
@@ -51,7 +53,7 @@ def flower_environment(state_dir: Path) -> dict[str, str]:
     }
 
 
-@dataclass
+@pydantic.dataclasses.dataclass(config=SETTINGS)
 class SuperLinkSettings:
     address: str = "127.0.0.1:9092"
     database: str = "superlink.sqlite"

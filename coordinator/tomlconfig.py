@@ -1,7 +1,8 @@
-"""Reading operator TOML files into dataclasses, with errors that name the file and field.
+"""Reading operator TOML files into settings dataclasses, with errors that name the file and field.
 
 Shared by the coordinator's federation.toml and the agent's site.toml (the agent already
-imports the coordinator's protocol module; this one is as light).
+imports the coordinator's protocol module; this one is as light). The settings classes are
+pydantic dataclasses with `SETTINGS`: pydantic checks each key, type and allowed value.
 """
 
 from __future__ import annotations
@@ -9,7 +10,17 @@ from __future__ import annotations
 import tomllib
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import ConfigDict, ValidationError
+
+SETTINGS = ConfigDict(extra="forbid", strict=True)
+"""Pydantic config of every settings dataclass an operator's TOML fills: no unknown key, no
+coercion (a string where a number belongs is an error, not a guess; an int is a float)."""
+
+T = TypeVar("T")
+
+_TYPE_NAMES = {"int_type": "int", "float_type": "float", "bool_type": "bool", "string_type": "str"}
 
 
 def read_toml(path: Path, error: type[ValueError]) -> dict[str, Any]:
@@ -22,20 +33,33 @@ def read_toml(path: Path, error: type[ValueError]) -> dict[str, Any]:
 
 
 def typed_table(
-    cls: type, values: object, where: str, error: type[ValueError], skip: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Check a TOML table against a dataclass's fields and their defaults' types."""
+    cls: type[T], values: object, where: str, error: type[ValueError], **fixed: Any
+) -> T:
+    """`cls` from a TOML table (plus `fixed` values set elsewhere in the file); every problem
+    pydantic finds becomes one line `{where}.{key}: ...` of the raised `error`."""
     if not isinstance(values, dict):
         raise error(f"{where}: expected a table")
-    known = {f.name: f for f in fields(cls) if f.name not in skip}
-    checked = {}
-    for key, value in values.items():
-        if key not in known:
+    known = [f.name for f in fields(cls) if f.name not in fixed]  # type: ignore[arg-type]
+    for key in values:
+        if key in fixed:
             raise error(f"{where}.{key}: unknown setting (known: {', '.join(known)})")
-        expected = type(known[key].default)
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise error(f"{where}.{key}: must be {expected.__name__}, got {value!r}")
-        checked[key] = value
-    return checked
+    try:
+        return cls(**values, **fixed)
+    except ValidationError as exc:
+        raise error("\n".join(_line(where, e, known) for e in exc.errors())) from None
+
+
+def _line(where: str, problem: Any, known: list[str]) -> str:
+    kind, context, location = problem["type"], problem.get("ctx", {}), problem["loc"]
+    # a check in __post_init__ has no location: its message starts with the key
+    key = ".".join(str(part) for part in location) + ": " if location else ""
+    message = str(context["error"]) if kind == "value_error" else problem["msg"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        message = f"unknown setting (known: {', '.join(known)})"
+    elif kind in _TYPE_NAMES:
+        message = f"must be {_TYPE_NAMES[kind]}, got {problem['input']!r}"
+    elif kind == "literal_error":
+        message = f"{problem['input']!r} is not one of {context['expected']}"
+    elif kind in ("missing", "missing_argument"):
+        message = "required"
+    return f"{where}.{key}{message}"

@@ -1,7 +1,8 @@
 """A site's judging jobs on a real database, SQLite and PostgreSQL: a worker killed with
 SIGKILL mid-judging is restarted and finishes with nothing lost or counted twice; two workers
 of one site racing on the same jobs record every judgment and every tally once, and spend the
-privacy budget once."""
+privacy budget once. The judge double decides from the response texts, through the real
+PairJudge: a worker that swapped the responses or mis-reconciled the two orders would show."""
 
 from __future__ import annotations
 
@@ -14,15 +15,15 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlmodel import Session, select
 
 from agent.config import load_site_config
 from agent.db import ComparisonJob, ItemJudgment, SiteRun, open_database
 from agent.site import handle_message
-from agent.worker import SiteWorker, validation_items
+from agent.worker import ComparisonJudge, SiteWorker, validation_items
 from coordinator.protocol import COMPARE_MESSAGE, SPACE_MESSAGE, Status
-from tests.doubles import PlantedPreferenceJudge
-from tests.planted_worker import SlowJudge
+from tests.doubles import SlowJudge, plant_token, planted_token_judge
 from tests.test_agent_site import CONFIGS, compare_record, space_record, write_site_config
 
 PLANTED = CONFIGS[1].id
@@ -32,7 +33,8 @@ EXPECTED = [6, 0, 0, 0, 6, 0, 6, 0, 0, 6]
 
 def ready_site(folder: Path, url: str, extra: str = ""):  # type: ignore[no-untyped-def]
     """A site whose run is trained and generated (the responses written as generation writes
-    them: training is tested elsewhere), with REQUEST's two comparison jobs queued."""
+    them, the planted config's with the planted token: training is tested elsewhere), with
+    REQUEST's two comparison jobs queued."""
     path = write_site_config(folder, "builtin", database=url)
     path.write_text(path.read_text() + extra)
     config = load_site_config(path)
@@ -46,6 +48,7 @@ def ready_site(folder: Path, url: str, extra: str = ""):  # type: ignore[no-unty
                           "instruction": item.instruction, "input": item.input,
                           "response": f"{candidate.id} answers {item.id}"}  # fmt: skip
                 out.write(json.dumps(record) + "\n")
+    plant_token(config.responses_file, PLANTED)
     with Session(engine) as session:
         run = session.get(SiteRun, "run-1")
         run.stage, run.progress = "ready", 1000
@@ -86,7 +89,7 @@ def test_a_worker_killed_mid_judging_loses_nothing_and_counts_nothing_twice(
     with Session(engine) as session:
         assert session.exec(select(ComparisonJob.status)).all().count("done") < 2
 
-    restarted = SiteWorker(config, judge_factory=lambda _c, _m: PlantedPreferenceJudge(PLANTED))
+    restarted = SiteWorker(config, judge_factory=planted_token_judge())
     while restarted.step():
         pass
     after = judgments(engine)
@@ -97,20 +100,20 @@ def test_a_worker_killed_mid_judging_loses_nothing_and_counts_nothing_twice(
 
 
 class RacingJudge:
-    """The planted judge, held at a barrier until both workers are judging the same job (each
-    has read which items are still to judge before either stores one); the `lag` of the second
+    """A site judge held at a barrier until both workers are judging the same job (each has
+    read which items are still to judge before either stores one); the `lag` of the second
     worker lets the first finish the job before the second stores its judgments."""
 
-    def __init__(self, barrier: threading.Barrier, calls: list, lag: float) -> None:
-        self.barrier, self.calls, self.lag = barrier, calls, lag
+    def __init__(
+        self, judge: ComparisonJudge, barrier: threading.Barrier, calls: list, lag: float
+    ) -> None:
+        self.judge, self.barrier, self.calls, self.lag = judge, barrier, calls, lag
 
     def judge_comparison(self, a_id, b_id, pairs):  # type: ignore[no-untyped-def]
         self.calls.append((a_id, b_id, len(pairs)))
         self.barrier.wait()
         time.sleep(self.lag)
-        yield from SlowJudge(PlantedPreferenceJudge(PLANTED), 0.01).judge_comparison(
-            a_id, b_id, pairs
-        )
+        yield from SlowJudge(self.judge, 0.01).judge_comparison(a_id, b_id, pairs)
 
 
 def test_two_workers_of_one_site_racing_on_the_same_jobs_record_them_once(
@@ -121,16 +124,20 @@ def test_two_workers_of_one_site_racing_on_the_same_jobs_record_them_once(
     )
     barrier, calls, errors = threading.Barrier(2, timeout=60), [], []
 
-    def work(lag: float) -> None:
+    def work(judge: RacingJudge) -> None:
         try:
-            judge = RacingJudge(barrier, calls, lag)
             worker = SiteWorker(config, judge_factory=lambda _c, _m: judge)
             while worker.step():
                 pass
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(lag,)) for lag in (0.0, 1.0)]
+    # the judges (and so the site's judgment cache) exist before the workers race
+    judges = [
+        RacingJudge(planted_token_judge()(config, "score"), barrier, calls, lag)
+        for lag in (0.0, 1.0)
+    ]
+    threads = [threading.Thread(target=work, args=(judge,)) for judge in judges]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -147,3 +154,32 @@ def test_two_workers_of_one_site_racing_on_the_same_jobs_record_them_once(
     answer = handle_message(engine, COMPARE_MESSAGE, REQUEST)
     assert answer["status"] == Status.OK
     assert handle_message(engine, COMPARE_MESSAGE, REQUEST) == answer
+
+
+@pytest.mark.parametrize(
+    ("bug", "tallies"),
+    [
+        ("worker swaps the responses", [0, 0, 6, 0, 6, 0, 6, 0, 0, 6]),  # config 1 loses all
+        ("second order not mapped back", [0, 6, 0, 0, 6, 0, 6, 0, 0, 6]),  # orders disagree: Tie
+    ],
+)
+def test_the_judge_double_catches_a_swap_bug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bug: str, tallies: list[int]
+) -> None:
+    """The judge double judges response texts in both orders, so a worker that hands the
+    judge the responses the wrong way round, or a PairJudge that reconciles the two orders
+    without mapping the swapped one back, no longer finds the planted config best."""
+    import judge.engine
+
+    config, engine = ready_site(tmp_path, f"sqlite:///{tmp_path / 'agent.sqlite'}")
+    if bug == "worker swaps the responses":
+        pair = judge.engine.Pair
+        monkeypatch.setattr(judge.engine, "Pair", lambda i, x, r1, r2: pair(i, x, r2, r1))
+    else:
+        monkeypatch.setattr(judge.engine, "swap_probabilities", lambda probabilities: probabilities)
+    worker = SiteWorker(config, judge_factory=planted_token_judge())
+    while worker.step():
+        pass
+    answer = handle_message(engine, COMPARE_MESSAGE, REQUEST)
+    assert (answer["status"], answer["tallies"]) == (Status.OK, tallies)
+    assert tallies != EXPECTED

@@ -1,5 +1,6 @@
 """A site without Flower: protocol answers from the database, the worker's real training,
-generation and judging (a planted-preference judge double), the egress ledger."""
+generation and judging (on a judge backend double that prefers a planted token), the egress
+ledger."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from coordinator.protocol import (
     encode_compare,
     encode_space,
 )
-from tests.doubles import PlantedPreferenceJudge
+from tests.doubles import planted_token_judge, planting_generation
 from trainer.reference import exact_match
 from trainer.space import CandidateConfig
 
@@ -83,7 +84,9 @@ def site_tally(engine, row) -> tuple[int, int, int, int, int]:
         return job.tally()
 
 
-def test_site_answers_from_its_database(tmp_path: Path, tiny_llama: Path, new_database_url) -> None:
+def test_site_answers_from_its_database(
+    tmp_path: Path, tiny_llama: Path, new_database_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = load_site_config(
         write_site_config(tmp_path, tiny_llama, database=new_database_url("agent"))
     )
@@ -109,7 +112,8 @@ def test_site_answers_from_its_database(tmp_path: Path, tiny_llama: Path, new_da
     assert pending["status"] == Status.PENDING and pending["tallies"] == []
 
     planted = CONFIGS[1].id
-    worker = SiteWorker(config, judge_factory=lambda _c, _m: PlantedPreferenceJudge(planted))
+    monkeypatch.setattr("trainer.generate.generate_responses", planting_generation(planted))
+    worker = SiteWorker(config, judge_factory=planted_token_judge())
     while worker.step():
         pass
     responses = [json.loads(line) for line in config.responses_file.open()]
@@ -231,3 +235,28 @@ def test_the_ledger_names_the_judge_server_at_run_start(tmp_path: Path) -> None:
     worker._prepare("run-1")  # a restarted worker does not write it twice
     entries = [e for e in ledger(engine, "run-1") if e.message_type == "judge.endpoint"]
     assert [json.loads(e.content) for e in entries] == [{"judge_host": "127.0.0.1:8000"}]
+
+
+@pytest.mark.parametrize(
+    ("tables", "error"),
+    [
+        ('[model]\nfinetune = "lorra"', r"\[model\]\.finetune: 'lorra' is not one of 'full'"),
+        ('[judge]\nspec = "gguff:x.gguf"', r"\[judge\]\.spec: unknown judge spec 'gguff:x\.gguf'"),
+        ('[judge]\nspec = "hf:m?quant=8bit&bach=2"', r"\[judge\]\.spec: .*unknown option 'bach'"),
+        ('[privacy]\nepsilon = "1.0"', r"\[privacy\]\.epsilon: must be float, got '1\.0'"),
+        ("[flower]\ninsecure = 1", r"\[flower\]\.insecure: must be bool, got 1"),
+        ("[data]\nbuiltin_seed = 1.5", r"\[data\]\.builtin_seed: must be int, got 1\.5"),
+        ("[model]\nbach_size = 4", r"\[model\]\.bach_size: unknown setting \(known: base,"),
+        ("[modle]", r"\[modle\]: unknown table"),
+        ("[site]\nnmae = 1", r"\[site\]\.name: required\n.*\[site\]\.nmae: unknown setting"),
+    ],
+)
+def test_site_config_refuses_typos_and_wrong_types(tmp_path: Path, tables: str, error: str) -> None:
+    """Every setting is checked when the file is read, with file and key in one line."""
+    from agent.config import SiteConfigError
+
+    path = tmp_path / "site.toml"
+    site = "" if tables.startswith("[site]") else '[site]\nname = "a"\n'
+    path.write_text(f"{site}{tables}\n")
+    with pytest.raises(SiteConfigError, match=rf"^{path}: {error}"):
+        load_site_config(path)

@@ -4,6 +4,7 @@ resumes without asking again for what it recorded."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from coordinator.db import ComparisonResult, RunSite
 from coordinator.db import open_database as open_coordinator_database
 from coordinator.federation import FederatedSelection, RunSettings
 from coordinator.secure_sum import SecureSum, secure_sum
-from tests.doubles import InProcessGrid, PlantedPreferenceJudge
+from tests.doubles import InProcessGrid, planted_token_judge, planting_generation
 from tests.test_agent_site import CONFIGS, site_tally, write_site_config
 
 
@@ -62,17 +63,19 @@ class LoopbackTransport:
 
 
 @pytest.fixture(scope="module")
-def sites(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> dict[int, tuple]:
+def sites(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterator[dict[int, tuple]]:
+    """Three sites whose generation plants the token in config 2's responses."""
     folder = tmp_path_factory.mktemp("sites")
-    planted = CONFIGS[2].id
     result = {}
     for node_id in (11, 12, 13):
         config = load_site_config(
             write_site_config(folder, tiny_llama, name=f"site-{node_id}", seed=node_id)
         )
-        worker = SiteWorker(config, judge_factory=lambda _c, _m: PlantedPreferenceJudge(planted))
+        worker = SiteWorker(config, judge_factory=planted_token_judge())
         result[node_id] = (open_site_database(config.database_url), worker)
-    return result
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("trainer.generate.generate_responses", planting_generation(CONFIGS[2].id))
+        yield result
 
 
 def _selection(
@@ -237,6 +240,47 @@ def test_federation_config_errors_name_the_field(tmp_path: Path) -> None:
     path.write_text('[run]\nname = "x"\nspace = "nope.toml"\n')
     with pytest.raises(FederationConfigError, match=r"\[run\]\.space: no file nope\.toml"):
         load_federation_config(path)
+
+
+@pytest.mark.parametrize(
+    ("selection", "error"),
+    [
+        ('mode = "papr"', r"\[selection\]\.mode: unknown selection mode 'papr'"),
+        ('judge_mode = "scroe"', r"\[selection\]\.judge_mode: 'scroe' is not one of 'generate'"),
+        ('secure_aggregation = "on"', r"\[selection\]\.secure_aggregation: 'on' is not one of"),
+        ("min_site = 2", r"\[selection\]\.min_site: unknown setting \(known: mode, min_sites"),
+        ('round_timeout = "60"', r"\[selection\]\.round_timeout: must be float, got '60'"),
+        ("patience = true", r"\[selection\]\.patience: must be int, got True"),
+        ("blocks = 2.5", r"\[selection\]\.blocks: must be int, got 2\.5"),
+        ('name = "y"', r"\[selection\]\.name: unknown setting"),
+        ('[superlink]\nstart = "yes"', r"\[superlink\]\.start: must be bool, got 'yes'"),
+        ("[superlink]\ninsecure = 1", r"\[superlink\]\.insecure: must be bool, got 1"),
+        ("[selections]", r"\[selections\]: unknown table"),
+    ],
+)
+def test_federation_config_refuses_typos_and_wrong_types(
+    tmp_path: Path, selection: str, error: str
+) -> None:
+    """Every setting is checked when the file is read, with file and key in one line."""
+    from coordinator.config import FederationConfigError, load_federation_config
+
+    path = tmp_path / "federation.toml"
+    path.write_text(f'[run]\nname = "x"\n[selection]\n{selection}\n')
+    with pytest.raises(FederationConfigError, match=rf"^{path}: {error}"):
+        load_federation_config(path)
+
+
+def test_coordinator_start_refuses_a_bad_config_before_starting_anything(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from coordinator.cli import app
+
+    path = tmp_path / "federation.toml"
+    path.write_text('[run]\nname = "x"\n[selection]\nmode = "paper"\njudge_mode = "scroe"\n')
+    result = CliRunner().invoke(app, ["start", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "[selection].judge_mode: 'scroe' is not one of" in result.output
+    assert list(tmp_path.iterdir()) == [path]  # no state folder, SuperLink or database
 
 
 def test_impossible_tallies_are_rejected_for_the_round(tmp_path: Path, sites: dict) -> None:

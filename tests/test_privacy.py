@@ -16,7 +16,7 @@ from agent.privacy import discrete_laplace, noisy_tally
 from agent.site import handle_message
 from agent.worker import SiteWorker
 from coordinator.protocol import COMPARE_MESSAGE, SPACE_MESSAGE, Code, Status
-from tests.doubles import PlantedPreferenceJudge
+from tests.doubles import planted_token_judge, planting_generation
 from tests.test_agent_site import CONFIGS, compare_record, space_record, write_site_config
 
 
@@ -43,14 +43,15 @@ def test_noisy_tallies_are_valid_reports(counts: list[int], epsilon: float, seed
 
 
 def test_budget_is_spent_once_per_comparison_and_then_refused(
-    tmp_path: Path, tiny_llama: Path
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write_site_config(tmp_path, tiny_llama)
     path.write_text(path.read_text() + "[privacy]\nepsilon = 1.0\nbudget = 2.0\n")
     config = load_site_config(path)
     engine = open_database(config.database_url)
     assert handle_message(engine, SPACE_MESSAGE, space_record())["status"] == Status.OK
-    worker = SiteWorker(config, judge_factory=lambda _c, _m: PlantedPreferenceJudge(CONFIGS[1].id))
+    monkeypatch.setattr("trainer.generate.generate_responses", planting_generation(CONFIGS[1].id))
+    worker = SiteWorker(config, judge_factory=planted_token_judge())
     first = compare_record((1, 0), (2, 3))
     handle_message(engine, COMPARE_MESSAGE, first)
     while worker.step():

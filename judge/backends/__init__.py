@@ -15,6 +15,7 @@ __all__ = [
     "JudgeBackend",
     "JudgeSpec",
     "SpecError",
+    "check_spec_form",
     "load_backend",
     "parse_spec",
 ]
@@ -48,9 +49,9 @@ class JudgeSpec:
         return self.kind == "builtin"
 
 
-def parse_spec(spec: str) -> JudgeSpec:
-    """Parse a judge spec; `builtin[?threads=N]` is the pointwise builtin judge
-    (judge/pointwise.py) on the embedded base model."""
+def check_spec_form(spec: str) -> tuple[str, str, dict[str, int | str]]:
+    """A spec's kind, location and options; raises SpecError for a malformed spec, without
+    looking for the model (a config file is read before its judge model need be there)."""
     if spec == "builtin" or spec.startswith("builtin?"):
         kind, rest = "builtin", spec
     else:
@@ -66,14 +67,22 @@ def parse_spec(spec: str) -> JudgeSpec:
             options[key] = _OPTIONS[kind][key](value)
         except ValueError as exc:
             raise SpecError(f"judge spec {spec!r}: option {key!r} wants a number") from exc
+    if kind == "openai":
+        url = urlsplit(location)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise SpecError(f"judge spec {spec!r}: {location!r} is not an http(s) URL")
+    return kind, location, options
+
+
+def parse_spec(spec: str) -> JudgeSpec:
+    """Parse a judge spec; `builtin[?threads=N]` is the pointwise builtin judge
+    (judge/pointwise.py) on the embedded base model."""
+    kind, location, options = check_spec_form(spec)
     if kind == "builtin":
         from judge.pointwise import BUILTIN_HEAD
 
         return JudgeSpec(kind, BUILTIN_HEAD, options)
     if kind == "openai":
-        url = urlsplit(location)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise SpecError(f"judge spec {spec!r}: {location!r} is not an http(s) URL")
         return JudgeSpec(kind, location, options)
     path = Path(location).expanduser()
     if kind == "gguf" and not path.is_file():
