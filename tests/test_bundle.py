@@ -41,7 +41,7 @@ from agent.bundle import (
 )
 from agent.cli import app as agent_app
 from agent.config import load_site_config
-from judge.cpu import required_flags, system_info
+from judge.cpu import baseline_name, required_flags, system_info
 from judge.models import BUILTIN_GGUF_NAME, ModelNotFoundError, builtin_base_gguf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -466,6 +466,10 @@ def test_bundle_installs_and_runs_with_no_network(site_bundle: Path, tmp_path: P
     try:
         assert [i["ifname"] for i in netns.interfaces()] == ["lo"]
         netns.run("extract", ["tar", "-xzf", str(site_bundle), "-C", str(target)], env, 120)
+        flags = required_flags(system_info())  # the build installed here, as the manifest says
+        manifest = (target / TOP / "bundle.env").read_text()
+        assert f'LLAMA_CPU_FLAGS="{" ".join(flags)}"' in manifest
+        assert f"LLAMA_CPU_BASELINE={baseline_name(flags)}" in manifest
         netns.run(
             "install",
             ["sh", str(target / TOP / "install.sh"), "--prefix", str(prefix), "--home", str(home),
