@@ -19,12 +19,13 @@ $(BIN)/python:
 # llama-cpp-python has no wheel on PyPI: build it once (about 5 minutes) into a wheelhouse
 # that later installs and offline bundles reuse. LLAMA_CPU picks the CPU baseline:
 #   x86-64-v3 (default) portable: SSE3/SSSE3, AVX, AVX2, FMA, F16C and BMI2 (on by default with
-#             GGML_NATIVE=OFF), no AVX-512, so it runs on any x86 CPU since 2013-2015; this is
-#             the build bundles and images carry.
+#             GGML_NATIVE=OFF), no AVX-512: runs on Intel Haswell (2013) and AMD Zen (2017) or
+#             newer; the build bundles and images carry.
 #   native    opt-in: every extension of the build machine (-march=native), for that machine
 #             only; it dies with SIGILL on a CPU that lacks one (e.g. AVX-512).
-# Each set of CMake flags gets its own folder, named by their hash, so a build never picks up a
-# wheel built with other flags; --no-cache-dir because pip's wheel cache ignores CMAKE_ARGS.
+# LLAMA_CMAKE_ARGS=... replaces the flags altogether. Each set of CMake flags gets its own
+# folder, named by their hash, so a build never picks up a wheel built with other flags;
+# --no-cache-dir because pip's wheel cache ignores CMAKE_ARGS.
 LLAMA_CPU ?= x86-64-v3
 LLAMA_CPU_FLAGS_x86-64-v3 := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 LLAMA_CPU_FLAGS_native := -DGGML_NATIVE=ON
