@@ -6,7 +6,9 @@ reaches a network:
 
     pandalm-bundle/
       install.sh            deploy/bundle/install.sh: venv, offline pip install, models, config
-      bundle.env            what the bundle was built for (checked by install.sh)
+      bundle.env            what the bundle was built for, checked by install.sh: machine,
+                            Python version and the llama.cpp build's CPU baseline (the
+                            /proc/cpuinfo flags its kernels need, judge/cpu.py)
       requirements.txt      every distribution, pinned; all of them are in wheelhouse/
       wheelhouse/           wheels only (the site builds nothing): this project and every
                             dependency at the versions installed where the bundle was built
@@ -15,9 +17,10 @@ reaches a network:
       SHA256SUMS            every other file; install.sh refuses a damaged bundle
 
 Wheels come from the configured package indexes (`pip download --only-binary=:all:`), pinned to
-the versions of the running environment; llama-cpp-python has no wheel on PyPI, so its locally
-built wheel must be in `$PANDALM_HOME/wheelhouse` (`make setup`), a `--wheels` folder or pip's
-wheel cache. The builtin SmolLM2 travels as its GGUF only: the site converts it into a
+the versions of the running environment; llama-cpp-python has no wheel on PyPI, so the locally
+built wheel this environment was installed from must be in `$PANDALM_HOME/wheelhouse`
+(`make setup`; portable, x86-64-v3, unless built with LLAMA_CPU=native), a `--wheels` folder or
+pip's wheel cache. The builtin SmolLM2 travels as its GGUF only: the site converts it into a
 transformers directory on first use (`judge.models.builtin_base_hf_dir`). The builtin judge
 travels as its exported GGUF when this machine has built it (`make setup` does); otherwise the
 site merges the packaged adapter itself on first use, offline as well.
@@ -37,6 +40,7 @@ import sys
 import tarfile
 import tempfile
 import tomllib
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -44,6 +48,7 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from judge.cpu import baseline_name, required_flags, system_info
 from judge.models import (
     BUILTIN_GGUF_NAME,
     ENCODER_GGUF_NAME,
@@ -87,6 +92,7 @@ class BundleResult:
     wheels: int
     requirements: list[str]
     models: list[str]
+    cpu_baseline: str
 
 
 def plan_models(judge: str = "builtin", base: Path | None = None) -> ModelPlan:
@@ -222,8 +228,26 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _prebuilt_wheel_dirs(extra: Sequence[Path], log: Log) -> list[Path]:
-    """Folders of locally built wheels; one must hold llama-cpp-python's."""
+def _record_hashes(lines: Sequence[str], prefix: str) -> dict[str, str]:
+    """`path -> hash` of a RECORD's files under `prefix` (the native libraries)."""
+    hashes = {}
+    for line in lines:
+        path, _, rest = line.partition(",")
+        digest = rest.partition(",")[0]
+        if path.startswith(prefix) and digest:
+            hashes[path] = digest
+    return hashes
+
+
+NATIVE_LIBS = "llama_cpp/lib/"
+
+
+def installed_llama_wheel(extra: Sequence[Path], log: Log) -> Path:
+    """The locally built llama-cpp-python wheel whose native libraries are the ones installed
+    here, so that the bundle carries (and its manifest states) the build this machine runs.
+
+    Looked for in `--wheels` folders, `$PANDALM_HOME/wheelhouse` (the Makefile keeps one folder
+    per set of CMake flags) and pip's wheel cache."""
     dirs = [Path(d) for d in extra]
     for d in dirs:
         if not d.is_dir():
@@ -232,27 +256,41 @@ def _prebuilt_wheel_dirs(extra: Sequence[Path], log: Log) -> list[Path]:
     if default.is_dir():
         dirs.append(default)
     try:
-        version = metadata.version(NO_PYPI_WHEEL)
+        dist = metadata.distribution(NO_PYPI_WHEEL)
     except metadata.PackageNotFoundError:
         raise BundleError(
             f"{NO_PYPI_WHEEL} is not installed here: build the bundle from the environment "
             "`make setup` creates"
         ) from None
-    pattern = f"{NO_PYPI_WHEEL.replace('-', '_')}-{version}-*.whl"
-    if any(any(d.glob(pattern)) for d in dirs):
-        return dirs
+    installed = {
+        str(f): f"{f.hash.mode}={f.hash.value}"
+        for f in dist.files or []
+        if f.hash is not None and str(f).startswith(NATIVE_LIBS)
+    }
+    pattern = f"{NO_PYPI_WHEEL.replace('-', '_')}-{dist.version}-*.whl"
     pip_cache = subprocess.run(
         [sys.executable, "-m", "pip", "cache", "dir"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    cached = sorted(Path(pip_cache).glob(f"wheels/**/{pattern}")) if pip_cache else []
-    if not cached:
+    searched = [*dirs, *([Path(pip_cache) / "wheels"] if pip_cache else [])]
+    candidates = sorted({w for d in searched for w in d.rglob(pattern)})
+    for wheel in candidates:
+        with zipfile.ZipFile(wheel) as archive:
+            record = next((n for n in archive.namelist() if n.endswith(".dist-info/RECORD")), "")
+            lines = archive.read(record).decode().splitlines() if record else []
+        if installed and _record_hashes(lines, NATIVE_LIBS) == installed:
+            log(f"using {wheel} (the llama.cpp build installed here)")
+            return wheel
+    where = ", ".join(map(str, searched)) or str(default)
+    if candidates:
         raise BundleError(
-            f"no {pattern} in {', '.join(map(str, dirs)) or default} or pip's wheel cache: "
-            f"{NO_PYPI_WHEEL} has no wheel on PyPI; build it once with `make setup` "
-            "(it lands in $PANDALM_HOME/wheelhouse) or pass --wheels DIR"
+            f"{len(candidates)} {pattern} found in {where}, none the build installed here "
+            f"({dist.locate_file(NATIVE_LIBS)}): rebuild and reinstall it with `make setup` "
+            "or pass --wheels DIR holding the wheel it was installed from"
         )
-    log(f"using {cached[-1]} from pip's wheel cache")
-    return [*dirs, cached[-1].parent]
+    raise BundleError(
+        f"no {pattern} in {where}: {NO_PYPI_WHEEL} has no wheel on PyPI; build it once with "
+        "`make setup` (it lands in $PANDALM_HOME/wheelhouse/llama-cpp/) or pass --wheels DIR"
+    )
 
 
 def offline_environment() -> dict[str, str]:
@@ -266,7 +304,7 @@ def build_wheelhouse(wheelhouse: Path, wheels: Sequence[Path] = (), log: Log = p
     """Download every wheel the project needs; returns the pinned requirements, checked to
     resolve from the wheelhouse alone."""
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    local = _prebuilt_wheel_dirs(wheels, log)
+    shutil.copy2(installed_llama_wheel(wheels, log), wheelhouse)
     log(f"building the {PROJECT} wheel")
     project = _project_wheel(source_root(), wheelhouse)
     constraints = wheelhouse.parent / ".constraints.txt"
@@ -277,7 +315,6 @@ def build_wheelhouse(wheelhouse: Path, wheels: Sequence[Path] = (), log: Log = p
             [
                 "download", "-q", "--only-binary=:all:", "--dest", str(wheelhouse),
                 "--find-links", str(wheelhouse),
-                *[arg for d in local for arg in ("--find-links", str(d))],
                 "--constraint", str(constraints), str(project),
             ],
             "downloading the dependencies",
@@ -307,8 +344,11 @@ def build_wheelhouse(wheelhouse: Path, wheels: Sequence[Path] = (), log: Log = p
     return sorted(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in items)
 
 
-def finish_bundle(root: Path, plan: ModelPlan, requirements: Sequence[str]) -> None:
-    """Everything but the wheelhouse: models, template, install script, pins, checksums."""
+def finish_bundle(
+    root: Path, plan: ModelPlan, requirements: Sequence[str], cpu_flags: Sequence[str]
+) -> None:
+    """Everything but the wheelhouse: models, template, install script, pins, checksums;
+    `cpu_flags` are the /proc/cpuinfo flags the bundled llama.cpp build needs."""
     models = root / "models"
     for source, destination in plan.copies:
         target = models / destination
@@ -329,6 +369,8 @@ def finish_bundle(root: Path, plan: ModelPlan, requirements: Sequence[str]) -> N
         f"PANDALM_VERSION={_project_version()}\n"
         f"PYTHON_VERSION={sys.version_info.major}.{sys.version_info.minor}\n"
         f"MACHINE={platform.machine()}\n"
+        f"LLAMA_CPU_BASELINE={baseline_name(list(cpu_flags))}\n"
+        f'LLAMA_CPU_FLAGS="{" ".join(cpu_flags)}"\n'
     )
     sums = [
         f"{_sha256(path)}  {path.relative_to(root).as_posix()}"
@@ -383,11 +425,16 @@ def build_bundle(
     try:
         root = scratch / TOP
         requirements = build_wheelhouse(root / "wheelhouse", wheels, log)
-        log(f"copying {len(plan.copies)} model file(s) and writing install.sh")
-        finish_bundle(root, plan, requirements)
+        cpu_flags = required_flags(system_info())
+        log(
+            f"llama.cpp build: {baseline_name(cpu_flags)} ({' '.join(cpu_flags)}); "
+            f"copying {len(plan.copies)} model file(s) and writing install.sh"
+        )
+        finish_bundle(root, plan, requirements, cpu_flags)
         log(f"writing {out}")
         size = write_archive(root, out)
         count = len(list((root / "wheelhouse").glob("*.whl")))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return BundleResult(out, size, count, list(requirements), [d for _, d in plan.copies])
+    models = [d for _, d in plan.copies]
+    return BundleResult(out, size, count, list(requirements), models, baseline_name(cpu_flags))

@@ -308,6 +308,7 @@ def bundle(
         raise typer.Exit(2) from None
     console.print(
         f"wrote {result.path} ({result.size / 1e6:.0f} MB: {result.wheels} wheels, "
-        f"models {', '.join(result.models)}); on the site: tar xzf {result.path.name} && "
+        f"models {', '.join(result.models)}; llama.cpp CPU baseline {result.cpu_baseline}); "
+        f"on the site: tar xzf {result.path.name} && "
         "pandalm-bundle/install.sh --help"
     )

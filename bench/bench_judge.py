@@ -13,6 +13,9 @@ responses encoded afresh, as a pairwise judge must), the latter timed on the fir
 `--uncached-comparisons` comparisons and scaled to 28 (each comparison costs the same).
 The 8 "configs" are the 7 self-instruct prediction files plus text-davinci-003 cut in half.
 
+The first lines name the llama.cpp build it runs (judge/cpu.py): the portable x86-64-v3 one by
+default; `make setup LLAMA_CPU=native` switches the venv to a native build for a comparison.
+
     python bench/bench_judge.py [--threads 2] [--reference-pairs 10] [--generate-pairs 20]
         [--skip-reference] [--round-robin-items 40] [--uncached-comparisons 2]
 """
@@ -31,6 +34,7 @@ import torch
 from judge.backends.base import GenerationSettings
 from judge.backends.hf import TransformersBackend
 from judge.backends.llamacpp import LlamaCppBackend
+from judge.cpu import baseline_name, required_flags, system_info
 from judge.engine import Pair, PairJudge
 from judge.models import builtin_base_gguf, builtin_base_hf_dir
 from judge.pointwise import load_builtin
@@ -127,6 +131,8 @@ def main() -> None:
     rows.append(("d builtin pointwise (both orders)", d_count, d_time, peak_rss_mib()))
 
     print(f"judge throughput, builtin SmolLM2-135M, {args.threads} threads, {args.source} pairs")
+    flags = required_flags(system_info())
+    print(f"llama.cpp build: {baseline_name(flags)} ({' '.join(flags)}); {system_info()}")
     print(f"{'run':40} {'judgments':>9} {'seconds':>8} {'judg/s':>8} {'s/judg':>7} {'peak RSS':>9}")
     rates = {}
     for name, count, seconds, rss in rows:

@@ -35,11 +35,13 @@ from agent.bundle import (
     BundleError,
     build_bundle,
     finish_bundle,
+    installed_llama_wheel,
     plan_models,
     site_template,
 )
 from agent.cli import app as agent_app
 from agent.config import load_site_config
+from judge.cpu import baseline_name, required_flags, system_info
 from judge.models import BUILTIN_GGUF_NAME, ModelNotFoundError, builtin_base_gguf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,6 +165,86 @@ def _install(root: Path, target: Path, *extra: str) -> subprocess.CompletedProce
     )  # fmt: skip
 
 
+X86_64_V3_BUILD = ["pni", "ssse3", "avx", "avx2", "f16c", "fma", "bmi2"]
+SANDY_BRIDGE = "fpu vme de pse tsc msr pae mce cx8 sse sse2 ht syscall nx lm pni ssse3 sse4_1 avx"
+
+
+def _cpuinfo(path: Path, flags: str) -> Path:
+    """A /proc/cpuinfo with two CPUs (install.sh reads the first one's flags)."""
+    block = f"processor\t: {{}}\nmodel name\t: test CPU\nflags\t\t: {flags}\n\n"
+    path.write_text(block.format(0) + block.format(1))
+    return path
+
+
+def test_the_manifest_states_the_builds_cpu_baseline(fake_home: Path, tmp_path: Path) -> None:
+    root = tmp_path / TOP
+    finish_bundle(root, plan_models(), [], X86_64_V3_BUILD)
+    env = (root / "bundle.env").read_text()
+    assert "LLAMA_CPU_BASELINE=x86-64-v3\n" in env
+    assert 'LLAMA_CPU_FLAGS="pni ssse3 avx avx2 f16c fma bmi2"\n' in env
+    finish_bundle(tmp_path / "native" / TOP, plan_models(), [], [*X86_64_V3_BUILD, "avx512f"])
+    assert "LLAMA_CPU_BASELINE=x86-64-v4" in (tmp_path / "native" / TOP / "bundle.env").read_text()
+
+
+def test_install_script_refuses_a_cpu_without_the_builds_extensions(
+    fake_home: Path, tmp_path: Path
+) -> None:
+    """One line naming what the CPU lacks, before anything is installed; a CPU that has them
+    all gets past the check (to the --python check here, which fails on purpose)."""
+    root = tmp_path / TOP
+    finish_bundle(root, plan_models(), [], X86_64_V3_BUILD)
+    target = tmp_path / "target"
+    env = {**os.environ, "PANDALM_CPUINFO": str(_cpuinfo(tmp_path / "old", SANDY_BRIDGE))}
+    argv = ["sh", str(root / "install.sh"), "--prefix", str(target), "--python", "/nonexistent"]
+    old = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert old.returncode == 1 and old.stdout == ""
+    assert old.stderr.count("\n") == 1 and "this CPU lacks avx2 f16c fma bmi2 (" in old.stderr
+    assert "(x86-64-v3) needs" in old.stderr
+    assert not target.exists()
+
+    haswell = f"{SANDY_BRIDGE} sse4_2 avx2 f16c fma bmi1 bmi2 movbe"
+    env["PANDALM_CPUINFO"] = str(_cpuinfo(tmp_path / "haswell", haswell))
+    new = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert new.returncode == 1 and "--python /nonexistent does not run" in new.stderr
+    assert "lacks" not in new.stderr
+
+    env["PANDALM_CPUINFO"] = str(tmp_path / "absent")
+    unreadable = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert "absent: no CPU flags to check" in unreadable.stderr
+
+
+def _fake_llama_wheel(folder: Path, change: str = "") -> Path:
+    """A zip named like the llama-cpp-python wheel whose RECORD lists the installed native
+    libraries' hashes (one of them altered when `change` names it): what the lookup reads."""
+    from importlib import metadata
+
+    dist = metadata.distribution("llama-cpp-python")
+    lines = []
+    for f in dist.files or []:
+        if f.hash is not None and str(f).startswith("llama_cpp/lib/"):
+            value = "0" * len(f.hash.value) if str(f).endswith(change or "\0") else f.hash.value
+            lines.append(f"{f},{f.hash.mode}={value},{f.size}")
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"llama_cpp_python-{dist.version}-py3-none-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(f"llama_cpp_python-{dist.version}.dist-info/RECORD", "\n".join(lines))
+    return wheel
+
+
+def test_the_bundle_takes_the_llama_wheel_installed_here_not_another_build(
+    fake_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIP_CACHE_DIR", str(tmp_path / "pip-cache"))
+    builds = fake_home / "wheelhouse" / "llama-cpp"
+    other = _fake_llama_wheel(builds / "native-0123456789ab", change="libggml-cpu.so")
+    with pytest.raises(BundleError, match=r"1 llama_cpp_python-.* found in .*none the build"):
+        installed_llama_wheel([], log=lambda _m: None)
+    this = _fake_llama_wheel(builds / "x86-64-v3-0123456789ab")
+    assert installed_llama_wheel([], log=lambda _m: None) == this != other
+    with pytest.raises(BundleError, match=r"--wheels .*nowhere: no such folder"):
+        installed_llama_wheel([tmp_path / "nowhere"], log=lambda _m: None)
+
+
 @pytest.mark.slow
 def test_install_script_installs_a_bundle_and_refuses_a_damaged_one(
     fake_home: Path, tmp_path: Path
@@ -172,7 +254,7 @@ def test_install_script_installs_a_bundle_and_refuses_a_damaged_one(
     root = tmp_path / "bundle" / TOP
     (root / "wheelhouse").mkdir(parents=True)
     _tiny_wheel(root / "wheelhouse")
-    finish_bundle(root, plan_models(), ["tinypkg==0.1"])
+    finish_bundle(root, plan_models(), ["tinypkg==0.1"], required_flags(system_info()))
     assert "wheelhouse/tinypkg-0.1-py3-none-any.whl" in (root / "SHA256SUMS").read_text()
 
     target = tmp_path / "target"
@@ -384,6 +466,10 @@ def test_bundle_installs_and_runs_with_no_network(site_bundle: Path, tmp_path: P
     try:
         assert [i["ifname"] for i in netns.interfaces()] == ["lo"]
         netns.run("extract", ["tar", "-xzf", str(site_bundle), "-C", str(target)], env, 120)
+        flags = required_flags(system_info())  # the build installed here, as the manifest says
+        manifest = (target / TOP / "bundle.env").read_text()
+        assert f'LLAMA_CPU_FLAGS="{" ".join(flags)}"' in manifest
+        assert f"LLAMA_CPU_BASELINE={baseline_name(flags)}" in manifest
         netns.run(
             "install",
             ["sh", str(target / TOP / "install.sh"), "--prefix", str(prefix), "--home", str(home),

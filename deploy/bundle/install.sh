@@ -49,11 +49,26 @@ done
 for file in bundle.env requirements.txt SHA256SUMS site.toml.template; do
     [ -f "$here/$file" ] || die "$here/$file is missing: not a complete pandalm-fed bundle"
 done
-PANDALM_VERSION="" PYTHON_VERSION="" MACHINE=""
+PANDALM_VERSION="" PYTHON_VERSION="" MACHINE="" LLAMA_CPU_BASELINE="" LLAMA_CPU_FLAGS=""
 . "$here/bundle.env"
 
 [ "$(uname -m)" = "$MACHINE" ] ||
     die "bundle.env: built for $MACHINE, this machine is $(uname -m)"
+# The bundled llama.cpp kernels use these extensions; a CPU without one dies with SIGILL at the
+# first judgment, so refuse now. PANDALM_CPUINFO: another cpuinfo file (tests).
+cpuinfo=${PANDALM_CPUINFO:-/proc/cpuinfo}
+if [ -n "$LLAMA_CPU_FLAGS" ]; then
+    host_flags=$(sed -n 's/^flags[[:space:]]*:\(.*\)$/\1/p' "$cpuinfo" 2>/dev/null | head -n 1)
+    [ -n "$host_flags" ] || die "$cpuinfo: no CPU flags to check against the bundle's $LLAMA_CPU_BASELINE llama.cpp build"
+    missing=""
+    for flag in $LLAMA_CPU_FLAGS; do
+        case " $host_flags " in
+            *" $flag "*) ;;
+            *) missing="$missing $flag" ;;
+        esac
+    done
+    [ -z "$missing" ] || die "this CPU lacks${missing} ($cpuinfo), which the bundle's llama.cpp build ($LLAMA_CPU_BASELINE) needs; use a bundle built with the portable default (make setup LLAMA_CPU=x86-64-v3) or on a machine like this one"
+fi
 if [ -z "$python" ]; then
     python=$(command -v "python$PYTHON_VERSION" || command -v python3 || true)
     [ -n "$python" ] || die "no python$PYTHON_VERSION on PATH: pass --python"
