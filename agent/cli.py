@@ -86,7 +86,7 @@ def init(
 ) -> None:
     """Write a site.toml to start from."""
     if out.exists():
-        console.print(f"[red]error:[/red] {out} exists")
+        console.print(f"[red]error:[/red] {escape(str(out))} exists")
         raise typer.Exit(2)
     out.write_text(SITE_TEMPLATE.format(name=name, seed=seed))
     console.print(f"wrote {out}")
@@ -124,7 +124,7 @@ def _schema_errors() -> Iterator[None]:
     try:
         yield
     except SchemaError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -304,7 +304,7 @@ def bundle(
     try:
         result = build_bundle(out, judge=judge, base=base, wheels=wheels or [], log=console.print)
     except BundleError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     console.print(
         f"wrote {result.path} ({result.size / 1e6:.0f} MB: {result.wheels} wheels, "

@@ -111,6 +111,15 @@ def test_bad_pairs_file_exits_with_one_clear_line(
     assert out.read_text() == "earlier results\n"
 
 
+def test_an_error_keeps_square_brackets_of_its_file_name(tmp_path: Path) -> None:
+    """rich would swallow `[set]` as markup; errors are printed escaped."""
+    pairs = tmp_path / "pairs[set].jsonl"
+    pairs.write_text("{oops\n")
+    result = runner.invoke(app, ["compare", str(pairs), "-o", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 2
+    assert "pairs[set].jsonl:1: invalid JSON" in " ".join(result.output.split())
+
+
 def test_bad_judge_specs_exit_cleanly(tmp_path: Path) -> None:
     pairs = tmp_path / "pairs.jsonl"
     _write_pairs(pairs, 1)

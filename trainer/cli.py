@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from judge.io import InputError
@@ -38,7 +39,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except (InputError, SpaceError, ModelNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
