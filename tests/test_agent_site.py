@@ -167,18 +167,6 @@ def test_the_site_says_its_judge_is_pointwise_from_the_spec(tmp_path: Path) -> N
         assert _pointwise_judge(str(path)) is pointwise
 
 
-def test_site_config_errors_name_the_field(tmp_path: Path) -> None:
-    from agent.config import SiteConfigError
-
-    path = tmp_path / "site.toml"
-    path.write_text('[site]\nname = "a"\n[model]\nbatch_size = "eight"\n')
-    with pytest.raises(SiteConfigError, match=r"site\.toml: \[model\]\.batch_size: must be int"):
-        load_site_config(path)
-    path.write_text('[site]\nname = "a"\n[data]\ntrain = "missing.jsonl"\n')
-    with pytest.raises(SiteConfigError, match=r"\[data\]\.train: no file missing\.jsonl"):
-        load_site_config(path)
-
-
 def _with_judge(path: Path, judge: str) -> Path:
     path.write_text(path.read_text() + f"[judge]\n{judge}\n")
     return path
@@ -248,6 +236,8 @@ def test_the_ledger_names_the_judge_server_at_run_start(tmp_path: Path) -> None:
         ("[data]\nbuiltin_seed = 1.5", r"\[data\]\.builtin_seed: must be int, got 1\.5"),
         ("[model]\nbach_size = 4", r"\[model\]\.bach_size: unknown setting \(known: base,"),
         ("[modle]", r"\[modle\]: unknown table"),
+        ('[model]\nbatch_size = "eight"', r"\[model\]\.batch_size: must be int"),
+        ('[data]\ntrain = "missing.jsonl"', r"\[data\]\.train: no file missing\.jsonl"),
         ("[site]\nnmae = 1", r"\[site\]\.name: required\n.*\[site\]\.nmae: unknown setting"),
     ],
 )
