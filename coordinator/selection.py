@@ -26,10 +26,9 @@ Modes (`make_procedure`):
 - "round-robin": every pair (a < b) once, on all items. The ranking orders configs by
   Bradley-Terry strength fitted on the item-level outcomes (each side gets its wins plus half of
   the ties; invalid items are left out), ties broken by comparisons won minus lost, then by lower
-  index. The strengths are the coefficients of a logistic regression without intercept on a
-  design of +1 for a and -1 for b, weighted by the outcome counts; its small L2 penalty
-  (C = 1, negligible against hundreds of items per pair) keeps them finite when a config wins
-  every item.
+  index. The strengths maximise the Bradley-Terry likelihood of the outcome counts (Newton's
+  method, `bradley_terry_with_covariance`) with a small L2 penalty (1/4 |theta|^2, negligible
+  against hundreds of items per pair) that keeps them finite when a config wins every item.
 - "racing": a fixed budget of judgments, `budget` times the paper procedure's (n_configs - 1)
   comparisons of `items_per_site` items, spent in batches of comparisons asked all at once
   (few federated rounds). It is Sequential Halving (Karnin, Koren & Somekh, "Almost Optimal
@@ -80,7 +79,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 MODES = ("paper", "round-robin", "adaptive", "racing")
 AUTO = "auto"
@@ -575,12 +573,12 @@ def bradley_terry_with_covariance(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bradley-Terry strengths and their approximate covariance from per-pair totals.
 
-    The maximum of the penalized log-likelihood that `bradley_terry` fits (each side scores its
-    wins plus half the ties; L2 penalty 1/4 |theta|^2, which is what its mirrored rows and C = 1
-    amount to), found by Newton's method, which also gives the covariance: the inverse of the
-    penalized observed information (a Laplace approximation). Newton on the 80-odd strengths
-    takes milliseconds where a general solver takes a hundred times longer, and racing refits
-    after every batch."""
+    The maximum of the penalized log-likelihood in which each side scores its wins plus half
+    the ties, with an L2 penalty 1/4 |theta|^2 (what a logistic regression with C = 1 on
+    mirrored +1/-1 pair rows amounts to), found by Newton's method, which also gives the
+    covariance: the inverse of the penalized observed information (a Laplace approximation).
+    Newton on the 80-odd strengths takes milliseconds where a general solver takes a hundred
+    times longer, and racing refits after every batch."""
     pairs = [(a, b, t.win + t.tie / 2, t.loss + t.tie / 2) for (a, b), t in totals.items()]
     penalty = 0.5
     strengths = np.zeros(n_configs)
@@ -609,23 +607,13 @@ def bradley_terry_with_covariance(
 
 
 def bradley_terry(n_configs: int, comparisons: list[DecidedComparison]) -> np.ndarray:
-    """Logistic regression on +1/-1 pair rows weighted by wins (+ half the ties) of each side.
-    Each pair also enters mirrored (-1/+1, labels swapped), which leaves the maximum-likelihood
-    strengths unchanged and guarantees both labels are present."""
-    rows, labels, weights = [], [], []
+    """Bradley-Terry log-strengths from recorded comparisons: each side scores its wins plus
+    half the ties, invalid items are left out (the fit of `bradley_terry_with_covariance`)."""
+    totals: dict[tuple[int, int], Tally] = {}
     for comparison in comparisons:
-        row = np.zeros(n_configs)
-        row[comparison.a], row[comparison.b] = 1.0, -1.0
-        a_points = comparison.tally.win + comparison.tally.tie / 2
-        b_points = comparison.tally.loss + comparison.tally.tie / 2
-        rows += [row, row, -row, -row]
-        labels += [1, 0, 0, 1]
-        weights += [a_points, b_points, a_points, b_points]
-    if not any(weights):
-        return np.zeros(n_configs)
-    model = LogisticRegression(C=1.0, fit_intercept=False, tol=1e-10, max_iter=1000)
-    model.fit(np.array(rows), np.array(labels), sample_weight=np.array(weights))
-    return model.coef_[0].copy()
+        pair = (comparison.a, comparison.b)
+        totals[pair] = totals.get(pair, Tally()) + comparison.tally
+    return bradley_terry_with_covariance(n_configs, totals)[0]
 
 
 def check_mode(mode: str, allow_auto: bool = False) -> None:

@@ -9,9 +9,11 @@ import math
 import random
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.linear_model import LogisticRegression
 
 from coordinator.selection import (
     MODES,
@@ -357,11 +359,23 @@ def test_newton_bradley_terry_matches_the_logistic_regression_fit() -> None:
         counts = [rng.randrange(30) for _ in range(4)]
         totals[(a, b)] = Tally(*counts, items=sum(counts))
     strengths, covariance = bradley_terry_with_covariance(5, totals)
+    # the same penalized likelihood as a logistic regression (C = 1) on mirrored +1/-1 pair rows
+    rows, labels, weights = [], [], []
+    for (a, b), tally in totals.items():
+        row = np.zeros(5)
+        row[a], row[b] = 1.0, -1.0
+        a_points, b_points = tally.win + tally.tie / 2, tally.loss + tally.tie / 2
+        rows += [row, row, -row, -row]
+        labels += [1, 0, 0, 1]
+        weights += [a_points, b_points, a_points, b_points]
+    reference = LogisticRegression(C=1.0, fit_intercept=False, tol=1e-10, max_iter=1000)
+    reference.fit(np.array(rows), np.array(labels), sample_weight=np.array(weights))
+    assert strengths == pytest.approx(reference.coef_[0], abs=1e-5)
     decided = [
         DecidedComparison(a, b, tally, comparison_winner(a, b, tally))
         for (a, b), tally in totals.items()
     ]
-    assert strengths == pytest.approx(bradley_terry(5, decided), abs=1e-5)
+    assert bradley_terry(5, decided) == pytest.approx(strengths)
     assert covariance == pytest.approx(covariance.T)
     assert all(covariance[i, i] > 0 for i in range(5))
 
