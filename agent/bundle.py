@@ -48,6 +48,7 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from agent.config import site_toml
 from judge.cpu import baseline_name, required_flags, system_info
 from judge.models import (
     BUILTIN_GGUF_NAME,
@@ -147,19 +148,14 @@ def plan_models(judge: str = "builtin", base: Path | None = None) -> ModelPlan:
 
 def site_template(plan: ModelPlan) -> str:
     """`pandalm-agent init`'s template with placeholders that install.sh fills in."""
-    from agent.cli import SITE_TEMPLATE
-
-    text = SITE_TEMPLATE.format(name=SITE_NAME_PLACEHOLDER, seed=0)
-    replacements = [
-        (r'^data_dir = "[^"]*"', f'data_dir = "{DATA_DIR_PLACEHOLDER}"'),
-        (r'^base = "builtin"', f'base = "{plan.base}"'),
-        (r'^spec = "builtin"', f'spec = "{plan.judge_spec}"'),
-    ]
-    for pattern, value in replacements:
-        text, count = re.subn(pattern, value, text, count=1, flags=re.M)
-        if count != 1:
-            raise BundleError(f"agent/cli.py SITE_TEMPLATE: no line matching {pattern!r}")
-    return text
+    return site_toml(
+        SITE_NAME_PLACEHOLDER,
+        settings={
+            "site": {"data_dir": DATA_DIR_PLACEHOLDER},
+            "model": {"base": plan.base},
+            "judge": {"spec": plan.judge_spec},
+        },
+    )
 
 
 def source_root() -> Path:

@@ -16,7 +16,13 @@ from rich.markup import escape
 from rich.table import Table
 from sqlmodel import Session, func, select
 
-from agent.config import SiteConfig, SiteConfigError, check_judge_endpoint, load_site_config
+from agent.config import (
+    SiteConfig,
+    SiteConfigError,
+    check_judge_endpoint,
+    load_site_config,
+    site_toml,
+)
 from agent.db import ComparisonJob, ReferenceScore, SiteRun, ledger, open_database
 
 if TYPE_CHECKING:
@@ -27,46 +33,6 @@ if TYPE_CHECKING:
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="the site's site.toml")]
-
-SITE_TEMPLATE = """\
-# A pandalm-fed site. Only win/tie/loss tallies ever leave this machine.
-[site]
-name = "{name}"
-data_dir = "{name}-data"          # checkpoints, responses, judgments, ledger
-# database = "postgresql+psycopg://USER:PASSWORD@HOST/DB"  # default: SQLite in data_dir
-# judge_cache = "postgresql+psycopg://USER:PASSWORD@HOST/DB"  # the judgment cache, likewise
-
-[data]
-train = "builtin"                 # or an Alpaca-format JSON/JSONL file
-validation = "builtin"            # or a JSON/JSONL file of instruction/input records
-builtin_seed = {seed}
-train_examples = 64
-validation_items = 16
-
-[model]
-base = "builtin"                  # or a local transformers model directory
-max_length = 256
-batch_size = 8
-max_steps_per_epoch = 0           # 0: whole epochs
-max_new_tokens = 64
-generation_batch_size = 8         # validation prompts decoded together
-torch_threads = 1
-keep_weights = false              # weights are deleted once their responses exist
-
-[judge]
-spec = "builtin"                  # gguf:PATH | hf:PATH[?quant=8bit|4bit] | openai:URL[?model=NAME]
-allow_remote = false              # an openai: judge must be on this site's network unless true
-
-[privacy]
-epsilon = 0.0                     # > 0: differentially private tallies (agent/privacy.py)
-budget = 0.0                      # total epsilon per run; 0: no limit
-
-[flower]
-superlink = "127.0.0.1:9092"
-clientappio_port = 9094
-insecure = false
-root_certificates = ""
-"""
 
 
 @contextmanager
@@ -88,7 +54,7 @@ def init(
     if out.exists():
         console.print(f"[red]error:[/red] {escape(str(out))} exists")
         raise typer.Exit(2)
-    out.write_text(SITE_TEMPLATE.format(name=name, seed=seed))
+    out.write_text(site_toml(name, seed))
     console.print(f"wrote {out}")
 
 

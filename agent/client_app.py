@@ -28,7 +28,7 @@ from agent.config import load_site_config
 from agent.db import open_database, record_egress
 from agent.flower_internals import RECORD_KEY_CONFIGS, SecAggPlusKey, fitres_to_recorddict
 from agent.site import handle_message, secure_tallies
-from coordinator.protocol import (
+from common.protocol import (
     RECORD_KEY,
     SECAGG_CLIP,
     Code,

@@ -4,16 +4,72 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 import pydantic
+import tomlkit
 
-from coordinator.tomlconfig import SETTINGS, read_toml, typed_table
+from common.settings import SETTINGS, read_toml, typed_table
+from common.space import FINETUNES
 from judge.backends import check_spec_form
-from trainer.space import FINETUNES
+
+SITE_TEMPLATE = """\
+# A pandalm-fed site. Only win/tie/loss tallies ever leave this machine.
+[site]
+name = "site"
+data_dir = "site-data" # checkpoints, responses, judgments, ledger
+# database = "postgresql+psycopg://USER:PASSWORD@HOST/DB"  # default: SQLite in data_dir
+# judge_cache = "postgresql+psycopg://USER:PASSWORD@HOST/DB"  # the judgment cache, likewise
+
+[data]
+train = "builtin"                 # or an Alpaca-format JSON/JSONL file
+validation = "builtin"            # or a JSON/JSONL file of instruction/input records
+builtin_seed = 0
+train_examples = 64
+validation_items = 16
+
+[model]
+base = "builtin"                  # or a local transformers model directory
+max_length = 256
+batch_size = 8
+max_steps_per_epoch = 0           # 0: whole epochs
+max_new_tokens = 64
+generation_batch_size = 8         # validation prompts decoded together
+torch_threads = 1
+keep_weights = false              # weights are deleted once their responses exist
+
+[judge]
+spec = "builtin"                  # gguf:PATH | hf:PATH[?quant=8bit|4bit] | openai:URL[?model=NAME]
+allow_remote = false              # an openai: judge must be on this site's network unless true
+
+[privacy]
+epsilon = 0.0                     # > 0: differentially private tallies (agent/privacy.py)
+budget = 0.0                      # total epsilon per run; 0: no limit
+
+[flower]
+superlink = "127.0.0.1:9092"
+clientappio_port = 9094
+insecure = false
+root_certificates = ""
+"""
+
+
+def site_toml(
+    name: str, seed: int = 0, settings: Mapping[str, Mapping[str, object]] | None = None
+) -> str:
+    """`SITE_TEMPLATE` for site `name` (its data in `NAME-data`, builtin data shard `seed`) with
+    `settings` set table by table, its comments kept: `pandalm-agent init`, the demo and the
+    offline bundle all write their site.toml from it."""
+    document = tomlkit.parse(SITE_TEMPLATE)
+    values = {"site": {"name": name, "data_dir": f"{name}-data"}, "data": {"builtin_seed": seed}}
+    for table, table_values in [*values.items(), *(settings or {}).items()]:
+        for key, value in table_values.items():
+            document[table][key] = value  # type: ignore[index]
+    return tomlkit.dumps(document)
 
 
 class SiteConfigError(ValueError):

@@ -40,8 +40,8 @@ from agent.flower_internals import (
     push_message,
     push_task_output,
 )
-from coordinator.flower_app import write_flower_app
-from coordinator.protocol import Code, Reply, Status, encode_reply
+from common.appbundle import write_flower_app
+from common.protocol import Code, Reply, Status, encode_reply
 
 log = logging.getLogger(__name__)
 REFUSAL = "UNTRUSTED_APP"

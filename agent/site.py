@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from agent.db import ComparisonJob, SiteRun, add_new, record_egress
-from coordinator.protocol import (
+from common.protocol import (
     COMPARE_MESSAGE,
     SPACE_MESSAGE,
     Code,
@@ -30,7 +30,7 @@ from coordinator.protocol import (
     decode_space,
     encode_reply,
 )
-from trainer.space import CandidateConfig, SpaceError
+from common.space import CandidateConfig, SpaceError
 
 log = logging.getLogger(__name__)
 

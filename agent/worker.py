@@ -32,7 +32,7 @@ from agent.db import (
     record_egress,
 )
 from agent.privacy import noisy_tally
-from coordinator.protocol import Code
+from common.protocol import Code
 
 if TYPE_CHECKING:
     from judge.backends.base import JudgeBackend, PointwiseBackend
@@ -179,10 +179,10 @@ class SiteWorker:
         """Train every config of the run's space, then generate their validation responses."""
         import torch
 
+        from common.space import CandidateConfig
         from trainer.candidates import CandidateTrainingArguments, resolve_base_model
         from trainer.candidates import train_candidates as train
         from trainer.generate import generate_responses
-        from trainer.space import CandidateConfig
 
         torch.set_num_threads(self.config.model.torch_threads)
         self._record_judge_endpoint(run_key)

@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coordinator.protocol import MAX_COMPARISONS
+from common.protocol import MAX_COMPARISONS
 from coordinator.selection import ComparisonRequest, Tally, make_procedure
 from judge.io import read_predictions, read_testset
 from judge.verdict import INVALID, Verdict, combine_verdicts

@@ -29,12 +29,12 @@ def peak_rss_mib() -> float:
 
 
 def measure_training(finetune: str, steps: int) -> dict:
+    from common.space import CandidateConfig, plan_training_runs
     from judge.models import builtin_base_hf_dir
     from trainer.builtin_data import make_shard
     from trainer.candidates import CandidateTrainingArguments, build_trainer, load_tokenizer
     from trainer.data import TokenizedData
     from trainer.progress import StepTimer
-    from trainer.space import CandidateConfig, plan_training_runs
 
     base = builtin_base_hf_dir()
     tokenizer = load_tokenizer(base)

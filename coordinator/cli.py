@@ -14,17 +14,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 
-from coordinator.config import FederationConfig, FederationConfigError, load_federation_config
+from coordinator.config import FederationConfigError, load_federation_config
 from coordinator.console import latest_run, render
-from coordinator.db import SCHEMA, open_database, run_finished
-from coordinator.launch import (
-    port_open,
-    run_status,
-    start_superlink,
-    stop_process,
-    submit_run,
-    write_connection,
-)
+from coordinator.db import SCHEMA, open_database
+from coordinator.launch import run_federation, start_superlink, stop_process, write_connection
 from dbschema import create_database_engine, current_line, upgrade_line
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -48,50 +41,6 @@ def _url(database: str) -> str:
     return database if "://" in database else f"sqlite:///{Path(database).resolve()}"
 
 
-FLOWER_STATUS_SECONDS = 30.0
-"""How often Flower itself is asked while the run's record says it is still going: every `flwr
-ls` is a Python process of its own, about a second of CPU that the sites' training lacks."""
-
-
-def follow_run(federation: FederationConfig, run_id: str, live_view: bool = True) -> dict:
-    """Show the live console until Flower says the run finished; returns Flower's run record.
-    Flower is asked when the coordinator database says the run ended, and every
-    FLOWER_STATUS_SECONDS otherwise (a ServerApp that died never writes its end)."""
-    engine = open_database(federation.database_url)
-    asked = time.monotonic()
-    with Live(render(engine, federation.run.name), console=console, refresh_per_second=1,
-              transient=False, auto_refresh=live_view) as live:  # fmt: skip
-        while True:
-            live.update(render(engine, federation.run.name))
-            ended = run_finished(engine, federation.run.name)
-            if ended or time.monotonic() - asked >= FLOWER_STATUS_SECONDS:
-                asked = time.monotonic()
-                status = run_status(federation.state_dir, run_id)
-                if str(status.get("status", "")).startswith("finished"):
-                    return status
-            time.sleep(2)
-
-
-def run_federation(federation: FederationConfig) -> dict:
-    """Start or reach the SuperLink, submit the run, follow it to the end."""
-    superlink = None
-    if federation.start_superlink and not port_open(federation.superlink.address):
-        superlink = start_superlink(federation.superlink, federation.state_dir)
-    try:
-        write_connection(federation.superlink, federation.state_dir)
-        changed, line = upgrade_line(create_database_engine(federation.database_url), SCHEMA)
-        if changed:
-            console.print(line, highlight=False, soft_wrap=True)
-        run_id = submit_run(federation.state_dir, federation.run_config())
-        console.print(f"submitted run {federation.run.name} (Flower run {run_id})")
-        status = follow_run(federation, run_id)
-    finally:
-        stop_process(superlink)
-    if status.get("status") != "finished:completed":
-        raise RuntimeError(f"the run ended {status.get('status')}: {status.get('status-details')}")
-    return status
-
-
 @app.command()
 def start(
     config: Annotated[Path, typer.Option("--config", "-c", help="federation.toml")],
@@ -99,7 +48,7 @@ def start(
     """Run the selection described by federation.toml (a restarted run resumes)."""
     with _user_errors():
         federation = load_federation_config(config)
-        run_federation(federation)
+        run_federation(federation, console)
     console.print(
         f"run {federation.run.name} finished; report: pandalm-coordinator report "
         f"{federation.run.name} --database {federation.database_url} --out DIR"

@@ -7,13 +7,23 @@ from pathlib import Path
 
 import pydantic
 
-from coordinator.federation import RunSettings
-from coordinator.launch import SuperLinkSettings
-from coordinator.tomlconfig import SETTINGS, read_toml, typed_table
+from common.settings import SETTINGS, RunSettings, read_toml, typed_table
 
 
 class FederationConfigError(ValueError):
     """A federation.toml that cannot be used."""
+
+
+@pydantic.dataclasses.dataclass(config=SETTINGS)
+class SuperLinkSettings:
+    address: str = "127.0.0.1:9092"
+    database: str = "superlink.sqlite"
+    insecure: bool = False
+    certificates: str = ""
+    """Folder with ca.crt, server.pem, server.key (`pandalm-coordinator certs init`)."""
+    authenticate_sites: bool = True
+    """Only SuperNodes whose public key was registered (`pandalm-coordinator sites add`)
+    may connect; needs TLS."""
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,10 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from coordinator.db import FederatedRun, RoundLog, RunSite, site_names
+from coordinator.db import FederatedRun, RoundLog, RunSite, node_label, site_names
 from coordinator.report import CANNOT_TELL, config_records, decided_by, pair_tallies
 from coordinator.results import run_result
 from coordinator.selection import comparison_winner
-from coordinator.sites import node_label
 
 
 def latest_run(engine: Engine) -> str | None:

@@ -139,6 +139,11 @@ def site_names(engine: Engine) -> dict[str, str]:
         return {s.node_id: s.name for s in session.exec(select(RegisteredSite))}
 
 
+def node_label(node_id: str | int, names: dict[str, str]) -> str:
+    """A site's name when registered, else `node-<id>` (unregistered insecure demo nodes)."""
+    return names.get(str(node_id), f"node-{node_id}")
+
+
 # --- end of the site registry ---------------------------------------------------------------
 
 TABLES = (FederatedRun, RunSite, ComparisonResult, RoundLog, RegisteredSite)

@@ -24,10 +24,11 @@ from pathlib import Path
 import tomli_w
 from rich.console import Console
 
+from agent.config import site_toml
 from coordinator.certs import init_certificates
 from coordinator.config import FederationConfig, load_federation_config
 from coordinator.db import open_database, registered_site
-from coordinator.launch import start_superlink, stop_process
+from coordinator.launch import run_federation, start_superlink, stop_process
 from coordinator.sites import register_site
 
 
@@ -79,24 +80,21 @@ class DemoSettings:
         )
 
     def site_toml(self, name: str, seed: int, superlink: str, port: int, ca_file: Path) -> str:
-        return tomli_w.dumps(
+        return site_toml(
+            name,
+            seed,
             {
-                "site": {"name": name, "data_dir": "."},
+                "site": {"data_dir": "."},
                 "data": {
-                    "train": "builtin",
-                    "validation": "builtin",
-                    "builtin_seed": seed,
                     "train_examples": self.train_examples,
                     "validation_items": self.validation_items,
                 },
                 "model": {
-                    "base": "builtin",
                     "max_length": self.max_length,
                     "batch_size": self.batch_size,
                     "max_steps_per_epoch": self.steps_per_epoch,
                     "lora_top_layers": self.lora_top_layers,
                     "max_new_tokens": self.max_new_tokens,
-                    "torch_threads": 1,
                 },
                 "judge": {"spec": "builtin?threads=1"},
                 "flower": {
@@ -104,7 +102,7 @@ class DemoSettings:
                     "clientappio_port": port,
                     "root_certificates": str(ca_file),
                 },
-            }
+            },
         )
 
     def federation_toml(self, mode: str, sites: int, superlink: str) -> str:
@@ -206,7 +204,6 @@ def responses_differ(site_dirs: list[Path], comparisons: list[dict]) -> list[dic
 def run_demo(
     n_sites: int, out: Path, mode: str, console: Console, settings: DemoSettings = DEMO
 ) -> dict:
-    from coordinator.cli import run_federation
     from coordinator.report import write_report
     from coordinator.results import run_result
 
@@ -245,7 +242,7 @@ def run_demo(
                 )
             )  # fmt: skip
             log.close()
-        flower_status = run_federation(federation)
+        flower_status = run_federation(federation, console)
     finally:
         for agent in agents:
             stop_process(agent)

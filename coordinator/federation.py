@@ -26,16 +26,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-import pydantic
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from coordinator.db import ComparisonResult, FederatedRun, RoundLog, RunSite, comparisons, sites
-from coordinator.protocol import (
+from common.protocol import (
     COMPARE_MESSAGE,
-    JUDGE_MODES,
     MAX_COMPARISONS,
     MAX_ITEMS,
     SECAGG_MAX_SITES,
@@ -52,17 +49,16 @@ from coordinator.protocol import (
     encode_compare,
     encode_space,
 )
+from common.settings import AUTO, RunSettings
+from coordinator.db import ComparisonResult, FederatedRun, RoundLog, RunSite, comparisons, sites
 from coordinator.secure_sum import SecureSum
 from coordinator.selection import (
-    AUTO,
     ComparisonRequest,
     SelectionProcedure,
     Tally,
     auto_mode,
-    check_mode,
     make_procedure,
 )
-from coordinator.tomlconfig import SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -88,45 +84,6 @@ class Transport(Protocol):
     ) -> SecureSum | None:
         """The sum of the sites' tallies for this compare request through SecAgg+."""
         ...
-
-
-SECURE_AGGREGATION = ("required", "when-possible", "off")
-
-
-@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
-class RunSettings:
-    """What the operator sets in federation.toml for one run; pydantic checks every value on
-    construction, `__post_init__` the selection mode (coordinator/selection.py's `check_mode`:
-    its MODES, or `auto`) and the budget."""
-
-    name: str
-    mode: str = "paper"
-    """paper | round-robin | adaptive | racing | auto (coordinator/selection.py)."""
-    min_sites: int = 1
-    wait_for_sites: float = 300.0
-    round_timeout: float = 60.0
-    retry_seconds: float = 2.0
-    max_retry_seconds: float = 30.0
-    """Pending sites are asked again after retry_seconds, doubling up to this while nothing
-    changes: every message costs a site a fresh ClientApp process."""
-    patience: int = 3
-    validation_items: int = 16
-    judge_mode: Literal[JUDGE_MODES] = "score"
-    blocks: int = 4
-    chunk_items: int = 8
-    budget: float = 1.0
-    """racing: judgments to spend, as a multiple of the paper procedure's."""
-    secure_aggregation: Literal[SECURE_AGGREGATION] = "required"
-    """SecAgg+ for the tallies: `required` (stop with fewer than 3 sites), `when-possible`
-    (tallies in the clear with fewer than 3 sites) or `off`."""
-
-    def __post_init__(self) -> None:
-        try:
-            check_mode(self.mode, allow_auto=True)
-        except ValueError as exc:
-            raise ValueError(f"mode: {exc}") from None
-        if not self.budget > 0:
-            raise ValueError(f"budget: must be above 0, got {self.budget}")
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-import pydantic
+import tomli_w
+from rich.console import Console
+from rich.live import Live
 
-from coordinator.flower_app import write_flower_app
-from coordinator.tomlconfig import SETTINGS
+from common.appbundle import write_flower_app
+from coordinator.config import FederationConfig, SuperLinkSettings
+from coordinator.console import render
+from coordinator.db import SCHEMA, open_database, run_finished
+from dbschema import create_database_engine, upgrade_line
 
 CONNECTION = "pandalm"
 
@@ -51,18 +56,6 @@ def flower_environment(state_dir: Path) -> dict[str, str]:
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "PYTHONUNBUFFERED": "1",
     }
-
-
-@pydantic.dataclasses.dataclass(config=SETTINGS)
-class SuperLinkSettings:
-    address: str = "127.0.0.1:9092"
-    database: str = "superlink.sqlite"
-    insecure: bool = False
-    certificates: str = ""
-    """Folder with ca.crt, server.pem, server.key (`pandalm-coordinator certs init`)."""
-    authenticate_sites: bool = True
-    """Only SuperNodes whose public key was registered (`pandalm-coordinator sites add`)
-    may connect; needs TLS."""
 
 
 def start_superlink(settings: SuperLinkSettings, state_dir: Path) -> subprocess.Popen:
@@ -104,32 +97,19 @@ def write_connection(settings: SuperLinkSettings, state_dir: Path) -> None:
     """The Flower CLI's connection to the SuperLink, in its own FLWR_HOME."""
     home = state_dir / "flwr"
     home.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "[superlink]",
-        f'default = "{CONNECTION}"',
-        "",
-        f"[superlink.{CONNECTION}]",
-        f'address = "{settings.address}"',
-        f"insecure = {'true' if settings.insecure else 'false'}",
-    ]
+    connection: dict[str, object] = {"address": settings.address, "insecure": settings.insecure}
     if not settings.insecure:
-        lines.append(f'root-certificates = "{Path(settings.certificates) / "ca.crt"}"')
-    (home / "config.toml").write_text("\n".join(lines) + "\n")
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
+        connection["root-certificates"] = str(Path(settings.certificates) / "ca.crt")
+    document = {"superlink": {"default": CONNECTION, CONNECTION: connection}}
+    (home / "config.toml").write_text(tomli_w.dumps(document))
 
 
 def submit_run(state_dir: Path, run_config: dict[str, object]) -> str:
     """Submit the app with `flwr run`; returns Flower's run id."""
     app = write_flower_app(state_dir / "app")
-    overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
-    answer = flwr_cli(state_dir, "run", str(app), CONNECTION, "--run-config", overrides)
+    overrides = state_dir / "run-config.toml"  # a file: flwr's key=value parser splits on spaces
+    overrides.write_text(tomli_w.dumps(run_config))
+    answer = flwr_cli(state_dir, "run", str(app), CONNECTION, "--run-config", str(overrides))
     return str(answer["run-id"])
 
 
@@ -170,3 +150,52 @@ def flwr_cli(state_dir: Path, *args: str) -> dict:
         message = answer.get("error-message") or (result.stdout + result.stderr).strip()
         raise RuntimeError(f"flwr {args[0]} {args[1] if len(args) > 1 else ''}: {message}")
     return answer
+
+
+FLOWER_STATUS_SECONDS = 30.0
+"""How often Flower itself is asked while the run's record says it is still going: every `flwr
+ls` is a Python process of its own, about a second of CPU that the sites' training lacks."""
+
+
+def follow_run(
+    federation: FederationConfig,
+    run_id: str,
+    live_view: bool = True,
+    console: Console | None = None,
+) -> dict:
+    """Show the live console until Flower says the run finished; returns Flower's run record.
+    Flower is asked when the coordinator database says the run ended, and every
+    FLOWER_STATUS_SECONDS otherwise (a ServerApp that died never writes its end)."""
+    engine = open_database(federation.database_url)
+    asked = time.monotonic()
+    with Live(render(engine, federation.run.name), console=console, refresh_per_second=1,
+              transient=False, auto_refresh=live_view) as live:  # fmt: skip
+        while True:
+            live.update(render(engine, federation.run.name))
+            ended = run_finished(engine, federation.run.name)
+            if ended or time.monotonic() - asked >= FLOWER_STATUS_SECONDS:
+                asked = time.monotonic()
+                status = run_status(federation.state_dir, run_id)
+                if str(status.get("status", "")).startswith("finished"):
+                    return status
+            time.sleep(2)
+
+
+def run_federation(federation: FederationConfig, console: Console) -> dict:
+    """Start or reach the SuperLink, submit the run, follow it to the end."""
+    superlink = None
+    if federation.start_superlink and not port_open(federation.superlink.address):
+        superlink = start_superlink(federation.superlink, federation.state_dir)
+    try:
+        write_connection(federation.superlink, federation.state_dir)
+        changed, line = upgrade_line(create_database_engine(federation.database_url), SCHEMA)
+        if changed:
+            console.print(line, highlight=False, soft_wrap=True)
+        run_id = submit_run(federation.state_dir, federation.run_config())
+        console.print(f"submitted run {federation.run.name} (Flower run {run_id})")
+        status = follow_run(federation, run_id, console=console)
+    finally:
+        stop_process(superlink)
+    if status.get("status") != "finished:completed":
+        raise RuntimeError(f"the run ended {status.get('status')}: {status.get('status-details')}")
+    return status

@@ -7,10 +7,9 @@ import json
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from coordinator.db import FederatedRun, comparisons, site_names, sites
+from coordinator.db import FederatedRun, comparisons, node_label, site_names, sites
 from coordinator.report import RunResult
 from coordinator.selection import Tally
-from coordinator.sites import node_label
 
 
 def run_result(engine: Engine, run_name: str) -> RunResult:

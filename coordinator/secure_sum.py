@@ -23,6 +23,7 @@ from flwr.server import ClientManager, LegacyContext
 from flwr.server.strategy import Strategy
 from flwr.server.workflow import SecAggPlusWorkflow
 
+from common.protocol import SECAGG_CLIP, SECAGG_MODULUS
 from coordinator.flower_internals import (
     MAIN_CONFIGS_RECORD,
     MAIN_PARAMS_RECORD,
@@ -30,7 +31,6 @@ from coordinator.flower_internals import (
     GridClientProxy,
     WorkflowKey,
 )
-from coordinator.protocol import SECAGG_CLIP, SECAGG_MODULUS
 
 log = logging.getLogger(__name__)
 

@@ -80,9 +80,7 @@ from typing import Protocol
 
 import numpy as np
 
-MODES = ("paper", "round-robin", "adaptive", "racing")
-AUTO = "auto"
-"""Not a procedure: the coordinator picks round robin or racing from the sites' judges."""
+from common.settings import AUTO, SELECTION_MODES
 
 
 @dataclass(frozen=True)
@@ -616,11 +614,11 @@ def bradley_terry(n_configs: int, comparisons: list[DecidedComparison]) -> np.nd
     return bradley_terry_with_covariance(n_configs, totals)[0]
 
 
-def check_mode(mode: str, allow_auto: bool = False) -> None:
-    """Refuse a mode that is none of MODES (nor `auto`, where allowed)."""
-    allowed = (*MODES, AUTO) if allow_auto else MODES
-    if mode not in allowed:
-        raise ValueError(f"unknown selection mode {mode!r}; choose one of {', '.join(allowed)}")
+def check_mode(mode: str) -> None:
+    """Refuse a mode that is none of SELECTION_MODES."""
+    if mode not in SELECTION_MODES:
+        choices = ", ".join(SELECTION_MODES)
+        raise ValueError(f"unknown selection mode {mode!r}; choose one of {choices}")
 
 
 def auto_mode(pointwise_judges: Sequence[bool]) -> str:
@@ -645,7 +643,7 @@ def describe_mode(requested: str, mode: str) -> str:
 
 
 def make_procedure(mode: str, n_configs: int, **settings: int | float | None) -> SelectionProcedure:
-    """A fresh procedure for `mode` (one of MODES); `settings` go to its constructor:
+    """A fresh procedure for `mode` (one of SELECTION_MODES); `settings` go to its constructor:
     paper: blocks; adaptive: blocks, chunk_items, delta, alpha, max_items; round-robin: none;
     racing: items_per_site, budget, opponents, keep, playoff, z."""
     procedures: dict[str, Callable[..., SelectionProcedure]] = {

@@ -16,12 +16,13 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from common.protocol import RECORD_KEY
+from common.settings import RunSettings
+from common.space import load_space
 from coordinator.db import open_database
-from coordinator.federation import FederatedSelection, RunSettings
-from coordinator.protocol import RECORD_KEY
+from coordinator.federation import FederatedSelection
 from coordinator.secure_sum import SecureSum, secure_sum
 from coordinator.selection import describe_mode
-from trainer.space import load_space
 
 log = logging.getLogger(__name__)
 app = ServerApp()

@@ -30,11 +30,6 @@ class SiteRegistryError(RuntimeError):
     """A site that cannot be added or removed as asked; the message says why."""
 
 
-def node_label(node_id: str | int, names: dict[str, str]) -> str:
-    """A site's name when registered, else `node-<id>` (unregistered insecure demo nodes)."""
-    return names.get(str(node_id), f"node-{node_id}")
-
-
 def register_site(federation: FederationConfig, name: str, key_file: Path) -> str:
     """Register the site's public key with the running SuperLink and record its name with the
     node id it got; returns that node id."""

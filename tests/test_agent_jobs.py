@@ -22,7 +22,7 @@ from agent.config import load_site_config
 from agent.db import ComparisonJob, ItemJudgment, SiteRun, open_database
 from agent.site import handle_message
 from agent.worker import ComparisonJudge, SiteWorker, validation_items
-from coordinator.protocol import COMPARE_MESSAGE, SPACE_MESSAGE, Status
+from common.protocol import COMPARE_MESSAGE, SPACE_MESSAGE, Status
 from tests.doubles import SlowJudge, plant_token, planted_token_judge
 from tests.test_agent_site import CONFIGS, compare_record, space_record, write_site_config
 

@@ -14,7 +14,7 @@ from agent.config import load_site_config
 from agent.db import ComparisonJob, ItemJudgment, ledger, open_database, reference_scores
 from agent.site import handle_message
 from agent.worker import SiteWorker, reference_answers
-from coordinator.protocol import (
+from common.protocol import (
     COMPARE_MESSAGE,
     SPACE_MESSAGE,
     Code,
@@ -25,9 +25,9 @@ from coordinator.protocol import (
     encode_compare,
     encode_space,
 )
+from common.space import CandidateConfig
 from tests.doubles import planted_token_judge, planting_generation
 from trainer.reference import exact_match
-from trainer.space import CandidateConfig
 
 CONFIGS = [
     CandidateConfig.from_params(

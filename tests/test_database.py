@@ -84,9 +84,7 @@ def _reflected(url: str, schema: Schema) -> MetaData:
     """The schema's tables that the database has at its revision (later ones may be missing)."""
     names = {t.name for t in schema.tables}
     tables = MetaData()
-    tables.reflect(
-        dbschema.create_database_engine(url), only=lambda name, _metadata: name in names
-    )
+    tables.reflect(dbschema.create_database_engine(url), only=lambda name, _metadata: name in names)
     return tables
 
 

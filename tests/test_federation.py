@@ -14,9 +14,10 @@ from agent.config import load_site_config
 from agent.db import open_database as open_site_database
 from agent.site import handle_message
 from agent.worker import SiteWorker
+from common.settings import RunSettings
 from coordinator.db import ComparisonResult, RunSite
 from coordinator.db import open_database as open_coordinator_database
-from coordinator.federation import FederatedSelection, RunSettings
+from coordinator.federation import FederatedSelection
 from coordinator.secure_sum import SecureSum, secure_sum
 from tests.doubles import InProcessGrid, planted_token_judge, planting_generation
 from tests.test_agent_site import CONFIGS, site_tally, write_site_config

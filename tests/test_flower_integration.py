@@ -24,14 +24,14 @@ from agent.config import load_site_config
 from agent.db import ComparisonJob, ItemJudgment, ledger
 from agent.db import open_database as open_site_database
 from agent.supervisor import guard_command, site_environment, supernode_command
-from coordinator.cli import follow_run
+from common.appbundle import app_pyproject
 from coordinator.config import load_federation_config
 from coordinator.db import ComparisonResult, FederatedRun, RunSite
 from coordinator.db import open_database as open_coordinator_database
 from coordinator.demo import free_port
-from coordinator.flower_app import app_pyproject
 from coordinator.launch import (
     flower_environment,
+    follow_run,
     start_superlink,
     stop_process,
     submit_run,

@@ -16,12 +16,17 @@ from agent.db import ledger
 from agent.db import open_database as open_site_database
 from agent.flower_internals import RECORD_KEY_CONFIGS
 from agent.flower_internals import SecAggPlusKey as Key
-from coordinator.cli import follow_run
 from coordinator.config import load_federation_config
 from coordinator.db import ComparisonResult, FederatedRun
 from coordinator.db import open_database as open_coordinator_database
 from coordinator.demo import free_port
-from coordinator.launch import start_superlink, stop_process, submit_run, write_connection
+from coordinator.launch import (
+    follow_run,
+    start_superlink,
+    stop_process,
+    submit_run,
+    write_connection,
+)
 from tests.test_agent_site import site_tally
 from tests.test_flower_integration import PLANTED, SPACE, Site, _federation_toml, _node_id
 

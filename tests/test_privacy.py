@@ -15,7 +15,7 @@ from agent.db import open_database
 from agent.privacy import discrete_laplace, noisy_tally
 from agent.site import handle_message
 from agent.worker import SiteWorker
-from coordinator.protocol import COMPARE_MESSAGE, SPACE_MESSAGE, Code, Status
+from common.protocol import COMPARE_MESSAGE, SPACE_MESSAGE, Code, Status
 from tests.doubles import planted_token_judge, planting_generation
 from tests.test_agent_site import CONFIGS, compare_record, space_record, write_site_config
 

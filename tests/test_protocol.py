@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.protocol import (
+from common.protocol import (
     MAX_COMPARISONS,
     Code,
     CompareMessage,
@@ -21,7 +21,7 @@ from coordinator.protocol import (
     encode_reply,
     encode_space,
 )
-from trainer.space import CandidateConfig
+from common.space import CandidateConfig
 
 CONFIGS = [
     CandidateConfig.from_params(

@@ -18,7 +18,7 @@ from agent.db import ComparisonJob, ledger, open_database
 from agent.flower_internals import RECORD_KEY_CONFIGS
 from agent.flower_internals import SecAggPlusKey as Key
 from agent.site import handle_message
-from coordinator.protocol import (
+from common.protocol import (
     COMPARE_MESSAGE,
     RECORD_KEY,
     SECAGG_CLIP,

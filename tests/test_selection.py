@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 
+from common.settings import SELECTION_MODES
 from coordinator.selection import (
-    MODES,
     AdaptiveProcedure,
     ComparisonRequest,
     DecidedComparison,
@@ -145,7 +145,7 @@ def test_paper_splits_uneven_blocks_as_equal_as_possible(
     assert procedure.best() == quality.index(max(quality))
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", SELECTION_MODES)
 def test_a_single_config_is_selected_without_asking(mode: str) -> None:
     procedure = make_procedure(mode, 1, **REQUIRED.get(mode, {}))
     assert procedure.done
@@ -153,7 +153,7 @@ def test_a_single_config_is_selected_without_asking(mode: str) -> None:
     assert procedure.pending() == []
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", SELECTION_MODES)
 def test_unknown_or_repeated_records_are_refused(mode: str) -> None:
     procedure = make_procedure(mode, 5, **REQUIRED.get(mode, {}))
     request = procedure.pending()[0]
@@ -401,7 +401,9 @@ def test_auto_runs_round_robin_only_when_every_site_is_pointwise() -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(mode=st.sampled_from(MODES), n_configs=st.integers(2, 9), seed=st.integers(0, 2**16))
+@given(
+    mode=st.sampled_from(SELECTION_MODES), n_configs=st.integers(2, 9), seed=st.integers(0, 2**16)
+)
 def test_replaying_the_history_restores_the_state(mode: str, n_configs: int, seed: int) -> None:
     """Sites answer in any order; a fresh procedure fed the recorded history in the order it was
     recorded asks the same questions as the original, including those left unanswered."""

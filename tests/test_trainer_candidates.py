@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 
+from common.space import load_space, parse_space, plan_training_runs
 from trainer.candidates import (
     CandidateTrainingArguments,
     SettingsError,
@@ -29,7 +30,6 @@ from trainer.candidates import (
 from trainer.cli import app
 from trainer.data import InstructionRecord, tokenize_for_training
 from trainer.generate import generate_responses
-from trainer.space import load_space, parse_space, plan_training_runs
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = [

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import trainer.generate
+from common.space import parse_space
 from trainer.candidates import (
     CandidateCheckpoint,
     CandidateTrainingArguments,
@@ -18,7 +19,6 @@ from trainer.candidates import (
 from trainer.cli import app
 from trainer.data import InputError, InstructionRecord, ValidationItem
 from trainer.generate import generate_responses, read_responses
-from trainer.space import parse_space
 
 RECORDS = [
     InstructionRecord(f"Add {a} and {b}.", "", str(a + b)) for a in range(4) for b in range(4)

@@ -10,8 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from trainer.cli import app
-from trainer.space import (
+from common.space import (
     ALPACA_BASELINE,
     CandidateConfig,
     SpaceError,
@@ -19,6 +18,7 @@ from trainer.space import (
     parse_space,
     plan_training_runs,
 )
+from trainer.cli import app
 
 BASELINE = {"optimizer": "adamw", "learning_rate": 2e-5, "scheduler": "cosine", "epochs": 3}
 

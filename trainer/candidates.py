@@ -45,6 +45,13 @@ from transformers import (
 )
 from transformers.trainer_callback import PrinterCallback
 
+from common.space import (
+    SCHEDULE_HORIZONS,
+    CandidateConfig,
+    ScheduleHorizon,
+    TrainingRun,
+    plan_training_runs,
+)
 from judge.models import ModelNotFoundError, builtin_base_hf_dir
 from trainer.data import (
     InputError,
@@ -52,13 +59,6 @@ from trainer.data import (
     TokenizedData,
     data_fingerprint,
     tokenize_for_training,
-)
-from trainer.space import (
-    SCHEDULE_HORIZONS,
-    CandidateConfig,
-    ScheduleHorizon,
-    TrainingRun,
-    plan_training_runs,
 )
 
 Retention = Literal["weights", "resumable"]

@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from common.space import SpaceError, load_space
 from judge.io import InputError
 from judge.models import ModelNotFoundError
 from trainer.builtin_data import MAX_EXAMPLES
-from trainer.space import SpaceError, load_space
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)

@@ -15,7 +15,7 @@ from rich.progress import (
 )
 from transformers import TrainerCallback
 
-from trainer.space import TrainingRun
+from common.space import TrainingRun
 
 
 def describe_run(run: TrainingRun) -> str:

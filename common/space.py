@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,10 +25,6 @@ ALPACA_BASELINE = "alpaca-baseline"
 
 ScheduleHorizon = Literal["run", "config"]
 SCHEDULE_HORIZONS: tuple[str, ...] = ("run", "config")
-
-# Values that leave a parameter out of the canonical form: a config of the paper's four
-# dimensions keeps its id when a space adds `finetune` or `data_fraction`.
-_NEUTRAL = {"finetune": "full", "data_fraction": 1.0}
 
 PAPER_SPACE_TOML = """\
 # The PandaLM paper's grid (section 4): optimizer x learning rate x scheduler x epochs 1-5.
@@ -52,41 +49,54 @@ class SpaceError(ValueError):
     """A search space or config that cannot be used; the message names the place and field."""
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+@dataclass(frozen=True)
+class Parameter:
+    """One hyperparameter as every side spells it: its type, its choices (names) or range (a
+    positive integer; a positive number up to `maximum`), and the value that stands for "not
+    set" (left out of a config's canonical form, so adding the parameter to a space keeps the
+    ids of the paper's configs; the wire sends it in an empty cell)."""
+
+    kind: type
+    choices: tuple[str, ...] = ()
+    maximum: float | None = None
+    unset: str | int | float | None = None
+
+    def canonical(self, name: str, value: Any) -> str | int | float:
+        """The value in one spelling; SpaceError names the parameter when it is not allowed."""
+        if self.choices:
+            if not isinstance(value, str) or value.lower() not in self.choices:
+                choices = ", ".join(self.choices)
+                raise SpaceError(f"{name} must be one of {choices}, got {value!r}")
+            return value.lower()
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if self.kind is int:
+            if not is_int or value < 1:
+                raise SpaceError(f"{name} must be a positive integer, got {value!r}")
+            return value
+        maximum = math.inf if self.maximum is None else self.maximum
+        if not (is_int or isinstance(value, float)) or not 0 < value <= maximum:
+            allowed = "a positive number" if self.maximum is None else f"in (0, {maximum:g}]"
+            raise SpaceError(f"{name} must be {allowed}, got {value!r}")
+        return float(value)
 
 
-def _is_number(value: Any) -> bool:
-    return _is_int(value) or isinstance(value, float)
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value.lower() not in allowed:
-        raise SpaceError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-    return value.lower()
+PARAMETERS: dict[str, Parameter] = {
+    "optimizer": Parameter(str, OPTIMIZERS),
+    "learning_rate": Parameter(float),
+    "scheduler": Parameter(str, SCHEDULERS),
+    "epochs": Parameter(int),
+    "finetune": Parameter(str, FINETUNES, unset="full"),
+    "lora_rank": Parameter(int, unset=0),
+    "data_fraction": Parameter(float, maximum=1.0, unset=1.0),
+}
+"""The search space's parameters: the space file, config ids, the wire protocol's parameter
+columns (common/protocol.py) and the trainer all read them from here."""
 
 
 def _canonical_value(name: str, value: Any) -> str | int | float:
-    if name == "optimizer":
-        return _choice(name, value, OPTIMIZERS)
-    if name == "scheduler":
-        return _choice(name, value, SCHEDULERS)
-    if name == "finetune":
-        return _choice(name, value, FINETUNES)
-    if name in ("epochs", "lora_rank"):
-        if not _is_int(value) or value < 1:
-            raise SpaceError(f"{name} must be a positive integer, got {value!r}")
-        return value
-    if name == "learning_rate":
-        if not _is_number(value) or not value > 0:
-            raise SpaceError(f"learning_rate must be a positive number, got {value!r}")
-        return float(value)
-    if name == "data_fraction":
-        if not _is_number(value) or not 0 < value <= 1:
-            raise SpaceError(f"data_fraction must be in (0, 1], got {value!r}")
-        return float(value)
-    known = ", ".join((*REQUIRED, "finetune", "lora_rank", "data_fraction"))
-    raise SpaceError(f"unknown parameter {name!r} (known: {known})")
+    if name not in PARAMETERS:
+        raise SpaceError(f"unknown parameter {name!r} (known: {', '.join(PARAMETERS)})")
+    return PARAMETERS[name].canonical(name, value)
 
 
 def canonical_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,14 +111,12 @@ def canonical_params(params: Mapping[str, Any]) -> dict[str, Any]:
     if finetune != "full":
         canonical.setdefault("lora_rank", DEFAULT_LORA_RANK)
     return {
-        name: value
-        for name, value in sorted(canonical.items())
-        if name not in _NEUTRAL or _NEUTRAL[name] != value
+        name: value for name, value in sorted(canonical.items()) if value != PARAMETERS[name].unset
     }
 
 
 def _param(params: Mapping[str, Any], name: str) -> Any:
-    return params[name] if name in params else _NEUTRAL[name]
+    return params[name] if name in params else PARAMETERS[name].unset
 
 
 def params_id(params: Mapping[str, Any]) -> str:

@@ -10,15 +10,24 @@ from __future__ import annotations
 import tomllib
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+import pydantic
 from pydantic import ConfigDict, ValidationError
+
+from common.protocol import JUDGE_MODES
 
 SETTINGS = ConfigDict(extra="forbid", strict=True)
 """Pydantic config of every settings dataclass an operator's TOML fills: no unknown key, no
 coercion (a string where a number belongs is an error, not a guess; an int is a float)."""
 
 T = TypeVar("T")
+
+SELECTION_MODES = ("paper", "round-robin", "adaptive", "racing")
+"""The selection procedures of coordinator/selection.py."""
+AUTO = "auto"
+"""Not a procedure: the coordinator picks round robin or racing from the sites' judges."""
+
 
 _TYPE_NAMES = {"int_type": "int", "float_type": "float", "bool_type": "bool", "string_type": "str"}
 
@@ -63,3 +72,38 @@ def _line(where: str, problem: Any, known: list[str]) -> str:
     elif kind in ("missing", "missing_argument"):
         message = "required"
     return f"{where}.{key}{message}"
+
+
+SECURE_AGGREGATION = ("required", "when-possible", "off")
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
+class RunSettings:
+    """What the operator sets in federation.toml for one run; pydantic checks every value on
+    construction, `__post_init__` the budget. The coordinator's ServerApp gets them through the
+    Flower run config, whose keys and defaults the app bundle (common/appbundle.py) declares."""
+
+    name: str
+    mode: Literal[(*SELECTION_MODES, AUTO)] = "paper"
+    """paper | round-robin | adaptive | racing (coordinator/selection.py) | auto."""
+    min_sites: int = 1
+    wait_for_sites: float = 300.0
+    round_timeout: float = 60.0
+    retry_seconds: float = 2.0
+    max_retry_seconds: float = 30.0
+    """Pending sites are asked again after retry_seconds, doubling up to this while nothing
+    changes: every message costs a site a fresh ClientApp process."""
+    patience: int = 3
+    validation_items: int = 16
+    judge_mode: Literal[JUDGE_MODES] = "score"
+    blocks: int = 4
+    chunk_items: int = 8
+    budget: float = 1.0
+    """racing: judgments to spend, as a multiple of the paper procedure's."""
+    secure_aggregation: Literal[SECURE_AGGREGATION] = "required"
+    """SecAgg+ for the tallies: `required` (stop with fewer than 3 sites), `when-possible`
+    (tallies in the clear with fewer than 3 sites) or `off`."""
+
+    def __post_init__(self) -> None:
+        if not self.budget > 0:
+            raise ValueError(f"budget: must be above 0, got {self.budget}")

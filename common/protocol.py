@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from common.space import PARAMETERS
+
 PROTOCOL_VERSION = 1
 SPACE_MESSAGE = "query.space"
 COMPARE_MESSAGE = "query.compare"
@@ -53,21 +55,10 @@ JUDGE_MODES = ("generate", "score")
 _RUN_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _CONFIG_ID = re.compile(r"[0-9a-f]{12}")
 
-# Parameter columns of the space message; a neutral value stands for "not set".
-PARAM_COLUMNS: dict[str, type] = {
-    "optimizer": str,
-    "learning_rate": float,
-    "scheduler": str,
-    "epochs": int,
-    "finetune": str,
-    "lora_rank": int,
-    "data_fraction": float,
-}
-NEUTRAL_PARAMS: dict[str, Any] = {"finetune": "full", "lora_rank": 0, "data_fraction": 1.0}
-_ENUMS = {
-    "optimizer": ("sgd", "adamw"),
-    "scheduler": ("cosine", "linear"),
-    "finetune": ("full", "lora", "qlora"),
+# Parameter columns of the space message; a parameter's `unset` value stands for "not set".
+PARAM_COLUMNS: dict[str, type] = {name: p.kind for name, p in PARAMETERS.items()}
+NEUTRAL_PARAMS: dict[str, Any] = {
+    name: p.unset for name, p in PARAMETERS.items() if p.unset is not None
 }
 
 
@@ -222,7 +213,8 @@ def decode_space(record: Mapping[str, Any]) -> SpaceMessage:
         if len(column) != len(ids):
             raise ProtocolError(Code.OUT_OF_RANGE, f"param.{name} has {len(column)} values")
         for row, value in zip(params, column, strict=True):
-            if name in _ENUMS and value not in _ENUMS[name]:
+            choices = PARAMETERS[name].choices
+            if choices and value not in choices:
                 raise ProtocolError(Code.OUT_OF_RANGE, f"param.{name} value not allowed")
             if kind is not str and not 0 <= value <= 1_000_000:
                 raise ProtocolError(Code.OUT_OF_RANGE, f"param.{name} value out of range")

@@ -1,0 +1,93 @@
+"""The module map of docs/ARCHITECTURE.md, checked: which package may import which, no import
+cycle between modules, and a site's guard that stays light."""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("agent", "common", "coordinator", "dbschema", "judge", "trainer")
+MAY_IMPORT = {
+    "common": set(),
+    "dbschema": set(),
+    "judge": {"common", "dbschema"},
+    "trainer": {"common", "dbschema", "judge"},
+    "agent": {"common", "dbschema", "judge", "trainer"},
+    "coordinator": {"common", "dbschema"},
+}
+DEMO_MAY_IMPORT = {"agent", "trainer"}
+"""The demo owns its sites: it enrolls them and reads their databases and response files."""
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            if "migrations" in parts:
+                continue  # Alembic scripts, loaded by Alembic from the files
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imports(path: Path, module_level_only: bool) -> set[str]:
+    """Project modules `path` imports; TYPE_CHECKING blocks never run, so never count."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes: list[ast.AST] = list(tree.body) if module_level_only else list(ast.walk(tree))
+    names: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in names if name.split(".")[0] in PACKAGES}
+
+
+def test_every_package_imports_only_what_the_map_allows() -> None:
+    breaches = []
+    for module, path in _modules().items():
+        package = module.split(".")[0]
+        allowed = MAY_IMPORT[package] | {package}
+        if module == "coordinator.demo":
+            allowed |= DEMO_MAY_IMPORT
+        breaches += [
+            f"{module} imports {name}"
+            for name in sorted(_imports(path, module_level_only=False))
+            if name.split(".")[0] not in allowed
+        ]
+    assert not breaches, "\n".join(breaches)
+
+
+def test_no_import_cycle_between_modules() -> None:
+    modules = _modules()
+    graph = {
+        module: {name for name in _imports(path, module_level_only=True) if name in modules}
+        - {module}
+        for module, path in modules.items()
+    }
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as exc:
+        pytest.fail(f"import cycle: {' -> '.join(exc.args[1])}")
+
+
+def test_the_site_guard_loads_nothing_of_the_coordinator() -> None:
+    """The guard only hashes the app bundle: no run loop, scikit-learn or SecAgg+ behind it."""
+    probe = (
+        "import sys, agent.guard; "
+        "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'coordinator')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.split()
+    assert "agent.guard" in _modules()
+    assert loaded == [], f"importing agent.guard loaded {loaded}"
