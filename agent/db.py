@@ -17,6 +17,7 @@ from sqlalchemy import Engine, UniqueConstraint
 from sqlmodel import Field, Session, SQLModel, select
 
 import dbschema
+from common.tally import Tally
 from dbschema import Schema
 
 
@@ -70,8 +71,8 @@ class ComparisonJob(SQLModel, table=True):
     judging_seconds: float = 0.0
     created: datetime = Field(default_factory=_now)
 
-    def tally(self) -> tuple[int, int, int, int, int]:
-        return (self.win, self.tie, self.loss, self.invalid, self.items)
+    def tally(self) -> Tally:
+        return Tally.of(self)
 
 
 class ItemJudgment(SQLModel, table=True):

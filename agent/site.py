@@ -124,7 +124,7 @@ def secure_tallies(engine: Engine, record: Mapping[str, Any]) -> list[int]:
         raise ProtocolError(Code.OUT_OF_RANGE, "tallies in a train message only when secure")
     if any(job.status != "done" for job in jobs):
         raise ProtocolError(Code.NOT_READY, "the comparisons are not judged yet")
-    return [value for job in jobs for value in job.tally()]
+    return [value for job in jobs for value in job.tally().values()]
 
 
 def handle_message(

@@ -33,6 +33,7 @@ from enum import IntEnum
 from typing import Any
 
 from common.space import PARAMETERS
+from common.tally import TALLY_FIELDS, Tally
 
 PROTOCOL_VERSION = 1
 SPACE_MESSAGE = "query.space"
@@ -42,7 +43,6 @@ RECORD_KEY = "pandalm"
 MAX_CONFIGS = 512
 MAX_COMPARISONS = 256
 MAX_ITEMS = 100_000
-TALLY_FIELDS = ("win", "tie", "loss", "invalid", "items")
 
 # SecAgg+ quantizes values in [-SECAGG_CLIP, SECAGG_CLIP] onto 2 * SECAGG_CLIP integer steps, so
 # integer tallies pass exactly; masks live modulo 2**32, which bounds the sites at 2**10.
@@ -132,7 +132,7 @@ class Reply:
     status: Status
     code: Code = Code.NONE
     progress: int = 0
-    tallies: tuple[tuple[int, int, int, int, int], ...] = ()
+    tallies: tuple[Tally, ...] = ()
     pointwise_judge: int | None = None
     """Only on a reply to `space`: 1 when the site's judge is pointwise, else 0."""
 
@@ -283,7 +283,7 @@ def encode_reply(reply: Reply) -> dict[str, Any]:
         "status": int(reply.status),
         "code": int(reply.code),
         "progress": reply.progress,
-        "tallies": [value for tally in reply.tallies for value in tally],
+        "tallies": [value for tally in reply.tallies for value in tally.values()],
     }
     if reply.pointwise_judge is not None:
         if reply.tallies:
@@ -319,19 +319,20 @@ def decode_reply(
 
 def check_tallies(
     flat: list[int], comparisons: tuple[Comparison, ...], item_limit: int, sites: int = 1
-) -> tuple[tuple[int, int, int, int, int], ...]:
+) -> tuple[Tally, ...]:
     """Tallies (one site's, or the sum over `sites`) for these comparisons, or
     `IMPOSSIBLE_TALLY`: a wrong count, a negative value, or more items than the slice holds."""
     if len(flat) != len(comparisons) * len(TALLY_FIELDS):
         raise ProtocolError(
             Code.IMPOSSIBLE_TALLY, f"{len(flat)} tally values for {len(comparisons)}"
         )
-    tallies = tuple(
-        tuple(flat[i : i + len(TALLY_FIELDS)]) for i in range(0, len(flat), len(TALLY_FIELDS))
-    )
-    for tally, comparison in zip(tallies, comparisons, strict=True):
-        win, tie, loss, invalid, items = tally
+    width = len(TALLY_FIELDS)
+    tallies = []
+    for start, comparison in zip(range(0, len(flat), width), comparisons, strict=True):
+        values = flat[start : start + width]
+        win, tie, loss, invalid, items = values
         span = min(comparison.item_stop, item_limit) - comparison.item_start
-        if min(tally) < 0 or win + tie + loss + invalid != items or items > sites * max(span, 0):
+        if min(values) < 0 or win + tie + loss + invalid != items or items > sites * max(span, 0):
             raise ProtocolError(Code.IMPOSSIBLE_TALLY, "tally does not add up")
-    return tallies  # type: ignore[return-value]
+        tallies.append(Tally(*values))
+    return tuple(tallies)

@@ -81,43 +81,7 @@ from typing import Protocol
 import numpy as np
 
 from common.settings import AUTO, SELECTION_MODES
-
-
-@dataclass(frozen=True)
-class Tally:
-    """Reconciled verdicts from config a's point of view; `items` = validation items judged."""
-
-    win: int = 0
-    tie: int = 0
-    loss: int = 0
-    invalid: int = 0
-    items: int = 0
-
-    def __post_init__(self) -> None:
-        if min(self.win, self.tie, self.loss, self.invalid) < 0:
-            raise ValueError(f"negative count in {self}")
-        if self.win + self.tie + self.loss + self.invalid != self.items:
-            raise ValueError(f"win + tie + loss + invalid != items in {self}")
-
-    def __add__(self, other: Tally) -> Tally:
-        if not isinstance(other, Tally):
-            return NotImplemented
-        return Tally(
-            self.win + other.win,
-            self.tie + other.tie,
-            self.loss + other.loss,
-            self.invalid + other.invalid,
-            self.items + other.items,
-        )
-
-    def reversed(self) -> Tally:
-        """The same outcomes from config b's point of view."""
-        return Tally(self.loss, self.tie, self.win, self.invalid, self.items)
-
-    @property
-    def margin(self) -> float:
-        """(wins - losses) / items: how clearly a beat b; 0.0 when nothing was judged."""
-        return (self.win - self.loss) / self.items if self.items else 0.0
+from common.tally import Tally
 
 
 @dataclass(frozen=True)
@@ -233,7 +197,7 @@ class _Ladder:
     entrants: list[int]
     incumbent: int = field(init=False)
     next_entrant: int = 1
-    total: Tally = Tally()
+    total: Tally = field(default_factory=Tally)
     item_start: int = 0
 
     def __post_init__(self) -> None:

@@ -26,6 +26,7 @@ from common.protocol import (
     encode_space,
 )
 from common.space import CandidateConfig
+from common.tally import Tally
 from tests.doubles import planted_token_judge, planting_generation
 from trainer.reference import exact_match
 
@@ -69,7 +70,7 @@ def compare_record(*pairs: tuple[int, int]) -> dict:
     return encode_compare(CompareMessage("run-1", tuple(Comparison(a, b, 0, 6) for a, b in pairs)))
 
 
-def site_tally(engine, row) -> tuple[int, int, int, int, int]:
+def site_tally(engine, row) -> Tally:
     """A site's own tally, from its database, for a comparison the coordinator recorded (configs
     are indices into CONFIGS)."""
     with Session(engine) as session:

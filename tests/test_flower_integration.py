@@ -25,6 +25,7 @@ from agent.db import ComparisonJob, ItemJudgment, ledger
 from agent.db import open_database as open_site_database
 from agent.supervisor import guard_command, site_environment, supernode_command
 from common.appbundle import app_pyproject
+from common.tally import Tally
 from coordinator.config import load_federation_config
 from coordinator.db import ComparisonResult, FederatedRun, RunSite
 from coordinator.db import open_database as open_coordinator_database
@@ -211,11 +212,11 @@ def test_full_run_with_a_killed_worker_and_a_lost_supernode(federation) -> None:
         for job in jobs:
             planted_side = CONFIGS[PLANTED].id in (job.a_id, job.b_id)
             assert job.tally() == (
-                (6, 0, 0, 0, 6)
+                Tally(6, 0, 0, 0, 6)
                 if job.a_id == CONFIGS[PLANTED].id
-                else (0, 0, 6, 0, 6)
+                else Tally(0, 0, 6, 0, 6)
                 if planted_side
-                else (0, 6, 0, 0, 6)
+                else Tally(0, 6, 0, 0, 6)
             )
     _assert_only_tallies_arrived(folder / "run-one-wire.jsonl", sites, lost=sites[2])
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from flwr.common import bytes_to_ndarray
 from sqlmodel import Session, select
@@ -16,6 +15,7 @@ from agent.db import ledger
 from agent.db import open_database as open_site_database
 from agent.flower_internals import RECORD_KEY_CONFIGS
 from agent.flower_internals import SecAggPlusKey as Key
+from common.tally import Tally
 from coordinator.config import load_federation_config
 from coordinator.db import ComparisonResult, FederatedRun
 from coordinator.db import open_database as open_coordinator_database
@@ -69,8 +69,7 @@ def test_secure_aggregation_over_real_supernodes(federation) -> None:
     assert any(len(set(t)) == 3 for t in per_site.values()), "the sites' tallies differ"
     for row in rows:  # the coordinator recorded exactly the sums
         assert row.secure and row.sites == 3
-        summed = tuple(int(v) for v in np.sum(per_site[row.id], axis=0))
-        assert (row.win, row.tie, row.loss, row.invalid, row.items) == summed
+        assert Tally.of(row) == sum(per_site[row.id], Tally())
 
     # Nowhere on the coordinator's side is one site's own tally: database, logs, the wire.
     wire = Path(config.wire_log).read_text()
@@ -80,8 +79,8 @@ def test_secure_aggregation_over_real_supernodes(federation) -> None:
     )
     for tallies in per_site.values():
         for tally in tallies:
-            if tally not in [(r.win, r.tie, r.loss, r.invalid, r.items) for r in rows]:
-                assert json.dumps(list(tally)) not in coordinator_text
+            if tally not in [Tally.of(r) for r in rows]:
+                assert json.dumps(list(tally.values())) not in coordinator_text
 
     # What arrived: compare answers without tallies, and masked vectors equal to what each
     # site's ledger says it sent.

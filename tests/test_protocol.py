@@ -22,6 +22,7 @@ from common.protocol import (
     encode_space,
 )
 from common.space import CandidateConfig
+from common.tally import Tally
 
 CONFIGS = [
     CandidateConfig.from_params(
@@ -63,7 +64,7 @@ def test_space_round_trip_keeps_ids_and_parameters() -> None:
 def test_compare_and_reply_round_trip() -> None:
     message = CompareMessage("run-1", (Comparison(0, 1), Comparison(2, 3, 8, 16)))
     assert decode_compare(encode_compare(message), n_configs=4) == message
-    reply = Reply(Status.OK, tallies=((3, 1, 4, 0, 8), (1, 0, 0, 1, 2)))
+    reply = Reply(Status.OK, tallies=(Tally(3, 1, 4, 0, 8), Tally(1, 0, 0, 1, 2)))
     assert decode_reply(encode_reply(reply), message, item_limit=16) == reply
 
 
@@ -219,12 +220,15 @@ def test_a_malformed_pointwise_judge_flag_is_refused_both_ways(value: object, co
 
 def test_the_pointwise_judge_flag_is_refused_on_a_compare_reply() -> None:
     request = CompareMessage("run-1", (Comparison(0, 1, 0, 8),))
-    record = {**encode_reply(Reply(Status.OK, tallies=((8, 0, 0, 0, 8),))), "pointwise_judge": 1}
+    record = {
+        **encode_reply(Reply(Status.OK, tallies=(Tally(8, 0, 0, 0, 8),))),
+        "pointwise_judge": 1,
+    }
     with pytest.raises(ProtocolError) as raised:
         decode_reply(record, request)
     assert raised.value.code == Code.UNKNOWN_FIELD
     with pytest.raises(ProtocolError) as raised:
-        encode_reply(Reply(Status.OK, tallies=((8, 0, 0, 0, 8),), pointwise_judge=1))
+        encode_reply(Reply(Status.OK, tallies=(Tally(8, 0, 0, 0, 8),), pointwise_judge=1))
     assert raised.value.code == Code.UNKNOWN_FIELD
 
 
@@ -233,7 +237,7 @@ def test_a_secure_request_is_answered_without_tallies() -> None:
     assert decode_compare(encode_compare(request)).secure
     ready = encode_reply(Reply(Status.OK))
     assert decode_reply(ready, request).tallies == ()
-    leaked = encode_reply(Reply(Status.OK, tallies=((8, 0, 0, 0, 8),)))
+    leaked = encode_reply(Reply(Status.OK, tallies=(Tally(8, 0, 0, 0, 8),)))
     with pytest.raises(ProtocolError) as raised:
         decode_reply(leaked, request)
     assert raised.value.code == Code.IMPOSSIBLE_TALLY
