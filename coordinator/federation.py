@@ -1,8 +1,9 @@
 """The coordinator's run loop: send the space, ask for comparisons, sum the sites' tallies, feed
 the selection procedure, until it names the best config.
 
-The loop talks to sites through a small `Transport` (Flower's Grid in `server_app.py`), and keeps
-everything in its database so a restarted coordinator replays what was recorded and goes on.
+The loop talks to sites through a small `Transport` (Flower's Grid in `server_app.py`), keeps
+everything in its database through a `RunStore` (run_store.py) so a restarted coordinator
+replays what was recorded and goes on, and tracks its sites in a `SitePool` (site_pool.py).
 Sites answer `pending` while they train, generate or judge; they are asked again after
 `retry_seconds`, doubling up to `max_retry_seconds`. A site that refuses, fails, or does not
 answer for `patience` rounds in a row is left out of the rest of the run and named in the result.
@@ -24,12 +25,10 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import Engine
-from sqlmodel import Session, select
 
 from common.protocol import (
     COMPARE_MESSAGE,
@@ -50,15 +49,12 @@ from common.protocol import (
     encode_space,
 )
 from common.settings import AUTO, RunSettings
-from coordinator.db import ComparisonResult, FederatedRun, RoundLog, RunSite, comparisons, sites
+from common.tally import Tally
+from coordinator.db import ComparisonResult
+from coordinator.run_store import RunStore
 from coordinator.secure_sum import SecureSum
-from coordinator.selection import (
-    ComparisonRequest,
-    SelectionProcedure,
-    Tally,
-    auto_mode,
-    make_procedure,
-)
+from coordinator.selection import ComparisonRequest, SelectionProcedure, auto_mode, make_procedure
+from coordinator.site_pool import SitePool
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +93,25 @@ class RunOutcome:
     aggregation: str = ""
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+class Backoff:
+    """The pause before asking again: `retry_seconds`, doubling after each wait up to
+    `max_retry_seconds` (every message costs a site a fresh ClientApp process)."""
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.first, self.most = settings.retry_seconds, settings.max_retry_seconds
+        self.pause = self.first
+
+    def wait(self) -> None:
+        time.sleep(self.pause)
+        self.pause = min(2 * self.pause, self.most)
+
+    def reset(self) -> None:
+        self.pause = self.first
 
 
 class FederatedSelection:
-    """One run of the selection over the sites a transport reaches."""
+    """One run of the selection over the sites a transport reaches: what to ask and when, and
+    feeding the answers to the selection procedure."""
 
     def __init__(
         self,
@@ -113,18 +122,17 @@ class FederatedSelection:
         params: list[dict[str, Any]],
         on_round: Callable[[], None] | None = None,
     ) -> None:
-        self.engine = engine
         self.transport = transport
         self.settings = settings
         self.config_ids = config_ids
         self.params = params
         self.on_round = on_round or (lambda: None)
+        self.store = RunStore(engine, settings.name)
+        self.sites = SitePool(self.store, settings.patience)
         self.mode = settings.mode
         """The mode run: the setting, or under `auto` the one chosen once the sites answered."""
         self._procedure: SelectionProcedure | None = None
-        self._pointwise: dict[int, bool] = {}  # per site, from its reply to the space
         self.round = 0
-        self._silent_rounds: dict[int, int] = {}
         self._outstanding: list[ComparisonRequest] = []  # handed out, not recorded yet
 
     @property
@@ -151,36 +159,15 @@ class FederatedSelection:
             }
         return {}
 
-    # -- state -------------------------------------------------------------------------------
-    def _load_or_create_run(self) -> None:
-        with Session(self.engine) as session:
-            run = session.get(FederatedRun, self.settings.name)
-            if run is None:
-                session.add(
-                    FederatedRun(
-                        name=self.settings.name,
-                        mode=self.settings.mode,
-                        config_ids=json.dumps(self.config_ids),
-                        params=json.dumps(self.params),
-                        settings=json.dumps(asdict(self.settings)),
-                    )
-                )
-                session.commit()
-                return
-            requested = json.loads(run.settings).get("mode", run.mode)
-            if run.ids() != self.config_ids or requested != self.settings.mode:
-                raise ValueError(
-                    f"run {self.settings.name!r} exists with another space or mode: "
-                    "choose another run name"
-                )
-            self.mode = run.mode
+    # -- resume ------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        """Open the run; feed a recorded run's comparisons to a fresh procedure, in order."""
+        self.mode = self.store.open(self.settings, self.config_ids, self.params)
         if self.mode == AUTO:
             return  # nothing was compared before the mode was chosen
-        for result in self._recorded():
+        for result in self.store.recorded():
             request = ComparisonRequest(result.a, result.b, result.item_start, self._stop(result))
-            self._replay(
-                request, Tally(result.win, result.tie, result.loss, result.invalid, result.items)
-            )
+            self._replay(request, Tally.of(result))
             self.round = max(self.round, result.round)
 
     def _replay(self, request: ComparisonRequest, tally: Tally) -> None:
@@ -195,52 +182,10 @@ class FederatedSelection:
     def _stop(result: ComparisonResult) -> int | None:
         return None if result.item_stop >= MAX_ITEMS else result.item_stop
 
-    def _recorded(self) -> list[ComparisonResult]:
-        return comparisons(self.engine, self.settings.name)
-
-    def _active_sites(self) -> list[int]:
-        return [int(s.node_id) for s in self._all_sites() if s.status == "active"]
-
-    def _site_row(self, session: Session, node_id: int) -> RunSite:
-        query = select(RunSite).where(
-            RunSite.run_name == self.settings.name, RunSite.node_id == str(node_id)
-        )
-        return session.exec(query).one()
-
-    def _leave_out(self, node_id: int, reason: str) -> None:
-        log.warning("site %s left out: %s", node_id, reason)
-        with Session(self.engine) as session:
-            site = self._site_row(session, node_id)
-            site.status, site.reason = "left_out", reason
-            session.commit()
-
-    def _seen(self, node_id: int, progress: int) -> None:
-        self._silent_rounds[node_id] = 0
-        with Session(self.engine) as session:
-            site = self._site_row(session, node_id)
-            site.progress, site.last_seen = progress, _now()
-            session.commit()
-
-    def _note(self, node_id: int, reason: str) -> None:
-        with Session(self.engine) as session:
-            site = self._site_row(session, node_id)
-            site.reason = reason
-            session.commit()
-
-    def _silent(self, node_id: int) -> None:
-        self._silent_rounds[node_id] = self._silent_rounds.get(node_id, 0) + 1
-        if self._silent_rounds[node_id] >= self.settings.patience:
-            reason = f"no valid answer in {self.settings.patience} rounds"
-            with Session(self.engine) as session:
-                site = self._site_row(session, node_id)
-                if site.reason:
-                    reason += f" (last: {site.reason})"
-            self._leave_out(node_id, reason)
-
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> RunOutcome:
         started = time.monotonic()
-        self._load_or_create_run()
+        self._resume()
         self._join_sites()
         while not self.procedure.done:
             self._outstanding.extend(self.procedure.pending())
@@ -263,14 +208,7 @@ class FederatedSelection:
                     "sites connected"
                 )
             time.sleep(1.0)
-        known = set(self._active_sites()) | {
-            int(s.node_id) for s in self._all_sites() if s.status == "left_out"
-        }
-        new = [n for n in self.transport.node_ids() if n not in known]
-        with Session(self.engine) as session:
-            for node_id in new:
-                session.add(RunSite(run_name=self.settings.name, node_id=str(node_id)))
-            session.commit()
+        self.sites.join(self.transport.node_ids())
         space = encode_space(
             SpaceMessage(
                 run_key=self.settings.name,
@@ -280,7 +218,7 @@ class FederatedSelection:
                 judge_mode=self.settings.judge_mode,
             )
         )
-        todo = set(self._active_sites())
+        todo = set(self.sites.active())
         for _ in range(self.settings.patience):
             if not todo:
                 break
@@ -290,14 +228,15 @@ class FederatedSelection:
                 if reply is None:
                     continue
                 if reply.status == Status.OK:
-                    self._pointwise[node_id] = bool(reply.pointwise_judge)
-                    todo.discard(node_id)
+                    self.sites.pointwise[node_id] = bool(reply.pointwise_judge)
                 else:
-                    self._leave_out(node_id, f"space {reply.status.name} code {reply.code.name}")
-                    todo.discard(node_id)
-        for node_id in todo & set(self._active_sites()):
-            self._leave_out(node_id, "did not accept the space")
-        if len(self._active_sites()) < self.settings.min_sites:
+                    self.sites.leave_out(
+                        node_id, f"space {reply.status.name} code {reply.code.name}"
+                    )
+                todo.discard(node_id)
+        for node_id in todo & set(self.sites.active()):
+            self.sites.leave_out(node_id, "did not accept the space")
+        if len(self.sites.active()) < self.settings.min_sites:
             raise RuntimeError(f"fewer than {self.settings.min_sites} sites accepted the space")
         if self.mode == AUTO:
             self._choose_mode()
@@ -305,20 +244,13 @@ class FederatedSelection:
     def _choose_mode(self) -> None:
         """Under `auto`: round robin when every active site's judge is pointwise, else racing;
         stored as the run's mode (the settings keep `auto`)."""
-        active = self._active_sites()
-        self.mode = auto_mode([self._pointwise.get(node_id, False) for node_id in active])
-        pointwise = sum(self._pointwise.get(node_id, False) for node_id in active)
+        flags = self.sites.pointwise_flags()
+        self.mode = auto_mode(flags)
         log.warning(
             "mode auto: %s (%d of %d active sites have a pointwise judge)",
-            self.mode, pointwise, len(active),
+            self.mode, sum(flags), len(flags),
         )  # fmt: skip
-        with Session(self.engine) as session:
-            run = session.get(FederatedRun, self.settings.name)
-            run.mode = self.mode
-            session.commit()
-
-    def _all_sites(self) -> list[RunSite]:
-        return sites(self.engine, self.settings.name)
+        self.store.set_mode(self.mode)
 
     def _exchange(
         self, message_type: str, records: dict[int, dict], comparisons: int
@@ -327,23 +259,18 @@ class FederatedSelection:
         started = time.monotonic()
         replies = self.transport.exchange(message_type, records, self.settings.round_timeout)
         answered = {n: r for n, r in replies.items() if r is not None}
-        with Session(self.engine) as session:
-            session.add(
-                RoundLog(
-                    run_name=self.settings.name,
-                    number=self.round,
-                    message_type=message_type,
-                    comparisons=comparisons,
-                    answered=len(answered),
-                    pending=sum(r.get("status") == int(Status.PENDING) for r in answered.values()),
-                    seconds=time.monotonic() - started,
-                    bytes_in=sum(len(json.dumps(r)) for r in answered.values()),
-                )
-            )
-            session.commit()
+        self.store.log_round(
+            self.round,
+            message_type,
+            comparisons,
+            answered=len(answered),
+            pending=sum(r.get("status") == int(Status.PENDING) for r in answered.values()),
+            seconds=time.monotonic() - started,
+            bytes_in=sum(len(json.dumps(r)) for r in answered.values()),
+        )
         for node_id in records:
             if replies.get(node_id) is None:
-                self._silent(node_id)
+                self.sites.silent(node_id)
         self.on_round()
         return replies
 
@@ -360,15 +287,15 @@ class FederatedSelection:
                 reply = decode_reply(record, request, self.settings.validation_items)
         except ProtocolError as exc:
             log.warning("rejected the report of site %s this round: %s", node_id, exc.code.name)
-            self._note(node_id, f"report rejected: {exc.code.name}")
-            self._silent(node_id)
+            self.sites.note(node_id, f"report rejected: {exc.code.name}")
+            self.sites.silent(node_id)
             return None
-        self._seen(node_id, reply.progress if reply.status == Status.PENDING else 1000)
+        self.sites.seen(node_id, reply.progress if reply.status == Status.PENDING else 1000)
         return reply
 
     def _use_secure_aggregation(self) -> bool:
         """Whether this round's tallies go through SecAgg+; records the decision on the run."""
-        mode, active = self.settings.secure_aggregation, len(self._active_sites())
+        mode, active = self.settings.secure_aggregation, len(self.sites.active())
         if mode == "off":
             decision, secure = "tallies in the clear (secure_aggregation = off)", False
         elif SECAGG_MIN_SITES <= active <= SECAGG_MAX_SITES:
@@ -385,18 +312,14 @@ class FederatedSelection:
                 "(secure_aggregation = when-possible)",
                 False,
             )
-        with Session(self.engine) as session:
-            run = session.get(FederatedRun, self.settings.name)
-            if run.aggregation != decision:
-                log.warning("aggregation: %s", decision)
-                run.aggregation = decision
-                session.commit()
+        if self.store.set_aggregation(decision):
+            log.warning("aggregation: %s", decision)
         return secure
 
     def _compare(self, requests: list[ComparisonRequest]) -> None:
         """Ask every active site for these comparisons until each has answered or is left out,
         then sum their tallies (in the clear, or through SecAgg+)."""
-        pause = self.settings.retry_seconds
+        backoff = Backoff(self.settings)
         failed_sums = 0
         while True:
             secure = self._use_secure_aggregation()
@@ -413,13 +336,13 @@ class FederatedSelection:
             record = encode_compare(message)
             answers = self._collect(message, record)
             if not secure:
-                contributors = [n for n in self._active_sites() if n in answers]
+                contributors = [n for n in self.sites.active() if n in answers]
                 totals = [
-                    sum((Tally(*answers[n][i]) for n in contributors), Tally(0, 0, 0, 0, 0))
+                    sum((answers[n][i] for n in contributors), Tally())
                     for i in range(len(requests))
                 ]
                 break
-            if len(self._active_sites()) < SECAGG_MIN_SITES:
+            if len(self.sites.active()) < SECAGG_MIN_SITES:
                 continue  # sites left while it waited: decide again
             summed = self._secure_sum(message, record)
             if summed is not None:
@@ -428,35 +351,20 @@ class FederatedSelection:
             failed_sums += 1
             if failed_sums >= self.settings.patience:
                 raise RuntimeError(f"secure aggregation failed {failed_sums} times in a row")
-            time.sleep(pause)
-            pause = min(2 * pause, self.settings.max_retry_seconds)
+            backoff.wait()
         if not contributors:
             raise RuntimeError("every site has left the run")
         for request, comparison, total in zip(requests, message.comparisons, totals, strict=True):
             self.procedure.record(request, total)
-            with Session(self.engine) as session:
-                session.add(
-                    ComparisonResult(
-                        run_name=self.settings.name,
-                        a=request.a,
-                        b=request.b,
-                        item_start=comparison.item_start,
-                        item_stop=comparison.item_stop,
-                        **asdict(total),
-                        sites=len(contributors),
-                        secure=secure,
-                        round=self.round,
-                    )
-                )
-                session.commit()
+            self.store.record_comparison(comparison, total, len(contributors), secure, self.round)
 
-    def _collect(self, message: CompareMessage, record: dict) -> dict[int, tuple]:
+    def _collect(self, message: CompareMessage, record: dict) -> dict[int, tuple[Tally, ...]]:
         """Ask the active sites until each has answered `ok` (with its tallies, or, for a
         secure request, ready to send them masked) or is left out."""
-        answers: dict[int, tuple] = {}
-        pause = self.settings.retry_seconds
+        answers: dict[int, tuple[Tally, ...]] = {}
+        backoff = Backoff(self.settings)
         while True:
-            waiting = [n for n in self._active_sites() if n not in answers]
+            waiting = [n for n in self.sites.active() if n not in answers]
             if not waiting:
                 return answers
             replies = self._exchange(
@@ -470,47 +378,42 @@ class FederatedSelection:
                 if reply.status == Status.OK:
                     answers[node_id] = reply.tallies
                 elif reply.status != Status.PENDING:
-                    self._leave_out(node_id, f"compare {reply.status.name} code {reply.code.name}")
+                    self.sites.leave_out(
+                        node_id, f"compare {reply.status.name} code {reply.code.name}"
+                    )
                 else:
                     preparing |= reply.progress < PREPARED_PROGRESS
-            if any(n not in answers for n in self._active_sites()):
-                time.sleep(pause)
+            if any(n not in answers for n in self.sites.active()):
+                backoff.wait()
                 # back off while a site still trains (minutes; every ask costs it CPU), not
                 # while the sites only judge (seconds)
-                if preparing:
-                    pause = min(2 * pause, self.settings.max_retry_seconds)
-                else:
-                    pause = self.settings.retry_seconds
+                if not preparing:
+                    backoff.reset()
 
     def _secure_sum(
         self, message: CompareMessage, record: dict
     ) -> tuple[list[int], list[Tally]] | None:
         """The tallies summed over the active sites through SecAgg+, or None for this try: the
         protocol halted, or the sum is impossible (which site sent what cannot be known)."""
-        active = self._active_sites()
+        active = self.sites.active()
         self.round += 1
         started = time.monotonic()
         result = self.transport.secure_sum(record, active, self.round, self.settings.round_timeout)
         contributors = result.contributors if result else []
-        with Session(self.engine) as session:
-            session.add(
-                RoundLog(
-                    run_name=self.settings.name,
-                    number=self.round,
-                    message_type="secagg+",
-                    comparisons=len(message.comparisons),
-                    answered=len(contributors),
-                    pending=0,
-                    seconds=time.monotonic() - started,
-                    bytes_in=0,
-                )
-            )
-            session.commit()
+        self.store.log_round(
+            self.round,
+            "secagg+",
+            len(message.comparisons),
+            answered=len(contributors),
+            pending=0,
+            seconds=time.monotonic() - started,
+            bytes_in=0,
+        )
         self.on_round()
         for node_id in active:
             if node_id not in contributors:
-                self._note(node_id, "no masked tallies in the secure sum")
-                self._silent(node_id)
+                self.sites.note(node_id, "no masked tallies in the secure sum")
+                self.sites.silent(node_id)
         if result is None:
             log.warning("secure aggregation halted this round: too few sites took part")
             return None
@@ -525,23 +428,17 @@ class FederatedSelection:
                 "site can be named)", contributors, exc.code.name,
             )  # fmt: skip
             return None
-        return contributors, [Tally(*t) for t in tallies]
+        return contributors, list(tallies)
 
     def _finish(self, wall_seconds: float) -> RunOutcome:
         best = self.procedure.best()
-        with Session(self.engine) as session:
-            run = session.get(FederatedRun, self.settings.name)
-            run.status, run.best_index, run.finished = "done", best, _now()
-            aggregation = run.aggregation
-            session.commit()
-        all_sites = self._all_sites()
-        judgments = sum(2 * r.items for r in self._recorded())
+        aggregation = self.store.finish(best)
         return RunOutcome(
             best_index=best,
             ranking=self.procedure.ranking(),
-            sites=[int(s.node_id) for s in all_sites if s.status == "active"],
-            left_out={int(s.node_id): s.reason for s in all_sites if s.status == "left_out"},
-            judgments=judgments,
+            sites=self.sites.active(),
+            left_out=self.sites.left_out(),
+            judgments=sum(2 * r.items for r in self.store.recorded()),
             wall_seconds=wall_seconds,
             aggregation=aggregation,
         )

@@ -1,0 +1,158 @@
+"""Everything one selection run keeps in the coordinator database: the run row, its sites, the
+summed comparison results and the round log. The run loop (federation.py) and the site pool
+(site_pool.py) write and read through it; no other part of the loop opens a `Session`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from common.protocol import Comparison
+from common.settings import RunSettings
+from common.tally import Tally
+from coordinator.db import ComparisonResult, FederatedRun, RoundLog, RunSite, comparisons, sites
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunStore:
+    """The database rows of the run `run_key`."""
+
+    def __init__(self, engine: Engine, run_key: str) -> None:
+        self.engine = engine
+        self.run_key = run_key
+
+    # -- the run row ------------------------------------------------------------------------
+    def open(self, settings: RunSettings, config_ids: list[str], params: list[dict]) -> str:
+        """Create the run, or check a recorded one asked for the same space and mode; the mode
+        it runs (under `auto`, the one chosen when it was first run)."""
+        with Session(self.engine) as session:
+            run = session.get(FederatedRun, self.run_key)
+            if run is None:
+                session.add(
+                    FederatedRun(
+                        name=self.run_key,
+                        mode=settings.mode,
+                        config_ids=json.dumps(config_ids),
+                        params=json.dumps(params),
+                        settings=json.dumps(asdict(settings)),
+                    )
+                )
+                session.commit()
+                return settings.mode
+            requested = json.loads(run.settings).get("mode", run.mode)
+            if run.ids() != config_ids or requested != settings.mode:
+                raise ValueError(
+                    f"run {self.run_key!r} exists with another space or mode: "
+                    "choose another run name"
+                )
+            return run.mode
+
+    def set_mode(self, mode: str) -> None:
+        with Session(self.engine) as session:
+            session.get(FederatedRun, self.run_key).mode = mode
+            session.commit()
+
+    def set_aggregation(self, decision: str) -> bool:
+        """Record how tallies are summed now; whether that changed."""
+        with Session(self.engine) as session:
+            run = session.get(FederatedRun, self.run_key)
+            if run.aggregation == decision:
+                return False
+            run.aggregation = decision
+            session.commit()
+            return True
+
+    def finish(self, best: int | None) -> str:
+        """Mark the run done with its best config; how its tallies were summed."""
+        with Session(self.engine) as session:
+            run = session.get(FederatedRun, self.run_key)
+            run.status, run.best_index, run.finished = "done", best, _now()
+            aggregation = run.aggregation
+            session.commit()
+        return aggregation
+
+    # -- sites ------------------------------------------------------------------------------
+    def sites(self) -> list[RunSite]:
+        return sites(self.engine, self.run_key)
+
+    def add_sites(self, node_ids: list[int]) -> None:
+        with Session(self.engine) as session:
+            for node_id in node_ids:
+                session.add(RunSite(run_name=self.run_key, node_id=str(node_id)))
+            session.commit()
+
+    def _site_row(self, session: Session, node_id: int) -> RunSite:
+        query = select(RunSite).where(
+            RunSite.run_name == self.run_key, RunSite.node_id == str(node_id)
+        )
+        return session.exec(query).one()
+
+    def site(self, node_id: int) -> RunSite:
+        with Session(self.engine) as session:
+            return self._site_row(session, node_id)
+
+    def update_site(self, node_id: int, **values: object) -> None:
+        """Set these columns of the site's row."""
+        with Session(self.engine) as session:
+            site = self._site_row(session, node_id)
+            for column, value in values.items():
+                setattr(site, column, value)
+            session.commit()
+
+    def site_seen(self, node_id: int, progress: int) -> None:
+        self.update_site(node_id, progress=progress, last_seen=_now())
+
+    # -- comparisons and rounds -------------------------------------------------------------
+    def recorded(self) -> list[ComparisonResult]:
+        return comparisons(self.engine, self.run_key)
+
+    def record_comparison(
+        self, comparison: Comparison, tally: Tally, sites: int, secure: bool, round_number: int
+    ) -> None:
+        with Session(self.engine) as session:
+            session.add(
+                ComparisonResult(
+                    run_name=self.run_key,
+                    a=comparison.a,
+                    b=comparison.b,
+                    item_start=comparison.item_start,
+                    item_stop=comparison.item_stop,
+                    **asdict(tally),
+                    sites=sites,
+                    secure=secure,
+                    round=round_number,
+                )
+            )
+            session.commit()
+
+    def log_round(
+        self,
+        number: int,
+        message_type: str,
+        comparisons: int,
+        answered: int,
+        pending: int,
+        seconds: float,
+        bytes_in: int,
+    ) -> None:
+        with Session(self.engine) as session:
+            session.add(
+                RoundLog(
+                    run_name=self.run_key,
+                    number=number,
+                    message_type=message_type,
+                    comparisons=comparisons,
+                    answered=answered,
+                    pending=pending,
+                    seconds=seconds,
+                    bytes_in=bytes_in,
+                )
+            )
+            session.commit()
