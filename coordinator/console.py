@@ -1,8 +1,8 @@
 """`pandalm-coordinator console`: a live view of a run, read from the coordinator database.
 
 It needs nothing from the sites: sites and their progress, the current round and comparisons,
-running tallies, the leaderboard and the best config so far. Tallies and records come from the
-same functions as the report's (`coordinator/report.py`), so the two never disagree: a comparison
+running tallies, the leaderboard and the best config so far. Pair tallies, winners and standings
+come from `coordinator/results.py`, as the report's do, so the two never disagree: a comparison
 left at equal wins and losses counts as undecided, not as a win for the incumbent.
 """
 
@@ -18,9 +18,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from coordinator.db import FederatedRun, RoundLog, RunSite, node_label, site_names
-from coordinator.report import CANNOT_TELL, config_records, decided_by, pair_tallies
-from coordinator.results import run_result
-from coordinator.selection import comparison_winner
+from coordinator.results import CANNOT_TELL, pair_outcomes, run_result, standings
 
 
 def latest_run(engine: Engine) -> str | None:
@@ -75,25 +73,22 @@ def render(engine: Engine, run_name: str):
         label = node_label(site.node_id, names)
         site_table.add_row(label, status, f"{site.progress / 10:.0f}%", seen)
 
-    totals = pair_tallies(result)
+    pairs = pair_outcomes(result)
     recent = Table(title="comparisons (summed over sites and orientations)")
     for column in ("a", "b", "win", "tie", "loss", "invalid", "items", "winner"):
         recent.add_column(column)
-    for (a, b), t in list(totals.items())[-12:]:
-        winner = f"#{comparison_winner(a, b, t)}"
-        if decided_by(t) == "tie-break":
+    for pair in pairs[-12:]:
+        winner = "-" if pair.winner is None else f"#{pair.winner}"
+        if pair.decided_by == "tie-break":
             winner += " (tie-break)"
-        recent.add_row(*(str(v) for v in (a, b, t.win, t.tie, t.loss, t.invalid, t.items)), winner)
-    records = config_records(result)
+        t = pair.tally
+        counts = (pair.a, pair.b, t.win, t.tie, t.loss, t.invalid, t.items)
+        recent.add_row(*(str(v) for v in counts), winner)
     board = Table(title="leaderboard (comparisons won - lost by evidence)")
     for column in ("config", "net", "won", "lost", "undecided"):
         board.add_column(column, justify="left" if column == "config" else "right")
-    ranked = sorted(
-        (index for index, record in enumerate(records) if record.comparisons),
-        key=lambda index: (-records[index].net, index),
-    )
-    for index in ranked[:8]:
-        record = records[index]
+    ranked = standings(result)
+    for index, record in ranked[:8]:
         row = (f"{record.net:+d}", str(record.wins), str(record.losses), str(record.ties))
         board.add_row(_label(index, ids, params), *row)
     best = run.best_index
@@ -102,6 +97,6 @@ def render(engine: Engine, run_name: str):
         if best is not None
         else "best config: not decided yet"
     )
-    if totals and not any(record.decided for record in records):
+    if pairs and not any(record.decided for _, record in ranked):
         footer = f"[bold]{CANNOT_TELL}[/bold]\n{footer}"
     return Panel(Group(header, site_table, recent, board, footer), title="pandalm-fed")

@@ -5,12 +5,9 @@ margin, the pairwise win/tie/loss matrix, a superiority graph (an edge A -> B wh
 at least `threshold` in (wins - losses) / items, as in the PandaLM paper's Figure 4) and the
 comparisons won, undecided and lost per hyperparameter value (the paper's Figure 8).
 
-A pair's tallies are summed over all its recorded chunks (and over both orientations, should a
-pair have been asked both ways) before anything is computed from them. The selection keeps the
-incumbent (config a) when a comparison ends with as many wins as losses (`comparison_winner`);
-such a comparison, one with no judged items included, is marked decided by "tie-break" and
-counts as undecided (a tie) for both sides, never as a win. Only comparisons with wins != losses
-are "decided by evidence". A run where none is says it could not tell the configs apart.
+Pair tallies, records, standings and what decided each comparison come from results.py, as the
+console's do. A run where no comparison was decided by evidence says it could not tell the
+configs apart.
 
 The best config's margin is (wins - losses) / items from its own point of view in its deciding
 comparison: the last recorded comparison it took part in, which in the paper and adaptive modes
@@ -29,10 +26,10 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -42,86 +39,22 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from scipy.stats import kendalltau
 
-from coordinator.selection import (
-    DecidedComparison,
-    Tally,
-    bradley_terry,
-    comparison_winner,
-    describe_mode,
+from common.tally import Tally
+from coordinator.results import (
+    CANNOT_TELL,
+    ParamValue,
+    Record,
+    RunResult,
+    config_records,
+    decided_by,
+    pair_outcomes,
+    pair_tallies,
+    standings,
 )
+from coordinator.selection import DecidedComparison, bradley_terry, comparison_winner
 
-ParamValue = str | int | float
-DecidedBy = Literal["evidence", "tie-break"]
 FIGURES = ("matrix.png", "superiority.png", "hyperparameters.png")
 REFERENCE_FIGURE = "reference.png"
-CANNOT_TELL = (
-    "The run could not tell the configs apart: no comparison had more wins than losses on "
-    "either side, so every incumbent stayed by the tie-break alone."
-)
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What a finished (or stopped) run leaves for its report; comparisons may hold one entry
-    per chunk of a pair."""
-
-    run_name: str
-    selection_mode: str
-    configs: Sequence[tuple[str, Mapping[str, ParamValue]]]
-    comparisons: Sequence[tuple[int, int, Tally]]
-    best: int | None
-    sites: Sequence[str]
-    sites_left_out: Sequence[str]
-    judgments: int
-    wall_seconds: float
-    aggregation: str = ""
-    """How the tallies were summed (SecAgg+ or in the clear, and why)."""
-    requested_mode: str = ""
-    """The mode the operator set (`auto`, say) when it differs from `selection_mode`."""
-
-    @property
-    def selection(self) -> str:
-        """The mode used and, under `auto`, why it was chosen."""
-        return describe_mode(self.requested_mode or self.selection_mode, self.selection_mode)
-
-    def __post_init__(self) -> None:
-        indices = {i for a, b, _ in self.comparisons for i in (a, b)}
-        if self.best is not None:
-            indices.add(self.best)
-        if indices and not (min(indices) >= 0 and max(indices) < len(self.configs)):
-            raise ValueError(f"config index out of range 0..{len(self.configs) - 1}")
-
-    def config_id(self, index: int) -> str:
-        return self.configs[index][0]
-
-
-@dataclass(frozen=True)
-class Record:
-    """Comparisons from one side's point of view: won and lost by evidence (wins != losses), and
-    ties, the undecided ones, where the incumbent stayed by the tie-break alone."""
-
-    wins: int = 0
-    ties: int = 0
-    losses: int = 0
-
-    def __add__(self, other: Record) -> Record:
-        if not isinstance(other, Record):
-            return NotImplemented
-        return Record(self.wins + other.wins, self.ties + other.ties, self.losses + other.losses)
-
-    @property
-    def comparisons(self) -> int:
-        return self.wins + self.ties + self.losses
-
-    @property
-    def decided(self) -> int:
-        """Comparisons decided by evidence."""
-        return self.wins + self.losses
-
-    @property
-    def net(self) -> int:
-        """Comparisons won minus lost by evidence: a tie-break moves it neither way."""
-        return self.wins - self.losses
 
 
 @dataclass(frozen=True)
@@ -137,37 +70,6 @@ class ReferenceMetric:
         bad = [config_id for config_id, value in self.values.items() if not math.isfinite(value)]
         if bad:
             raise ValueError(f"{self.name}: non-finite values for {', '.join(bad)}")
-
-
-def pair_tallies(result: RunResult) -> dict[tuple[int, int], Tally]:
-    """Each compared pair once, in the orientation first recorded, its tallies summed."""
-    totals: dict[tuple[int, int], Tally] = {}
-    for a, b, tally in result.comparisons:
-        if (b, a) in totals:
-            totals[b, a] += tally.reversed()
-        else:
-            totals[a, b] = totals.get((a, b), Tally()) + tally
-    return totals
-
-
-def decided_by(tally: Tally) -> DecidedBy:
-    """By evidence when one side has more wins than the other; else by the tie-break: the
-    incumbent stays only because nothing told the two apart."""
-    return "evidence" if tally.win != tally.loss else "tie-break"
-
-
-def config_records(result: RunResult) -> list[Record]:
-    """Per config index, its summed comparisons won, left undecided and lost."""
-    records = [Record()] * len(result.configs)
-    for (a, b), tally in pair_tallies(result).items():
-        if decided_by(tally) == "tie-break":
-            records[a] += Record(ties=1)
-            records[b] += Record(ties=1)
-        else:
-            winner = comparison_winner(a, b, tally)
-            records[winner] += Record(wins=1)
-            records[b if winner == a else a] += Record(losses=1)
-    return records
 
 
 def superiority_edges(result: RunResult, threshold: float = 0.1) -> list[tuple[int, int]]:
@@ -272,19 +174,17 @@ def _summary(result: RunResult, threshold: float, strengths: list[float]) -> dic
         }
     deciding = deciding_comparison(result)
     totals = pair_tallies(result)
-    comparisons = []
-    for (a, b), tally in totals.items():
-        winner = comparison_winner(a, b, tally) if tally.items else None
-        comparisons.append(
-            {
-                "a": result.config_id(a),
-                "b": result.config_id(b),
-                **asdict(tally),
-                "margin": tally.margin,
-                "winner": None if winner is None else result.config_id(winner),
-                "decided_by": decided_by(tally),
-            }
-        )
+    comparisons = [
+        {
+            "a": result.config_id(pair.a),
+            "b": result.config_id(pair.b),
+            **asdict(pair.tally),
+            "margin": pair.tally.margin,
+            "winner": None if pair.winner is None else result.config_id(pair.winner),
+            "decided_by": pair.decided_by,
+        }
+        for pair in pair_outcomes(result)
+    ]
     by_evidence = sum(c["decided_by"] == "evidence" for c in comparisons)
     items = sum(tally.items for tally in totals.values())
     if not comparisons:
@@ -328,6 +228,10 @@ def _summary(result: RunResult, threshold: float, strengths: list[float]) -> dic
             name: {str(value): asdict(record) for value, record in values.items()}
             for name, values in wins_by_hyperparameter(result).items()
         },
+        "standings": [
+            {"config": result.config_id(index), "net": record.net, **asdict(record)}
+            for index, record in standings(result)
+        ],
         "judge_strength": {
             result.config_id(index): _finite_or_none(strength)
             for index, strength in enumerate(strengths)

@@ -1,15 +1,156 @@
-"""A finished (or running) run as the report sees it, read from the coordinator database."""
+"""A run's results, computed once for every reader: the console, the report and summary.json.
+
+A pair's tallies are summed over all its recorded chunks and over both orientations
+(`pair_tallies`) before anything is computed from them. The selection keeps the incumbent
+(config a) when a comparison ends with as many wins as losses (`comparison_winner`); such a
+comparison is decided by "tie-break" and counts as undecided for both sides, never as a win. Only
+comparisons with wins != losses are "decided by evidence"; the standings rank configs by those
+won minus lost. `run_result` reads a run from the coordinator database.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from common.tally import Tally
 from coordinator.db import FederatedRun, comparisons, node_label, site_names, sites
-from coordinator.report import RunResult
-from coordinator.selection import Tally
+from coordinator.selection import comparison_winner, describe_mode
+
+ParamValue = str | int | float
+DecidedBy = Literal["evidence", "tie-break"]
+CANNOT_TELL = (
+    "The run could not tell the configs apart: no comparison had more wins than losses on "
+    "either side, so every incumbent stayed by the tie-break alone."
+)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished (or stopped) run leaves for its report; comparisons may hold one entry
+    per chunk of a pair."""
+
+    run_name: str
+    selection_mode: str
+    configs: Sequence[tuple[str, Mapping[str, ParamValue]]]
+    comparisons: Sequence[tuple[int, int, Tally]]
+    best: int | None
+    sites: Sequence[str]
+    sites_left_out: Sequence[str]
+    judgments: int
+    wall_seconds: float
+    aggregation: str = ""
+    """How the tallies were summed (SecAgg+ or in the clear, and why)."""
+    requested_mode: str = ""
+    """The mode the operator set (`auto`, say) when it differs from `selection_mode`."""
+
+    @property
+    def selection(self) -> str:
+        """The mode used and, under `auto`, why it was chosen."""
+        return describe_mode(self.requested_mode or self.selection_mode, self.selection_mode)
+
+    def __post_init__(self) -> None:
+        indices = {i for a, b, _ in self.comparisons for i in (a, b)}
+        if self.best is not None:
+            indices.add(self.best)
+        if indices and not (min(indices) >= 0 and max(indices) < len(self.configs)):
+            raise ValueError(f"config index out of range 0..{len(self.configs) - 1}")
+
+    def config_id(self, index: int) -> str:
+        return self.configs[index][0]
+
+
+@dataclass(frozen=True)
+class Record:
+    """Comparisons from one side's point of view: won and lost by evidence (wins != losses), and
+    ties, the undecided ones, where the incumbent stayed by the tie-break alone."""
+
+    wins: int = 0
+    ties: int = 0
+    losses: int = 0
+
+    def __add__(self, other: Record) -> Record:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return Record(self.wins + other.wins, self.ties + other.ties, self.losses + other.losses)
+
+    @property
+    def comparisons(self) -> int:
+        return self.wins + self.ties + self.losses
+
+    @property
+    def decided(self) -> int:
+        """Comparisons decided by evidence."""
+        return self.wins + self.losses
+
+    @property
+    def net(self) -> int:
+        """Comparisons won minus lost by evidence: a tie-break moves it neither way."""
+        return self.wins - self.losses
+
+
+def pair_tallies(result: RunResult) -> dict[tuple[int, int], Tally]:
+    """Each compared pair once, in the orientation first recorded, its tallies summed."""
+    totals: dict[tuple[int, int], Tally] = {}
+    for a, b, tally in result.comparisons:
+        if (b, a) in totals:
+            totals[b, a] += tally.reversed()
+        else:
+            totals[a, b] = totals.get((a, b), Tally()) + tally
+    return totals
+
+
+def decided_by(tally: Tally) -> DecidedBy:
+    """By evidence when one side has more wins than the other; else by the tie-break: the
+    incumbent stays only because nothing told the two apart."""
+    return "evidence" if tally.win != tally.loss else "tie-break"
+
+
+def config_records(result: RunResult) -> list[Record]:
+    """Per config index, its summed comparisons won, left undecided and lost."""
+    records = [Record()] * len(result.configs)
+    for (a, b), tally in pair_tallies(result).items():
+        if decided_by(tally) == "tie-break":
+            records[a] += Record(ties=1)
+            records[b] += Record(ties=1)
+        else:
+            winner = comparison_winner(a, b, tally)
+            records[winner] += Record(wins=1)
+            records[b if winner == a else a] += Record(losses=1)
+    return records
+
+
+@dataclass(frozen=True)
+class PairOutcome:
+    """A compared pair, its tallies summed over chunks and orientations, and who won how."""
+
+    a: int
+    b: int
+    tally: Tally
+    winner: int | None
+    """None when no item of the pair was judged."""
+    decided_by: DecidedBy
+
+
+def pair_outcomes(result: RunResult) -> list[PairOutcome]:
+    """Every compared pair once, in the order first recorded."""
+    return [
+        PairOutcome(a, b, t, comparison_winner(a, b, t) if t.items else None, decided_by(t))
+        for (a, b), t in pair_tallies(result).items()
+    ]
+
+
+def standings(result: RunResult) -> list[tuple[int, Record]]:
+    """The leaderboard: (config index, record) of every compared config, by comparisons won
+    minus lost by evidence, then by index."""
+    records = config_records(result)
+    compared = [(index, record) for index, record in enumerate(records) if record.comparisons]
+    return sorted(compared, key=lambda entry: (-entry[1].net, entry[0]))
 
 
 def run_result(engine: Engine, run_name: str) -> RunResult:
@@ -31,7 +172,7 @@ def run_result(engine: Engine, run_name: str) -> RunResult:
         run_name=run.name,
         selection_mode=run.mode,
         configs=list(zip(run.ids(), run.param_list(), strict=True)),
-        comparisons=[(r.a, r.b, Tally(r.win, r.tie, r.loss, r.invalid, r.items)) for r in rows],
+        comparisons=[(r.a, r.b, Tally.of(r)) for r in rows],
         best=run.best_index,
         sites=[name(s.node_id) for s in run_sites if s.status == "active"],
         sites_left_out=[name(s.node_id) for s in run_sites if s.status == "left_out"],

@@ -19,6 +19,7 @@ from coordinator.db import (
     record_registration,
     record_removal,
 )
+from coordinator.report import write_report
 from coordinator.results import run_result
 from tests.test_report import IDS, PARAMS
 
@@ -120,3 +121,21 @@ def test_registered_sites_are_named_others_shown_by_node_id(new_database_url) ->
     text = frame(engine)
     assert "hospital-a" in text and f"node-{unregistered}" in text and "clinic.b" in text
     assert registered not in text
+
+
+def test_console_and_report_show_the_same_standings(new_database_url, tmp_path) -> None:
+    """Asked both ways, (1,2) counts once: 1 beats 2 by 7 wins to 2 over both rows, one
+    comparison won (+1), not two (+2 from summing each row's winner). The console's board and
+    the report's summary.json read the same standings."""
+    both_ways = [(1, 2, 5, 0, 1), (2, 1, 1, 0, 2), (0, 1, 0, 2, 3)]
+    engine = planted(new_database_url("coordinator"), both_ways + EVIDENCE)
+    board = [[row[0].split()[0], *row[1:]] for row in leaderboard(frame(engine))]
+    summary = write_report(run_result(engine, "planted"), tmp_path / "report")
+    reported = [
+        [f"#{IDS.index(s['config'])}", f"{s['net']:+d}", str(s["wins"]), str(s["losses"]),
+         str(s["ties"])]
+        for s in summary["standings"]
+    ]  # fmt: skip
+    assert board == reported
+    assert board[0] == ["#1", "+2", "2", "0", "0"], "1 beat 0 and 2, each counted once"
+    assert ["#2", "-1", "0", "1", "0"] in board

@@ -13,18 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from common.tally import Tally
 from coordinator.report import (
-    CANNOT_TELL,
-    Record,
     ReferenceMetric,
-    RunResult,
     judge_strengths,
-    pair_tallies,
     superiority_edges,
     wins_by_hyperparameter,
     write_report,
 )
-from coordinator.selection import Tally
+from coordinator.results import CANNOT_TELL, Record, RunResult, pair_tallies
 
 IDS = ["a1b2c3d4e5f6", "0f9e8d7c6b5a", "123456789abc", "fedcba987654", "5a5a5a5a5a5a"]
 PARAMS = [
