@@ -24,7 +24,7 @@ PUBLISHER = "pandalm"
 def app_pyproject() -> str:
     """The bundle's pyproject.toml; run config keys carry RunSettings' defaults."""
     run_config = {
-        **asdict(RunSettings(name="run")),
+        **asdict(RunSettings(run_key="run")),
         "database": "sqlite:///coordinator.sqlite",
         "space": "",
         "wire_log": "",

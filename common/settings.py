@@ -8,6 +8,7 @@ pydantic dataclasses with `SETTINGS`: pydantic checks each key, type and allowed
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -42,14 +43,22 @@ def read_toml(path: Path, error: type[ValueError]) -> dict[str, Any]:
 
 
 def typed_table(
-    cls: type[T], values: object, where: str, error: type[ValueError], **fixed: Any
+    cls: type[T],
+    values: object,
+    where: str,
+    error: type[ValueError],
+    renamed: Mapping[str, str] | None = None,
+    **fixed: Any,
 ) -> T:
     """`cls` from a TOML table (plus `fixed` values set elsewhere in the file); every problem
-    pydantic finds becomes one line `{where}.{key}: ...` of the raised `error`."""
+    pydantic finds becomes one line `{where}.{key}: ...` of the raised `error`. A key of an
+    older version, `renamed` old -> new, is refused with its new name."""
     if not isinstance(values, dict):
         raise error(f"{where}: expected a table")
     known = [f.name for f in fields(cls) if f.name not in fixed]  # type: ignore[arg-type]
     for key in values:
+        if key in (renamed or {}):
+            raise error(f"{where}.{key}: renamed to {renamed[key]}; write {renamed[key]} = ...")
         if key in fixed:
             raise error(f"{where}.{key}: unknown setting (known: {', '.join(known)})")
     try:
@@ -83,8 +92,9 @@ class RunSettings:
     construction, `__post_init__` the budget. The coordinator's ServerApp gets them through the
     Flower run config, whose keys and defaults the app bundle (common/appbundle.py) declares."""
 
-    name: str
-    mode: Literal[(*SELECTION_MODES, AUTO)] = "paper"
+    run_key: str
+    """The run's key: federation.toml's [run] name."""
+    selection_mode: Literal[(*SELECTION_MODES, AUTO)] = "paper"
     """paper | round-robin | adaptive | racing (coordinator/selection.py) | auto."""
     min_sites: int = 1
     wait_for_sites: float = 300.0

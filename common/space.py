@@ -268,6 +268,6 @@ def plan_training_runs(
         members = sorted(members, key=lambda c: c.params["epochs"])
         shared = {k: v for k, v in members[0].params.items() if k != "epochs"}
         served = [c.params["epochs"] for c in members]
-        run_id = params_id({**shared, "epochs": served})
-        runs.append(TrainingRun(run_id, shared, served[-1], tuple(members)))
+        training_run_id = params_id({**shared, "epochs": served})
+        runs.append(TrainingRun(training_run_id, shared, served[-1], tuple(members)))
     return runs

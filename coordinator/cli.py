@@ -50,8 +50,8 @@ def start(
         federation = load_federation_config(config)
         run_federation(federation, console)
     console.print(
-        f"run {federation.run.name} finished; report: pandalm-coordinator report "
-        f"{federation.run.name} --database {federation.database_url} --out DIR"
+        f"run {federation.run.run_key} finished; report: pandalm-coordinator report "
+        f"{federation.run.run_key} --database {federation.database_url} --out DIR"
     )
 
 
@@ -209,7 +209,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="keeps everything of the run")] = Path(
         "pandalm-demo"
     ),
-    mode: Annotated[
+    selection_mode: Annotated[
         str, typer.Option(help="paper | round-robin | adaptive | racing | auto")
     ] = "paper",
 ) -> None:
@@ -217,4 +217,4 @@ def demo(
     from coordinator.demo import run_demo
 
     with _user_errors():
-        run_demo(sites, out, mode, console)
+        run_demo(sites, out, selection_mode, console)

@@ -85,7 +85,8 @@ def load_federation_config(path: Path) -> FederationConfig:
         document.get("selection", {}),
         f"{path}: [selection]",
         FederationConfigError,
-        name=run.name,
+        renamed={"mode": "selection_mode"},
+        run_key=run.name,
     )
     link = typed_table(
         SuperLinkTable, document.get("superlink", {}), f"{path}: [superlink]", FederationConfigError

@@ -24,7 +24,7 @@ from coordinator.results import CANNOT_TELL, pair_outcomes, run_result, standing
 def latest_run(engine: Engine) -> str | None:
     with Session(engine) as session:
         run = session.exec(select(FederatedRun).order_by(FederatedRun.started.desc())).first()
-        return run.name if run else None
+        return run.run_key if run else None
 
 
 def _label(index: int, ids: list[str], params: list[dict]) -> str:
@@ -35,23 +35,23 @@ def _label(index: int, ids: list[str], params: list[dict]) -> str:
     )
 
 
-def render(engine: Engine, run_name: str):
+def render(engine: Engine, run_key: str):
     """One frame of the console."""
     with Session(engine) as session:
-        run = session.get(FederatedRun, run_name)
+        run = session.get(FederatedRun, run_key)
         if run is None:
-            return Panel(f"no run named {run_name!r} yet")
-        sites = list(session.exec(select(RunSite).where(RunSite.run_name == run_name)))
+            return Panel(f"no run named {run_key!r} yet")
+        sites = list(session.exec(select(RunSite).where(RunSite.run_key == run_key)))
         last_round = session.exec(
-            select(RoundLog).where(RoundLog.run_name == run_name).order_by(RoundLog.id.desc())
+            select(RoundLog).where(RoundLog.run_key == run_key).order_by(RoundLog.id.desc())
         ).first()
     ids, params = run.ids(), run.param_list()
-    result = run_result(engine, run_name)
+    result = run_result(engine, run_key)
     end = run.finished or datetime.now(UTC)
     started = run.started if run.started.tzinfo else run.started.replace(tzinfo=UTC)
     end = end if end.tzinfo else end.replace(tzinfo=UTC)
     header = (
-        f"run [bold]{run.name}[/bold]  mode {result.selection}  "
+        f"run [bold]{run.run_key}[/bold]  selection {result.selection}  "
         f"status {run.status}  "
         f"configs {len(ids)}  elapsed {(end - started).total_seconds():.0f}s"
     )

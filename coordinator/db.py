@@ -23,8 +23,10 @@ def _now() -> datetime:
 
 class FederatedRun(SQLModel, table=True):
     __tablename__ = "federated_run"
-    name: str = Field(primary_key=True)
-    mode: str
+    run_key: str = Field(primary_key=True)
+    """federation.toml's [run] name."""
+    selection_mode: str
+    """The procedure run: the one set, or under `auto` the one chosen."""
     config_ids: str  # JSON list
     params: str  # JSON list of parameter dicts
     settings: str  # JSON of the run's settings
@@ -40,14 +42,18 @@ class FederatedRun(SQLModel, table=True):
     def param_list(self) -> list[dict[str, Any]]:
         return json.loads(self.params)
 
+    def requested_selection_mode(self) -> str:
+        """The selection mode the operator set (`auto`, say; `selection_mode` is the one run)."""
+        return json.loads(self.settings).get("selection_mode", self.selection_mode)
+
 
 class RunSite(SQLModel, table=True):
     """A site (Flower node) of a run: active, or left out with the code that says why."""
 
     __tablename__ = "run_site"
-    __table_args__ = (UniqueConstraint("run_name", "node_id"),)
+    __table_args__ = (UniqueConstraint("run_key", "node_id"),)
     id: int | None = Field(default=None, primary_key=True)
-    run_name: str = Field(index=True)
+    run_key: str = Field(index=True)
     node_id: str  # Flower's node ids are unsigned 64-bit: beyond SQL's BIGINT
     status: str = "active"  # active | left_out
     reason: str = ""
@@ -59,9 +65,9 @@ class ComparisonResult(SQLModel, table=True):
     """A comparison on an item slice with its tally summed over the contributing sites."""
 
     __tablename__ = "comparison_result"
-    __table_args__ = (UniqueConstraint("run_name", "a", "b", "item_start", "item_stop"),)
+    __table_args__ = (UniqueConstraint("run_key", "a", "b", "item_start", "item_stop"),)
     id: int | None = Field(default=None, primary_key=True)
-    run_name: str = Field(index=True)
+    run_key: str = Field(index=True)
     a: int
     b: int
     item_start: int
@@ -82,7 +88,7 @@ class RoundLog(SQLModel, table=True):
 
     __tablename__ = "round_log"
     id: int | None = Field(default=None, primary_key=True)
-    run_name: str = Field(index=True)
+    run_key: str = Field(index=True)
     number: int
     message_type: str
     comparisons: int
@@ -163,20 +169,20 @@ def open_database(url: str) -> Engine:
     return dbschema.open_database(url, SCHEMA)
 
 
-def comparisons(engine: Engine, run_name: str) -> list[ComparisonResult]:
+def comparisons(engine: Engine, run_key: str) -> list[ComparisonResult]:
     with Session(engine) as session:
-        query = select(ComparisonResult).where(ComparisonResult.run_name == run_name)
+        query = select(ComparisonResult).where(ComparisonResult.run_key == run_key)
         return list(session.exec(query.order_by(ComparisonResult.id)))
 
 
-def sites(engine: Engine, run_name: str) -> list[RunSite]:
+def sites(engine: Engine, run_key: str) -> list[RunSite]:
     with Session(engine) as session:
-        query = select(RunSite).where(RunSite.run_name == run_name).order_by(RunSite.id)
+        query = select(RunSite).where(RunSite.run_key == run_key).order_by(RunSite.id)
         return list(session.exec(query))
 
 
-def run_finished(engine: Engine, run_name: str) -> bool:
+def run_finished(engine: Engine, run_key: str) -> bool:
     """Whether the run's record says it ended (done or failed)."""
     with Session(engine) as session:
-        run = session.get(FederatedRun, run_name)
+        run = session.get(FederatedRun, run_key)
         return run is not None and run.status != "running"

@@ -105,17 +105,17 @@ class DemoSettings:
             },
         )
 
-    def federation_toml(self, mode: str, sites: int, superlink: str) -> str:
+    def federation_toml(self, selection_mode: str, sites: int, superlink: str) -> str:
         return tomli_w.dumps(
             {
                 "run": {
-                    "name": f"demo-{mode}",
+                    "name": f"demo-{selection_mode}",
                     "space": "space.toml",
                     "state_dir": "coordinator",
                     "database": "coordinator.sqlite",
                 },
                 "selection": {
-                    "mode": mode,
+                    "selection_mode": selection_mode,
                     "min_sites": sites,
                     "wait_for_sites": 120.0,
                     "round_timeout": 30.0,
@@ -159,7 +159,7 @@ def enroll_demo_sites(federation: FederationConfig, site_configs: list[Path]) ->
             register_site(federation, site.name, public_key)
 
 
-def demo_reference(site_dirs: list[Path], run_name: str):
+def demo_reference(site_dirs: list[Path], run_key: str):
     """The sites' reference metric per config, averaged over sites. Only the demo can do this:
     it owns every site, whereas in a real federation each site keeps its own."""
     from agent.db import open_database as open_site_database
@@ -171,7 +171,7 @@ def demo_reference(site_dirs: list[Path], run_name: str):
     names = set()
     for folder in site_dirs:
         engine = open_site_database(f"sqlite:///{folder / 'agent.sqlite'}")
-        for row in reference_scores(engine, run_name):
+        for row in reference_scores(engine, run_key):
             values.setdefault(row.config_id, []).append(row.value)
             names.add(row.metric)
         engine.dispose()
@@ -202,7 +202,11 @@ def responses_differ(site_dirs: list[Path], comparisons: list[dict]) -> list[dic
 
 
 def run_demo(
-    n_sites: int, out: Path, mode: str, console: Console, settings: DemoSettings = DEMO
+    n_sites: int,
+    out: Path,
+    selection_mode: str,
+    console: Console,
+    settings: DemoSettings = DEMO,
 ) -> dict:
     from coordinator.report import write_report
     from coordinator.results import run_result
@@ -212,7 +216,9 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     superlink = f"127.0.0.1:{free_port()}"
     (out / "space.toml").write_text(settings.space_toml())
-    (out / "federation.toml").write_text(settings.federation_toml(mode, n_sites, superlink))
+    (out / "federation.toml").write_text(
+        settings.federation_toml(selection_mode, n_sites, superlink)
+    )
     federation = load_federation_config(out / "federation.toml")
     if not (out / "certs" / "server.pem").is_file():
         init_certificates(out / "certs", ["127.0.0.1"])
@@ -224,9 +230,9 @@ def run_demo(
             settings.site_toml(name, seed, superlink, free_port(), out / "certs" / "ca.crt")
         )
     console.print(
-        f"demo: {n_sites} sites, {settings.configs} LoRA configs, {mode} selection, tallies "
-        "summed by SecAgg+ (in the clear below 3 sites); judge: builtin (a pointwise head on "
-        "SmolLM2 encodings); reference check: exact match on the sites' checkable items"
+        f"demo: {n_sites} sites, {settings.configs} LoRA configs, {selection_mode} selection, "
+        "tallies summed by SecAgg+ (in the clear below 3 sites); judge: builtin (a pointwise "
+        "head on SmolLM2 encodings); reference check: exact match on the sites' checkable items"
     )
     link = start_superlink(federation.superlink, federation.state_dir)
     agents = []
@@ -248,8 +254,8 @@ def run_demo(
             stop_process(agent)
         stop_process(link)
     engine = open_database(federation.database_url)
-    result = run_result(engine, federation.run.name)
-    reference = demo_reference([out / "sites" / name for name in names], federation.run.name)
+    result = run_result(engine, federation.run.run_key)
+    reference = demo_reference([out / "sites" / name for name in names], federation.run.run_key)
     summary = write_report(result, out / "report", reference=reference)
     sites_dirs = [out / "sites" / name for name in names]
     differ = responses_differ(sites_dirs, summary["comparisons"])

@@ -8,10 +8,10 @@ Sites answer `pending` while they train, generate or judge; they are asked again
 `retry_seconds`, doubling up to `max_retry_seconds`. A site that refuses, fails, or does not
 answer for `patience` rounds in a row is left out of the rest of the run and named in the result.
 
-With `mode = "auto"` the mode is chosen once the sites have accepted the space, from the
+With `selection_mode = "auto"` the mode is chosen once the sites have accepted the space, from the
 capability flag of their replies: round robin when every active site's judge is pointwise (any
 comparison is then nearly free once each response is scored), racing otherwise. The choice is
-stored as the run's mode, so a restarted coordinator replays the same procedure.
+stored as the run's selection mode, so a restarted coordinator replays the same procedure.
 
 With `secure_aggregation` on and at least 3 active sites, a compare round only asks whether the
 sites are ready; the tallies then travel through SecAgg+ (`secure_sum.py`) and the coordinator
@@ -127,10 +127,11 @@ class FederatedSelection:
         self.config_ids = config_ids
         self.params = params
         self.on_round = on_round or (lambda: None)
-        self.store = RunStore(engine, settings.name)
+        self.store = RunStore(engine, settings.run_key)
         self.sites = SitePool(self.store, settings.patience)
-        self.mode = settings.mode
-        """The mode run: the setting, or under `auto` the one chosen once the sites answered."""
+        self.selection_mode = settings.selection_mode
+        """The procedure run: the setting, or under `auto` the one chosen once the sites
+        answered."""
         self._procedure: SelectionProcedure | None = None
         self.round = 0
         self._outstanding: list[ComparisonRequest] = []  # handed out, not recorded yet
@@ -139,20 +140,20 @@ class FederatedSelection:
     def procedure(self) -> SelectionProcedure:
         if self._procedure is None:
             self._procedure = make_procedure(
-                self.mode, len(self.config_ids), **self._procedure_settings()
+                self.selection_mode, len(self.config_ids), **self._procedure_settings()
             )
         return self._procedure
 
     def _procedure_settings(self) -> dict[str, Any]:
-        if self.mode == "paper":
+        if self.selection_mode == "paper":
             return {"blocks": self.settings.blocks}
-        if self.mode == "adaptive":
+        if self.selection_mode == "adaptive":
             return {
                 "blocks": self.settings.blocks,
                 "chunk_items": self.settings.chunk_items,
                 "max_items": self.settings.validation_items,
             }
-        if self.mode == "racing":
+        if self.selection_mode == "racing":
             return {
                 "items_per_site": self.settings.validation_items,
                 "budget": self.settings.budget,
@@ -162,8 +163,8 @@ class FederatedSelection:
     # -- resume ------------------------------------------------------------------------------
     def _resume(self) -> None:
         """Open the run; feed a recorded run's comparisons to a fresh procedure, in order."""
-        self.mode = self.store.open(self.settings, self.config_ids, self.params)
-        if self.mode == AUTO:
+        self.selection_mode = self.store.open(self.settings, self.config_ids, self.params)
+        if self.selection_mode == AUTO:
             return  # nothing was compared before the mode was chosen
         for result in self.store.recorded():
             request = ComparisonRequest(result.a, result.b, result.item_start, self._stop(result))
@@ -211,7 +212,7 @@ class FederatedSelection:
         self.sites.join(self.transport.node_ids())
         space = encode_space(
             SpaceMessage(
-                run_key=self.settings.name,
+                run_key=self.settings.run_key,
                 config_ids=tuple(self.config_ids),
                 params=tuple(self.params),
                 validation_items=self.settings.validation_items,
@@ -238,19 +239,19 @@ class FederatedSelection:
             self.sites.leave_out(node_id, "did not accept the space")
         if len(self.sites.active()) < self.settings.min_sites:
             raise RuntimeError(f"fewer than {self.settings.min_sites} sites accepted the space")
-        if self.mode == AUTO:
+        if self.selection_mode == AUTO:
             self._choose_mode()
 
     def _choose_mode(self) -> None:
         """Under `auto`: round robin when every active site's judge is pointwise, else racing;
         stored as the run's mode (the settings keep `auto`)."""
         flags = self.sites.pointwise_flags()
-        self.mode = auto_mode(flags)
+        self.selection_mode = auto_mode(flags)
         log.warning(
-            "mode auto: %s (%d of %d active sites have a pointwise judge)",
-            self.mode, sum(flags), len(flags),
+            "selection mode auto: %s (%d of %d active sites have a pointwise judge)",
+            self.selection_mode, sum(flags), len(flags),
         )  # fmt: skip
-        self.store.set_mode(self.mode)
+        self.store.set_selection_mode(self.selection_mode)
 
     def _exchange(
         self, message_type: str, records: dict[int, dict], comparisons: int
@@ -295,12 +296,12 @@ class FederatedSelection:
 
     def _use_secure_aggregation(self) -> bool:
         """Whether this round's tallies go through SecAgg+; records the decision on the run."""
-        mode, active = self.settings.secure_aggregation, len(self.sites.active())
-        if mode == "off":
+        setting, active = self.settings.secure_aggregation, len(self.sites.active())
+        if setting == "off":
             decision, secure = "tallies in the clear (secure_aggregation = off)", False
         elif SECAGG_MIN_SITES <= active <= SECAGG_MAX_SITES:
             decision, secure = f"SecAgg+ over {active} sites", True
-        elif mode == "required":
+        elif setting == "required":
             raise RuntimeError(
                 f"secure_aggregation = required, but {active} sites are active and SecAgg+ "
                 f"needs {SECAGG_MIN_SITES} to {SECAGG_MAX_SITES}: stopped before any tally "
@@ -324,7 +325,7 @@ class FederatedSelection:
         while True:
             secure = self._use_secure_aggregation()
             message = CompareMessage(
-                self.settings.name,
+                self.settings.run_key,
                 tuple(
                     Comparison(
                         r.a, r.b, r.item_start, MAX_ITEMS if r.item_stop is None else r.item_stop

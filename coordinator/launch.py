@@ -113,11 +113,11 @@ def submit_run(state_dir: Path, run_config: dict[str, object]) -> str:
     return str(answer["run-id"])
 
 
-def run_status(state_dir: Path, run_id: str) -> dict:
+def run_status(state_dir: Path, flower_run_id: str) -> dict:
     """Flower's view of a run (`flwr ls --run-id`): status, details, traffic; empty while the
     SuperLink does not answer."""
     try:
-        runs = flwr_cli(state_dir, "ls", CONNECTION, "--run-id", run_id).get("runs", [])
+        runs = flwr_cli(state_dir, "ls", CONNECTION, "--run-id", flower_run_id).get("runs", [])
     except RuntimeError:
         return {}
     return runs[0] if runs else {}
@@ -159,7 +159,7 @@ ls` is a Python process of its own, about a second of CPU that the sites' traini
 
 def follow_run(
     federation: FederationConfig,
-    run_id: str,
+    flower_run_id: str,
     live_view: bool = True,
     console: Console | None = None,
 ) -> dict:
@@ -168,14 +168,14 @@ def follow_run(
     FLOWER_STATUS_SECONDS otherwise (a ServerApp that died never writes its end)."""
     engine = open_database(federation.database_url)
     asked = time.monotonic()
-    with Live(render(engine, federation.run.name), console=console, refresh_per_second=1,
+    with Live(render(engine, federation.run.run_key), console=console, refresh_per_second=1,
               transient=False, auto_refresh=live_view) as live:  # fmt: skip
         while True:
-            live.update(render(engine, federation.run.name))
-            ended = run_finished(engine, federation.run.name)
+            live.update(render(engine, federation.run.run_key))
+            ended = run_finished(engine, federation.run.run_key)
             if ended or time.monotonic() - asked >= FLOWER_STATUS_SECONDS:
                 asked = time.monotonic()
-                status = run_status(federation.state_dir, run_id)
+                status = run_status(federation.state_dir, flower_run_id)
                 if str(status.get("status", "")).startswith("finished"):
                     return status
             time.sleep(2)
@@ -191,9 +191,9 @@ def run_federation(federation: FederationConfig, console: Console) -> dict:
         changed, line = upgrade_line(create_database_engine(federation.database_url), SCHEMA)
         if changed:
             console.print(line, highlight=False, soft_wrap=True)
-        run_id = submit_run(federation.state_dir, federation.run_config())
-        console.print(f"submitted run {federation.run.name} (Flower run {run_id})")
-        status = follow_run(federation, run_id, console=console)
+        flower_run_id = submit_run(federation.state_dir, federation.run_config())
+        console.print(f"submitted run {federation.run.run_key} (Flower run {flower_run_id})")
+        status = follow_run(federation, flower_run_id, console=console)
     finally:
         stop_process(superlink)
     if status.get("status") != "finished:completed":

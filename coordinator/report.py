@@ -199,7 +199,7 @@ def _summary(result: RunResult, threshold: float, strengths: list[float]) -> dic
     else:
         conclusion = CANNOT_TELL
     return {
-        "run": result.run_name,
+        "run": result.run_key,
         "selection_mode": result.selection_mode,
         "selection": result.selection,
         "decided": by_evidence > 0,
@@ -323,7 +323,7 @@ def _matrix_figure(result: RunResult) -> Figure:
             text = f"{tally.win}/{tally.tie}/{tally.loss}"
             axes.text(column, row, text, ha="center", va="center", fontsize=7)
     axes.set_title(
-        f"{result.run_name}: win/tie/loss, row against column\n"
+        f"{result.run_key}: win/tie/loss, row against column\n"
         "hatched: equal wins and losses, decided by tie-break"
     )
     return figure
@@ -340,7 +340,7 @@ def _superiority_figure(result: RunResult, threshold: float) -> Figure:
     axes = figure.add_subplot()
     axes.set_axis_off()
     axes.set_title(
-        f"{result.run_name}: A -> B where A beats B by (win - loss) / items >= {threshold}"
+        f"{result.run_key}: A -> B where A beats B by (win - loss) / items >= {threshold}"
     )
     if not graph:
         axes.text(0.5, 0.5, "no comparison reached the threshold", ha="center", va="center")
@@ -402,7 +402,7 @@ def _reference_figure(
     figure = Figure(figsize=(6.5, 5), layout="constrained")
     axes = figure.add_subplot()
     better = "higher" if reference.higher_is_better else "lower"
-    axes.set_title(f"{result.run_name}: {reference.name} ({better} is better) by judge strength")
+    axes.set_title(f"{result.run_key}: {reference.name} ({better} is better) by judge strength")
     axes.set_xlabel("judge strength (Bradley-Terry log-strength)")
     axes.set_ylabel(reference.name)
     if not shown:
@@ -466,11 +466,11 @@ def _html(result: RunResult, summary: dict[str, Any]) -> str:
     if not summary["decided"]:
         verdict = f"<strong>{verdict}</strong>"
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{e(result.run_name)}</title>
+<html><head><meta charset="utf-8"><title>{e(result.run_key)}</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px;text-align:left}}
 img{{max-width:100%}}</style></head><body>
-<h1>Run {e(result.run_name)}</h1>
+<h1>Run {e(result.run_key)}</h1>
 <p>{verdict}</p>
 <p>Selection mode {e(result.selection)}; {result.judgments} judgments;
 {result.wall_seconds:.0f} s. Ties: {"-" if tie_share is None else f"{tie_share:.1%}"} of the

@@ -10,7 +10,6 @@ won minus lost. `run_result` reads a run from the coordinator database.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -35,7 +34,7 @@ class RunResult:
     """What a finished (or stopped) run leaves for its report; comparisons may hold one entry
     per chunk of a pair."""
 
-    run_name: str
+    run_key: str
     selection_mode: str
     configs: Sequence[tuple[str, Mapping[str, ParamValue]]]
     comparisons: Sequence[tuple[int, int, Tally]]
@@ -153,24 +152,24 @@ def standings(result: RunResult) -> list[tuple[int, Record]]:
     return sorted(compared, key=lambda entry: (-entry[1].net, entry[0]))
 
 
-def run_result(engine: Engine, run_name: str) -> RunResult:
+def run_result(engine: Engine, run_key: str) -> RunResult:
     """The run's configs, summed comparisons and sites; registered sites by the name they were
     registered under (`sites add`), others (insecure demo nodes) as `node-<id>`."""
     with Session(engine) as session:
-        run = session.get(FederatedRun, run_name)
+        run = session.get(FederatedRun, run_key)
     if run is None:
-        raise FileNotFoundError(f"no run named {run_name!r} in {engine.url}")
+        raise FileNotFoundError(f"no run named {run_key!r} in {engine.url}")
     names = site_names(engine)
 
     def name(node_id: str) -> str:
         return node_label(node_id, names)
 
-    rows = comparisons(engine, run_name)
-    run_sites = sites(engine, run_name)
+    rows = comparisons(engine, run_key)
+    run_sites = sites(engine, run_key)
     started, finished = run.started, run.finished or run.started
     return RunResult(
-        run_name=run.name,
-        selection_mode=run.mode,
+        run_key=run.run_key,
+        selection_mode=run.selection_mode,
         configs=list(zip(run.ids(), run.param_list(), strict=True)),
         comparisons=[(r.a, r.b, Tally.of(r)) for r in rows],
         best=run.best_index,
@@ -179,5 +178,5 @@ def run_result(engine: Engine, run_name: str) -> RunResult:
         judgments=sum(2 * r.items for r in rows),
         wall_seconds=(finished - started).total_seconds(),
         aggregation=run.aggregation,
-        requested_mode=json.loads(run.settings).get("mode", run.mode),
+        requested_mode=run.requested_selection_mode(),
     )

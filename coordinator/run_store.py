@@ -30,33 +30,32 @@ class RunStore:
 
     # -- the run row ------------------------------------------------------------------------
     def open(self, settings: RunSettings, config_ids: list[str], params: list[dict]) -> str:
-        """Create the run, or check a recorded one asked for the same space and mode; the mode
-        it runs (under `auto`, the one chosen when it was first run)."""
+        """Create the run, or check a recorded one asked for the same space and selection mode;
+        the selection mode it runs (under `auto`, the one chosen when it was first run)."""
         with Session(self.engine) as session:
             run = session.get(FederatedRun, self.run_key)
             if run is None:
                 session.add(
                     FederatedRun(
-                        name=self.run_key,
-                        mode=settings.mode,
+                        run_key=self.run_key,
+                        selection_mode=settings.selection_mode,
                         config_ids=json.dumps(config_ids),
                         params=json.dumps(params),
                         settings=json.dumps(asdict(settings)),
                     )
                 )
                 session.commit()
-                return settings.mode
-            requested = json.loads(run.settings).get("mode", run.mode)
-            if run.ids() != config_ids or requested != settings.mode:
+                return settings.selection_mode
+            if run.ids() != config_ids or run.requested_selection_mode() != settings.selection_mode:
                 raise ValueError(
-                    f"run {self.run_key!r} exists with another space or mode: "
+                    f"run {self.run_key!r} exists with another space or selection mode: "
                     "choose another run name"
                 )
-            return run.mode
+            return run.selection_mode
 
-    def set_mode(self, mode: str) -> None:
+    def set_selection_mode(self, selection_mode: str) -> None:
         with Session(self.engine) as session:
-            session.get(FederatedRun, self.run_key).mode = mode
+            session.get(FederatedRun, self.run_key).selection_mode = selection_mode
             session.commit()
 
     def set_aggregation(self, decision: str) -> bool:
@@ -85,12 +84,12 @@ class RunStore:
     def add_sites(self, node_ids: list[int]) -> None:
         with Session(self.engine) as session:
             for node_id in node_ids:
-                session.add(RunSite(run_name=self.run_key, node_id=str(node_id)))
+                session.add(RunSite(run_key=self.run_key, node_id=str(node_id)))
             session.commit()
 
     def _site_row(self, session: Session, node_id: int) -> RunSite:
         query = select(RunSite).where(
-            RunSite.run_name == self.run_key, RunSite.node_id == str(node_id)
+            RunSite.run_key == self.run_key, RunSite.node_id == str(node_id)
         )
         return session.exec(query).one()
 
@@ -119,7 +118,7 @@ class RunStore:
         with Session(self.engine) as session:
             session.add(
                 ComparisonResult(
-                    run_name=self.run_key,
+                    run_key=self.run_key,
                     a=comparison.a,
                     b=comparison.b,
                     item_start=comparison.item_start,
@@ -145,7 +144,7 @@ class RunStore:
         with Session(self.engine) as session:
             session.add(
                 RoundLog(
-                    run_name=self.run_key,
+                    run_key=self.run_key,
                     number=number,
                     message_type=message_type,
                     comparisons=comparisons,

@@ -114,7 +114,7 @@ class GridTransport:
 def settings_from_run_config(config: Mapping[str, object]) -> tuple[RunSettings, str, str]:
     """RunSettings, the database URL and the space file from the flat run config."""
     values = {
-        name: type(field.default)(config[name]) if name != "name" else str(config[name])
+        name: type(field.default)(config[name]) if name != "run_key" else str(config[name])
         for name, field in RunSettings.__dataclass_fields__.items()
         if name in config
     }
@@ -142,8 +142,8 @@ def main(grid: Grid, context: Context) -> None:
     print(
         json.dumps(
             {
-                "run": settings.name,
-                "selection": describe_mode(settings.mode, selection.mode),
+                "run": settings.run_key,
+                "selection": describe_mode(settings.selection_mode, selection.selection_mode),
                 "best_config": best.to_json() if best else None,
                 "sites": outcome.sites,
                 "left_out": outcome.left_out,

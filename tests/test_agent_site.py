@@ -76,7 +76,7 @@ def site_tally(engine, row) -> Tally:
     with Session(engine) as session:
         job = session.exec(
             select(ComparisonJob).where(
-                ComparisonJob.run_key == row.run_name,
+                ComparisonJob.run_key == row.run_key,
                 ComparisonJob.a_id == CONFIGS[row.a].id,
                 ComparisonJob.b_id == CONFIGS[row.b].id,
                 ComparisonJob.item_start == row.item_start,

@@ -41,8 +41,8 @@ def planted(url: str, rows: list[tuple[int, int, int, int, int]]) -> Engine:
     with Session(engine) as session:
         session.add(
             FederatedRun(
-                name="planted",
-                mode="paper",
+                run_key="planted",
+                selection_mode="paper",
                 config_ids=json.dumps(IDS),
                 params=json.dumps(PARAMS),
                 settings="{}",
@@ -54,7 +54,7 @@ def planted(url: str, rows: list[tuple[int, int, int, int, int]]) -> Engine:
             items = win + tie + loss
             session.add(
                 ComparisonResult(
-                    run_name="planted",
+                    run_key="planted",
                     a=a,
                     b=b,
                     item_start=0,
@@ -110,7 +110,7 @@ def test_registered_sites_are_named_others_shown_by_node_id(new_database_url) ->
     with Session(engine) as session:
         for node_id, status in ((registered, "active"), (unregistered, "active"),
                                 (removed, "left_out")):  # fmt: skip
-            session.add(RunSite(run_name="planted", node_id=node_id, status=status))
+            session.add(RunSite(run_key="planted", node_id=node_id, status=status))
         session.commit()
     record_registration(engine, registered, "hospital-a", "ecdsa-sha2-nistp384 AAAA site")
     record_registration(engine, removed, "clinic.b", "ecdsa-sha2-nistp384 BBBB site")

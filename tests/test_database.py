@@ -4,9 +4,11 @@ recognises one made before Alembic, refuses one from a newer version."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from typer.testing import CliRunner
 import dbschema
 from agent.db import SCHEMA as AGENT
 from agent.db import ledger, open_database, record_egress
+from common.settings import RunSettings
+from common.tally import Tally
 from coordinator.db import SCHEMA as COORDINATOR
 from dbschema import Schema, SchemaError
 from judge.cache import SCHEMA as JUDGE_CACHE
@@ -113,7 +117,7 @@ def test_an_initial_database_is_upgraded_to_head_with_every_row_intact(
     new_database_url, made_before_alembic: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     urls = {name: new_database_url(name) for name in SCHEMAS}
-    before, initial_tables = {}, {}
+    before = {}
     for name, schema in SCHEMAS.items():
         engine = dbschema.create_database_engine(urls[name])
         dbschema.upgrade(engine, schema, schema.initial)
@@ -121,7 +125,6 @@ def test_an_initial_database_is_upgraded_to_head_with_every_row_intact(
             with engine.begin() as connection:
                 connection.execute(text(f"DROP TABLE {schema.version_table}"))
         before[name] = _fill(urls[name], schema)
-        initial_tables[name] = _reflected(urls[name], schema)
         assert all(len(rows) == 3 for rows in before[name].values())
 
     with caplog.at_level(logging.WARNING, logger="dbschema"):
@@ -132,7 +135,9 @@ def test_an_initial_database_is_upgraded_to_head_with_every_row_intact(
         cache = JudgmentCache(urls["judge"])
     for name, schema in SCHEMAS.items():
         assert _revision(urls[name], schema) == dbschema.head(schema)
-        assert _rows(urls[name], initial_tables[name]) == before[name], name
+        # by position: later revisions rename columns (coordinator 0003), keeping their order
+        after = _rows(urls[name], _reflected(urls[name], schema))
+        assert {table: after[table] for table in before[name]} == before[name], name
     said = [r.getMessage() for r in caplog.records]
     if made_before_alembic:
         assert len(said) == 3 and all("made before schema versioning" in m for m in said), said
@@ -147,6 +152,53 @@ def test_an_initial_database_is_upgraded_to_head_with_every_row_intact(
     with caplog.at_level(logging.WARNING, logger="dbschema"):
         open_database(urls["agent"])
     assert caplog.records == []  # said once
+
+
+def test_a_0002_coordinator_database_upgrades_to_run_key_and_selection_mode(
+    new_database_url,
+) -> None:
+    """0003 renames a run's key and mode columns (and the keys of its recorded settings): a run
+    recorded at 0002 reads the same afterwards, and resumes with the same settings."""
+    url = new_database_url("coordinator")
+    engine = dbschema.create_database_engine(url)
+    dbschema.upgrade(engine, COORDINATOR, "0002")
+    settings = RunSettings(run_key="old-run", selection_mode="auto")
+    recorded = {**asdict(settings), "name": "old-run", "mode": "auto"}
+    del recorded["run_key"], recorded["selection_mode"]  # as 0002's code wrote them
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO federated_run (name, mode, config_ids, params, settings, status, "
+                "aggregation, started) VALUES ('old-run', 'racing', '[\"a\", \"b\"]', '[{}, {}]', "
+                ":settings, 'running', '', '2026-01-02 03:04:05')"
+            ),
+            {"settings": json.dumps(recorded)},
+        )
+        connection.execute(
+            text("INSERT INTO run_site (run_name, node_id, status, reason, progress) "
+                 "VALUES ('old-run', '7', 'active', '', 1000)")
+        )  # fmt: skip
+        connection.execute(
+            text(
+                "INSERT INTO comparison_result (run_name, a, b, item_start, item_stop, win, tie, "
+                "loss, invalid, items, sites, secure, round, recorded) VALUES ('old-run', 1, 0, "
+                "0, 4, 3, 1, 0, 0, 4, 2, false, 3, '2026-01-02 03:04:06')"
+            )
+        )
+    from coordinator.db import open_database as open_coordinator_database
+    from coordinator.results import run_result
+    from coordinator.run_store import RunStore
+
+    engine = open_coordinator_database(url)
+    assert _revision(url, COORDINATOR) == "0003"
+    result = run_result(engine, "old-run")
+    assert (result.run_key, result.selection_mode, result.requested_mode) == (
+        "old-run", "racing", "auto",
+    )  # fmt: skip
+    assert result.comparisons == [(1, 0, Tally(3, 1, 0, 0, 4))] and result.sites == ["node-7"]
+    store = RunStore(engine, "old-run")
+    assert store.open(settings, ["a", "b"], [{}, {}]) == "racing", "resumes as recorded"
+    assert [row.round for row in store.recorded()] == [3]
 
 
 NEW_COLUMN_REVISION = '''"""A column added after the initial schema (test only).

@@ -84,8 +84,8 @@ def _selection(
     engine, transport, name: str, mode: str = "paper", secure_aggregation: str = "required"
 ) -> FederatedSelection:
     settings = RunSettings(
-        name=name,
-        mode=mode,
+        run_key=name,
+        selection_mode=mode,
         secure_aggregation=secure_aggregation,
         min_sites=2,
         round_timeout=1,
@@ -115,20 +115,21 @@ def test_every_mode_finds_the_planted_best(tmp_path: Path, sites: dict, mode: st
 def test_auto_runs_round_robin_only_when_every_site_is_pointwise(
     tmp_path: Path, sites: dict, pointwise: set[int], chosen: str
 ) -> None:
-    """The choice is stored as the run's mode (said by the report) and kept on a restart."""
+    """The choice is stored as the run's selection mode (said by the report) and kept on a
+    restart."""
     from coordinator.results import run_result
 
     engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
     transport = LoopbackTransport(sites, pointwise=pointwise)
     selection = _selection(engine, transport, "run-auto", "auto")
     outcome = selection.run()
-    assert selection.mode == chosen and outcome.best_index == 2
+    assert selection.selection_mode == chosen and outcome.best_index == 2
     result = run_result(engine, "run-auto")
     assert result.selection_mode == chosen and result.selection.startswith(f"{chosen} (auto: ")
     recorded = len(comparison_rows(f"sqlite:///{tmp_path / 'coordinator.sqlite'}"))
     restarted = _selection(engine, LoopbackTransport(sites), "run-auto", "auto")
     assert restarted.run().best_index == 2, "replayed with the stored mode, not chosen again"
-    assert restarted.mode == chosen
+    assert restarted.selection_mode == chosen
     assert len(comparison_rows(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")) == recorded
 
 
@@ -230,19 +231,24 @@ def test_federation_config_names_a_missing_space_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("selection", "error"),
     [
-        ('mode = "papr"', r"\[selection\]\.mode: unknown selection mode 'papr'"),
+        ('selection_mode = "papr"', r"\[selection\]\.selection_mode: 'papr' is not one of 'paper'"),
+        ('mode = "paper"', r"\[selection\]\.mode: renamed to selection_mode; write selection_mode"),
         ('judge_mode = "scroe"', r"\[selection\]\.judge_mode: 'scroe' is not one of 'generate'"),
         ('secure_aggregation = "on"', r"\[selection\]\.secure_aggregation: 'on' is not one of"),
-        ("min_site = 2", r"\[selection\]\.min_site: unknown setting \(known: mode, min_sites"),
+        (
+            "min_site = 2",
+            r"\[selection\]\.min_site: unknown setting \(known: selection_mode, min_sites",
+        ),
         ('round_timeout = "60"', r"\[selection\]\.round_timeout: must be float, got '60'"),
         ("patience = true", r"\[selection\]\.patience: must be int, got True"),
         ("blocks = 2.5", r"\[selection\]\.blocks: must be int, got 2\.5"),
         ('name = "y"', r"\[selection\]\.name: unknown setting"),
+        ('run_key = "y"', r"\[selection\]\.run_key: unknown setting"),
         ('[superlink]\nstart = "yes"', r"\[superlink\]\.start: must be bool, got 'yes'"),
         ("[superlink]\ninsecure = 1", r"\[superlink\]\.insecure: must be bool, got 1"),
         ("[selections]", r"\[selections\]: unknown table"),
         ('min_sites = "three"', r"\[selection\]\.min_sites: must be int"),
-        ('mode = "racing"\nbudget = 0.0', r"\[selection\]\.budget: must be above 0"),
+        ('selection_mode = "racing"\nbudget = 0.0', r"\[selection\]\.budget: must be above 0"),
         ('[superlink]\nadress = "127.0.0.1:1"', r"\[superlink\]\.adress: unknown setting"),
     ],
 )
@@ -264,7 +270,9 @@ def test_coordinator_start_refuses_a_bad_config_before_starting_anything(tmp_pat
     from coordinator.cli import app
 
     path = tmp_path / "federation.toml"
-    path.write_text('[run]\nname = "x"\n[selection]\nmode = "paper"\njudge_mode = "scroe"\n')
+    path.write_text(
+        '[run]\nname = "x"\n[selection]\nselection_mode = "paper"\njudge_mode = "scroe"\n'
+    )
     result = CliRunner().invoke(app, ["start", "--config", str(path)])
     assert result.exit_code == 2
     assert "[selection].judge_mode: 'scroe' is not one of" in result.output

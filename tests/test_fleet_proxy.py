@@ -159,7 +159,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory):
     (folder / "space.toml").write_text(SPACE)
     (folder / "federation.toml").write_text(
         f'[run]\nname = "proxied"\nspace = "space.toml"\nstate_dir = "coordinator"\n'
-        f'[selection]\nmode = "paper"\nmin_sites = 1\nwait_for_sites = 30.0\n'
+        f'[selection]\nselection_mode = "paper"\nmin_sites = 1\nwait_for_sites = 30.0\n'
         f"round_timeout = 20.0\nretry_seconds = 0.5\nmax_retry_seconds = 2.0\npatience = 50\n"
         f'validation_items = 2\nblocks = 1\nsecure_aggregation = "off"\n'
         f'[superlink]\naddress = "{superlink}"\ncertificates = "certs"\n'
@@ -199,19 +199,19 @@ def test_a_registered_site_answers_a_query_through_the_proxy(proxied) -> None:
     """The run waits for the site, sends it the space and records its answer: the node the
     SuperLink admitted is the one registered, and it is named by its registration."""
     folder, federation, node_id, _proxy = proxied
-    run_id = submit_run(federation.state_dir, federation.run_config())
+    flower_run_id = submit_run(federation.state_dir, federation.run_config())
     engine = open_coordinator_database(federation.database_url)
     deadline = time.monotonic() + 90
     try:
         while True:
             with Session(engine) as session:
-                rows = session.exec(select(RunSite).where(RunSite.run_name == "proxied")).all()
+                rows = session.exec(select(RunSite).where(RunSite.run_key == "proxied")).all()
             if rows and rows[0].last_seen is not None:
                 break
             assert time.monotonic() < deadline, (folder / "supernode.log").read_text()[-2000:]
             time.sleep(0.5)
     finally:  # the site never trains: the run would go on asking
-        flwr_cli(federation.state_dir, "stop", run_id, CONNECTION)
+        flwr_cli(federation.state_dir, "stop", flower_run_id, CONNECTION)
     assert [(r.node_id, r.status) for r in rows] == [(node_id, "active")]
     assert run_result(engine, "proxied").sites == [SITE]
     forwarded = {uri for uri, status, upstream in access_log(folder / "nginx")

@@ -66,7 +66,7 @@ def _federation_toml(
     superlink: str,
     min_sites: int,
     secure_aggregation: str = "off",
-    mode: str = "paper",
+    selection_mode: str = "paper",
 ) -> Path:
     """These runs check tallies in the clear (the wire against the ledger) and sites dropping
     below three; test_flower_secure_aggregation.py runs SecAgg+."""
@@ -74,7 +74,8 @@ def _federation_toml(
     path.write_text(
         f'[run]\nname = "{name}"\nspace = "space.toml"\nstate_dir = "coordinator"\n'
         f'wire_log = "{name}-wire.jsonl"\n'
-        f'[selection]\nmode = "{mode}"\nmin_sites = {min_sites}\nround_timeout = 20.0\n'
+        f'[selection]\nselection_mode = "{selection_mode}"\nmin_sites = {min_sites}\n'
+        "round_timeout = 20.0\n"
         f'secure_aggregation = "{secure_aggregation}"\n'
         "retry_seconds = 0.5\nmax_retry_seconds = 4.0\npatience = 2\n"
         "validation_items = 6\nblocks = 2\n"
@@ -169,7 +170,7 @@ def test_full_run_with_a_killed_worker_and_a_lost_supernode(federation) -> None:
     folder, superlink, sites = federation
     config = load_federation_config(_federation_toml(folder, "run-one", superlink, 3))
     engine = open_coordinator_database(config.database_url)
-    run_id = submit_run(config.state_dir, config.run_config())
+    flower_run_id = submit_run(config.state_dir, config.run_config())
 
     # Site 1's worker dies mid-training and comes back: finished epochs are not trained again.
     saved = _first_checkpoint(sites[0])
@@ -182,7 +183,7 @@ def test_full_run_with_a_killed_worker_and_a_lost_supernode(federation) -> None:
     def kill_site_three() -> None:
         while True:
             with Session(engine) as session:
-                started = session.exec(select(RunSite).where(RunSite.run_name == "run-one")).all()
+                started = session.exec(select(RunSite).where(RunSite.run_key == "run-one")).all()
             if len(started) == 3 and any(s.progress > 0 for s in started):
                 break
             time.sleep(0.2)
@@ -190,13 +191,13 @@ def test_full_run_with_a_killed_worker_and_a_lost_supernode(federation) -> None:
 
     killer = threading.Thread(target=kill_site_three, daemon=True)
     killer.start()
-    status = follow_run(config, run_id, live_view=False)
+    status = follow_run(config, flower_run_id, live_view=False)
     assert status["status"] == "finished:completed", status.get("status-details")
 
     with Session(engine) as session:
         run = session.get(FederatedRun, "run-one")
         assert run.best_index == PLANTED
-        site_rows = session.exec(select(RunSite).where(RunSite.run_name == "run-one")).all()
+        site_rows = session.exec(select(RunSite).where(RunSite.run_key == "run-one")).all()
         left_out = [s for s in site_rows if s.status == "left_out"]
         assert len(left_out) == 1 and "no valid answer" in left_out[0].reason
         results = session.exec(select(ComparisonResult)).all()
@@ -259,19 +260,21 @@ def _assert_only_tallies_arrived(
 
 def test_a_stopped_coordinator_resumes_the_run(federation) -> None:
     folder, superlink, _sites = federation
-    config = load_federation_config(_federation_toml(folder, "run-two", superlink, 2, mode="auto"))
+    config = load_federation_config(
+        _federation_toml(folder, "run-two", superlink, 2, selection_mode="auto")
+    )
     engine = open_coordinator_database(config.database_url)
-    run_id = submit_run(config.state_dir, config.run_config())
+    flower_run_id = submit_run(config.state_dir, config.run_config())
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         with Session(engine) as session:
             if session.exec(
-                select(ComparisonResult).where(ComparisonResult.run_name == "run-two")
+                select(ComparisonResult).where(ComparisonResult.run_key == "run-two")
             ).first():
                 break
         time.sleep(0.2)
     subprocess.run(
-        [str(Path(sys.executable).parent / "flwr"), "stop", run_id, "pandalm"],
+        [str(Path(sys.executable).parent / "flwr"), "stop", flower_run_id, "pandalm"],
         env=flower_environment(config.state_dir),
         check=True,
         capture_output=True,
@@ -280,24 +283,24 @@ def test_a_stopped_coordinator_resumes_the_run(federation) -> None:
         early = {
             (r.a, r.b)
             for r in session.exec(
-                select(ComparisonResult).where(ComparisonResult.run_name == "run-two")
+                select(ComparisonResult).where(ComparisonResult.run_key == "run-two")
             )
         }
     assert early
 
-    run_id = submit_run(config.state_dir, config.run_config())
-    status = follow_run(config, run_id, live_view=False)
+    flower_run_id = submit_run(config.state_dir, config.run_config())
+    status = follow_run(config, flower_run_id, live_view=False)
     assert status["status"] == "finished:completed", status.get("status-details")
     with Session(engine) as session:
         rows = session.exec(
-            select(ComparisonResult).where(ComparisonResult.run_name == "run-two")
+            select(ComparisonResult).where(ComparisonResult.run_key == "run-two")
         ).all()
         keys = [(r.a, r.b, r.item_start, r.item_stop) for r in rows]
         assert len(keys) == len(set(keys)) >= 6  # every pair, then the playoff
         assert early <= {(r.a, r.b) for r in rows}
         run = session.get(FederatedRun, "run-two")
         assert run.best_index == PLANTED
-        assert run.mode == "racing" and json.loads(run.settings)["mode"] == "auto"
+        assert run.selection_mode == "racing" and run.requested_selection_mode() == "auto"
 
 
 def test_a_site_refuses_an_app_bundle_it_did_not_install(federation, tmp_path: Path) -> None:

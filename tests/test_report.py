@@ -52,7 +52,7 @@ def make_result(
     n_configs: int = 5,
 ) -> RunResult:
     return RunResult(
-        run_name="demo-run",
+        run_key="demo-run",
         selection_mode="adaptive",
         configs=list(zip(IDS, PARAMS, strict=True))[:n_configs],
         comparisons=comparisons,

@@ -144,7 +144,7 @@ class CandidateCheckpoint:
     config: CandidateConfig
     path: Path
     base_model: Path
-    run_id: str
+    training_run_id: str
     epoch: int
     global_step: int
     run_finished: bool
@@ -157,7 +157,7 @@ class CandidateCheckpoint:
         return {
             **self.config.to_json(),
             "path": str(self.path),
-            "run_id": self.run_id,
+            "training_run_id": self.training_run_id,
             "epoch": self.epoch,
             "global_step": self.global_step,
         }
