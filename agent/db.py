@@ -9,9 +9,8 @@ loses nothing and counts nothing twice (unique constraints on the natural keys).
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine, UniqueConstraint
 from sqlmodel import Field, Session, SQLModel, select
@@ -19,20 +18,15 @@ from sqlmodel import Field, Session, SQLModel, select
 import dbschema
 from common.tally import Tally
 from dbschema import Schema
+from dbschema.columns import SliceTallyColumns, SpaceColumns, utc_now
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class SiteRun(SQLModel, table=True):
+class SiteRun(SpaceColumns, table=True):
     """A coordinator run this site joined, with the search space it was sent."""
 
     __tablename__ = "site_run"
     run_key: str = Field(primary_key=True)
     space_hash: str
-    config_ids: str  # JSON list, in the coordinator's order
-    params: str  # JSON list of parameter dicts
     validation_items: int
     judge_mode: str
     stage: str = "training"  # training | generating | ready | failed
@@ -41,16 +35,10 @@ class SiteRun(SQLModel, table=True):
     training_seconds: float = 0.0
     generation_seconds: float = 0.0
     epsilon_spent: float = 0.0
-    created: datetime = Field(default_factory=_now)
-
-    def ids(self) -> list[str]:
-        return json.loads(self.config_ids)
-
-    def param_list(self) -> list[dict[str, Any]]:
-        return json.loads(self.params)
+    created: datetime = Field(default_factory=utc_now)
 
 
-class ComparisonJob(SQLModel, table=True):
+class ComparisonJob(SliceTallyColumns, table=True):
     """One requested comparison on an item slice; its tally once judged."""
 
     __tablename__ = "comparison_job"
@@ -59,17 +47,10 @@ class ComparisonJob(SQLModel, table=True):
     run_key: str = Field(index=True)
     a_id: str
     b_id: str
-    item_start: int
-    item_stop: int
     status: str = "pending"  # pending | done | failed
     error_code: int = 0
-    win: int = 0
-    tie: int = 0
-    loss: int = 0
-    invalid: int = 0
-    items: int = 0
     judging_seconds: float = 0.0
-    created: datetime = Field(default_factory=_now)
+    created: datetime = Field(default_factory=utc_now)
 
     def tally(self) -> Tally:
         return Tally.of(self)
@@ -108,7 +89,7 @@ class LedgerEntry(SQLModel, table=True):
 
     __tablename__ = "ledger_entry"
     id: int | None = Field(default=None, primary_key=True)
-    time: datetime = Field(default_factory=_now)
+    time: datetime = Field(default_factory=utc_now)
     run_key: str = Field(index=True)
     message_type: str
     bytes: int

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.live import Live
-from rich.markup import escape
 
+from common.cli import user_errors
 from coordinator.config import FederationConfigError, load_federation_config
 from coordinator.console import latest_run, render
 from coordinator.db import SCHEMA, open_database
@@ -27,14 +26,10 @@ DatabaseOption = Annotated[
 ]
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except (FederationConfigError, FileNotFoundError, TimeoutError, RuntimeError) as exc:
-        # (dbschema.SchemaError is a RuntimeError: a database from a newer version)
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+def _user_errors() -> AbstractContextManager[None]:
+    # (dbschema.SchemaError is a RuntimeError: a database from a newer version)
+    errors = (FederationConfigError, FileNotFoundError, TimeoutError, RuntimeError)
+    return user_errors(console, *errors)
 
 
 def _url(database: str) -> str:

@@ -6,54 +6,47 @@ Flower's SuperLink keeps its own database beside it.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine, UniqueConstraint
 from sqlmodel import Field, Session, SQLModel, select
 
 import dbschema
 from dbschema import Schema
+from dbschema.columns import SliceTallyColumns, SpaceColumns, utc_now
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class FederatedRun(SQLModel, table=True):
+class FederatedRun(SpaceColumns, table=True):
     __tablename__ = "federated_run"
     run_key: str = Field(primary_key=True)
     """federation.toml's [run] name."""
     selection_mode: str
     """The procedure run: the one set, or under `auto` the one chosen."""
-    config_ids: str  # JSON list
-    params: str  # JSON list of parameter dicts
     settings: str  # JSON of the run's settings
     status: str = "running"  # running | done | failed
     aggregation: str = ""  # how tallies are summed now: SecAgg+ or in the clear, and why
     best_index: int | None = None
-    started: datetime = Field(default_factory=_now)
+    started: datetime = Field(default_factory=utc_now)
     finished: datetime | None = None
-
-    def ids(self) -> list[str]:
-        return json.loads(self.config_ids)
-
-    def param_list(self) -> list[dict[str, Any]]:
-        return json.loads(self.params)
 
     def requested_selection_mode(self) -> str:
         """The selection mode the operator set (`auto`, say; `selection_mode` is the one run)."""
         return json.loads(self.settings).get("selection_mode", self.selection_mode)
 
 
-class RunSite(SQLModel, table=True):
+class RunRow(SQLModel):
+    """A row of one run's: a surrogate key and the run's key, indexed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_key: str = Field(index=True)
+
+
+class RunSite(RunRow, table=True):
     """A site (Flower node) of a run: active, or left out with the code that says why."""
 
     __tablename__ = "run_site"
     __table_args__ = (UniqueConstraint("run_key", "node_id"),)
-    id: int | None = Field(default=None, primary_key=True)
-    run_key: str = Field(index=True)
     node_id: str  # Flower's node ids are unsigned 64-bit: beyond SQL's BIGINT
     status: str = "active"  # active | left_out
     reason: str = ""
@@ -61,34 +54,23 @@ class RunSite(SQLModel, table=True):
     last_seen: datetime | None = None
 
 
-class ComparisonResult(SQLModel, table=True):
+class ComparisonResult(RunRow, SliceTallyColumns, table=True):
     """A comparison on an item slice with its tally summed over the contributing sites."""
 
     __tablename__ = "comparison_result"
     __table_args__ = (UniqueConstraint("run_key", "a", "b", "item_start", "item_stop"),)
-    id: int | None = Field(default=None, primary_key=True)
-    run_key: str = Field(index=True)
     a: int
     b: int
-    item_start: int
-    item_stop: int
-    win: int
-    tie: int
-    loss: int
-    invalid: int
-    items: int
     sites: int
     secure: bool = False  # summed by SecAgg+: the coordinator never saw one site's tally
     round: int
-    recorded: datetime = Field(default_factory=_now)
+    recorded: datetime = Field(default_factory=utc_now)
 
 
-class RoundLog(SQLModel, table=True):
+class RoundLog(RunRow, table=True):
     """One exchange with the sites: what was asked and how long it took."""
 
     __tablename__ = "round_log"
-    id: int | None = Field(default=None, primary_key=True)
-    run_key: str = Field(index=True)
     number: int
     message_type: str
     comparisons: int
@@ -96,7 +78,7 @@ class RoundLog(SQLModel, table=True):
     pending: int
     seconds: float
     bytes_in: int
-    started: datetime = Field(default_factory=_now)
+    started: datetime = Field(default_factory=utc_now)
 
 
 # --- Site registry. Schema change (issue 14, site names): the table `registered_site` is new;
@@ -111,7 +93,7 @@ class RegisteredSite(SQLModel, table=True):
     node_id: str = Field(primary_key=True)
     name: str = Field(index=True)
     public_key: str  # the OpenSSH line, as registered with the SuperLink
-    registered: datetime = Field(default_factory=_now)
+    registered: datetime = Field(default_factory=utc_now)
     removed: datetime | None = None
 
 
@@ -135,7 +117,7 @@ def record_removal(engine: Engine, node_id: str) -> None:
     with Session(engine) as session:
         site = session.get(RegisteredSite, node_id)
         if site is not None:
-            site.removed = _now()
+            site.removed = utc_now()
             session.commit()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 from sqlmodel import Session, select
@@ -15,10 +14,7 @@ from common.protocol import Comparison
 from common.settings import RunSettings
 from common.tally import Tally
 from coordinator.db import ComparisonResult, FederatedRun, RoundLog, RunSite, comparisons, sites
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+from dbschema.columns import utc_now
 
 
 class RunStore:
@@ -72,7 +68,7 @@ class RunStore:
         """Mark the run done with its best config; how its tallies were summed."""
         with Session(self.engine) as session:
             run = session.get(FederatedRun, self.run_key)
-            run.status, run.best_index, run.finished = "done", best, _now()
+            run.status, run.best_index, run.finished = "done", best, utc_now()
             aggregation = run.aggregation
             session.commit()
         return aggregation
@@ -106,7 +102,7 @@ class RunStore:
             session.commit()
 
     def site_seen(self, node_id: int, progress: int) -> None:
-        self.update_site(node_id, progress=progress, last_seen=_now())
+        self.update_site(node_id, progress=progress, last_seen=utc_now())
 
     # -- comparisons and rounds -------------------------------------------------------------
     def recorded(self) -> list[ComparisonResult]:

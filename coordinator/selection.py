@@ -74,7 +74,7 @@ from __future__ import annotations
 import itertools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -161,7 +161,7 @@ class _Procedure(ABC):
 
     def record(self, request: ComparisonRequest, tally: Tally) -> None:
         """Take the summed tally of a request that is outstanding or could be asked now."""
-        if not self._is_askable(request):
+        if request not in self._askable():
             raise ValueError(f"{request} is not a comparison this procedure is waiting for")
         self._outstanding.discard(request)
         self._apply(request, tally)
@@ -176,10 +176,8 @@ class _Procedure(ABC):
         return net
 
     @abstractmethod
-    def _askable(self) -> Iterable[ComparisonRequest]: ...
-
-    @abstractmethod
-    def _is_askable(self, request: ComparisonRequest) -> bool: ...
+    def _askable(self) -> Collection[ComparisonRequest]:
+        """The requests that can be asked now (outstanding ones included)."""
 
     @abstractmethod
     def _apply(self, request: ComparisonRequest, tally: Tally) -> None: ...
@@ -263,9 +261,6 @@ class PaperProcedure(_Procedure):
 
     def _askable(self) -> list[ComparisonRequest]:
         return [self._request(ladder) for ladder in self._active()]
-
-    def _is_askable(self, request: ComparisonRequest) -> bool:
-        return request in self._askable()
 
     def _apply(self, request: ComparisonRequest, tally: Tally) -> None:
         ladder = next(ladder for ladder in self._active() if self._request(ladder) == request)
@@ -354,11 +349,8 @@ class RoundRobin(_Procedure):
             self._strengths = bradley_terry(self.n_configs, self._decided)
         return self._strengths.copy()
 
-    def _askable(self) -> Iterable[ComparisonRequest]:
+    def _askable(self) -> dict[ComparisonRequest, None]:
         return self._unrecorded
-
-    def _is_askable(self, request: ComparisonRequest) -> bool:
-        return request in self._unrecorded
 
     def _apply(self, request: ComparisonRequest, tally: Tally) -> None:
         del self._unrecorded[request]
@@ -419,11 +411,8 @@ class RacingProcedure(_Procedure):
         strengths = np.round(self._strengths, 6)
         return sorted(range(self.n_configs), key=lambda i: (-self._last_batch[i], -strengths[i], i))
 
-    def _askable(self) -> Iterable[ComparisonRequest]:
+    def _askable(self) -> dict[ComparisonRequest, None]:
         return self._batch
-
-    def _is_askable(self, request: ComparisonRequest) -> bool:
-        return request in self._batch
 
     def _apply(self, request: ComparisonRequest, tally: Tally) -> None:
         del self._batch[request]

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import random
 import sys
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,6 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from common.cli import user_errors
 from dbschema import SchemaError
 from judge.backends import (
     GenerationSettings,
@@ -78,14 +78,9 @@ CacheOption = Annotated[
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="judge everything afresh")]
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn known bad-input errors into one clear line and exit status 2."""
-    try:
-        yield
-    except (InputError, SpecError, ModelNotFoundError, SchemaError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+def _user_errors() -> AbstractContextManager[None]:
+    """Known bad-input errors as one clear line and exit status 2."""
+    return user_errors(console, InputError, SpecError, ModelNotFoundError, SchemaError)
 
 
 def _make_judge(
