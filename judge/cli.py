@@ -33,7 +33,7 @@ from judge.backends import (
     parse_spec,
 )
 from judge.cache import JudgmentCache
-from judge.engine import MODES, PairJudge, PairJudgment, RunStats
+from judge.engine import JUDGE_MODES, PairJudge, PairJudgment, RunStats
 from judge.io import InputError, read_pairs, read_predictions, read_testset
 from judge.metrics import judge_metrics
 from judge.models import (
@@ -94,8 +94,8 @@ def _make_judge(
 ) -> PairJudge:
     if mode is None:
         mode = "score" if spec.kind == "builtin" else "generate"
-    if mode not in MODES:
-        raise InputError(f"--mode: must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in JUDGE_MODES:
+        raise InputError(f"--mode: must be one of {', '.join(JUDGE_MODES)}, got {mode!r}")
     if spec.kind == "builtin" and mode == "generate":
         raise InputError(GENERATE_UNSUPPORTED)
     settings = GenerationSettings(max_new_tokens=max_new_tokens)

@@ -22,7 +22,7 @@ from judge.verdict import (
 )
 
 Mode = Literal["generate", "score"]
-MODES: tuple[str, ...] = ("generate", "score")
+JUDGE_MODES: tuple[str, ...] = ("generate", "score")
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,8 @@ class PairJudge:
         both_orders: bool = True,
         chunk_pairs: int = 8,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode not in JUDGE_MODES:
+            raise ValueError(f"mode must be one of {JUDGE_MODES}, got {mode!r}")
         self.pointwise = getattr(backend, "pointwise", False)
         if self.pointwise:
             if mode == "generate":
