@@ -98,15 +98,15 @@ def _make_judge(
     no_cache: bool,
 ) -> PairJudge:
     if mode is None:
-        mode = "score" if spec.kind == "builtin" else "generate"
+        mode = "score" if spec.pointwise else "generate"
     if mode not in MODES:
         raise InputError(f"--mode: must be one of {', '.join(MODES)}, got {mode!r}")
-    if spec.kind == "builtin" and mode == "generate":
+    if spec.pointwise and mode == "generate":
         raise InputError(GENERATE_UNSUPPORTED)
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     if reference_decoding:
         settings = GenerationSettings.reference()
-        if spec.kind == "gguf":
+        if not spec.backend.beam_search:
             raise InputError("--reference-decoding uses beam search, which needs an hf: judge")
     with console.status(f"loading judge {spec.kind}:{spec.path}"):
         backend = load_backend(spec)
