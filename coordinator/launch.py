@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pydantic
 
+from common.processes import stop_process as stop_process  # re-exported: the CLI, demo, tests
 from coordinator.flower_app import write_flower_app
 from coordinator.tomlconfig import SETTINGS
 
@@ -141,19 +142,6 @@ def run_status(state_dir: Path, run_id: str) -> dict:
     except RuntimeError:
         return {}
     return runs[0] if runs else {}
-
-
-def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
-    import signal
-
-    if process is None or process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def flwr_cli(state_dir: Path, *args: str) -> dict:
