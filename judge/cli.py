@@ -14,14 +14,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from dbschema import SchemaError
@@ -43,6 +35,7 @@ from judge.models import (
     install_builtin_from_wheel,
 )
 from judge.pointwise import GENERATE_UNSUPPORTED
+from judge.progress import progress_bar
 from judge.verdict import is_consistent
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -114,21 +107,10 @@ def _make_judge(
     return PairJudge(backend, mode, settings, store, both_orders=not one_order)  # type: ignore[arg-type]
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-
 def _judge_with_progress(
     judge: PairJudge, pairs: list, description: str, done: int = 0
 ) -> Iterable[PairJudgment]:
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task(description, total=len(pairs) + done, completed=done)
         for judgment in judge.judge_iter(pairs):
             yield judgment

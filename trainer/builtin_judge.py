@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
@@ -34,6 +33,7 @@ from judge.pointwise import (
     pair_similarities,
     tie_inputs,
 )
+from judge.progress import progress_bar
 from judge.verdict import argmax_verdict
 
 
@@ -231,14 +231,8 @@ def train_builtin_judge(args: BuiltinJudgeArguments, console: Console | None = N
             for r in (t.pair.response1, t.pair.response2)
         )
     )
-    with Progress(
-        TextColumn("encoding responses"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task("encode", total=len(texts))
+    with progress_bar(console) as progress:
+        task = progress.add_task("encoding responses", total=len(texts))
         featurizer.encodings.get(texts, on_encoded=lambda n: progress.advance(task, n))
         progress.update(task, completed=len(texts))
 

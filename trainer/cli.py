@@ -106,10 +106,11 @@ def candidates(
     """Fine-tune a candidate per config; print a JSON summary of the checkpoints."""
     from transformers.utils import logging as hf_logging
 
+    from judge.progress import progress_bar
     from trainer.builtin_data import make_shard
     from trainer.candidates import CandidateTrainingArguments, resolve_base_model, train_candidates
     from trainer.data import load_instruction_data
-    from trainer.progress import RichTrainingProgress, progress_display
+    from trainer.progress import RichTrainingProgress
 
     with _user_errors():
         search_space = load_space(space, _finetune(lora, qlora))
@@ -131,7 +132,7 @@ def candidates(
             retention=retention,
         )
         hf_logging.disable_progress_bar()
-        with progress_display(console) as progress:
+        with progress_bar(console, detail=True) as progress:
             tracker = RichTrainingProgress(progress)
             report = train_candidates(
                 search_space.configs, records, args, [tracker], on_run=tracker.start_run
@@ -167,11 +168,11 @@ def generate(
     """Greedy responses of every checkpoint to the validation set; reruns recompute nothing."""
     from transformers.utils import logging as hf_logging
 
+    from judge.progress import progress_bar
     from trainer.builtin_data import make_validation_set
     from trainer.candidates import find_checkpoints
     from trainer.data import load_validation_set
     from trainer.generate import generate_responses
-    from trainer.progress import progress_display
 
     with _user_errors():
         items = (
@@ -183,7 +184,7 @@ def generate(
         if not found:
             raise InputError(f"{checkpoints}: no finished epoch checkpoint yet")
         hf_logging.disable_progress_bar()
-        with progress_display(console) as progress:
+        with progress_bar(console, detail=True) as progress:
             total = len(found) * len({item.id for item in items})
             task = progress.add_task("responses", total=total, detail="")
             report = generate_responses(
