@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,31 +35,7 @@ from judge.pointwise import (
 )
 from judge.progress import progress_bar
 from judge.verdict import argmax_verdict
-
-
-@dataclass
-class BuiltinJudgeArguments:
-    """Settings of `pandalm-train builtin-judge`."""
-
-    testset: Path
-    """PandaLM's dev split (human labels); trained on, reported out-of-fold."""
-    out: Path = Path("judge/builtin_judge")
-    preferences: list[Path] = field(default_factory=list)
-    """Preference JSONL files; only their `use = "train"` rows are used."""
-    seed_tasks: Path | None = None
-    """Alpaca's seed_tasks.jsonl (Apache-2.0): synthetic pairs whose loser is broken, truncated,
-    off-topic... (trainer/judge_builtin_data.py), so the score knows degenerate output."""
-    synthetic_weight: float = 0.3
-    """Weight of a synthetic pair against a human-labelled one."""
-    cache: Path = Path("build/builtin-judge/encodings.sqlite")
-    folds: int = 5
-    c_grid: tuple[float, ...] = (0.0003, 0.001)
-    """Inverse L2 strength of the response score (about 600 features, 536 pairs: strong)."""
-    tie_weights: tuple[float, ...] = (2.0, 3.0, 4.0)
-    """Class weights of Tie tried (ties are 9% of the dev split and a third of macro F1)."""
-    threads: int = 2
-    encoder_gguf: Path | None = None
-    """The frozen encoder; None is the embedded SmolLM2-135M (what the builtin spec loads)."""
+from trainer.arguments import BuiltinJudgeArguments
 
 
 @dataclass(frozen=True)
