@@ -5,25 +5,18 @@ from __future__ import annotations
 import json
 import random
 import sys
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from dbschema import SchemaError
-from judge.backends import (
-    GenerationSettings,
-    JudgeSpec,
-    SpecError,
-    load_backend,
-    parse_spec,
-)
+from judge.backends import GenerationSettings, JudgeSpec, SpecError, load_backend, parse_spec
 from judge.cache import JudgmentCache
 from judge.engine import MODES, PairJudge, PairJudgment, RunStats
 from judge.io import InputError, read_pairs, read_predictions, read_testset
@@ -35,7 +28,7 @@ from judge.models import (
     install_builtin_from_wheel,
 )
 from judge.pointwise import GENERATE_UNSUPPORTED
-from judge.progress import progress_bar
+from judge.terminal import progress_bar, user_errors
 from judge.verdict import is_consistent
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -71,14 +64,8 @@ CacheOption = Annotated[
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="judge everything afresh")]
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn known bad-input errors into one clear line and exit status 2."""
-    try:
-        yield
-    except (InputError, SpecError, ModelNotFoundError, SchemaError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+_user_errors = partial(user_errors, console, InputError, SpecError, ModelNotFoundError, SchemaError)
+"""Known bad input: one clear line and exit status 2."""
 
 
 def _make_judge(

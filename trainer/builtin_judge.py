@@ -33,7 +33,7 @@ from judge.pointwise import (
     pair_similarities,
     tie_inputs,
 )
-from judge.progress import progress_bar
+from judge.terminal import progress_bar
 from judge.verdict import argmax_verdict
 from trainer.arguments import BuiltinJudgeArguments
 

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from judge.io import InputError
 from judge.models import ModelNotFoundError
-from judge.progress import progress_bar
+from judge.terminal import progress_bar, user_errors
 from trainer.arguments import (
     BASE_HELP,
     BuiltinJudgeArguments,
@@ -41,14 +39,8 @@ QloraOption = Annotated[
 BUILTIN_HELP = "or 'builtin' for the embedded demo set"
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn known bad-input errors into one clear line and exit status 2."""
-    try:
-        yield
-    except (InputError, SpaceError, ModelNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+_user_errors = partial(user_errors, console, InputError, SpaceError, ModelNotFoundError)
+"""Known bad input: one clear line and exit status 2."""
 
 
 def _finetune(lora: bool, qlora: bool) -> str | None:
@@ -149,7 +141,7 @@ def generate(
     """Greedy responses of every checkpoint to the validation set; reruns recompute nothing."""
     from transformers.utils import logging as hf_logging
 
-    from judge.progress import progress_bar
+    from judge.terminal import progress_bar
     from trainer.builtin_data import make_validation_set
     from trainer.candidates import find_checkpoints
     from trainer.data import load_validation_set

@@ -24,29 +24,24 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
     DataCollatorForSeq2Seq,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
-    TrainingArguments,
     set_seed,
 )
 from transformers.trainer_utils import get_last_checkpoint
 
 from trainer.arguments import DEFAULT_DEEPSPEED_CONFIG, JudgeSettingsError, JudgeTrainingArguments
 from trainer.candidates import add_lora, load_tokenizer, resolve_base_model
-from trainer.judge_data import (
-    FilterReport,
-    JudgeRecord,
-    load_judge_records,
-    prepare_judge_data,
-)
+from trainer.judge_data import FilterReport, JudgeRecord, load_judge_records, prepare_judge_data
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
 __all__ = [
     "DEFAULT_DEEPSPEED_CONFIG",
