@@ -16,7 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from dbschema import SchemaError
-from judge.backends import GenerationSettings, JudgeSpec, SpecError, load_backend, parse_spec
+from judge.backends import (
+    GenerationSettings,
+    JudgeSpec,
+    SpecError,
+    load_backend,
+    parse_spec,
+    spec_forms,
+)
 from judge.cache import JudgmentCache
 from judge.engine import MODES, PairJudge, PairJudgment, RunStats
 from judge.io import InputError, read_pairs, read_predictions, read_testset
@@ -34,9 +41,7 @@ from judge.verdict import is_consistent
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 
-JudgeOption = Annotated[
-    str, typer.Option("--judge", help="builtin | gguf:PATH | hf:PATH[?quant=8bit|4bit&dtype=bf16]")
-]
+JudgeOption = Annotated[str, typer.Option("--judge", help=f"judge spec: {spec_forms()}")]
 ModeOption = Annotated[
     str | None,
     typer.Option(
