@@ -50,14 +50,7 @@ from urllib.parse import unquote, urlparse
 
 from agent.config import site_toml
 from judge.cpu import baseline_name, required_flags, system_info
-from judge.models import (
-    BUILTIN_GGUF_NAME,
-    ENCODER_GGUF_NAME,
-    ModelNotFoundError,
-    builtin_base_gguf,
-    cache_dir,
-    models_dir,
-)
+from judge.models import BUILTIN_GGUF_NAME, ModelNotFoundError, builtin_base_gguf, cache_dir
 
 TOP = "pandalm-bundle"
 """The archive's single top-level folder."""
@@ -97,52 +90,25 @@ class BundleResult:
 
 
 def plan_models(judge: str = "builtin", base: Path | None = None) -> ModelPlan:
-    """Map `--judge` and `--base` to model copies; the builtin model travels as its GGUF."""
-    copies: list[tuple[Path, str]] = []
-    needs_builtin = base is None
-    judge_spec = judge
-    kind, sep, rest = judge.partition(":")
-    location, _, query = rest.partition("?")
-    suffix = f"?{query}" if query else ""
-    if judge == "builtin" or judge.startswith("builtin?"):
-        needs_builtin = True
-    elif sep and kind == "gguf" and location:
-        path = Path(location).expanduser()
-        if not path.is_file():
-            raise BundleError(f"--judge {judge}: no GGUF file at {path}")
-        copies.append((path, f"judge/{path.name}"))
-        judge_spec = f"gguf:{MODELS_PLACEHOLDER}/judge/{path.name}{suffix}"
-    elif sep and kind == "hf" and location:
-        path = Path(location).expanduser()
-        if not (path / "config.json").is_file():
-            raise BundleError(f"--judge {judge}: {path} is not a transformers model directory")
-        copies.append((path, f"judge/{path.resolve().name}"))
-        judge_spec = f"hf:{MODELS_PLACEHOLDER}/judge/{path.resolve().name}{suffix}"
-    elif sep and kind == "openai":
-        from judge.backends import SpecError, parse_spec
+    """Map `--judge` and `--base` to model copies; what a judge carries comes from its backend
+    kind (judge.backends' registry); the builtin model travels as its GGUF."""
+    from judge.backends import SpecError, parse_spec
 
-        try:
-            parse_spec(judge)  # a judge server on the site's network: no model to carry
-        except SpecError as exc:
-            raise BundleError(f"--judge {judge}: {exc}") from None
-    else:
-        raise BundleError(
-            f"--judge {judge}: use builtin, gguf:PATH, hf:PATH[?options] or openai:URL[?options]"
-        )
+    try:
+        spec = parse_spec(judge)
+        copies, judge_spec = spec.backend.carry(spec, MODELS_PLACEHOLDER)
+        if base is None and not any(d == BUILTIN_GGUF_NAME for _, d in copies):
+            copies.insert(0, (builtin_base_gguf(), BUILTIN_GGUF_NAME))  # the builtin base
+    except SpecError as exc:
+        raise BundleError(f"--judge {judge}: {exc}") from None
+    except ModelNotFoundError as exc:
+        raise BundleError(str(exc)) from None
     base_value = "builtin"
     if base is not None:
         if not (base / "config.json").is_file():
             raise BundleError(f"--base {base}: not a transformers model directory (no config.json)")
         copies.append((base, f"base/{base.resolve().name}"))
         base_value = f"{MODELS_PLACEHOLDER}/base/{base.resolve().name}"
-    if needs_builtin:
-        try:
-            copies.insert(0, (builtin_base_gguf(), BUILTIN_GGUF_NAME))
-        except ModelNotFoundError as exc:
-            raise BundleError(str(exc)) from None
-    encoder = models_dir() / ENCODER_GGUF_NAME
-    if judge_spec.partition("?")[0] == "builtin" and encoder.is_file():
-        copies.insert(1, (encoder, ENCODER_GGUF_NAME))  # else built from the base on first use
     return ModelPlan(copies, judge_spec, base_value)
 
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pydantic
 import tomlkit
 
-from common.settings import SETTINGS, read_toml, typed_table
+from common.settings import read_toml, settings_table, typed_table
 from common.space import FINETUNES
 from judge.backends import check_spec_form
 
@@ -76,7 +76,7 @@ class SiteConfigError(ValueError):
     """A site.toml that cannot be used; the message names the file and field."""
 
 
-@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
+@settings_table
 class DataSettings:
     train: str = "builtin"
     """Alpaca-format JSON/JSONL file, or `builtin` for the generated demo data."""
@@ -87,7 +87,7 @@ class DataSettings:
     validation_items: int = 16
 
 
-@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
+@settings_table
 class ModelSettings:
     base: str = "builtin"
     finetune: Literal[FINETUNES] = "full"
@@ -106,7 +106,7 @@ class ModelSettings:
     """Keep candidate weights after their responses exist (judging needs only responses)."""
 
 
-@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
+@settings_table
 class JudgeSettings:
     spec: str = "builtin"
     max_new_tokens: int = 256
@@ -122,7 +122,7 @@ class JudgeSettings:
         return spec
 
 
-@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
+@settings_table
 class PrivacySettings:
     epsilon: float = 0.0
     """Differential privacy per comparison (agent/privacy.py); 0 sends exact tallies."""
@@ -130,7 +130,7 @@ class PrivacySettings:
     """Total epsilon a run may spend at this site; 0: no limit."""
 
 
-@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
+@settings_table
 class FlowerSettings:
     superlink: str = "127.0.0.1:9092"
     clientappio_port: int = 9094
@@ -177,7 +177,7 @@ class SiteConfig:
         return self.judge_cache_database or f"sqlite:///{self.data_dir / 'judge-cache.sqlite'}"
 
 
-@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
+@settings_table
 class SiteTable:
     """site.toml's [site] table."""
 
@@ -185,7 +185,9 @@ class SiteTable:
     data_dir: str = ""
     """Default: `NAME-data` next to the file."""
     database: str = ""
+    """The agent database's SQLAlchemy URL; default: SQLite in data_dir."""
     judge_cache: str = ""
+    """The judgment cache's URL; default: SQLite in data_dir."""
 
 
 SECTIONS = {

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agent.config import SiteConfig, resolve_data_path
 from agent.identity import site_key_paths
+from common.processes import stop_process
 
 
 @dataclass
@@ -36,13 +37,7 @@ class Child:
         handle.close()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process(self.process)
 
 
 def supernode_command(config: SiteConfig) -> list[str]:

@@ -92,13 +92,17 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     results = [measure(finetune) for finetune in ("full", "lora")]
-    for r in results:
-        print(
-            f"{r['finetune']:>4}: peak {r['peak_mib']:.0f} MiB while training {r['configs']} "
-            f"configs; kept per config {r['kept_mib_per_config']:.1f} MiB (weights "
-            f"{r['weights_mib_per_config']:.1f} MiB), {r['kept_mib_total']:.1f} MiB in all"
-        )
+    print("\n".join(map(summary, results)))
     print(json.dumps(results))
+
+
+def summary(r: dict) -> str:
+    """One fine-tuning method's figures in a line."""
+    return (
+        f"{r['finetune']:>4}: peak {r['peak_mib']:.0f} MiB while training {r['configs']} "
+        f"configs; kept per config {r['kept_mib_per_config']:.1f} MiB (weights "
+        f"{r['weights_mib_per_config']:.1f} MiB), {r['kept_mib_total']:.1f} MiB in all"
+    )
 
 
 if __name__ == "__main__":

@@ -289,6 +289,23 @@ class Row:
     top3: float
 
 
+def _row(
+    label: str, budget: float | None, r: ModeResult, cost: np.ndarray, paper_cost: np.ndarray
+) -> Row:
+    """One table row for a mode's trials; `cost` per trial (judgments or forward passes)."""
+    return Row(
+        label,
+        budget,
+        r.p_best,
+        r.se,
+        float(cost.mean()),
+        float(cost.mean() / paper_cost.mean()),
+        float(r.rounds.mean()),
+        len(r.best_hits),
+        float(r.top3_hits.mean()),
+    )
+
+
 def bench_judge(args: argparse.Namespace, judge: JudgeModel) -> tuple[list[Row], list[str]]:
     """Every mode under one judge model: its rows and the lines comparing them to the paper."""
     site_items = split_items(args.items, args.sites)
@@ -308,37 +325,12 @@ def bench_judge(args: argparse.Namespace, judge: JudgeModel) -> tuple[list[Row],
             "round-robin", None, {}, args.round_robin_trials, args, judge, site_items
         )
     paper = run["paper"]
-    rows = [
-        Row(
-            r.mode,
-            r.budget,
-            r.p_best,
-            r.se,
-            float(r.judgments.mean()),
-            float(r.judgments.mean() / paper.judgments.mean()),
-            float(r.rounds.mean()),
-            len(r.best_hits),
-            float(r.top3_hits.mean()),
-        )
-        for r in run.values()
-    ]
+    rows = [_row(r.mode, r.budget, r, r.judgments, paper.judgments) for r in run.values()]
     pointwise = [("paper (pointwise judge)", paper)]
     if "round-robin" in run:
         pointwise.append(("round-robin (pointwise judge)", run["round-robin"]))
-    for label, r in pointwise:
-        rows.append(
-            Row(
-                label,
-                None,
-                r.p_best,
-                r.se,
-                float(r.forward_passes.mean()),
-                float(r.forward_passes.mean() / paper.forward_passes.mean()),
-                float(r.rounds.mean()),
-                len(r.best_hits),
-                float(r.top3_hits.mean()),
-            )
-        )
+    for label, r in pointwise:  # costed in forward passes
+        rows.append(_row(label, None, r, r.forward_passes, paper.forward_passes))
     lines = []
     for key, result in run.items():
         if key == "paper" or len(result.best_hits) != len(paper.best_hits):

@@ -21,6 +21,8 @@ from common.protocol import JUDGE_MODES
 SETTINGS = ConfigDict(extra="forbid", strict=True)
 """Pydantic config of every settings dataclass an operator's TOML fills: no unknown key, no
 coercion (a string where a number belongs is an error, not a guess; an int is a float)."""
+settings_table = pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
+"""The decorator of those settings dataclasses: checked on construction, immutable after."""
 
 T = TypeVar("T")
 
@@ -86,7 +88,7 @@ def _line(where: str, problem: Any, known: list[str]) -> str:
 SECURE_AGGREGATION = ("required", "when-possible", "off")
 
 
-@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
+@settings_table
 class RunSettings:
     """What the operator sets in federation.toml for one run; pydantic checks every value on
     construction, `__post_init__` the budget. The coordinator's ServerApp gets them through the

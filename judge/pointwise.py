@@ -28,6 +28,7 @@ import numpy as np
 from judge.prompt import VERDICTS
 
 if TYPE_CHECKING:
+    from judge.backends import JudgeSpec
     from judge.cache import JudgmentCache
     from judge.engine import Pair
 
@@ -306,3 +307,8 @@ def load_builtin(head_path: Path = BUILTIN_HEAD, n_threads: int | None = None):
     head = PreferenceHead.load(head_path)
     digest = hashlib.sha256(head_path.read_bytes()).hexdigest()[:12]
     return PointwiseJudgeBackend(ResponseFeaturizer(builtin_encoder(n_threads)), head, digest)
+
+
+def from_spec(spec: JudgeSpec) -> PointwiseJudgeBackend:
+    """The `builtin[?threads=N]` judge (judge.backends' registry loads it through this)."""
+    return load_builtin(Path(spec.path), n_threads=int(spec.options.get("threads", 0)) or None)

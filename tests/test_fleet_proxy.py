@@ -21,6 +21,7 @@ from sqlmodel import Session, select
 from agent.config import load_site_config
 from agent.identity import enroll
 from agent.supervisor import guard_command, site_environment, supernode_command
+from common.processes import stop_process
 from coordinator.certs import init_certificates
 from coordinator.config import load_federation_config
 from coordinator.db import RunSite
@@ -30,7 +31,6 @@ from coordinator.launch import (
     CONNECTION,
     flwr_cli,
     start_superlink,
-    stop_process,
     submit_run,
     wait_for_port,
 )

@@ -25,6 +25,7 @@ from agent.db import ComparisonJob, ItemJudgment, ledger
 from agent.db import open_database as open_site_database
 from agent.supervisor import guard_command, site_environment, supernode_command
 from common.appbundle import app_pyproject
+from common.processes import stop_process
 from common.tally import Tally
 from coordinator.config import load_federation_config
 from coordinator.db import ComparisonResult, FederatedRun, RunSite
@@ -34,7 +35,6 @@ from coordinator.launch import (
     flower_environment,
     follow_run,
     start_superlink,
-    stop_process,
     submit_run,
     write_connection,
 )

@@ -15,6 +15,7 @@ from agent.db import ledger
 from agent.db import open_database as open_site_database
 from agent.flower_internals import RECORD_KEY_CONFIGS
 from agent.flower_internals import SecAggPlusKey as Key
+from common.processes import stop_process
 from common.tally import Tally
 from coordinator.config import load_federation_config
 from coordinator.db import ComparisonResult, FederatedRun
@@ -23,7 +24,6 @@ from coordinator.demo import free_port
 from coordinator.launch import (
     follow_run,
     start_superlink,
-    stop_process,
     submit_run,
     write_connection,
 )

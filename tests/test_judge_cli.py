@@ -191,3 +191,16 @@ def test_killed_compare_resumes_without_recomputing(tmp_path: Path, tiny_llama: 
 def _lines_prefix(path: Path) -> list[str]:
     """Complete lines only (a torn last line is left out)."""
     return path.read_text().split("\n")[:-1]
+
+
+def test_the_shared_progress_bar_shows_count_and_detail() -> None:
+    from rich.console import Console
+
+    from judge.terminal import progress_bar
+
+    out = Console(record=True, width=120, force_terminal=False)
+    with progress_bar(out, detail=True) as progress:
+        task = progress.add_task("runs", total=4, detail="epoch 1.00 loss 0.5000")
+        progress.advance(task, 3)
+    text = out.export_text()
+    assert "runs" in text and "3/4" in text and "epoch 1.00 loss 0.5000" in text

@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 from typer.testing import CliRunner
 
-from common.space import load_space, parse_space, plan_training_runs
+from common.space import PARAMETERS, load_space, parse_space, plan_training_runs
 from trainer.candidates import (
+    OPTIM_NAMES,
     CandidateTrainingArguments,
     SettingsError,
     build_trainer,
@@ -339,3 +340,14 @@ def test_lora_on_the_top_layers_only_adapts_those_layers(tiny_llama: Path, tmp_p
     assert trainable and all(".layers.1." in name and "lora_" in name for name in trainable)
     modules = {name.split(".layers.1.")[1].split(".")[1] for name in trainable}
     assert {"q_proj", "down_proj"} <= modules
+
+
+def test_every_choice_of_the_shared_schema_is_one_the_trainer_can_run() -> None:
+    """common/space.py's PARAMETERS is the one list of optimizers and schedulers; the trainer
+    maps each to transformers' names (a new choice there must get its mapping here)."""
+    from transformers import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    assert set(OPTIM_NAMES) == set(PARAMETERS["optimizer"].choices)
+    assert {OptimizerNames(name) for name in OPTIM_NAMES.values()}
+    assert {SchedulerType(name) for name in PARAMETERS["scheduler"].choices}

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
@@ -34,32 +33,9 @@ from judge.pointwise import (
     pair_similarities,
     tie_inputs,
 )
+from judge.terminal import progress_bar
 from judge.verdict import argmax_verdict
-
-
-@dataclass
-class BuiltinJudgeArguments:
-    """Settings of `pandalm-train builtin-judge`."""
-
-    testset: Path
-    """PandaLM's dev split (human labels); trained on, reported out-of-fold."""
-    out: Path = Path("judge/builtin_judge")
-    preferences: list[Path] = field(default_factory=list)
-    """Preference JSONL files; only their `use = "train"` rows are used."""
-    seed_tasks: Path | None = None
-    """Alpaca's seed_tasks.jsonl (Apache-2.0): synthetic pairs whose loser is broken, truncated,
-    off-topic... (trainer/judge_builtin_data.py), so the score knows degenerate output."""
-    synthetic_weight: float = 0.3
-    """Weight of a synthetic pair against a human-labelled one."""
-    cache: Path = Path("build/builtin-judge/encodings.sqlite")
-    folds: int = 5
-    c_grid: tuple[float, ...] = (0.0003, 0.001)
-    """Inverse L2 strength of the response score (about 600 features, 536 pairs: strong)."""
-    tie_weights: tuple[float, ...] = (2.0, 3.0, 4.0)
-    """Class weights of Tie tried (ties are 9% of the dev split and a third of macro F1)."""
-    threads: int = 2
-    encoder_gguf: Path | None = None
-    """The frozen encoder; None is the embedded SmolLM2-135M (what the builtin spec loads)."""
+from trainer.arguments import BuiltinJudgeArguments
 
 
 @dataclass(frozen=True)
@@ -231,14 +207,8 @@ def train_builtin_judge(args: BuiltinJudgeArguments, console: Console | None = N
             for r in (t.pair.response1, t.pair.response2)
         )
     )
-    with Progress(
-        TextColumn("encoding responses"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task("encode", total=len(texts))
+    with progress_bar(console) as progress:
+        task = progress.add_task("encoding responses", total=len(texts))
         featurizer.encodings.get(texts, on_encoded=lambda n: progress.advance(task, n))
         progress.update(task, completed=len(texts))
 

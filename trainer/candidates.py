@@ -15,16 +15,15 @@ state that resume it exactly; the last epoch of a run is saved as the model only
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import math
 import os
 import random
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from accelerate import PartialState
@@ -46,13 +45,12 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 
 from common.space import (
-    SCHEDULE_HORIZONS,
     CandidateConfig,
-    ScheduleHorizon,
     TrainingRun,
     plan_training_runs,
 )
 from judge.models import ModelNotFoundError, builtin_base_hf_dir
+from trainer.arguments import CandidateTrainingArguments, Retention, SettingsError
 from trainer.data import (
     InputError,
     InstructionRecord,
@@ -60,9 +58,6 @@ from trainer.data import (
     data_fingerprint,
     tokenize_for_training,
 )
-
-Retention = Literal["weights", "resumable"]
-RETENTIONS: tuple[str, ...] = ("weights", "resumable")
 
 OPTIM_NAMES = {"sgd": "sgd", "adamw": "adamw_torch"}  # space name -> TrainingArguments.optim
 TRAINER_STATE_FILES = (  # the Trainer's, and DeepSpeed's (global_step*/, latest, zero_to_*.py)
@@ -76,65 +71,6 @@ TRAINER_STATE_FILES = (  # the Trainer's, and DeepSpeed's (global_step*/, latest
 )
 WEIGHT_FILES = ("model*.safetensors", "pytorch_model*.bin", "adapter_model.*")
 _CHECKPOINT_PREFIX = "checkpoint-"
-
-
-class SettingsError(InputError):
-    """Settings that cannot be used, or that differ from those an output directory was
-    trained with."""
-
-
-@dataclass
-class CandidateTrainingArguments:
-    """A site's settings for training candidates; the config ids name what varies between them.
-
-    `schedule_horizon`: `run` trains one run per (optimizer, lr, scheduler, ...) for the largest
-    epoch count and takes epoch k's checkpoint as config `epochs = k`, so its learning-rate
-    schedule spans the whole run (the paper's practice); `config` gives each config its own run
-    whose schedule ends at its epoch count (costs more). `retention`: `weights` keeps per config
-    only its model weights (or LoRA adapter) once a run finishes; `resumable` also keeps the
-    optimizer, scheduler and RNG state of the run's last checkpoint. Older epochs' trainer state
-    is dropped as soon as the next epoch is saved. `max_steps_per_epoch` caps an epoch by
-    training on fewer examples (quick runs).
-    """
-
-    output_dir: Path
-    base_model: Path
-    max_length: int = 1024
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    seed: int = 42
-    schedule_horizon: ScheduleHorizon = "run"
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_target_modules: str = "all-linear"
-    lora_top_layers: int | None = None
-    """LoRA on the last N transformer layers only: backpropagation stops below them, which
-    roughly halves a step's cost for N of 30 small (quick CPU runs); None: every layer."""
-    max_steps_per_epoch: int | None = None
-    activation_checkpointing: bool = False
-    deepspeed_zero2: bool = False
-    retention: Retention = "weights"
-
-    def __post_init__(self) -> None:
-        self.output_dir, self.base_model = Path(self.output_dir), Path(self.base_model)
-        if not 0 <= self.warmup_ratio < 1:
-            raise SettingsError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.schedule_horizon not in SCHEDULE_HORIZONS:
-            raise SettingsError(f"schedule_horizon must be one of {SCHEDULE_HORIZONS}")
-        if self.retention not in RETENTIONS:
-            raise SettingsError(f"retention must be one of {RETENTIONS}, got {self.retention!r}")
-        if self.deepspeed_zero2 and importlib.util.find_spec("deepspeed") is None:
-            raise SettingsError("deepspeed_zero2 needs DeepSpeed: pip install deepspeed")
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings a finished run depends on (not where it is written or how it is kept)."""
-        settings = asdict(self)
-        for name in ("output_dir", "retention"):
-            settings.pop(name)
-        settings["base_model"] = str(self.base_model.resolve())
-        return settings
 
 
 @dataclass(frozen=True)

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from common.cli import user_errors
 from common.space import SpaceError, load_space
 from judge.io import InputError
 from judge.models import ModelNotFoundError
+from judge.terminal import progress_bar
+from trainer.arguments import (
+    BASE_HELP,
+    BuiltinJudgeArguments,
+    CandidateTrainingArguments,
+    JudgeTrainingArguments,
+)
 from trainer.builtin_data import MAX_EXAMPLES
+from trainer.options import dataclass_options
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -33,14 +40,8 @@ QloraOption = Annotated[
 BUILTIN_HELP = "or 'builtin' for the embedded demo set"
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn known bad-input errors into one clear line and exit status 2."""
-    try:
-        yield
-    except (InputError, SpaceError, ModelNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+_user_errors = partial(user_errors, console, InputError, SpaceError, ModelNotFoundError)
+"""Known bad input: one clear line and exit status 2."""
 
 
 def _finetune(lora: bool, qlora: bool) -> str | None:
@@ -75,41 +76,26 @@ def space_command(
 
 
 @app.command()
+@dataclass_options(CandidateTrainingArguments)
 def candidates(
-    base: Annotated[str, typer.Option("--base", help="builtin, or a local HF causal-LM dir")],
+    base: Annotated[str, typer.Option("--base", help=BASE_HELP)],
     data: Annotated[str, typer.Option("--data", help=f"Alpaca JSON/JSONL file, {BUILTIN_HELP}")],
-    out: Annotated[Path, typer.Option("--out", help="output directory (resumable)")],
+    settings: dict[str, Any],
     space: SpaceOption = None,
     lora: LoraOption = False,
     qlora: QloraOption = False,
-    max_steps: Annotated[
-        int | None,
-        typer.Option("--max-steps", min=1, help="at most N optimizer steps per epoch (quick runs)"),
-    ] = None,
     site_seed: Annotated[int, typer.Option(help="builtin data: the site's shard")] = 0,
     examples: Annotated[
         int, typer.Option(min=1, max=MAX_EXAMPLES, help="builtin data: shard size")
     ] = 256,
-    max_length: Annotated[int, typer.Option(min=2, help="tokens per example")] = 1024,
-    batch_size: Annotated[int, typer.Option(min=1, help="per device")] = 8,
-    gradient_accumulation: Annotated[int, typer.Option(min=1)] = 1,
-    seed: int = 42,
-    horizon: Annotated[
-        Literal["run", "config"], typer.Option(help="schedule spans the run or each config")
-    ] = "run",
-    retention: Annotated[
-        Literal["weights", "resumable"],
-        typer.Option(help="keep optimizer state after a run (resumable) or not"),
-    ] = "weights",
-    deepspeed: Annotated[bool, typer.Option(help="DeepSpeed ZeRO-2 (multi-GPU sites)")] = False,
 ) -> None:
     """Fine-tune a candidate per config; print a JSON summary of the checkpoints."""
     from transformers.utils import logging as hf_logging
 
     from trainer.builtin_data import make_shard
-    from trainer.candidates import CandidateTrainingArguments, resolve_base_model, train_candidates
+    from trainer.candidates import resolve_base_model, train_candidates
     from trainer.data import load_instruction_data
-    from trainer.progress import RichTrainingProgress, progress_display
+    from trainer.progress import RichTrainingProgress
 
     with _user_errors():
         search_space = load_space(space, _finetune(lora, qlora))
@@ -118,20 +104,9 @@ def candidates(
             if data == "builtin"
             else load_instruction_data(Path(data))
         )
-        args = CandidateTrainingArguments(
-            output_dir=out,
-            base_model=resolve_base_model(base),
-            max_length=max_length,
-            per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=gradient_accumulation,
-            seed=seed,
-            schedule_horizon=horizon,
-            max_steps_per_epoch=max_steps,
-            deepspeed_zero2=deepspeed,
-            retention=retention,
-        )
+        args = CandidateTrainingArguments(base_model=resolve_base_model(base), **settings)
         hf_logging.disable_progress_bar()
-        with progress_display(console) as progress:
+        with progress_bar(console, detail=True) as progress:
             tracker = RichTrainingProgress(progress)
             report = train_candidates(
                 search_space.configs, records, args, [tracker], on_run=tracker.start_run
@@ -140,7 +115,7 @@ def candidates(
     if report.truncated or report.dropped:
         console.print(
             f"[yellow]{report.truncated} responses truncated and {report.dropped} examples "
-            f"dropped at max length {max_length}[/yellow]"
+            f"dropped at max length {args.max_length}[/yellow]"
         )
     typer.echo(json.dumps(report.to_json(), indent=2))
 
@@ -167,11 +142,11 @@ def generate(
     """Greedy responses of every checkpoint to the validation set; reruns recompute nothing."""
     from transformers.utils import logging as hf_logging
 
+    from judge.terminal import progress_bar
     from trainer.builtin_data import make_validation_set
     from trainer.candidates import find_checkpoints
     from trainer.data import load_validation_set
     from trainer.generate import generate_responses
-    from trainer.progress import progress_display
 
     with _user_errors():
         items = (
@@ -183,7 +158,7 @@ def generate(
         if not found:
             raise InputError(f"{checkpoints}: no finished epoch checkpoint yet")
         hf_logging.disable_progress_bar()
-        with progress_display(console) as progress:
+        with progress_bar(console, detail=True) as progress:
             total = len(found) * len({item.id for item in items})
             task = progress.add_task("responses", total=total, detail="")
             report = generate_responses(
@@ -208,9 +183,9 @@ ExcludeTestsetOption = Annotated[
 
 
 @app.command()
+@dataclass_options(JudgeTrainingArguments)
 def judge(
-    base: Annotated[str, typer.Option("--base", help="builtin, or a local HF causal-LM dir")],
-    out: Annotated[Path, typer.Option("--out", help="output directory: the trained judge")],
+    settings: dict[str, Any],
     data: Annotated[
         Path | None,
         typer.Option("--data", help="judge-training JSON/JSONL (PandaLM shape)", exists=True),
@@ -220,36 +195,6 @@ def judge(
         typer.Option(help="instead of --data: synthetic pairs built from seed tasks", exists=True),
     ] = None,
     exclude_testset: ExcludeTestsetOption = None,
-    deepspeed: Annotated[
-        Path | None,
-        typer.Option(help="DeepSpeed config JSON, e.g. trainer/deepspeed/zero2.json", exists=True),
-    ] = None,
-    lora: Annotated[
-        bool, typer.Option("--lora", help="train a LoRA adapter (large bases)")
-    ] = False,
-    lora_rank: Annotated[int, typer.Option(min=1)] = 16,
-    learning_rate: Annotated[float, typer.Option(min=0.0)] = 2e-5,
-    epochs: Annotated[float, typer.Option(min=0.0)] = 2.0,
-    warmup_ratio: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.03,
-    batch_size: Annotated[int, typer.Option(min=1, help="micro batch per device")] = 2,
-    gradient_accumulation: Annotated[int, typer.Option(min=1)] = 8,
-    max_length: Annotated[int, typer.Option(min=8, help="tokens per record")] = 1024,
-    verdict_loss_weight: Annotated[
-        float, typer.Option(min=1.0, help="weight of the verdict token in the loss (1: paper)")
-    ] = 1.0,
-    over_length: Annotated[
-        Literal["drop", "truncate"], typer.Option(help="records over max length")
-    ] = "drop",
-    swap: Annotated[bool, typer.Option("--swap", help="add every record's mirror")] = False,
-    max_steps: Annotated[int | None, typer.Option(min=1, help="stop early (quick runs)")] = None,
-    save_steps: Annotated[int, typer.Option(min=1, help="checkpoint interval (resume)")] = 200,
-    seed: int = 42,
-    eval_testset: Annotated[
-        Path | None,
-        typer.Option(help="labelled test set judged after training (both orders)", exists=True),
-    ] = None,
-    eval_mode: Annotated[Literal["score", "generate"], typer.Option()] = "score",
-    eval_limit: Annotated[int | None, typer.Option(min=1)] = None,
     local_rank: Annotated[
         int, typer.Option("--local_rank", "--local-rank", hidden=True, help="set by deepspeed")
     ] = -1,
@@ -257,7 +202,7 @@ def judge(
     """Train a PandaLM-format judge (paper defaults; run under torchrun or deepspeed for many
     processes) and print a JSON report."""
     from trainer.judge_builtin_data import build_builtin_judge_records, load_seed_tasks
-    from trainer.judge_training import JudgeTrainingArguments, train_judge
+    from trainer.judge_training import train_judge
 
     del local_rank  # the launcher also sets LOCAL_RANK, which the Trainer reads
     with _user_errors():
@@ -266,31 +211,11 @@ def judge(
         records = None
         if seed_tasks is not None:
             records = build_builtin_judge_records(
-                load_seed_tasks(seed_tasks), seed, _testset_instructions(exclude_testset)
+                load_seed_tasks(seed_tasks),
+                settings["seed"],
+                _testset_instructions(exclude_testset),
             )
-        args = JudgeTrainingArguments(
-            base_model=Path(base),
-            data=data or seed_tasks,  # type: ignore[arg-type]
-            output_dir=out,
-            deepspeed=deepspeed,
-            lora=lora,
-            lora_rank=lora_rank,
-            learning_rate=learning_rate,
-            num_train_epochs=epochs,
-            warmup_ratio=warmup_ratio,
-            per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=gradient_accumulation,
-            max_length=max_length,
-            verdict_loss_weight=verdict_loss_weight,
-            over_length=over_length,
-            swap_augmentation=swap,
-            max_steps=max_steps,
-            save_steps=save_steps,
-            seed=seed,
-            eval_testset=eval_testset,
-            eval_mode=eval_mode,
-            eval_limit=eval_limit,
-        )
+        args = JudgeTrainingArguments(data=data or seed_tasks, **settings)  # type: ignore[arg-type]
         report = train_judge(args, records)
     if os.environ.get("RANK", "0") == "0":
         typer.echo(json.dumps(report.to_json(), indent=2))
@@ -359,43 +284,12 @@ def package_adapter_command(
 
 
 @app.command("builtin-judge")
-def builtin_judge(
-    testset: Annotated[
-        Path, typer.Option(help="PandaLM's dev split (human labels; trained on)", exists=True)
-    ],
-    out: Annotated[Path, typer.Option("--out", help="where head.json and README.md go")] = Path(
-        "judge/builtin_judge"
-    ),
-    preferences: Annotated[
-        list[Path] | None,
-        typer.Option("--preferences", help="preference JSONL; only use=train rows", exists=True),
-    ] = None,
-    seed_tasks: Annotated[
-        Path | None,
-        typer.Option(
-            help="Alpaca seed_tasks.jsonl: synthetic pairs with broken losers", exists=True
-        ),
-    ] = None,
-    synthetic_weight: Annotated[float, typer.Option(min=0.0)] = 0.3,
-    cache: Annotated[Path, typer.Option(help="encoding cache (resume)")] = Path(
-        "build/builtin-judge/encodings.sqlite"
-    ),
-    folds: Annotated[int, typer.Option(min=2)] = 5,
-    threads: Annotated[int, typer.Option(min=1)] = 2,
-) -> None:
+@dataclass_options(BuiltinJudgeArguments)
+def builtin_judge(settings: dict[str, Any]) -> None:
     """Train the builtin judge's head on frozen SmolLM2 encodings; dev figures out-of-fold."""
-    from trainer.builtin_judge import BuiltinJudgeArguments, train_builtin_judge
+    from trainer.builtin_judge import train_builtin_judge
 
     with _user_errors():
-        args = BuiltinJudgeArguments(
-            testset=testset,
-            out=out,
-            preferences=list(preferences or []),
-            seed_tasks=seed_tasks,
-            synthetic_weight=synthetic_weight,
-            cache=cache,
-            folds=folds,
-            threads=threads,
-        )
+        args = BuiltinJudgeArguments(**settings)
         record = train_builtin_judge(args, console)
     typer.echo(json.dumps(record["dev_out_of_fold"], indent=2))

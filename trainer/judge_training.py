@@ -18,38 +18,30 @@ Output directory:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
     DataCollatorForSeq2Seq,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
-    TrainingArguments,
     set_seed,
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from judge.io import InputError
+from trainer.arguments import DEFAULT_DEEPSPEED_CONFIG, JudgeSettingsError, JudgeTrainingArguments
 from trainer.candidates import add_lora, load_tokenizer, resolve_base_model
-from trainer.judge_data import (
-    OVER_LENGTH_RULES,
-    FilterReport,
-    JudgeRecord,
-    OverLength,
-    load_judge_records,
-    prepare_judge_data,
-)
+from trainer.judge_data import FilterReport, JudgeRecord, load_judge_records, prepare_judge_data
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
 __all__ = [
     "DEFAULT_DEEPSPEED_CONFIG",
@@ -60,107 +52,8 @@ __all__ = [
     "train_judge",
 ]
 
-DEFAULT_DEEPSPEED_CONFIG = Path(__file__).with_name("deepspeed") / "zero2.json"
 EXAMPLE_INDEX = "example_index"
 REPORT_FILE = "judge_training.json"
-
-
-class JudgeSettingsError(InputError):
-    """Judge-training settings that cannot be used."""
-
-
-@dataclass
-class JudgeTrainingArguments:
-    """What `pandalm-train judge` trains with; the defaults are the PandaLM paper's recipe.
-
-    `lora` trains a LoRA adapter (the paper's 70B row) and saves the merged model too, so the
-    output directory is a judge either way. `eval_testset` (PandaLM's labelled test-set format)
-    is judged after training, both orders, and its metrics go into the report. `max_steps`
-    stops early (quick runs); `save_steps` keeps one checkpoint to resume a killed run from.
-    """
-
-    base_model: Path
-    data: Path
-    output_dir: Path
-    deepspeed: Path | None = None
-    lora: bool = False
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: str = "all-linear"
-    learning_rate: float = 2e-5
-    lr_scheduler_type: str = "cosine"
-    optim: str = "adamw_torch"
-    weight_decay: float = 0.0
-    num_train_epochs: float = 2.0
-    warmup_ratio: float = 0.03
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 8
-    max_length: int = 1024
-    verdict_loss_weight: float = 1.0
-    """How many times the verdict (the target's first token) counts in the loss; 1 is the
-    paper's plain loss. A small judge needs more (a 135M judge: 30-50), see
-    verdict_weighted_loss."""
-    over_length: OverLength = "drop"
-    swap_augmentation: bool = False
-    activation_checkpointing: bool = False
-    max_steps: int | None = None
-    save_steps: int = 200
-    logging_steps: int = 10
-    seed: int = 42
-    eval_testset: Path | None = None
-    eval_mode: str = "score"
-    eval_limit: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # more TrainingArguments, verbatim
-
-    def __post_init__(self) -> None:
-        self.base_model, self.data = Path(self.base_model), Path(self.data)
-        self.output_dir = Path(self.output_dir)
-        if self.deepspeed is not None:
-            self.deepspeed = Path(self.deepspeed)
-            if not self.deepspeed.is_file():
-                raise JudgeSettingsError(f"{self.deepspeed}: no DeepSpeed config file there")
-            if importlib.util.find_spec("deepspeed") is None:
-                raise JudgeSettingsError("--deepspeed needs DeepSpeed: pip install deepspeed")
-        if self.eval_testset is not None:
-            self.eval_testset = Path(self.eval_testset)
-        if self.over_length not in OVER_LENGTH_RULES:
-            raise JudgeSettingsError(f"over_length must be one of {OVER_LENGTH_RULES}")
-        if self.eval_mode not in ("score", "generate"):
-            raise JudgeSettingsError("eval_mode must be score or generate")
-        if not 0 <= self.warmup_ratio < 1:
-            raise JudgeSettingsError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-
-    def training_arguments(self) -> TrainingArguments:
-        """The transformers TrainingArguments these settings stand for."""
-        cuda = torch.cuda.is_available()
-        return TrainingArguments(
-            output_dir=str(self.output_dir),
-            num_train_epochs=self.num_train_epochs,
-            max_steps=self.max_steps if self.max_steps is not None else -1,
-            per_device_train_batch_size=self.per_device_train_batch_size,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            learning_rate=self.learning_rate,
-            lr_scheduler_type=self.lr_scheduler_type,
-            optim=self.optim,
-            weight_decay=self.weight_decay,
-            warmup_steps=self.warmup_ratio,  # transformers 5: a float below 1 is a ratio
-            logging_steps=self.logging_steps,
-            save_strategy="steps",
-            save_steps=self.save_steps,
-            save_total_limit=1,
-            seed=self.seed,
-            bf16=cuda and torch.cuda.is_bf16_supported(),
-            use_cpu=not cuda,
-            activation_checkpointing=self.activation_checkpointing,
-            deepspeed=str(self.deepspeed) if self.deepspeed is not None else None,
-            remove_unused_columns=False,  # the collator needs the example index
-            report_to="none",
-            **self.extra,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
 @dataclass

@@ -1,18 +1,11 @@
-"""Rich progress for candidate training: runs overall, and the current run's epoch, step, loss."""
+"""Rich progress for candidate training: runs overall, and the current run's epoch, step, loss,
+on the display `judge.terminal.progress_bar(console, detail=True)` gives."""
 
 from __future__ import annotations
 
 import math
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress, TaskID
 from transformers import TrainerCallback
 
 from common.space import TrainingRun
@@ -20,18 +13,6 @@ from common.space import TrainingRun
 
 def describe_run(run: TrainingRun) -> str:
     return " ".join(f"{name}={value}" for name, value in sorted(run.params.items()))
-
-
-def progress_display(console: Console) -> Progress:
-    """Bar, count, a `detail` field and ETA per task."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeRemainingColumn(),
-        console=console,
-    )
 
 
 class RichTrainingProgress(TrainerCallback):

@@ -1,36 +1,131 @@
 """Judge specs (`builtin`, `gguf:PATH`, `hf:PATH?quant=8bit|4bit&dtype=bf16`,
-`openai:URL?model=NAME`) and loading."""
+`openai:URL?model=NAME`), the registry of backend kinds, and loading.
+
+Each backend kind is registered once in `BACKENDS`: its options and their types, what its spec's
+location names (nothing, a local file, a model directory or a URL), whether it is pointwise and
+the function that loads it, imported only when a judge of that kind is loaded (importing this
+package pulls in neither llama_cpp nor torch). Spec parsing, `judge/cli.py` and the offline
+bundle (`agent/bundle.py`) read the registry; a new backend is one module with a
+`from_spec(spec)` function plus one `register(BackendKind(...))`."""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from judge.backends.base import GenerationSettings, JudgeBackend
-from judge.models import ModelNotFoundError
+from judge.models import (
+    BUILTIN_GGUF_NAME,
+    ENCODER_GGUF_NAME,
+    ModelNotFoundError,
+    builtin_base_gguf,
+    models_dir,
+)
 
 __all__ = [
+    "BACKENDS",
+    "BackendKind",
     "GenerationSettings",
     "JudgeBackend",
     "JudgeSpec",
+    "Location",
     "SpecError",
     "check_spec_form",
     "load_backend",
     "parse_spec",
+    "register",
+    "spec_forms",
 ]
-
-_OPTIONS = {
-    "builtin": {"threads": int},
-    "gguf": {"threads": int, "ctx": int},
-    "hf": {"quant": str, "dtype": str, "batch": int},
-    "openai": {"model": str, "concurrency": int, "scoring": str, "logprobs": int, "timeout": int},
-}
-SPEC_FORMS = "builtin, gguf:PATH, hf:PATH[?quant=8bit|4bit] or openai:URL[?model=NAME]"
 
 
 class SpecError(ValueError):
     """A judge spec string that names no usable judge."""
+
+
+class Location(Enum):
+    """What the part after `KIND:` names."""
+
+    NONE = "none"
+    """Nothing: the spec is `KIND[?options]` and the model ships with the package."""
+    FILE = "file"
+    """A local model file, e.g. a GGUF."""
+    MODEL_DIR = "model directory"
+    """A local transformers model directory (one with a config.json)."""
+    URL = "url"
+    """An http(s) server's URL: no model on this machine."""
+
+
+Carried = list[tuple[Path, str]]
+"""(source file or folder, destination relative to an offline bundle's models/)."""
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    """One kind of judge backend, registered once in `BACKENDS`."""
+
+    name: str
+    location: Location
+    loader: str | Callable[[JudgeSpec], JudgeBackend]
+    """`module:function` (imported on first load, so heavy libraries stay unloaded until then)
+    or the function itself; it builds the backend from a parsed spec."""
+    form: str
+    """How the spec is written, for error messages: `gguf:PATH`."""
+    options: Mapping[str, type[int] | type[str]] = field(default_factory=dict)
+    pointwise: bool = False
+    """Scores each response on its own (judge/pointwise.py): a pair costs no forward pass once
+    both responses are scored; gives verdict probabilities only, never generated text."""
+    beam_search: bool = True
+    """Can decode with PandaLM's reference settings (beam search)."""
+    file_label: str = "model"
+    """For a FILE location: what the missing file is called in `no GGUF file at PATH`."""
+    packaged: str | Callable[[], Path] | None = None
+    """For a NONE location: the packaged model path (`module:attribute` or a function)."""
+    bundled: Callable[[], Carried] | None = None
+    """For a NONE location: the installed model files an offline bundle carries."""
+
+    def load(self, spec: JudgeSpec) -> JudgeBackend:
+        return _resolve(self.loader)(spec)
+
+    def carry(self, spec: JudgeSpec, models: str) -> tuple[Carried, str]:
+        """What an offline bundle copies for this judge and the spec naming the copy, with
+        `models` standing for the site's models folder; raises ModelNotFoundError when a
+        packaged model is not installed here."""
+        if self.location is Location.NONE:
+            return (self.bundled() if self.bundled else []), spec.text()
+        if self.location is Location.URL:
+            return [], spec.text()  # a judge server on the site's network: nothing to carry
+        path = Path(spec.path)
+        name = path.name if self.location is Location.FILE else path.resolve().name
+        return [(path, f"judge/{name}")], spec.text(f"{models}/judge/{name}")
+
+
+BACKENDS: dict[str, BackendKind] = {}
+"""Every backend kind by name, in the order of `spec_forms()`."""
+
+
+def register(kind: BackendKind) -> BackendKind:
+    """Add a backend kind (a test or a plugin may register its own)."""
+    if kind.location is Location.NONE and kind.packaged is None:
+        raise ValueError(f"backend {kind.name!r}: a kind without a location needs `packaged`")
+    BACKENDS[kind.name] = kind
+    return kind
+
+
+def _resolve(ref: str | Callable):
+    if callable(ref):
+        return ref
+    module, _, attribute = ref.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def spec_forms() -> str:
+    """`builtin, gguf:PATH, ... or openai:URL[?model=NAME]`: every registered form."""
+    forms = [kind.form for kind in BACKENDS.values()]
+    return ", ".join(forms[:-1]) + " or " + forms[-1] if len(forms) > 1 else "".join(forms)
 
 
 @dataclass(frozen=True)
@@ -43,31 +138,45 @@ class JudgeSpec:
     options: dict[str, int | str] = field(default_factory=dict)
 
     @property
+    def backend(self) -> BackendKind:
+        return BACKENDS[self.kind]
+
+    @property
     def pointwise(self) -> bool:
         """Whether the judge scores each response on its own (judge/pointwise.py), so a pair
         costs no forward pass once both responses are scored."""
-        return self.kind == "builtin"
+        return self.backend.pointwise
+
+    def text(self, location: str | None = None) -> str:
+        """The spec as a string, its location replaced by `location` if given."""
+        head = self.kind
+        if self.backend.location is not Location.NONE:
+            head += f":{self.path if location is None else location}"
+        query = urlencode(self.options)
+        return f"{head}?{query}" if query else head
 
 
 def check_spec_form(spec: str) -> tuple[str, str, dict[str, int | str]]:
     """A spec's kind, location and options; raises SpecError for a malformed spec, without
     looking for the model (a config file is read before its judge model need be there)."""
-    if spec == "builtin" or spec.startswith("builtin?"):
-        kind, rest = "builtin", spec
+    bare = spec.partition("?")[0]
+    if bare in BACKENDS and BACKENDS[bare].location is Location.NONE:
+        kind, rest = bare, spec
     else:
         kind, sep, rest = spec.partition(":")
-        if not sep or kind not in _OPTIONS or kind == "builtin" or not rest:
-            raise SpecError(f"unknown judge spec {spec!r}: use {SPEC_FORMS}")
+        if not sep or kind not in BACKENDS or BACKENDS[kind].location is Location.NONE or not rest:
+            raise SpecError(f"unknown judge spec {spec!r}: use {spec_forms()}")
+    backend = BACKENDS[kind]
     location, _, query = rest.partition("?")
     options: dict[str, int | str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
-        if key not in _OPTIONS[kind]:
+        if key not in backend.options:
             raise SpecError(f"judge spec {spec!r}: unknown option {key!r} for {kind}")
         try:
-            options[key] = _OPTIONS[kind][key](value)
+            options[key] = backend.options[key](value)
         except ValueError as exc:
             raise SpecError(f"judge spec {spec!r}: option {key!r} wants a number") from exc
-    if kind == "openai":
+    if backend.location is Location.URL:
         url = urlsplit(location)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise SpecError(f"judge spec {spec!r}: {location!r} is not an http(s) URL")
@@ -75,19 +184,20 @@ def check_spec_form(spec: str) -> tuple[str, str, dict[str, int | str]]:
 
 
 def parse_spec(spec: str) -> JudgeSpec:
-    """Parse a judge spec; `builtin[?threads=N]` is the pointwise builtin judge
-    (judge/pointwise.py) on the embedded base model."""
+    """Parse a judge spec and check that its model is there (nothing is loaded);
+    `builtin[?threads=N]` is the pointwise builtin judge (judge/pointwise.py) on the embedded
+    base model."""
     kind, location, options = check_spec_form(spec)
-    if kind == "builtin":
-        from judge.pointwise import BUILTIN_HEAD
-
-        return JudgeSpec(kind, BUILTIN_HEAD, options)
-    if kind == "openai":
+    backend = BACKENDS[kind]
+    if backend.location is Location.NONE:
+        packaged = _resolve(backend.packaged)  # type: ignore[arg-type]
+        return JudgeSpec(kind, packaged() if callable(packaged) else packaged, options)
+    if backend.location is Location.URL:
         return JudgeSpec(kind, location, options)
     path = Path(location).expanduser()
-    if kind == "gguf" and not path.is_file():
-        raise SpecError(f"judge spec {spec!r}: no GGUF file at {path}")
-    if kind == "hf" and not (path / "config.json").is_file():
+    if backend.location is Location.FILE and not path.is_file():
+        raise SpecError(f"judge spec {spec!r}: no {backend.file_label} file at {path}")
+    if backend.location is Location.MODEL_DIR and not (path / "config.json").is_file():
         raise SpecError(f"judge spec {spec!r}: {path} is not a transformers model directory")
     return JudgeSpec(kind, path, options)
 
@@ -97,39 +207,59 @@ def load_backend(spec: JudgeSpec | str) -> JudgeBackend:
     if isinstance(spec, str):
         spec = parse_spec(spec)
     try:
-        if spec.kind == "builtin":
-            from judge.pointwise import load_builtin
-
-            return load_builtin(spec.path, n_threads=int(spec.options.get("threads", 0)) or None)
-        if spec.kind == "gguf":
-            from judge.backends.llamacpp import LlamaCppBackend
-
-            return LlamaCppBackend(
-                spec.path,
-                n_threads=int(spec.options.get("threads", 0)) or None,
-                n_ctx=int(spec.options.get("ctx", 4096)),
-            )
-        if spec.kind == "openai":
-            from judge.backends.openai import OpenAICompletionsBackend
-
-            return OpenAICompletionsBackend(
-                str(spec.path),
-                model=str(spec.options["model"]) if spec.options.get("model") else None,
-                concurrency=int(spec.options.get("concurrency", 4)),
-                scoring=str(spec.options.get("scoring", "auto")),
-                logprobs=int(spec.options.get("logprobs", 20)),
-                timeout=float(spec.options.get("timeout", 600)),
-            )
-        from judge.backends.hf import TransformersBackend
-
-        quant = spec.options.get("quant")
-        return TransformersBackend(
-            spec.path,
-            quant=str(quant) if quant else None,
-            dtype=str(spec.options.get("dtype", "fp32")),
-            batch_size=int(spec.options.get("batch", 8)),
-        )
+        return spec.backend.load(spec)
     except (OSError, ValueError) as exc:
         if isinstance(exc, ModelNotFoundError):
             raise
         raise SpecError(f"{spec.path}: cannot load a {spec.kind} judge ({exc})") from exc
+
+
+def _builtin_bundled() -> Carried:
+    """The builtin judge travels as the embedded base model's GGUF, plus its encoder GGUF when
+    this machine has built it (else the site builds it from the base on first use)."""
+    carried = [(builtin_base_gguf(), BUILTIN_GGUF_NAME)]
+    encoder = models_dir() / ENCODER_GGUF_NAME
+    return [*carried, (encoder, ENCODER_GGUF_NAME)] if encoder.is_file() else carried
+
+
+register(
+    BackendKind(
+        "builtin",
+        Location.NONE,
+        "judge.pointwise:from_spec",
+        form="builtin",
+        options={"threads": int},
+        pointwise=True,
+        packaged="judge.pointwise:BUILTIN_HEAD",
+        bundled=_builtin_bundled,
+    )
+)
+register(
+    BackendKind(
+        "gguf",
+        Location.FILE,
+        "judge.backends.llamacpp:from_spec",
+        form="gguf:PATH",
+        options={"threads": int, "ctx": int},
+        beam_search=False,
+        file_label="GGUF",
+    )
+)
+register(
+    BackendKind(
+        "hf",
+        Location.MODEL_DIR,
+        "judge.backends.hf:from_spec",
+        form="hf:PATH[?quant=8bit|4bit]",
+        options={"quant": str, "dtype": str, "batch": int},
+    )
+)
+register(
+    BackendKind(
+        "openai",
+        Location.URL,
+        "judge.backends.openai:from_spec",
+        form="openai:URL[?model=NAME]",
+        options={"model": str, "concurrency": int, "scoring": str, "logprobs": int, "timeout": int},
+    )
+)

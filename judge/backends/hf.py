@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import (
@@ -17,6 +18,9 @@ from transformers import (
 from judge.backends.base import GenerationSettings
 from judge.backends.tokens import continuation_ids, file_identity
 from judge.verdict import generation_settled
+
+if TYPE_CHECKING:
+    from judge.backends import JudgeSpec
 
 QUANTIZATIONS = ("8bit", "4bit")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -153,3 +157,15 @@ class TransformersBackend:
 
     def _tokenize_plain(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def from_spec(spec: JudgeSpec) -> TransformersBackend:
+    """`hf:PATH[?quant=8bit|4bit&dtype=bf16&batch=N]` (judge.backends' registry loads it
+    through this)."""
+    quant = spec.options.get("quant")
+    return TransformersBackend(
+        Path(spec.path),
+        quant=str(quant) if quant else None,
+        dtype=str(spec.options.get("dtype", "fp32")),
+        batch_size=int(spec.options.get("batch", 8)),
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import llama_cpp
 import numpy as np
@@ -15,6 +16,9 @@ import numpy as np
 from judge.backends.base import GenerationSettings
 from judge.backends.tokens import continuation_ids, file_identity
 from judge.verdict import generation_settled
+
+if TYPE_CHECKING:
+    from judge.backends import JudgeSpec
 
 
 class LlamaCppBackend:
@@ -110,3 +114,12 @@ class LlamaCppBackend:
                     break
             texts.append(text)
         return texts
+
+
+def from_spec(spec: JudgeSpec) -> LlamaCppBackend:
+    """`gguf:PATH[?threads=N&ctx=N]` (judge.backends' registry loads it through this)."""
+    return LlamaCppBackend(
+        Path(spec.path),
+        n_threads=int(spec.options.get("threads", 0)) or None,
+        n_ctx=int(spec.options.get("ctx", 4096)),
+    )

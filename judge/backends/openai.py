@@ -22,13 +22,16 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from judge.backends.base import GenerationSettings
 from judge.verdict import generation_settled
+
+if TYPE_CHECKING:
+    from judge.backends import JudgeSpec
 
 log = logging.getLogger(__name__)
 
@@ -302,3 +305,15 @@ class OpenAICompletionsBackend:
             if response.status_code == 200:
                 return len(response.json()["tokens"])
         raise EndpointError(f"judge server {root} offers no tokenize endpoint")
+
+
+def from_spec(spec: JudgeSpec) -> OpenAICompletionsBackend:
+    """`openai:URL[?model=NAME&...]` (judge.backends' registry loads it through this)."""
+    return OpenAICompletionsBackend(
+        str(spec.path),
+        model=str(spec.options["model"]) if spec.options.get("model") else None,
+        concurrency=int(spec.options.get("concurrency", 4)),
+        scoring=str(spec.options.get("scoring", "auto")),
+        logprobs=int(spec.options.get("logprobs", 20)),
+        timeout=float(spec.options.get("timeout", 600)),
+    )

@@ -1,17 +1,9 @@
-"""registered site names
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-12-02 01:20:02.318646
-"""
+"""Registered site names (revision 0002, 2026-12-02)."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
-branch_labels = None
-depends_on = None
+revision, down_revision = "0002", "0001"
 
 
 def upgrade() -> None:

@@ -1,10 +1,6 @@
-"""run key and selection mode: one name for a run's key, and the selection's mode named as such
+"""Run key and selection mode (revision 0003, 2026-12-02).
 
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-12-02 03:40:00
-
-federated_run.name -> run_key and .mode -> selection_mode; run_name -> run_key in run_site,
+One name for a run's key, and the selection's mode named as such: federated_run.name -> run_key and .mode -> selection_mode; run_name -> run_key in run_site,
 comparison_result and round_log (their indexes renamed with them); the keys `name` and `mode` of
 the settings recorded with each run -> `run_key` and `selection_mode`, as RunSettings names them.
 Batch mode: SQLite rebuilds each table with every row; PostgreSQL renames in place.
@@ -12,10 +8,7 @@ Batch mode: SQLite rebuilds each table with every row; PostgreSQL renames in pla
 
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
-branch_labels = None
-depends_on = None
+revision, down_revision = "0003", "0002"
 
 KEYED = ("run_site", "comparison_result", "round_log")
 SETTINGS_KEYS = (('"name":', '"run_key":'), ('"mode":', '"selection_mode":'))

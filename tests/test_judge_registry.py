@@ -1,0 +1,146 @@
+"""The judge backend registry: a kind registered here is parsed, loaded, judged through
+`PairJudge`, run by `pandalm-judge compare` and carried into an offline bundle without any other
+change; unknown kinds and options fail with the same messages as before."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import judge.backends
+from agent.bundle import MODELS_PLACEHOLDER, plan_models
+from judge.backends import (
+    BACKENDS,
+    BackendKind,
+    GenerationSettings,
+    JudgeSpec,
+    Location,
+    SpecError,
+    load_backend,
+    parse_spec,
+    register,
+)
+from judge.cli import app as judge_app
+from judge.engine import Pair, PairJudge
+from judge.models import BUILTIN_GGUF_NAME
+
+
+class KeywordBackend:
+    """Test double at the model edge: prefers the response holding the keyword written in its
+    model file (`keyword:PATH`), so the two presentation orders must disagree in position."""
+
+    def __init__(self, path: Path, weight: int) -> None:
+        self.keyword = path.read_text().strip()
+        self.weight = weight
+        self.identity = f"keyword:{self.keyword}:{weight}"
+
+    def _preferred(self, prompt: str) -> str:
+        first, _, second = prompt.partition("### Response 2:")
+        return (
+            "1"
+            if self.keyword in first.partition("### Response 1:")[2]
+            else ("2" if self.keyword in second else "Tie")
+        )
+
+    def generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]:
+        return [
+            f"{self._preferred(p)}\n\n### Reason: keyword\n\n### Reference: -\n" for p in prompts
+        ]
+
+    def score(self, prompts: list[str], continuations: list[str]) -> list[list[float]]:
+        return [[0.0 if c == self._preferred(p) else -self.weight for c in continuations]
+                for p in prompts]  # fmt: skip
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+def _load_keyword(spec: JudgeSpec) -> KeywordBackend:
+    return KeywordBackend(Path(spec.path), int(spec.options.get("weight", 5)))
+
+
+@pytest.fixture
+def keyword_kind(monkeypatch: pytest.MonkeyPatch) -> BackendKind:
+    """The `keyword:PATH[?weight=N]` kind, registered the way a new backend module would be."""
+    monkeypatch.setattr(judge.backends, "BACKENDS", dict(BACKENDS))  # undone after the test
+    return register(
+        BackendKind(
+            "keyword", Location.FILE, _load_keyword, form="keyword:PATH",
+            options={"weight": int}, file_label="keyword",
+        )
+    )  # fmt: skip
+
+
+@pytest.fixture
+def keyword_file(tmp_path: Path) -> Path:
+    path = tmp_path / "kw.txt"
+    path.write_text("PLANTED\n")
+    return path
+
+
+def test_a_registered_kind_is_parsed_and_judged(keyword_kind: BackendKind, keyword_file: Path):
+    spec = parse_spec(f"keyword:{keyword_file}?weight=7")
+    assert (spec.kind, spec.path, spec.options) == ("keyword", keyword_file, {"weight": 7})
+    assert spec.backend is keyword_kind and not spec.pointwise
+    pairs = [Pair("Say it.", "", "plain", "PLANTED text"), Pair("Say it.", "", "PLANTED", "no")]
+    judged = PairJudge(load_backend(spec), mode="score").judge(pairs)
+    assert [j.verdict for j in judged] == ["2", "1"]
+    assert all(j.consistent for j in judged)  # the swapped order was mapped back
+    with pytest.raises(SpecError, match="unknown option 'beams' for keyword"):
+        parse_spec(f"keyword:{keyword_file}?beams=4")
+    with pytest.raises(SpecError, match="option 'weight' wants a number"):
+        parse_spec(f"keyword:{keyword_file}?weight=heavy")
+    with pytest.raises(SpecError, match="no keyword file at"):
+        parse_spec(f"keyword:{keyword_file.parent / 'missing.txt'}")
+    with pytest.raises(SpecError, match=r"unknown judge spec 'vllm:gpt': use builtin, .*keyword"):
+        parse_spec("vllm:gpt")
+
+
+def test_pandalm_judge_compare_runs_a_registered_kind(
+    keyword_kind: BackendKind, keyword_file: Path, tmp_path: Path
+) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps(
+            {"instruction": "Say it.", "input": "", "response1": "PLANTED", "response2": "x"}
+        )
+        + "\n"
+    )
+    out = tmp_path / "out.jsonl"
+    spec = f"keyword:{keyword_file}"
+    args = ["compare", str(pairs), "-o", str(out), "--judge", spec, "--no-cache"]
+    result = CliRunner().invoke(judge_app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["verdict"] == "1"  # generate mode: not pointwise
+
+
+def test_a_registered_kind_travels_in_a_bundle(
+    keyword_kind: BackendKind,
+    keyword_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / BUILTIN_GGUF_NAME).write_bytes(b"GGUF fake")
+    monkeypatch.setenv("PANDALM_HOME", str(home))
+    plan = plan_models(f"keyword:{keyword_file}?weight=3")
+    assert plan.copies == [
+        (home / "models" / BUILTIN_GGUF_NAME, BUILTIN_GGUF_NAME),  # the builtin base model
+        (keyword_file, "judge/kw.txt"),
+    ]
+    assert plan.judge_spec == f"keyword:{MODELS_PLACEHOLDER}/judge/kw.txt?weight=3"
+
+
+def test_importing_the_registry_loads_no_model_library() -> None:
+    code = (
+        "import sys, judge.backends; "
+        "print([m for m in ('llama_cpp', 'torch', 'transformers') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,263 @@
+"""The settings dataclasses of `pandalm-train`'s training commands, light to import (no torch):
+each field a command line offers carries its option here (`trainer/options.py`), so the CLI and
+the library declare it once."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from common.space import SCHEDULE_HORIZONS, ScheduleHorizon
+from judge.io import InputError
+from trainer.judge_data import OVER_LENGTH_RULES, OverLength
+from trainer.options import cli
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
+
+Retention = Literal["weights", "resumable"]
+RETENTIONS: tuple[str, ...] = ("weights", "resumable")
+DEFAULT_DEEPSPEED_CONFIG = Path(__file__).with_name("deepspeed") / "zero2.json"
+BASE_HELP = "builtin, or a local HF causal-LM dir"
+
+
+class SettingsError(InputError):
+    """Settings that cannot be used, or that differ from those an output directory was
+    trained with."""
+
+
+class JudgeSettingsError(InputError):
+    """Judge-training settings that cannot be used."""
+
+
+@dataclass
+class CandidateTrainingArguments:
+    """A site's settings for training candidates; the config ids name what varies between them.
+
+    `schedule_horizon`: `run` trains one run per (optimizer, lr, scheduler, ...) for the largest
+    epoch count and takes epoch k's checkpoint as config `epochs = k`, so its learning-rate
+    schedule spans the whole run (the paper's practice); `config` gives each config its own run
+    whose schedule ends at its epoch count (costs more). `retention`: `weights` keeps per config
+    only its model weights (or LoRA adapter) once a run finishes; `resumable` also keeps the
+    optimizer, scheduler and RNG state of the run's last checkpoint. Older epochs' trainer state
+    is dropped as soon as the next epoch is saved. `max_steps_per_epoch` caps an epoch by
+    training on fewer examples (quick runs).
+    """
+
+    output_dir: Path = field(metadata=cli("--out", help="output directory (resumable)"))
+    base_model: Path
+    max_length: int = field(default=1024, metadata=cli(min=2, help="tokens per example"))
+    per_device_train_batch_size: int = field(
+        default=8, metadata=cli("--batch-size", min=1, help="per device")
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata=cli("--gradient-accumulation", min=1, help="micro batches per step")
+    )
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    seed: int = field(default=42, metadata=cli(help="training seed"))
+    schedule_horizon: ScheduleHorizon = field(
+        default="run", metadata=cli("--horizon", help="schedule spans the run or each config")
+    )
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"
+    lora_top_layers: int | None = None
+    """LoRA on the last N transformer layers only: backpropagation stops below them, which
+    roughly halves a step's cost for N of 30 small (quick CPU runs); None: every layer."""
+    max_steps_per_epoch: int | None = field(
+        default=None,
+        metadata=cli("--max-steps", min=1, help="at most N optimizer steps per epoch (quick runs)"),
+    )
+    activation_checkpointing: bool = False
+    deepspeed_zero2: bool = field(
+        default=False,
+        metadata=cli("--deepspeed/--no-deepspeed", help="DeepSpeed ZeRO-2 (multi-GPU sites)"),
+    )
+    retention: Retention = field(
+        default="weights", metadata=cli(help="keep optimizer state after a run (resumable) or not")
+    )
+
+    def __post_init__(self) -> None:
+        self.output_dir, self.base_model = Path(self.output_dir), Path(self.base_model)
+        if not 0 <= self.warmup_ratio < 1:
+            raise SettingsError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.schedule_horizon not in SCHEDULE_HORIZONS:
+            raise SettingsError(f"schedule_horizon must be one of {SCHEDULE_HORIZONS}")
+        if self.retention not in RETENTIONS:
+            raise SettingsError(f"retention must be one of {RETENTIONS}, got {self.retention!r}")
+        if self.deepspeed_zero2 and importlib.util.find_spec("deepspeed") is None:
+            raise SettingsError("deepspeed_zero2 needs DeepSpeed: pip install deepspeed")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a finished run depends on (not where it is written or how it is kept)."""
+        settings = asdict(self)
+        for name in ("output_dir", "retention"):
+            settings.pop(name)
+        settings["base_model"] = str(self.base_model.resolve())
+        return settings
+
+
+@dataclass
+class JudgeTrainingArguments:
+    """What `pandalm-train judge` trains with; the defaults are the PandaLM paper's recipe.
+
+    `lora` trains a LoRA adapter (the paper's 70B row) and saves the merged model too, so the
+    output directory is a judge either way. `eval_testset` (PandaLM's labelled test-set format)
+    is judged after training, both orders, and its metrics go into the report. `max_steps`
+    stops early (quick runs); `save_steps` keeps one checkpoint to resume a killed run from.
+    """
+
+    base_model: Path = field(metadata=cli("--base", help=BASE_HELP))
+    data: Path
+    output_dir: Path = field(metadata=cli("--out", help="output directory: the trained judge"))
+    deepspeed: Path | None = field(
+        default=None,
+        metadata=cli(help="DeepSpeed config JSON, e.g. trainer/deepspeed/zero2.json", exists=True),
+    )
+    lora: bool = field(
+        default=False, metadata=cli("--lora", help="train a LoRA adapter (large bases)")
+    )
+    lora_rank: int = field(default=16, metadata=cli(min=1, help="LoRA rank"))
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"
+    learning_rate: float = field(default=2e-5, metadata=cli(min=0.0, help="peak learning rate"))
+    lr_scheduler_type: str = "cosine"
+    optim: str = "adamw_torch"
+    weight_decay: float = 0.0
+    num_train_epochs: float = field(default=2.0, metadata=cli("--epochs", min=0.0, help="epochs"))
+    warmup_ratio: float = field(
+        default=0.03, metadata=cli(min=0.0, max=0.99, help="share of the steps warming up")
+    )
+    per_device_train_batch_size: int = field(
+        default=2, metadata=cli("--batch-size", min=1, help="micro batch per device")
+    )
+    gradient_accumulation_steps: int = field(
+        default=8, metadata=cli("--gradient-accumulation", min=1, help="micro batches per step")
+    )
+    max_length: int = field(default=1024, metadata=cli(min=8, help="tokens per record"))
+    verdict_loss_weight: float = field(
+        default=1.0,
+        metadata=cli(min=1.0, help="weight of the verdict token in the loss (1: paper)"),
+    )
+    """How many times the verdict (the target's first token) counts in the loss; 1 is the
+    paper's plain loss. A small judge needs more (a 135M judge: 30-50), see
+    verdict_weighted_loss."""
+    over_length: OverLength = field(default="drop", metadata=cli(help="records over max length"))
+    swap_augmentation: bool = field(
+        default=False, metadata=cli("--swap", help="add every record's mirror")
+    )
+    activation_checkpointing: bool = False
+    max_steps: int | None = field(default=None, metadata=cli(min=1, help="stop early (quick runs)"))
+    save_steps: int = field(default=200, metadata=cli(min=1, help="checkpoint interval (resume)"))
+    logging_steps: int = 10
+    seed: int = field(default=42, metadata=cli(help="training and data seed"))
+    eval_testset: Path | None = field(
+        default=None,
+        metadata=cli(help="labelled test set judged after training (both orders)", exists=True),
+    )
+    eval_mode: Literal["score", "generate"] = field(
+        default="score", metadata=cli(help="how the test set is judged")
+    )
+    eval_limit: int | None = field(
+        default=None, metadata=cli(min=1, help="judge only the first N test items")
+    )
+    extra: dict[str, Any] = field(default_factory=dict)  # more TrainingArguments, verbatim
+
+    def __post_init__(self) -> None:
+        self.base_model, self.data = Path(self.base_model), Path(self.data)
+        self.output_dir = Path(self.output_dir)
+        if self.deepspeed is not None:
+            self.deepspeed = Path(self.deepspeed)
+            if not self.deepspeed.is_file():
+                raise JudgeSettingsError(f"{self.deepspeed}: no DeepSpeed config file there")
+            if importlib.util.find_spec("deepspeed") is None:
+                raise JudgeSettingsError("--deepspeed needs DeepSpeed: pip install deepspeed")
+        if self.eval_testset is not None:
+            self.eval_testset = Path(self.eval_testset)
+        if self.over_length not in OVER_LENGTH_RULES:
+            raise JudgeSettingsError(f"over_length must be one of {OVER_LENGTH_RULES}")
+        if self.eval_mode not in ("score", "generate"):
+            raise JudgeSettingsError("eval_mode must be score or generate")
+        if not 0 <= self.warmup_ratio < 1:
+            raise JudgeSettingsError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def training_arguments(self) -> TrainingArguments:
+        """The transformers TrainingArguments these settings stand for."""
+        import torch
+        from transformers import TrainingArguments
+
+        cuda = torch.cuda.is_available()
+        return TrainingArguments(
+            output_dir=str(self.output_dir),
+            num_train_epochs=self.num_train_epochs,
+            max_steps=self.max_steps if self.max_steps is not None else -1,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            learning_rate=self.learning_rate,
+            lr_scheduler_type=self.lr_scheduler_type,
+            optim=self.optim,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_ratio,  # transformers 5: a float below 1 is a ratio
+            logging_steps=self.logging_steps,
+            save_strategy="steps",
+            save_steps=self.save_steps,
+            save_total_limit=1,
+            seed=self.seed,
+            bf16=cuda and torch.cuda.is_bf16_supported(),
+            use_cpu=not cuda,
+            activation_checkpointing=self.activation_checkpointing,
+            deepspeed=str(self.deepspeed) if self.deepspeed is not None else None,
+            remove_unused_columns=False,  # the collator needs the example index
+            report_to="none",
+            **self.extra,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class BuiltinJudgeArguments:
+    """Settings of `pandalm-train builtin-judge`."""
+
+    testset: Path = field(
+        metadata=cli(help="PandaLM's dev split (human labels; trained on)", exists=True)
+    )
+    """PandaLM's dev split (human labels); trained on, reported out-of-fold."""
+    out: Path = field(
+        default=Path("judge/builtin_judge"),
+        metadata=cli("--out", help="where head.json and README.md go"),
+    )
+    preferences: list[Path] = field(
+        default_factory=list,
+        metadata=cli("--preferences", help="preference JSONL; only use=train rows", exists=True),
+    )
+    """Preference JSONL files; only their `use = "train"` rows are used."""
+    seed_tasks: Path | None = field(
+        default=None,
+        metadata=cli(
+            help="Alpaca seed_tasks.jsonl: synthetic pairs with broken losers", exists=True
+        ),
+    )
+    """Alpaca's seed_tasks.jsonl (Apache-2.0): synthetic pairs whose loser is broken, truncated,
+    off-topic... (trainer/judge_builtin_data.py), so the score knows degenerate output."""
+    synthetic_weight: float = field(
+        default=0.3, metadata=cli(min=0.0, help="weight of a synthetic pair against a labelled one")
+    )
+    """Weight of a synthetic pair against a human-labelled one."""
+    cache: Path = field(
+        default=Path("build/builtin-judge/encodings.sqlite"),
+        metadata=cli(help="encoding cache (resume)"),
+    )
+    folds: int = field(default=5, metadata=cli(min=2, help="out-of-fold evaluation folds"))
+    c_grid: tuple[float, ...] = (0.0003, 0.001)
+    """Inverse L2 strength of the response score (about 600 features, 536 pairs: strong)."""
+    tie_weights: tuple[float, ...] = (2.0, 3.0, 4.0)
+    """Class weights of Tie tried (ties are 9% of the dev split and a third of macro F1)."""
+    threads: int = field(default=2, metadata=cli(min=1, help="encoder threads"))
+    encoder_gguf: Path | None = None
+    """The frozen encoder; None is the embedded SmolLM2-135M (what the builtin spec loads)."""
