@@ -1,8 +1,9 @@
 """Run key and selection mode (revision 0003, 2026-12-02).
 
-One name for a run's key, and the selection's mode named as such: federated_run.name -> run_key and .mode -> selection_mode; run_name -> run_key in run_site,
-comparison_result and round_log (their indexes renamed with them); the keys `name` and `mode` of
-the settings recorded with each run -> `run_key` and `selection_mode`, as RunSettings names them.
+One name for a run's key, and the selection's mode named as such: federated_run.name -> run_key
+and .mode -> selection_mode; run_name -> run_key in run_site, comparison_result and round_log
+(their indexes renamed with them); the keys `name` and `mode` of the settings recorded with each
+run -> `run_key` and `selection_mode`, as RunSettings names them.
 Batch mode: SQLite rebuilds each table with every row; PostgreSQL renames in place.
 """
 
