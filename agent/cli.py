@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -24,24 +24,23 @@ from agent.config import (
     site_toml,
 )
 from agent.db import ComparisonJob, ReferenceScore, SiteRun, ledger, open_database
+from common.cli import cli_app, user_errors
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from dbschema import Schema
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+app = cli_app(__doc__)
 console = Console(stderr=True)
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="the site's site.toml")]
 
 
 @contextmanager
 def _site(config_path: Path) -> Iterator[SiteConfig]:
-    try:
-        yield load_site_config(config_path)
-    except SiteConfigError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    with user_errors(console, SiteConfigError):
+        site = load_site_config(config_path)
+    yield site
 
 
 @app.command()
@@ -83,15 +82,10 @@ def start(config: ConfigOption) -> None:
     supervise(site)
 
 
-@contextmanager
-def _schema_errors() -> Iterator[None]:
+def _schema_errors() -> AbstractContextManager[None]:
     from dbschema import SchemaError
 
-    try:
-        yield
-    except SchemaError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    return user_errors(console, SchemaError)
 
 
 def _databases(site: SiteConfig) -> list[tuple[Engine, Schema]]:
@@ -112,7 +106,7 @@ def _upgrade(site: SiteConfig) -> list[tuple[bool, str]]:
     return [upgrade_line(engine, schema) for engine, schema in _databases(site)]
 
 
-db_app = typer.Typer(help="The site's databases and their schema.", no_args_is_help=True)
+db_app = cli_app("The site's databases and their schema.")
 app.add_typer(db_app, name="db")
 
 
@@ -267,11 +261,8 @@ def bundle(
     project and every dependency, the models, a site.toml template and install.sh."""
     from agent.bundle import BundleError, build_bundle
 
-    try:
+    with user_errors(console, BundleError):
         result = build_bundle(out, judge=judge, base=base, wheels=wheels or [], log=console.print)
-    except BundleError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
     console.print(
         f"wrote {result.path} ({result.size / 1e6:.0f} MB: {result.wheels} wheels, "
         f"models {', '.join(result.models)}; llama.cpp CPU baseline {result.cpu_baseline}); "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
 
 from sqlalchemy import Engine, UniqueConstraint
 from sqlmodel import Field, Session, SQLModel, select
@@ -97,12 +96,7 @@ class LedgerEntry(SQLModel, table=True):
 
 
 TABLES = (SiteRun, ComparisonJob, ItemJudgment, ReferenceScore, LedgerEntry)
-SCHEMA = Schema(
-    name="agent database",
-    scripts=Path(__file__).parent / "migrations",
-    tables=tuple(model.__table__ for model in TABLES),
-    version_table="alembic_version_agent",
-)
+SCHEMA = Schema.of_package("agent database", __file__, TABLES, "agent")
 
 
 def open_database(url: str) -> Engine:

@@ -19,3 +19,9 @@ def user_errors(console: Console, *kinds: type[Exception]) -> Iterator[None]:
     except kinds as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def cli_app(help: str | None) -> typer.Typer:
+    """A pandalm command (or command group): its help when run without a command, no
+    shell-completion options."""
+    return typer.Typer(help=help, no_args_is_help=True, add_completion=False)

@@ -15,9 +15,12 @@ class Tally:
     """Reconciled verdicts from config a's point of view; `items` = validation items judged."""
 
     win: int = 0
+    """Items whose verdict, reconciled over both orders (judge/verdict.py: conflicts are ties),
+    prefers config a's response."""
     tie: int = 0
     loss: int = 0
     invalid: int = 0
+    """Items where neither order's judgment could be read (one readable order stands alone)."""
     items: int = 0
 
     def __post_init__(self) -> None:

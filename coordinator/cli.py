@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from common.cli import user_errors
+from common.cli import cli_app, user_errors
 from common.processes import stop_process
 from coordinator.config import FederationConfigError, load_federation_config
 from coordinator.console import latest_run, render
@@ -20,7 +20,7 @@ from coordinator.db import SCHEMA, open_database
 from coordinator.launch import run_federation, start_superlink, write_connection
 from dbschema import create_database_engine, current_line, upgrade_line
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+app = cli_app(__doc__)
 console = Console(stderr=True)
 DatabaseOption = Annotated[
     str, typer.Option("--database", help="coordinator database URL or SQLite file")
@@ -89,7 +89,7 @@ def report(
     print(json.dumps(summary["best_config"]))
 
 
-db_app = typer.Typer(help="The coordinator database and its schema.", no_args_is_help=True)
+db_app = cli_app("The coordinator database and its schema.")
 app.add_typer(db_app, name="db")
 OptionalConfig = Annotated[
     Path | None, typer.Option("--config", "-c", help="federation.toml (instead of --database)")
@@ -125,8 +125,8 @@ def db_current(
     Console().print(line, highlight=False, soft_wrap=True)
 
 
-certs_app = typer.Typer(help="TLS certificates for the SuperLink.", no_args_is_help=True)
-sites_app = typer.Typer(help="The sites allowed to connect.", no_args_is_help=True)
+certs_app = cli_app("TLS certificates for the SuperLink.")
+sites_app = cli_app("The sites allowed to connect.")
 app.add_typer(certs_app, name="certs")
 app.add_typer(sites_app, name="sites")
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="federation.toml")]

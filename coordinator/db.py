@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
 
 from sqlalchemy import Engine, UniqueConstraint
 from sqlmodel import Field, Session, SQLModel, select
@@ -137,12 +136,7 @@ def node_label(node_id: str | int, names: dict[str, str]) -> str:
 TABLES = (FederatedRun, RunSite, ComparisonResult, RoundLog, RegisteredSite)
 
 
-SCHEMA = Schema(
-    name="coordinator database",
-    scripts=Path(__file__).parent / "migrations",
-    tables=tuple(model.__table__ for model in TABLES),
-    version_table="alembic_version_coordinator",
-)
+SCHEMA = Schema.of_package("coordinator database", __file__, TABLES, "coordinator")
 
 
 def open_database(url: str) -> Engine:

@@ -50,7 +50,7 @@ from common.protocol import (
 )
 from common.settings import AUTO, RunSettings
 from common.tally import Tally
-from coordinator.db import ComparisonResult
+from coordinator.db import ComparisonResult, RoundLog
 from coordinator.run_store import RunStore
 from coordinator.secure_sum import SecureSum
 from coordinator.selection import ComparisonRequest, SelectionProcedure, auto_mode, make_procedure
@@ -261,13 +261,15 @@ class FederatedSelection:
         replies = self.transport.exchange(message_type, records, self.settings.round_timeout)
         answered = {n: r for n, r in replies.items() if r is not None}
         self.store.log_round(
-            self.round,
-            message_type,
-            comparisons,
-            answered=len(answered),
-            pending=sum(r.get("status") == int(Status.PENDING) for r in answered.values()),
-            seconds=time.monotonic() - started,
-            bytes_in=sum(len(json.dumps(r)) for r in answered.values()),
+            RoundLog(
+                number=self.round,
+                message_type=message_type,
+                comparisons=comparisons,
+                answered=len(answered),
+                pending=sum(r.get("status") == int(Status.PENDING) for r in answered.values()),
+                seconds=time.monotonic() - started,
+                bytes_in=sum(len(json.dumps(r)) for r in answered.values()),
+            )
         )
         for node_id in records:
             if replies.get(node_id) is None:
@@ -402,13 +404,15 @@ class FederatedSelection:
         result = self.transport.secure_sum(record, active, self.round, self.settings.round_timeout)
         contributors = result.contributors if result else []
         self.store.log_round(
-            self.round,
-            "secagg+",
-            len(message.comparisons),
-            answered=len(contributors),
-            pending=0,
-            seconds=time.monotonic() - started,
-            bytes_in=0,
+            RoundLog(
+                number=self.round,
+                message_type="secagg+",
+                comparisons=len(message.comparisons),
+                answered=len(contributors),
+                pending=0,
+                seconds=time.monotonic() - started,
+                bytes_in=0,
+            )
         )
         self.on_round()
         for node_id in active:

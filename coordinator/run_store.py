@@ -127,27 +127,9 @@ class RunStore:
             )
             session.commit()
 
-    def log_round(
-        self,
-        number: int,
-        message_type: str,
-        comparisons: int,
-        answered: int,
-        pending: int,
-        seconds: float,
-        bytes_in: int,
-    ) -> None:
+    def log_round(self, entry: RoundLog) -> None:
+        """Record one exchange with the sites under this run's key."""
+        entry.run_key = self.run_key
         with Session(self.engine) as session:
-            session.add(
-                RoundLog(
-                    run_key=self.run_key,
-                    number=number,
-                    message_type=message_type,
-                    comparisons=comparisons,
-                    answered=answered,
-                    pending=pending,
-                    seconds=seconds,
-                    bytes_in=bytes_in,
-                )
-            )
+            session.add(entry)
             session.commit()

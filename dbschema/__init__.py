@@ -13,7 +13,7 @@ refused. This package imports none of the others: judge/ stays a library usable 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,18 @@ class Schema:
     tables: tuple[Table, ...]
     version_table: str
     initial: str = "0001"  # the revision equal to the schema before Alembic managed it
+
+    @classmethod
+    def of_package(cls, name: str, module_file: str, models: Sequence[Any], key: str) -> Schema:
+        """The schema of a package's table models: its Alembic scripts in the package's
+        `migrations/` folder, its revision in its own version table `alembic_version_KEY` (so
+        schemas can share one PostgreSQL database)."""
+        return cls(
+            name,
+            Path(module_file).parent / "migrations",
+            tuple(model.__table__ for model in models),
+            f"alembic_version_{key}",
+        )
 
     @property
     def metadata(self) -> MetaData:

@@ -25,12 +25,7 @@ class CachedJudgment(SQLModel, table=True):
     payload: str
 
 
-SCHEMA = Schema(
-    name="judgment cache",
-    scripts=Path(__file__).parent / "migrations",
-    tables=(CachedJudgment.__table__,),
-    version_table="alembic_version_judge_cache",
-)
+SCHEMA = Schema.of_package("judgment cache", __file__, (CachedJudgment,), "judge_cache")
 
 
 def judgment_key(identity: str, mode: str, settings: str, prompt: str) -> str:

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.cli import user_errors
+from common.cli import cli_app, user_errors
 from dbschema import SchemaError
 from judge.backends import (
     GenerationSettings,
@@ -39,7 +39,7 @@ from judge.pointwise import GENERATE_UNSUPPORTED
 from judge.terminal import progress_bar
 from judge.verdict import is_consistent
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+app = cli_app(__doc__)
 console = Console(stderr=True)
 
 JudgeOption = Annotated[str, typer.Option("--judge", help=f"judge spec: {spec_forms()}")]

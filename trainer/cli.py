@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.cli import user_errors
+from common.cli import cli_app, user_errors
 from common.space import SpaceError, load_space
 from judge.io import InputError
 from judge.models import ModelNotFoundError
@@ -26,7 +26,7 @@ from trainer.arguments import (
 from trainer.builtin_data import MAX_EXAMPLES
 from trainer.options import dataclass_options
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+app = cli_app(__doc__)
 console = Console(stderr=True)
 
 SpaceOption = Annotated[
