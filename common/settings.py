@@ -1,8 +1,9 @@
 """Reading operator TOML files into settings dataclasses, with errors that name the file and field.
 
-Shared by the coordinator's federation.toml and the agent's site.toml (the agent already
-imports the coordinator's protocol module; this one is as light). The settings classes are
-pydantic dataclasses with `SETTINGS`: pydantic checks each key, type and allowed value.
+Shared by the coordinator's federation.toml and the agent's site.toml. The settings classes are
+pydantic dataclasses declared with `settings_table`: pydantic checks each key, type and allowed
+value. `RunSettings` lives here, not in the coordinator, because the app bundle carries its
+defaults and a site's guard builds that bundle.
 """
 
 from __future__ import annotations
