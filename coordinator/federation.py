@@ -34,7 +34,6 @@ from common.protocol import (
     COMPARE_MESSAGE,
     MAX_COMPARISONS,
     MAX_ITEMS,
-    SECAGG_MAX_SITES,
     SECAGG_MIN_SITES,
     SPACE_MESSAGE,
     CompareMessage,
@@ -52,7 +51,7 @@ from common.settings import AUTO, RunSettings
 from common.tally import Tally
 from coordinator.db import ComparisonResult, RoundLog
 from coordinator.run_store import RunStore
-from coordinator.secure_sum import SecureSum
+from coordinator.secure_sum import SecureSum, aggregation
 from coordinator.selection import ComparisonRequest, SelectionProcedure, auto_mode, make_procedure
 from coordinator.site_pool import SitePool
 
@@ -298,23 +297,7 @@ class FederatedSelection:
 
     def _use_secure_aggregation(self) -> bool:
         """Whether this round's tallies go through SecAgg+; records the decision on the run."""
-        setting, active = self.settings.secure_aggregation, len(self.sites.active())
-        if setting == "off":
-            decision, secure = "tallies in the clear (secure_aggregation = off)", False
-        elif SECAGG_MIN_SITES <= active <= SECAGG_MAX_SITES:
-            decision, secure = f"SecAgg+ over {active} sites", True
-        elif setting == "required":
-            raise RuntimeError(
-                f"secure_aggregation = required, but {active} sites are active and SecAgg+ "
-                f"needs {SECAGG_MIN_SITES} to {SECAGG_MAX_SITES}: stopped before any tally "
-                "was sent in the clear"
-            )
-        else:
-            decision, secure = (
-                f"tallies in the clear: {active} sites, SecAgg+ needs {SECAGG_MIN_SITES} "
-                "(secure_aggregation = when-possible)",
-                False,
-            )
+        decision, secure = aggregation(self.settings.secure_aggregation, len(self.sites.active()))
         if self.store.set_aggregation(decision):
             log.warning("aggregation: %s", decision)
         return secure

@@ -23,7 +23,7 @@ from flwr.server import ClientManager, LegacyContext
 from flwr.server.strategy import Strategy
 from flwr.server.workflow import SecAggPlusWorkflow
 
-from common.protocol import SECAGG_CLIP, SECAGG_MODULUS
+from common.protocol import SECAGG_CLIP, SECAGG_MAX_SITES, SECAGG_MIN_SITES, SECAGG_MODULUS
 from coordinator.flower_internals import (
     MAIN_CONFIGS_RECORD,
     MAIN_PARAMS_RECORD,
@@ -36,6 +36,27 @@ log = logging.getLogger(__name__)
 
 RECONSTRUCTION_FRACTION = 2 / 3
 """Share of a site's key shares needed to unmask: with 3 sites, any 2; one may drop out."""
+
+
+def aggregation(setting: str, active_sites: int) -> tuple[str, bool]:
+    """How a round's tallies travel under the `secure_aggregation` setting with this many active
+    sites: (what to record on the run and show the operator, whether SecAgg+ sums them).
+    `required` with too few or too many sites raises before any tally is sent in the clear."""
+    if setting == "off":
+        return "tallies in the clear (secure_aggregation = off)", False
+    if SECAGG_MIN_SITES <= active_sites <= SECAGG_MAX_SITES:
+        return f"SecAgg+ over {active_sites} sites", True
+    if setting == "required":
+        raise RuntimeError(
+            f"secure_aggregation = required, but {active_sites} sites are active and SecAgg+ "
+            f"needs {SECAGG_MIN_SITES} to {SECAGG_MAX_SITES}: stopped before any tally was "
+            "sent in the clear"
+        )
+    return (
+        f"tallies in the clear: {active_sites} sites, SecAgg+ needs {SECAGG_MIN_SITES} "
+        "(secure_aggregation = when-possible)",
+        False,
+    )
 
 
 class MessageExchange(Protocol):

@@ -22,6 +22,7 @@ from common.protocol import (
     COMPARE_MESSAGE,
     RECORD_KEY,
     SECAGG_CLIP,
+    SECAGG_MAX_SITES,
     SPACE_MESSAGE,
     CompareMessage,
     Comparison,
@@ -29,7 +30,7 @@ from common.protocol import (
     decode_reply,
     encode_compare,
 )
-from coordinator.secure_sum import secure_sum
+from coordinator.secure_sum import aggregation, secure_sum
 from tests.doubles import InProcessGrid
 from tests.test_agent_site import CONFIGS, space_record, write_site_config
 
@@ -195,3 +196,28 @@ def test_a_malformed_secure_aggregation_message_is_refused_with_a_code(
     assert json.loads(entries[-1].content) == {"error": "secure aggregation refused: code 39"}
     # the site still answers the protocol afterwards
     assert _ask_compare(grid)[0]["status"] == Status.OK
+
+
+@pytest.mark.parametrize(
+    ("setting", "sites", "secure"),
+    [
+        ("off", 3, False),
+        ("required", 3, True),
+        ("when-possible", 3, True),
+        ("when-possible", 2, False),
+        ("when-possible", SECAGG_MAX_SITES + 1, False),
+        ("required", 2, None),
+        ("required", SECAGG_MAX_SITES + 1, None),
+    ],
+)
+def test_the_aggregation_follows_the_setting_and_the_number_of_sites(
+    setting: str, sites: int, secure: bool | None
+) -> None:
+    """SecAgg+ needs 3 to SECAGG_MAX_SITES sites; `required` stops rather than send in the clear."""
+    if secure is None:
+        with pytest.raises(RuntimeError, match="stopped before any tally"):
+            aggregation(setting, sites)
+        return
+    decision, uses_secagg = aggregation(setting, sites)
+    assert uses_secagg is secure
+    assert decision.startswith("SecAgg+" if secure else "tallies in the clear")
