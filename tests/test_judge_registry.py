@@ -91,14 +91,22 @@ def test_a_registered_kind_is_parsed_and_judged(keyword_kind: BackendKind, keywo
     judged = PairJudge(load_backend(spec), mode="score").judge(pairs)
     assert [j.verdict for j in judged] == ["2", "1"]
     assert all(j.consistent for j in judged)  # the swapped order was mapped back
-    with pytest.raises(SpecError, match="unknown option 'beams' for keyword"):
-        parse_spec(f"keyword:{keyword_file}?beams=4")
-    with pytest.raises(SpecError, match="option 'weight' wants a number"):
-        parse_spec(f"keyword:{keyword_file}?weight=heavy")
-    with pytest.raises(SpecError, match="no keyword file at"):
-        parse_spec(f"keyword:{keyword_file.parent / 'missing.txt'}")
-    with pytest.raises(SpecError, match=r"unknown judge spec 'vllm:gpt': use builtin, .*keyword"):
-        parse_spec("vllm:gpt")
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ("keyword:{file}?beams=4", "unknown option 'beams' for keyword"),
+        ("keyword:{file}?weight=heavy", "option 'weight' wants a number"),
+        ("keyword:{folder}/missing.txt", "no keyword file at"),
+        ("vllm:gpt", r"unknown judge spec 'vllm:gpt': use builtin, .*keyword"),
+    ],
+)
+def test_a_registered_kind_refuses_bad_specs(
+    keyword_kind: BackendKind, keyword_file: Path, spec: str, error: str
+) -> None:
+    with pytest.raises(SpecError, match=error):
+        parse_spec(spec.format(file=keyword_file, folder=keyword_file.parent))
 
 
 def test_pandalm_judge_compare_runs_a_registered_kind(
