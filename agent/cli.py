@@ -38,9 +38,10 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="the site's s
 
 @contextmanager
 def _site(config_path: Path) -> Iterator[SiteConfig]:
+    """The site's config; a SiteConfigError while loading it or in the command's body (a judge
+    server off the site's network) is one error line and exit status 2."""
     with user_errors(console, SiteConfigError):
-        site = load_site_config(config_path)
-    yield site
+        yield load_site_config(config_path)
 
 
 @app.command()

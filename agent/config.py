@@ -8,14 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import pydantic
 import tomlkit
 
 from common.settings import read_toml, settings_table, typed_table
 from common.space import FINETUNES
-from judge.backends import check_spec_form
+from judge.backends import BACKENDS, Location, check_spec_form
 
 SITE_TEMPLATE = """\
 # A pandalm-fed site. Only win/tie/loss tallies ever leave this machine.
@@ -232,11 +232,17 @@ def resolve_data_path(config: SiteConfig, value: str) -> Path:
     return (base / value).expanduser()
 
 
+def _judge_url(config: SiteConfig) -> SplitResult | None:
+    """The URL of a served judge (a registered kind whose location is a URL), else None."""
+    kind, location, _options = check_spec_form(config.judge.spec)
+    return urlsplit(location) if BACKENDS[kind].location is Location.URL else None
+
+
 def judge_endpoint(config: SiteConfig) -> str | None:
-    """`host:port` of an `openai:URL` judge (where the site's texts are sent), else None."""
-    if not config.judge.spec.startswith("openai:"):
+    """`host:port` of a served judge (where the site's texts are sent), else None."""
+    url = _judge_url(config)
+    if url is None:
         return None
-    url = urlsplit(config.judge.spec.removeprefix("openai:").partition("?")[0])
     port = url.port or (443 if url.scheme == "https" else 80)
     return f"{url.hostname}:{port}"
 
@@ -244,10 +250,10 @@ def judge_endpoint(config: SiteConfig) -> str | None:
 def check_judge_endpoint(config: SiteConfig) -> None:
     """Refuse a judge server outside the site's network: every address its host resolves to
     must be loopback or private, unless `[judge] allow_remote = true`."""
-    endpoint = judge_endpoint(config)
-    if endpoint is None or config.judge.allow_remote:
+    url = _judge_url(config)
+    if url is None or config.judge.allow_remote:
         return
-    host = endpoint.rpartition(":")[0]
+    host = url.hostname
     where = f"{config.source}: [judge].spec"
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}

@@ -204,6 +204,19 @@ def test_a_judge_server_must_be_on_the_sites_network(
         check_judge_endpoint(load_site_config(path))
 
 
+def test_the_agent_refuses_a_public_judge_host_in_one_line(tmp_path: Path) -> None:
+    """The check runs in the command's body, after the config loaded: still one line, exit 2."""
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    path = _with_judge(write_site_config(tmp_path, tmp_path), 'spec = "openai:https://8.8.8.8/v1"')
+    result = CliRunner().invoke(app, ["worker", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and "the judge host 8.8.8.8" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_a_judge_spec_that_is_no_url_is_refused_at_load(tmp_path: Path) -> None:
     from agent.config import SiteConfigError
 
