@@ -152,3 +152,21 @@ def test_importing_the_registry_loads_no_model_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_reference_decoding_is_refused_in_one_line_by_a_kind_without_beam_search(
+    tmp_path: Path,
+) -> None:
+    """The registry says which kinds beam-search; a served judge is refused before any request."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps({"instruction": "Say hi.", "input": "", "response1": "hi", "response2": "yo"})
+    )
+    for spec in ("openai:http://127.0.0.1:9/v1", f"gguf:{pairs}"):
+        result = CliRunner().invoke(
+            judge_app,
+            ["compare", str(pairs), "--judge", spec, "--mode", "generate", "--reference-decoding",
+             "-o", str(tmp_path / "out.jsonl")],
+        )  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert "--reference-decoding uses beam search, which needs an hf: judge" in result.output

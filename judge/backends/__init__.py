@@ -78,12 +78,12 @@ class BackendKind:
     pointwise: bool = False
     """Scores each response on its own (judge/pointwise.py): a pair costs no forward pass once
     both responses are scored; gives verdict probabilities only, never generated text."""
-    beam_search: bool = True
+    beam_search: bool = False
     """Can decode with PandaLM's reference settings (beam search)."""
     file_label: str = "model"
     """For a FILE location: what the missing file is called in `no GGUF file at PATH`."""
-    packaged: str | Callable[[], Path] | None = None
-    """For a NONE location: the packaged model path (`module:attribute` or a function)."""
+    packaged: str | None = None
+    """For a NONE location: the packaged model path, as `module:attribute`."""
     bundled: Callable[[], Carried] | None = None
     """For a NONE location: the installed model files an offline bundle carries."""
 
@@ -190,8 +190,7 @@ def parse_spec(spec: str) -> JudgeSpec:
     kind, location, options = check_spec_form(spec)
     backend = BACKENDS[kind]
     if backend.location is Location.NONE:
-        packaged = _resolve(backend.packaged)  # type: ignore[arg-type]
-        return JudgeSpec(kind, packaged() if callable(packaged) else packaged, options)
+        return JudgeSpec(kind, _resolve(backend.packaged), options)  # type: ignore[arg-type]
     if backend.location is Location.URL:
         return JudgeSpec(kind, location, options)
     path = Path(location).expanduser()
@@ -241,7 +240,6 @@ register(
         "judge.backends.llamacpp:from_spec",
         form="gguf:PATH",
         options={"threads": int, "ctx": int},
-        beam_search=False,
         file_label="GGUF",
     )
 )
@@ -252,6 +250,7 @@ register(
         "judge.backends.hf:from_spec",
         form="hf:PATH[?quant=8bit|4bit]",
         options={"quant": str, "dtype": str, "batch": int},
+        beam_search=True,
     )
 )
 register(
