@@ -69,18 +69,18 @@ SECAGG_STAGES = 4
 RACING_BUDGETS = (0.25, 0.5, 1.0)
 
 
+COLUMN_VERDICT: tuple[Verdict, ...] = ("1", "Tie", "2", INVALID)
+"""The verdict of each outcome column, in a/b terms."""
+
+
 def reconcile(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
-    """Distribution of the reconciled verdict of two independent orders (both in a/b terms)."""
+    """Distribution of the reconciled verdict of two independent orders (both in a/b terms),
+    by the judge's own rule (`judge.verdict.combine_verdicts`)."""
     outcome = np.zeros(4)
     for f, pf in enumerate(forward):
         for b, pb in enumerate(backward):
-            if f == b or b == INVALID_COLUMN:
-                combined = f
-            elif f == INVALID_COLUMN:
-                combined = b
-            else:
-                combined = TIE
-            outcome[combined] += pf * pb
+            combined = combine_verdicts(COLUMN_VERDICT[f], COLUMN_VERDICT[b])
+            outcome[COLUMN_VERDICT.index(combined)] += pf * pb
     return outcome
 
 

@@ -1,4 +1,5 @@
-"""What the command-line tools share: bad input shown as one line, exit status 2."""
+"""What the four command-line tools share: how a command group is made, bad input shown as one
+line with exit status 2, and the one rich progress display."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ from contextlib import contextmanager
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 @contextmanager
@@ -25,3 +35,18 @@ def cli_app(help: str | None) -> typer.Typer:
     """A pandalm command (or command group): its help when run without a command, no
     shell-completion options."""
     return typer.Typer(help=help, no_args_is_help=True, add_completion=False)
+
+
+def progress_bar(console: Console, detail: bool = False) -> Progress:
+    """A progress display on `console`: description, bar, done/total, elapsed and remaining
+    time; with `detail`, every task carries a `detail` field (`add_task(..., detail="")`) shown
+    after the count, e.g. the current epoch and loss."""
+    columns: list[ProgressColumn] = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *([TextColumn("{task.fields[detail]}")] if detail else []),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    return Progress(*columns, console=console)

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.cli import cli_app, user_errors
+from common.cli import cli_app, progress_bar, user_errors
 from dbschema import SchemaError
 from judge.backends import (
     GenerationSettings,
@@ -36,7 +36,6 @@ from judge.models import (
     install_builtin_from_wheel,
 )
 from judge.pointwise import GENERATE_UNSUPPORTED
-from judge.terminal import progress_bar
 from judge.verdict import is_consistent
 
 app = cli_app(__doc__)

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from common.protocol import JUDGE_MODES
 from judge.backends.base import GenerationSettings, JudgeBackend, PointwiseBackend
 from judge.cache import JudgmentCache, judgment_key
 from judge.prompt import VERDICTS, build_prompt
@@ -21,8 +22,7 @@ from judge.verdict import (
     swap_verdict,
 )
 
-Mode = Literal["generate", "score"]
-JUDGE_MODES: tuple[str, ...] = ("generate", "score")
+Mode = Literal[JUDGE_MODES]
 
 
 @dataclass(frozen=True)

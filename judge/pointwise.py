@@ -15,6 +15,7 @@ comparisons it enters (the encodings are cached per text). Trained on human labe
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import re
@@ -160,8 +161,14 @@ TIE_INPUTS = 5
 def pair_similarity(response1: str, response2: str) -> tuple[float, float]:
     """How much two responses say the same: the share of distinct words they have in common
     (Jaccard) and difflib's matching-character ratio. Computed on the pair sorted, so both
-    presentation orders get the same numbers bit for bit."""
+    presentation orders get the same numbers bit for bit (and the second order, judged right
+    after the first, finds them cached: difflib is the costly part)."""
     a, b = sorted((response1.strip()[:RESPONSE_CHARS], response2.strip()[:RESPONSE_CHARS]))
+    return _sorted_pair_similarity(a, b)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sorted_pair_similarity(a: str, b: str) -> tuple[float, float]:
     words_a, words_b = set(_words(a)), set(_words(b))
     union = words_a | words_b
     jaccard = len(words_a & words_b) / len(union) if union else 1.0

@@ -196,7 +196,7 @@ def _lines_prefix(path: Path) -> list[str]:
 def test_the_shared_progress_bar_shows_count_and_detail() -> None:
     from rich.console import Console
 
-    from judge.terminal import progress_bar
+    from common.cli import progress_bar
 
     out = Console(record=True, width=120, force_terminal=False)
     with progress_bar(out, detail=True) as progress:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from common.protocol import JUDGE_MODES
 from common.space import SCHEDULE_HORIZONS, ScheduleHorizon
 from judge.io import InputError
 from trainer.judge_data import OVER_LENGTH_RULES, OverLength
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 Retention = Literal["weights", "resumable"]
 RETENTIONS: tuple[str, ...] = ("weights", "resumable")
-DEFAULT_DEEPSPEED_CONFIG = Path(__file__).with_name("deepspeed") / "zero2.json"
 BASE_HELP = "builtin, or a local HF causal-LM dir"
 
 
@@ -28,8 +28,13 @@ class SettingsError(InputError):
     trained with."""
 
 
-class JudgeSettingsError(InputError):
-    """Judge-training settings that cannot be used."""
+def _check_training(warmup_ratio: float, deepspeed_option: str | None) -> None:
+    """What every training command checks: the warmup share, and DeepSpeed where one is asked
+    for (by the option named `deepspeed_option`)."""
+    if not 0 <= warmup_ratio < 1:
+        raise SettingsError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+    if deepspeed_option and importlib.util.find_spec("deepspeed") is None:
+        raise SettingsError(f"{deepspeed_option} needs DeepSpeed: pip install deepspeed")
 
 
 @dataclass
@@ -82,14 +87,11 @@ class CandidateTrainingArguments:
 
     def __post_init__(self) -> None:
         self.output_dir, self.base_model = Path(self.output_dir), Path(self.base_model)
-        if not 0 <= self.warmup_ratio < 1:
-            raise SettingsError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check_training(self.warmup_ratio, "deepspeed_zero2" if self.deepspeed_zero2 else None)
         if self.schedule_horizon not in SCHEDULE_HORIZONS:
             raise SettingsError(f"schedule_horizon must be one of {SCHEDULE_HORIZONS}")
         if self.retention not in RETENTIONS:
             raise SettingsError(f"retention must be one of {RETENTIONS}, got {self.retention!r}")
-        if self.deepspeed_zero2 and importlib.util.find_spec("deepspeed") is None:
-            raise SettingsError("deepspeed_zero2 needs DeepSpeed: pip install deepspeed")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a finished run depends on (not where it is written or how it is kept)."""
@@ -159,7 +161,7 @@ class JudgeTrainingArguments:
         default=None,
         metadata=cli(help="labelled test set judged after training (both orders)", exists=True),
     )
-    eval_mode: Literal["score", "generate"] = field(
+    eval_mode: Literal[JUDGE_MODES] = field(
         default="score", metadata=cli(help="how the test set is judged")
     )
     eval_limit: int | None = field(
@@ -173,17 +175,14 @@ class JudgeTrainingArguments:
         if self.deepspeed is not None:
             self.deepspeed = Path(self.deepspeed)
             if not self.deepspeed.is_file():
-                raise JudgeSettingsError(f"{self.deepspeed}: no DeepSpeed config file there")
-            if importlib.util.find_spec("deepspeed") is None:
-                raise JudgeSettingsError("--deepspeed needs DeepSpeed: pip install deepspeed")
+                raise SettingsError(f"{self.deepspeed}: no DeepSpeed config file there")
+        _check_training(self.warmup_ratio, "--deepspeed" if self.deepspeed is not None else None)
         if self.eval_testset is not None:
             self.eval_testset = Path(self.eval_testset)
         if self.over_length not in OVER_LENGTH_RULES:
-            raise JudgeSettingsError(f"over_length must be one of {OVER_LENGTH_RULES}")
-        if self.eval_mode not in ("score", "generate"):
-            raise JudgeSettingsError("eval_mode must be score or generate")
-        if not 0 <= self.warmup_ratio < 1:
-            raise JudgeSettingsError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise SettingsError(f"over_length must be one of {OVER_LENGTH_RULES}")
+        if self.eval_mode not in JUDGE_MODES:
+            raise SettingsError(f"eval_mode must be one of {', '.join(JUDGE_MODES)}")
 
     def training_arguments(self) -> TrainingArguments:
         """The transformers TrainingArguments these settings stand for."""

@@ -20,6 +20,7 @@ from rich.console import Console
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
+from common.cli import progress_bar
 from judge.io import InputError, read_records, read_testset
 from judge.metrics import bias_diagnostics, judge_metrics
 from judge.pointwise import (
@@ -33,7 +34,6 @@ from judge.pointwise import (
     pair_similarities,
     tie_inputs,
 )
-from judge.terminal import progress_bar
 from judge.verdict import argmax_verdict
 from trainer.arguments import BuiltinJudgeArguments
 

@@ -6,10 +6,11 @@ Layout of the output directory:
     runs/<run id>/run.json     the run's parameters, the config each epoch stands for, finished
     runs/<run id>/checkpoint-<step>/   one Trainer checkpoint per epoch (weights or adapter)
 
-A kept checkpoint holds bf16 weights (or the LoRA adapter as trained). Only the newest
-checkpoint of an unfinished run keeps full-precision weights and the optimizer, scheduler and RNG
-state that resume it exactly; the last epoch of a run is saved as the model only
-(`save_only_model`), since nothing resumes from it.
+With `retention = "weights"` (the default) a kept checkpoint holds bf16 weights (or the LoRA
+adapter as trained): only the newest checkpoint of an unfinished run keeps full-precision weights
+and the optimizer, scheduler and RNG state that resume it exactly, and the last epoch of a run is
+saved as the model only (`save_only_model`), since nothing resumes from it. With `resumable` the
+newest checkpoint keeps that state even when the run is finished.
 """
 
 from __future__ import annotations

@@ -12,11 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.cli import cli_app, user_errors
+from common.cli import cli_app, progress_bar, user_errors
 from common.space import SpaceError, load_space
 from judge.io import InputError
 from judge.models import ModelNotFoundError
-from judge.terminal import progress_bar
 from trainer.arguments import (
     BASE_HELP,
     BuiltinJudgeArguments,
@@ -142,7 +141,6 @@ def generate(
     """Greedy responses of every checkpoint to the validation set; reruns recompute nothing."""
     from transformers.utils import logging as hf_logging
 
-    from judge.terminal import progress_bar
     from trainer.builtin_data import make_validation_set
     from trainer.candidates import find_checkpoints
     from trainer.data import load_validation_set

@@ -36,7 +36,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from trainer.arguments import DEFAULT_DEEPSPEED_CONFIG, JudgeSettingsError, JudgeTrainingArguments
+from trainer.arguments import JudgeTrainingArguments, SettingsError
 from trainer.candidates import add_lora, load_tokenizer, resolve_base_model
 from trainer.judge_data import FilterReport, JudgeRecord, load_judge_records, prepare_judge_data
 
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
 __all__ = [
-    "DEFAULT_DEEPSPEED_CONFIG",
     "JudgeTrainingArguments",
     "JudgeTrainingReport",
     "build_judge_trainer",
@@ -204,7 +203,7 @@ def train_judge(
     if main_process:
         print("judge training data:\n  " + "\n  ".join(filter_report.lines()), flush=True)
     if not data.examples:
-        raise JudgeSettingsError("no training record is left after filtering")
+        raise SettingsError("no training record is left after filtering")
     last_checkpoint = (
         get_last_checkpoint(str(args.output_dir)) if args.output_dir.is_dir() else None
     )

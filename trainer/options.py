@@ -22,6 +22,8 @@ from typer.models import OptionInfo
 
 CLI = "cli"
 """The field-metadata key of an option."""
+INTO = "settings"
+"""The command's parameter that receives the options' values."""
 
 
 def cli(*names: str, help: str, **settings: Any) -> dict[str, OptionInfo]:
@@ -38,20 +40,19 @@ def _default(field: dataclasses.Field) -> Any:
     return inspect.Parameter.empty
 
 
-def dataclass_options(
-    settings_class: type, into: str = "settings"
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def dataclass_options(settings_class: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a typer command: after its own parameters come one option per `cli` field of
-    `settings_class`, in field order; the command gets them as `into`, a dict field -> value."""
+    `settings_class`, in field order; the command gets them as its parameter `settings`, a dict
+    field -> value."""
     hints = typing.get_type_hints(settings_class)
     fields = [f for f in dataclasses.fields(settings_class) if CLI in f.metadata]
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         own = inspect.signature(command, eval_str=True)
-        params = [p for name, p in own.parameters.items() if name != into]
+        params = [p for name, p in own.parameters.items() if name != INTO]
         clash = {p.name for p in params} & {f.name for f in fields}
-        if into not in own.parameters or clash:
-            raise TypeError(f"{command.__name__}: needs a parameter {into!r} and no field names")
+        if INTO not in own.parameters or clash:
+            raise TypeError(f"{command.__name__}: needs a parameter {INTO!r} and no field names")
         params += [
             inspect.Parameter(
                 f.name,
@@ -64,7 +65,7 @@ def dataclass_options(
 
         def run(**values: Any) -> Any:
             chosen = {f.name: values.pop(f.name) for f in fields}
-            return command(**values, **{into: chosen})
+            return command(**values, **{INTO: chosen})
 
         run.__name__, run.__qualname__ = command.__name__, command.__qualname__
         run.__doc__, run.__module__ = command.__doc__, command.__module__

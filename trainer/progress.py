@@ -1,5 +1,5 @@
 """Rich progress for candidate training: runs overall, and the current run's epoch, step, loss,
-on the display `judge.terminal.progress_bar(console, detail=True)` gives."""
+on the display `common.cli.progress_bar(console, detail=True)` gives."""
 
 from __future__ import annotations
 
