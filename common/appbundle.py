@@ -9,13 +9,12 @@ builds it without importing the coordinator.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
 import tomli_w
 
-from common.settings import RunSettings
+from common.settings import RunSettings, run_config
 
 APP_NAME = "pandalm-fed-app"
 PUBLISHER = "pandalm"
@@ -23,12 +22,6 @@ PUBLISHER = "pandalm"
 
 def app_pyproject() -> str:
     """The bundle's pyproject.toml; run config keys carry RunSettings' defaults."""
-    run_config = {
-        **asdict(RunSettings(run_key="run")),
-        "database": "sqlite:///coordinator.sqlite",
-        "space": "",
-        "wire_log": "",
-    }
     return tomli_w.dumps(
         {
             "project": {
@@ -46,7 +39,9 @@ def app_pyproject() -> str:
                             "serverapp": "coordinator.server_app:app",
                             "clientapp": "agent.client_app:app",
                         },
-                        "config": run_config,
+                        "config": run_config(
+                            RunSettings(run_key="run"), "sqlite:///coordinator.sqlite"
+                        ),
                     }
                 }
             },

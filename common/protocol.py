@@ -45,7 +45,7 @@ MAX_COMPARISONS = 256
 MAX_ITEMS = 100_000
 
 # SecAgg+ quantizes values in [-SECAGG_CLIP, SECAGG_CLIP] onto 2 * SECAGG_CLIP integer steps, so
-# integer tallies pass exactly; masks live modulo 2**32, which bounds the sites at 2**10.
+# integer tallies pass exactly; masks live modulo 2**32, which bounds the sites at 2**9 (512).
 SECAGG_MIN_SITES = 3
 SECAGG_CLIP = 2**21
 SECAGG_MODULUS = 2**32
@@ -54,12 +54,6 @@ JUDGE_MODES = ("generate", "score")
 
 _RUN_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _CONFIG_ID = re.compile(r"[0-9a-f]{12}")
-
-# Parameter columns of the space message; a parameter's `unset` value stands for "not set".
-PARAM_COLUMNS: dict[str, type] = {name: p.kind for name, p in PARAMETERS.items()}
-NEUTRAL_PARAMS: dict[str, Any] = {
-    name: p.unset for name, p in PARAMETERS.items() if p.unset is not None
-}
 
 
 class Status(IntEnum):
@@ -179,9 +173,10 @@ def encode_space(message: SpaceMessage) -> dict[str, Any]:
         "validation_items": message.validation_items,
         "judge_mode": JUDGE_MODES.index(message.judge_mode),
     }
-    for name, kind in PARAM_COLUMNS.items():
+    # a column per parameter of common.space.PARAMETERS; its `unset` value stands for "not set"
+    for name, parameter in PARAMETERS.items():
         record[f"param.{name}"] = [
-            kind(p.get(name, NEUTRAL_PARAMS.get(name))) for p in message.params
+            parameter.kind(p.get(name, parameter.unset)) for p in message.params
         ]
     return record
 
@@ -195,7 +190,7 @@ def decode_space(record: Mapping[str, Any]) -> SpaceMessage:
         "validation_items": int,
         "judge_mode": int,
     }
-    fields.update({f"param.{name}": [kind] for name, kind in PARAM_COLUMNS.items()})
+    fields.update({f"param.{name}": [p.kind] for name, p in PARAMETERS.items()})
     _check_fields(record, fields)
     _check_run_key(record["run_key"])
     ids = record["config_ids"]
@@ -208,18 +203,17 @@ def decode_space(record: Mapping[str, Any]) -> SpaceMessage:
     if not 0 <= record["judge_mode"] < len(JUDGE_MODES):
         raise ProtocolError(Code.OUT_OF_RANGE, "judge_mode out of range")
     params: list[dict[str, Any]] = [{} for _ in ids]
-    for name, kind in PARAM_COLUMNS.items():
+    for name, parameter in PARAMETERS.items():
         column = record[f"param.{name}"]
         if len(column) != len(ids):
             raise ProtocolError(Code.OUT_OF_RANGE, f"param.{name} has {len(column)} values")
         for row, value in zip(params, column, strict=True):
-            choices = PARAMETERS[name].choices
-            if choices and value not in choices:
+            if parameter.choices and value not in parameter.choices:
                 raise ProtocolError(Code.OUT_OF_RANGE, f"param.{name} value not allowed")
-            if kind is not str and not 0 <= value <= 1_000_000:
+            if parameter.kind is not str and not 0 <= value <= 1_000_000:
                 raise ProtocolError(Code.OUT_OF_RANGE, f"param.{name} value out of range")
-            if value != NEUTRAL_PARAMS.get(name):
-                row[name] = kind(value)
+            if value != parameter.unset:
+                row[name] = parameter.kind(value)
     return SpaceMessage(
         run_key=record["run_key"],
         config_ids=tuple(ids),
@@ -329,10 +323,12 @@ def check_tallies(
     width = len(TALLY_FIELDS)
     tallies = []
     for start, comparison in zip(range(0, len(flat), width), comparisons, strict=True):
-        values = flat[start : start + width]
-        win, tie, loss, invalid, items = values
+        try:
+            tally = Tally(*flat[start : start + width])  # refuses negatives and a wrong sum
+        except ValueError as exc:
+            raise ProtocolError(Code.IMPOSSIBLE_TALLY, f"tally does not add up ({exc})") from None
         span = min(comparison.item_stop, item_limit) - comparison.item_start
-        if min(values) < 0 or win + tie + loss + invalid != items or items > sites * max(span, 0):
-            raise ProtocolError(Code.IMPOSSIBLE_TALLY, "tally does not add up")
-        tallies.append(Tally(*values))
+        if tally.items > sites * max(span, 0):
+            raise ProtocolError(Code.IMPOSSIBLE_TALLY, "more items than the slice holds")
+        tallies.append(tally)
     return tuple(tallies)

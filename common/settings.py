@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -120,3 +120,11 @@ class RunSettings:
     def __post_init__(self) -> None:
         if not self.budget > 0:
             raise ValueError(f"budget: must be above 0, got {self.budget}")
+
+
+def run_config(
+    settings: RunSettings, database: str, space: str = "", wire_log: str = ""
+) -> dict[str, object]:
+    """The flat Flower run config that carries a run's settings and files to the ServerApp
+    (coordinator/server_app.py reads it back); the app bundle declares it with defaults."""
+    return {**asdict(settings), "database": database, "space": space, "wire_log": wire_log}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from common.settings import RunSettings, read_toml, settings_table, typed_table
+from common.settings import RunSettings, read_toml, run_config, settings_table, typed_table
 
 
 class FederationConfigError(ValueError):
@@ -43,11 +43,7 @@ class FederationConfig:
 
     def run_config(self) -> dict[str, object]:
         """The Flower run config that carries these settings to the ServerApp."""
-        values: dict[str, object] = {f.name: getattr(self.run, f.name) for f in fields(RunSettings)}
-        values["database"] = self.database_url
-        values["space"] = self.space
-        values["wire_log"] = self.wire_log
-        return values
+        return run_config(self.run, self.database_url, self.space, self.wire_log)
 
 
 @settings_table

@@ -9,7 +9,6 @@ left at equal wins and losses counts as undecided, not as a win for the incumben
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 from rich.console import Group
 from rich.panel import Panel
@@ -17,8 +16,9 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from coordinator.db import FederatedRun, RoundLog, RunSite, node_label, site_names
+from coordinator.db import FederatedRun, RoundLog, node_label, site_names, sites
 from coordinator.results import CANNOT_TELL, pair_outcomes, run_result, standings
+from dbschema.columns import utc_now
 
 
 def latest_run(engine: Engine) -> str | None:
@@ -36,20 +36,19 @@ def _label(index: int, ids: list[str], params: list[dict]) -> str:
 
 
 def render(engine: Engine, run_key: str):
-    """One frame of the console."""
+    """One frame of the console: the run's state from its rows, its results from `run_result`
+    (the report's computation)."""
     with Session(engine) as session:
         run = session.get(FederatedRun, run_key)
         if run is None:
             return Panel(f"no run named {run_key!r} yet")
-        sites = list(session.exec(select(RunSite).where(RunSite.run_key == run_key)))
         last_round = session.exec(
             select(RoundLog).where(RoundLog.run_key == run_key).order_by(RoundLog.id.desc())
         ).first()
-    ids, params = run.ids(), run.param_list()
     result = run_result(engine, run_key)
-    end = run.finished or datetime.now(UTC)
-    started = run.started if run.started.tzinfo else run.started.replace(tzinfo=UTC)
-    end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    ids = [config_id for config_id, _ in result.configs]
+    params = [dict(config_params) for _, config_params in result.configs]
+    started, end = run.started, run.finished or utc_now()
     header = (
         f"run [bold]{run.run_key}[/bold]  selection {result.selection}  "
         f"status {run.status}  "
@@ -67,7 +66,7 @@ def render(engine: Engine, run_key: str):
     site_table = Table(title="sites")
     for column in ("site", "status", "progress", "last seen"):
         site_table.add_column(column)
-    for site in sites:
+    for site in sites(engine, run_key):
         seen = site.last_seen.isoformat(timespec="seconds") if site.last_seen else "-"
         status = site.status if not site.reason else f"{site.status}: {site.reason}"
         label = node_label(site.node_id, names)

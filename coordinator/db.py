@@ -6,6 +6,7 @@ Flower's SuperLink keeps its own database beside it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import Engine, UniqueConstraint
@@ -149,6 +150,11 @@ def comparisons(engine: Engine, run_key: str) -> list[ComparisonResult]:
     with Session(engine) as session:
         query = select(ComparisonResult).where(ComparisonResult.run_key == run_key)
         return list(session.exec(query.order_by(ComparisonResult.id)))
+
+
+def judgments(rows: Iterable[ComparisonResult]) -> int:
+    """The judge's verdicts behind recorded comparisons: every item is judged in both orders."""
+    return sum(2 * row.items for row in rows)
 
 
 def sites(engine: Engine, run_key: str) -> list[RunSite]:

@@ -49,7 +49,7 @@ from common.protocol import (
 )
 from common.settings import AUTO, RunSettings
 from common.tally import Tally
-from coordinator.db import ComparisonResult, RoundLog
+from coordinator.db import ComparisonResult, RoundLog, judgments
 from coordinator.run_store import RunStore
 from coordinator.secure_sum import SecureSum, aggregation
 from coordinator.selection import ComparisonRequest, SelectionProcedure, auto_mode, make_procedure
@@ -426,7 +426,7 @@ class FederatedSelection:
             ranking=self.procedure.ranking(),
             sites=self.sites.active(),
             left_out=self.sites.left_out(),
-            judgments=sum(2 * r.items for r in self.store.recorded()),
+            judgments=judgments(self.store.recorded()),
             wall_seconds=wall_seconds,
             aggregation=aggregation,
         )

@@ -51,7 +51,7 @@ from coordinator.results import (
     pair_tallies,
     standings,
 )
-from coordinator.selection import DecidedComparison, bradley_terry, comparison_winner
+from coordinator.selection import bradley_terry_with_covariance
 
 FIGURES = ("matrix.png", "superiority.png", "hyperparameters.png")
 REFERENCE_FIGURE = "reference.png"
@@ -117,10 +117,7 @@ def judge_strengths(result: RunResult) -> list[float]:
     rounded to the 6 decimals the fit reaches. NaN where a config has no valid judged item: its
     strength would be the fit's prior alone."""
     totals = pair_tallies(result)
-    fitted = bradley_terry(
-        len(result.configs),
-        [DecidedComparison(a, b, t, comparison_winner(a, b, t)) for (a, b), t in totals.items()],
-    )
+    fitted = bradley_terry_with_covariance(len(result.configs), totals)[0]
     judged = {i for (a, b), t in totals.items() if t.win + t.tie + t.loss for i in (a, b)}
     return [
         float(strength) if index in judged else math.nan

@@ -1,4 +1,4 @@
-"""A run's results, computed once for every reader: the console, the report and summary.json.
+"""A run's results, computed in one place for the console, the report and summary.json.
 
 A pair's tallies are summed over all its recorded chunks and over both orientations
 (`pair_tallies`) before anything is computed from them. The selection keeps the incumbent
@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from common.tally import Tally
-from coordinator.db import FederatedRun, comparisons, node_label, site_names, sites
+from coordinator.db import FederatedRun, comparisons, judgments, node_label, site_names, sites
 from coordinator.selection import comparison_winner, describe_mode
 
 ParamValue = str | int | float
@@ -46,7 +46,7 @@ class RunResult:
     aggregation: str = ""
     """How the tallies were summed (SecAgg+ or in the clear, and why)."""
     requested_mode: str = ""
-    """The mode the operator set (`auto`, say) when it differs from `selection_mode`."""
+    """The mode the operator set (`auto`, say); equal to `selection_mode` unless `auto` chose."""
 
     @property
     def selection(self) -> str:
@@ -175,7 +175,7 @@ def run_result(engine: Engine, run_key: str) -> RunResult:
         best=run.best_index,
         sites=[name(s.node_id) for s in run_sites if s.status == "active"],
         sites_left_out=[name(s.node_id) for s in run_sites if s.status == "left_out"],
-        judgments=sum(2 * r.items for r in rows),
+        judgments=judgments(rows),
         wall_seconds=(finished - started).total_seconds(),
         aggregation=run.aggregation,
         requested_mode=run.requested_selection_mode(),

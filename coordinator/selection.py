@@ -567,13 +567,6 @@ def bradley_terry(n_configs: int, comparisons: list[DecidedComparison]) -> np.nd
     return bradley_terry_with_covariance(n_configs, totals)[0]
 
 
-def check_mode(mode: str) -> None:
-    """Refuse a mode that is none of SELECTION_MODES."""
-    if mode not in SELECTION_MODES:
-        choices = ", ".join(SELECTION_MODES)
-        raise ValueError(f"unknown selection mode {mode!r}; choose one of {choices}")
-
-
 def auto_mode(pointwise_judges: Sequence[bool]) -> str:
     """What `auto` runs: round robin when every active site's judge is pointwise (a comparison
     then costs no forward pass once both configs' responses are scored, so the exhaustive
@@ -605,5 +598,7 @@ def make_procedure(mode: str, n_configs: int, **settings: int | float | None) ->
         "adaptive": AdaptiveProcedure,
         "racing": RacingProcedure,
     }
-    check_mode(mode)
+    if mode not in procedures:
+        choices = ", ".join(SELECTION_MODES)
+        raise ValueError(f"unknown selection mode {mode!r}; choose one of {choices}")
     return procedures[mode](n_configs, **settings)
