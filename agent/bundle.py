@@ -49,6 +49,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from agent.config import site_toml
+from judge.backends import SpecError, parse_spec
 from judge.cpu import baseline_name, required_flags, system_info
 from judge.models import BUILTIN_GGUF_NAME, ModelNotFoundError, builtin_base_gguf, cache_dir
 
@@ -92,7 +93,6 @@ class BundleResult:
 def plan_models(judge: str = "builtin", base: Path | None = None) -> ModelPlan:
     """Map `--judge` and `--base` to model copies; what a judge carries comes from its backend
     kind (judge.backends' registry); the builtin model travels as its GGUF."""
-    from judge.backends import SpecError, parse_spec
 
     try:
         spec = parse_spec(judge)

@@ -23,13 +23,18 @@ from agent.config import (
     load_site_config,
     site_toml,
 )
-from agent.db import ComparisonJob, ReferenceScore, SiteRun, ledger, open_database
+from agent.db import SCHEMA, ComparisonJob, ReferenceScore, SiteRun, ledger, open_database
 from common.cli import cli_app, user_errors
+from dbschema import (
+    Schema,
+    SchemaError,
+    create_database_engine,
+    current_line,
+    upgrade_line,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
-
-    from dbschema import Schema
 
 app = cli_app(__doc__)
 console = Console(stderr=True)
@@ -84,15 +89,11 @@ def start(config: ConfigOption) -> None:
 
 
 def _schema_errors() -> AbstractContextManager[None]:
-    from dbschema import SchemaError
-
     return user_errors(console, SchemaError)
 
 
 def _databases(site: SiteConfig) -> list[tuple[Engine, Schema]]:
     """The site's databases: its state and its judgment cache."""
-    from agent.db import SCHEMA
-    from dbschema import create_database_engine
     from judge.cache import SCHEMA as JUDGE_CACHE
 
     return [
@@ -102,8 +103,6 @@ def _databases(site: SiteConfig) -> list[tuple[Engine, Schema]]:
 
 
 def _upgrade(site: SiteConfig) -> list[tuple[bool, str]]:
-    from dbschema import upgrade_line
-
     return [upgrade_line(engine, schema) for engine, schema in _databases(site)]
 
 
@@ -123,8 +122,6 @@ def db_upgrade(config: ConfigOption) -> None:
 @db_app.command("current")
 def db_current(config: ConfigOption) -> None:
     """The schema revision of the site's database and judgment cache; changes nothing."""
-    from dbschema import current_line
-
     with _site(config) as site, _schema_errors():
         for engine, schema in _databases(site):
             Console().print(current_line(engine, schema), highlight=False, soft_wrap=True)

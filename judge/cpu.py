@@ -1,4 +1,4 @@
-"""Which x86 CPU extensions the installed llama.cpp build needs, and which a host lacks.
+"""Which x86 CPU extensions the installed llama.cpp build needs (install.sh checks a host has them).
 
 llama.cpp compiles its CPU kernels for a fixed set of extensions: all of the build machine's
 with `GGML_NATIVE=ON`, a stated baseline with `GGML_NATIVE=OFF` (the Makefile's default,
@@ -9,7 +9,6 @@ kernel, so bundles record the set (agent/bundle.py) and install.sh checks a site
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 SYSTEM_INFO_FLAGS = {
     "SSE3": "pni",
@@ -59,12 +58,3 @@ def baseline_name(flags: list[str]) -> str:
         if set(flags) <= level:
             return name
     return "native"
-
-
-def host_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The first CPU's flags in a /proc/cpuinfo file."""
-    for line in cpuinfo.read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return set(value.split())
-    return set()

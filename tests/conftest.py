@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from judge.models import BUILTIN_GGUF_NAME
 from tests.postgres import PostgresServer, PostgresUnavailable, unavailable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -139,3 +140,13 @@ def new_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> NewDatab
     if isinstance(server, str):
         unavailable(server)
     return NewDatabase("postgresql", lambda _name: server.new_database())
+
+
+@pytest.fixture
+def fake_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A PANDALM_HOME whose builtin GGUF is a few bytes (nothing here loads it)."""
+    home = tmp_path / "source-home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / BUILTIN_GGUF_NAME).write_bytes(b"GGUF fake")
+    monkeypatch.setenv("PANDALM_HOME", str(home))
+    return home

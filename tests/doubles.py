@@ -57,8 +57,8 @@ def planting_generation(planted_id: str) -> Callable:
 
 class PlantedTokenBackend:
     """Test double for the judge model (a `JudgeBackend`, under the real `PairJudge`): it reads
-    only the prompt's texts and prefers the response that carries PLANTED_TOKEN, ties when
-    both or neither do.
+    only the prompt's texts and prefers the response that carries `token` (PLANTED_TOKEN), ties
+    when both or neither do; the other verdicts score `-weight`.
 
     `PairJudge` asks for both presentation orders and reconciles them, so a response swap or a
     broken reconciliation on the way shows in the tallies. With `tie_share`, that share of the
@@ -66,9 +66,11 @@ class PlantedTokenBackend:
     responses, which makes sites' tallies differ.
     """
 
-    def __init__(self, tie_share: float = 0.0) -> None:
-        self.tie_share = tie_share
-        self.identity = f"test-double:planted-token?tie_share={tie_share}"
+    def __init__(
+        self, tie_share: float = 0.0, token: str = PLANTED_TOKEN, weight: float = 4.0
+    ) -> None:
+        self.tie_share, self.token, self.weight = tie_share, token, weight
+        self.identity = f"test-double:planted-token?token={token}&tie_share={tie_share}&w={weight}"
 
     def verdict(self, prompt: str) -> str:
         """The verdict for this presentation order: `1` when Response 1 has the token."""
@@ -77,12 +79,12 @@ class PlantedTokenBackend:
             return "Tie"
         responses = prompt.split("### Response 1:\n", 1)[1].split("\n\n### Evaluation:", 1)[0]
         first, second = responses.split("\n\n### Response 2:\n", 1)
-        planted = (PLANTED_TOKEN in first, PLANTED_TOKEN in second)
+        planted = (self.token in first, self.token in second)
         return {(True, False): "1", (False, True): "2"}.get(planted, "Tie")
 
     def score(self, prompts: list[str], continuations: list[str]) -> list[list[float]]:
         verdicts = [self.verdict(prompt) for prompt in prompts]
-        return [[0.0 if c == v else -4.0 for c in continuations] for v in verdicts]
+        return [[0.0 if c == v else -self.weight for c in continuations] for v in verdicts]
 
     def generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]:
         return [

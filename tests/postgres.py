@@ -18,7 +18,7 @@ import tempfile
 from itertools import count
 from pathlib import Path
 
-import pytest
+from tests.needs import fail_or_skip
 
 BIN_GLOB = "/usr/lib/postgresql/*/bin"
 
@@ -104,7 +104,4 @@ class PostgresServer:
 
 def unavailable(reason: str) -> None:
     """Fail with the reason in CI, skip with it elsewhere."""
-    message = f"needs a PostgreSQL server: {reason}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    fail_or_skip(f"needs a PostgreSQL server: {reason}")

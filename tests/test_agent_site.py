@@ -5,12 +5,13 @@ ledger."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
 
-from agent.config import load_site_config
+from agent.config import load_site_config, site_toml
 from agent.db import ComparisonJob, ItemJudgment, ledger, open_database, reference_scores
 from agent.site import handle_message
 from agent.worker import SiteWorker, reference_answers
@@ -40,17 +41,26 @@ CONFIGS = [
 
 
 def write_site_config(
-    folder: Path, base: Path | str, name: str = "site-a", seed: int = 0, database: str = ""
+    folder: Path,
+    base: Path | str,
+    name: str = "site-a",
+    seed: int = 0,
+    database: str = "",
+    settings: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Path:
+    """`pandalm-agent init`'s site.toml for a small, insecure test site; `settings` set more,
+    table by table."""
+    tables: dict[str, dict[str, object]] = {
+        "data": {"train_examples": 16, "validation_items": 6},
+        "model": {"base": str(base), "max_length": 96, "max_new_tokens": 8, "keep_weights": True},
+        "flower": {"insecure": True},
+    }
+    if database:
+        tables["site"] = {"database": database}
+    for table, values in (settings or {}).items():
+        tables.setdefault(table, {}).update(values)
     path = folder / f"{name}.toml"
-    setting = f'database = "{database}"\n' if database else ""
-    path.write_text(
-        f'[site]\nname = "{name}"\ndata_dir = "{name}-data"\n{setting}'
-        f"[data]\nbuiltin_seed = {seed}\ntrain_examples = 16\nvalidation_items = 6\n"
-        f'[model]\nbase = "{base}"\nmax_length = 96\nbatch_size = 8\nmax_new_tokens = 8\n'
-        "keep_weights = true\n"
-        "[flower]\ninsecure = true\n"
-    )
+    path.write_text(site_toml(name, seed, tables))
     return path
 
 
@@ -168,9 +178,8 @@ def test_the_site_says_its_judge_is_pointwise_from_the_spec(tmp_path: Path) -> N
         assert _pointwise_judge(str(path)) is pointwise
 
 
-def _with_judge(path: Path, judge: str) -> Path:
-    path.write_text(path.read_text() + f"[judge]\n{judge}\n")
-    return path
+def _judge_site(folder: Path, spec: str, base: Path | str | None = None) -> Path:
+    return write_site_config(folder, base or folder, settings={"judge": {"spec": spec}})
 
 
 @pytest.mark.parametrize(
@@ -188,7 +197,7 @@ def test_a_judge_server_must_be_on_the_sites_network(
 ) -> None:
     from agent.config import SiteConfigError, check_judge_endpoint
 
-    path = _with_judge(write_site_config(tmp_path, tmp_path), f'spec = "openai:{url}"')
+    path = _judge_site(tmp_path, f"openai:{url}")
     config = load_site_config(path)
     if allowed:
         check_judge_endpoint(config)
@@ -200,8 +209,10 @@ def test_a_judge_server_must_be_on_the_sites_network(
             r"sent the site's texts",
         ):
             check_judge_endpoint(config)
-        path.write_text(path.read_text() + "allow_remote = true\n")
-        check_judge_endpoint(load_site_config(path))
+        remote = {"judge": {"spec": f"openai:{url}", "allow_remote": True}}
+        check_judge_endpoint(
+            load_site_config(write_site_config(tmp_path, tmp_path, settings=remote))
+        )
 
 
 def test_the_agent_refuses_a_public_judge_host_in_one_line(tmp_path: Path) -> None:
@@ -210,7 +221,7 @@ def test_the_agent_refuses_a_public_judge_host_in_one_line(tmp_path: Path) -> No
 
     from agent.cli import app
 
-    path = _with_judge(write_site_config(tmp_path, tmp_path), 'spec = "openai:https://8.8.8.8/v1"')
+    path = _judge_site(tmp_path, "openai:https://8.8.8.8/v1")
     result = CliRunner().invoke(app, ["worker", "--config", str(path)])
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and "the judge host 8.8.8.8" in result.output
@@ -220,7 +231,7 @@ def test_the_agent_refuses_a_public_judge_host_in_one_line(tmp_path: Path) -> No
 def test_a_judge_spec_that_is_no_url_is_refused_at_load(tmp_path: Path) -> None:
     from agent.config import SiteConfigError
 
-    path = _with_judge(write_site_config(tmp_path, tmp_path), 'spec = "openai:judge:8000"')
+    path = _judge_site(tmp_path, "openai:judge:8000")
     with pytest.raises(SiteConfigError, match=r"\[judge\]\.spec: .*is not an http\(s\) URL"):
         load_site_config(path)
 
@@ -228,8 +239,8 @@ def test_a_judge_spec_that_is_no_url_is_refused_at_load(tmp_path: Path) -> None:
 def test_the_ledger_names_the_judge_server_at_run_start(tmp_path: Path) -> None:
     """The pairs go to the judge server: its host (and nothing else) is in the ledger once,
     written when the run starts (here training then fails at once: no base model)."""
-    spec = 'spec = "openai:http://127.0.0.1:8000/v1?model=judge"'
-    config = load_site_config(_with_judge(write_site_config(tmp_path, tmp_path / "none"), spec))
+    spec = "openai:http://127.0.0.1:8000/v1?model=judge"
+    config = load_site_config(_judge_site(tmp_path, spec, base=tmp_path / "none"))
     engine = open_database(config.database_url)
     handle_message(engine, SPACE_MESSAGE, space_record())
     worker = SiteWorker(config)

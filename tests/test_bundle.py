@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 from agent.bundle import (
     DATA_DIR_PLACEHOLDER,
     MODELS_PLACEHOLDER,
+    NATIVE_LIBS,
     SITE_NAME_PLACEHOLDER,
     TOP,
     BundleError,
@@ -41,22 +42,13 @@ from agent.bundle import (
 )
 from agent.cli import app as agent_app
 from agent.config import load_site_config
+from common.processes import stop_process
 from judge.cpu import baseline_name, required_flags, system_info
 from judge.models import BUILTIN_GGUF_NAME, ModelNotFoundError, builtin_base_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_SH = REPO / "deploy" / "bundle" / "install.sh"
 BASE_PYTHON = Path(getattr(sys, "_base_executable", sys.executable))
-
-
-@pytest.fixture
-def fake_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A PANDALM_HOME whose builtin GGUF is a few bytes (nothing here loads it)."""
-    home = tmp_path / "source-home"
-    (home / "models").mkdir(parents=True)
-    (home / "models" / BUILTIN_GGUF_NAME).write_bytes(b"GGUF fake")
-    monkeypatch.setenv("PANDALM_HOME", str(home))
-    return home
 
 
 def _render(template: str, models: Path, name: str, data_dir: Path) -> str:
@@ -221,7 +213,7 @@ def _fake_llama_wheel(folder: Path, change: str = "") -> Path:
     dist = metadata.distribution("llama-cpp-python")
     lines = []
     for f in dist.files or []:
-        if f.hash is not None and str(f).startswith("llama_cpp/lib/"):
+        if f.hash is not None and str(f).startswith(NATIVE_LIBS):
             value = "0" * len(f.hash.value) if str(f).endswith(change or "\0") else f.hash.value
             lines.append(f"{f},{f.hash.mode}={value},{f.size}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -405,17 +397,6 @@ class Namespace:
         subprocess.run(["ip", "netns", "del", self.name], check=False)
 
 
-def _stop(process: subprocess.Popen | None, timeout: float = 30.0) -> None:
-    if process is None or process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)  # strace holds it; the traced command gets it
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def _wait_for(
     path: Path, text: str, timeout: float, processes: dict[str, subprocess.Popen], state: Path
 ) -> None:
@@ -519,8 +500,8 @@ def test_bundle_installs_and_runs_with_no_network(site_bundle: Path, tmp_path: P
                           (logs / "guard.log", "trusted app bundle")):  # fmt: skip
             _wait_for(log, text, 180, {"agent": agent, "superlink": superlink}, state)
         time.sleep(5)  # the worker imports torch and transformers, then polls its database
-        _stop(agent)
-        _stop(superlink)
+        stop_process(agent, timeout=30.0)  # the group: strace holds the traced command
+        stop_process(superlink, timeout=30.0)
         for name in ("worker.log", "supernode.log", "guard.log"):
             assert "Traceback" not in (logs / name).read_text(), (logs / name).read_text()
 
@@ -531,7 +512,7 @@ def test_bundle_installs_and_runs_with_no_network(site_bundle: Path, tmp_path: P
         assert [i["ifname"] for i in interfaces] == ["lo"]
         assert interfaces[0]["stats64"]["tx"]["packets"] > 0  # the federation talked, on lo
     finally:
-        _stop(agent)
-        _stop(superlink)
+        stop_process(agent, timeout=30.0)  # the group: strace holds the traced command
+        stop_process(superlink, timeout=30.0)
         netns.close()
         shutil.rmtree(target, ignore_errors=True)

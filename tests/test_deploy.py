@@ -68,8 +68,7 @@ def test_systemd_units_start_existing_commands() -> None:
 def test_fleet_proxy_forwards_only_flowers_fleet_prefix() -> None:
     """Static check, with or without nginx; tests/test_fleet_proxy.py runs the file."""
     conf = (DEPLOY / "nginx" / "fleet-only.conf").read_text()
-    prefixes = superlink_api_prefixes()
-    assert prefixes == {"fleet": "/v1/fleet", "control": "/v1/control", "runtime": "/v1/runtime"}
+    prefixes = superlink_api_prefixes()  # their values: tests/test_flower_internals.py
     locations = re.findall(r"location (.+) \{", conf)
     assert locations == [f"~ ^{prefixes['fleet']}/[a-z-]+$", "/"]
     assert conf.count("proxy_pass") == 1

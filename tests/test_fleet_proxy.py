@@ -8,7 +8,6 @@ traversal variants of them are refused by nginx and never reach the SuperLink.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -36,6 +35,8 @@ from coordinator.launch import (
 )
 from coordinator.results import run_result
 from coordinator.sites import register_site
+from tests.needs import needs_tool
+from tests.test_identity import write_tls_site
 
 pytestmark = pytest.mark.slow
 SHIPPED = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "fleet-only.conf"
@@ -59,17 +60,6 @@ REFUSED = [
     "/",
 ]
 SPACE = '[[grid]]\noptimizer = "sgd"\nlearning_rate = 2e-6\nscheduler = "linear"\nepochs = [1, 2]\n'
-
-
-def nginx_binary() -> str:
-    """Debian's nginx; the test fails in CI without it and skips elsewhere."""
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-    if found is None:
-        reason = "needs nginx (Debian: apt-get install nginx; .ci/run installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return found
 
 
 def shipped_with(certs: Path, listen: str, upstream: str) -> str:
@@ -151,7 +141,7 @@ def upstreams(folder: Path, uris: list[str], timeout: float = 5.0) -> dict[str, 
 def proxied(tmp_path_factory: pytest.TempPathFactory):
     """A TLS SuperLink on loopback, nginx with the shipped file in front of it, and one
     registered site whose SuperNode (and app guard) reach the SuperLink through nginx only."""
-    nginx = nginx_binary()
+    nginx = needs_tool("nginx", "nginx")
     folder = tmp_path_factory.mktemp("proxy")
     certs = folder / "certs"
     init_certificates(certs, ["127.0.0.1"])
@@ -165,11 +155,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory):
         f'[superlink]\naddress = "{superlink}"\ncertificates = "certs"\n'
     )
     federation = load_federation_config(folder / "federation.toml")
-    (folder / "site.toml").write_text(
-        f'[site]\nname = "{SITE}"\n[flower]\nsuperlink = "{proxy}"\n'
-        f'clientappio_port = {free_port()}\nroot_certificates = "certs/ca.crt"\n'
-    )
-    site = load_site_config(folder / "site.toml")
+    site = load_site_config(write_tls_site(folder, SITE, proxy))
     processes = [start_superlink(federation.superlink, federation.state_dir)]
     try:
         server_block = shipped_with(certs, proxy, superlink)

@@ -86,17 +86,13 @@ def _federation_toml(
 
 class Site:
     def __init__(self, folder: Path, base: Path, index: int, superlink: str) -> None:
-        path = write_site_config(folder, base, name=f"site-{index}", seed=index)
-        judge = ""
+        settings: dict[str, dict[str, object]] = {
+            "flower": {"superlink": superlink, "clientappio_port": free_port()}
+        }
         if index == PAIRWISE_SITE:  # the worker judges with the double whatever the spec says
             (folder / "pairwise.gguf").write_bytes(b"GGUF")
-            judge = f'[judge]\nspec = "gguf:{folder / "pairwise.gguf"}"\n'
-        text = path.read_text().replace(
-            "[flower]\ninsecure = true\n",
-            f'{judge}[flower]\ninsecure = true\nsuperlink = "{superlink}"\n'
-            f"clientappio_port = {free_port()}\n",
-        )
-        path.write_text(text)
+            settings["judge"] = {"spec": f"gguf:{folder / 'pairwise.gguf'}"}
+        path = write_site_config(folder, base, name=f"site-{index}", seed=index, settings=settings)
         self.config = load_site_config(path)
         self.env = site_environment(self.config)
         self.supernode: subprocess.Popen | None = None

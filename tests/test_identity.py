@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from typer.testing import CliRunner
 
 from agent.cli import app as agent_app
-from agent.config import load_site_config
+from agent.config import load_site_config, site_toml
 from agent.supervisor import site_environment, supernode_command
 from common.processes import stop_process
 from coordinator.certs import init_certificates
@@ -41,12 +41,15 @@ def test_certificates_chain_to_the_ca_and_name_the_superlink(tmp_path: Path) -> 
         init_certificates(tmp_path / "certs", ["127.0.0.1"])
 
 
-def _site(folder: Path, name: str, superlink: str) -> Path:
+def write_tls_site(folder: Path, name: str, superlink: str) -> Path:
+    """A site.toml that reaches `superlink` over TLS (the CA in folder/certs)."""
+    flower = {
+        "superlink": superlink,
+        "clientappio_port": free_port(),
+        "root_certificates": "certs/ca.crt",
+    }
     path = folder / f"{name}.toml"
-    path.write_text(
-        f'[site]\nname = "{name}"\n[flower]\nsuperlink = "{superlink}"\n'
-        f'clientappio_port = {free_port()}\nroot_certificates = "certs/ca.crt"\n'
-    )
+    path.write_text(site_toml(name, settings={"flower": flower}))
     return path
 
 
@@ -67,7 +70,7 @@ def test_only_registered_sites_connect(tmp_path: Path) -> None:
     keys = {}
     for name in ("site-a", "site-b"):
         result = runner.invoke(
-            agent_app, ["enroll", "--config", str(_site(tmp_path, name, superlink))]
+            agent_app, ["enroll", "--config", str(write_tls_site(tmp_path, name, superlink))]
         )
         assert result.exit_code == 0, result.output
         keys[name] = tmp_path / f"{name}-data" / "keys"

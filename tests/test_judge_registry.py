@@ -17,7 +17,6 @@ from agent.bundle import MODELS_PLACEHOLDER, plan_models
 from judge.backends import (
     BACKENDS,
     BackendKind,
-    GenerationSettings,
     JudgeSpec,
     Location,
     SpecError,
@@ -28,40 +27,13 @@ from judge.backends import (
 from judge.cli import app as judge_app
 from judge.engine import Pair, PairJudge
 from judge.models import BUILTIN_GGUF_NAME
+from tests.doubles import PlantedTokenBackend
 
 
-class KeywordBackend:
-    """Test double at the model edge: prefers the response holding the keyword written in its
-    model file (`keyword:PATH`), so the two presentation orders must disagree in position."""
-
-    def __init__(self, path: Path, weight: int) -> None:
-        self.keyword = path.read_text().strip()
-        self.weight = weight
-        self.identity = f"keyword:{self.keyword}:{weight}"
-
-    def _preferred(self, prompt: str) -> str:
-        first, _, second = prompt.partition("### Response 2:")
-        return (
-            "1"
-            if self.keyword in first.partition("### Response 1:")[2]
-            else ("2" if self.keyword in second else "Tie")
-        )
-
-    def generate(self, prompts: list[str], settings: GenerationSettings) -> list[str]:
-        return [
-            f"{self._preferred(p)}\n\n### Reason: keyword\n\n### Reference: -\n" for p in prompts
-        ]
-
-    def score(self, prompts: list[str], continuations: list[str]) -> list[list[float]]:
-        return [[0.0 if c == self._preferred(p) else -self.weight for c in continuations]
-                for p in prompts]  # fmt: skip
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-
-def _load_keyword(spec: JudgeSpec) -> KeywordBackend:
-    return KeywordBackend(Path(spec.path), int(spec.options.get("weight", 5)))
+def _load_keyword(spec: JudgeSpec) -> PlantedTokenBackend:
+    """The kind's loader: the planted-token double, its token read from the spec's file."""
+    token = Path(spec.path).read_text().strip()
+    return PlantedTokenBackend(token=token, weight=int(spec.options.get("weight", 5)))
 
 
 @pytest.fixture
@@ -130,16 +102,11 @@ def test_pandalm_judge_compare_runs_a_registered_kind(
 def test_a_registered_kind_travels_in_a_bundle(
     keyword_kind: BackendKind,
     keyword_file: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    fake_home: Path,
 ) -> None:
-    home = tmp_path / "home"
-    (home / "models").mkdir(parents=True)
-    (home / "models" / BUILTIN_GGUF_NAME).write_bytes(b"GGUF fake")
-    monkeypatch.setenv("PANDALM_HOME", str(home))
     plan = plan_models(f"keyword:{keyword_file}?weight=3")
     assert plan.copies == [
-        (home / "models" / BUILTIN_GGUF_NAME, BUILTIN_GGUF_NAME),  # the builtin base model
+        (fake_home / "models" / BUILTIN_GGUF_NAME, BUILTIN_GGUF_NAME),  # the builtin base model
         (keyword_file, "judge/kw.txt"),
     ]
     assert plan.judge_spec == f"keyword:{MODELS_PLACEHOLDER}/judge/kw.txt?weight=3"

@@ -5,7 +5,6 @@ backend on the same model file, concurrent requests, the judgment cache."""
 from __future__ import annotations
 
 import gc
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from coordinator.demo import free_port
 from judge.backends import SpecError, load_backend, parse_spec
 from judge.backends.base import GenerationSettings
 from judge.backends.openai import EndpointError, OpenAICompletionsBackend, completions_url
@@ -31,16 +31,10 @@ PAIRS = [
 TOLERANCE = 0.02  # largest difference allowed from the gguf: backend's probabilities
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m llama_cpp.server` on the tiny GGUF; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("judge-server") / "server.log"
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(tiny_gguf)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
@@ -167,7 +161,7 @@ def test_bad_specs_and_unreachable_servers() -> None:
         parse_spec("openai:gpt")
     with pytest.raises(SpecError, match="unknown option 'beams' for openai"):
         parse_spec("openai:http://127.0.0.1:8000/v1?beams=4")
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     with pytest.raises(SpecError, match=rf"127\.0\.0\.1:{port}/v1: cannot load a openai judge"):
         load_backend(f"openai:http://127.0.0.1:{port}/v1")
     with pytest.raises(SpecError, match="scoring must be one of"):

@@ -37,12 +37,20 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(path: Path, module_level_only: bool) -> set[str]:
-    """Project modules `path` imports; TYPE_CHECKING blocks never run, so never count."""
+    """Project modules `path` imports; what a TYPE_CHECKING block imports never runs, so never
+    counts."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    type_checking = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for statement in node.body
+        for inner in ast.walk(statement)
+    }
     nodes: list[ast.AST] = list(tree.body) if module_level_only else list(ast.walk(tree))
     names: set[str] = set()
     for node in nodes:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if id(node) in type_checking:
             continue
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)

@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,10 +24,10 @@ import pytest
 from judge.cpu import (
     baseline_name,
     compiled_features,
-    host_flags,
     required_flags,
     system_info,
 )
+from tests.needs import needs_tool
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
@@ -40,17 +39,6 @@ NATIVE_INFO = (
     "REPACK = 1 | "
 )
 """llama.cpp's system info for a native build on an AVX-512 (Sapphire Rapids) machine."""
-
-
-def _needs(tool: str, package: str) -> str:
-    """The tool's path; fails without it in CI, skips elsewhere."""
-    found = shutil.which(tool)
-    if found is None:
-        reason = f"needs {tool} (Debian: apt-get install {package}; .ci/run installs it)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    return found
 
 
 def _portable_build_installed() -> list[str]:
@@ -73,18 +61,11 @@ def test_system_info_maps_to_cpuinfo_flags_and_a_baseline() -> None:
     assert baseline_name([]) == "none"
 
 
-def test_host_flags_reads_the_first_cpu(tmp_path: Path) -> None:
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2\n\nprocessor\t: 1\nflags\t: sse\n")
-    assert host_flags(cpuinfo) == {"fpu", "avx2"}
-    assert host_flags(Path("/proc/cpuinfo")) >= set(required_flags(system_info()))
-
-
 def test_the_installed_build_is_x86_64_v3_without_avx512_instructions() -> None:
     """No zmm register in any ggml library: what lets it run on AVX2-only CPUs."""
     flags = _portable_build_installed()
     assert flags == ["pni", "ssse3", "avx", "avx2", "f16c", "fma", "bmi2"]
-    objdump = _needs("objdump", "binutils")
+    objdump = needs_tool("objdump", "binutils")
     libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml*.so"))
     assert any(lib.name == "libggml-cpu.so" for lib in libs), libs
     for lib in libs:
@@ -102,8 +83,8 @@ HASWELL = ["-cpu", "Haswell"]
 
 def test_the_emulated_haswell_refuses_avx512(tmp_path: Path) -> None:
     """The emulation is strict: an AVX-512 instruction dies with SIGILL under it."""
-    qemu = _needs("qemu-x86_64", "qemu-user")
-    cc = _needs("cc", "gcc")
+    qemu = needs_tool("qemu-x86_64", "qemu-user")
+    cc = needs_tool("cc", "gcc")
     source = tmp_path / "zmm.c"
     source.write_text('int main(void) { __asm__ volatile("vpxord %zmm0, %zmm0, %zmm0"); }\n')
     subprocess.run([cc, "-o", str(tmp_path / "zmm"), str(source)], check=True)
@@ -116,7 +97,7 @@ def test_judge_compare_runs_on_an_emulated_avx2_only_cpu(tiny_gguf: Path, tmp_pa
     """`pandalm-judge compare` in score mode on two pairs (both orders), the whole Python
     process under `qemu-x86_64 -cpu Haswell` (AVX2, FMA, F16C, BMI2; no AVX-512)."""
     _portable_build_installed()
-    qemu = _needs("qemu-x86_64", "qemu-user")
+    qemu = needs_tool("qemu-x86_64", "qemu-user")
     pairs, out = tmp_path / "pairs.jsonl", tmp_path / "verdicts.jsonl"
     rows = [
         {"instruction": "Add 2 and 3.", "input": "", "response1": "5", "response2": "6"},
@@ -142,7 +123,7 @@ def test_judge_compare_runs_on_an_emulated_avx2_only_cpu(tiny_gguf: Path, tmp_pa
 def test_the_makefile_builds_each_set_of_flags_into_its_own_folder(tmp_path: Path) -> None:
     """`make -n`: the portable, native and any other CMake flags land in different wheelhouse
     folders, a folder already built is not rebuilt, and pip's wheel cache is never used."""
-    _needs("make", "make")
+    needs_tool("make", "make")
 
     def plan(*assignments: str) -> str:
         result = subprocess.run(

@@ -45,8 +45,9 @@ def test_noisy_tallies_are_valid_reports(counts: list[int], epsilon: float, seed
 def test_budget_is_spent_once_per_comparison_and_then_refused(
     tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = write_site_config(tmp_path, tiny_llama)
-    path.write_text(path.read_text() + "[privacy]\nepsilon = 1.0\nbudget = 2.0\n")
+    path = write_site_config(
+        tmp_path, tiny_llama, settings={"privacy": {"epsilon": 1.0, "budget": 2.0}}
+    )
     config = load_site_config(path)
     engine = open_database(config.database_url)
     assert handle_message(engine, SPACE_MESSAGE, space_record())["status"] == Status.OK
