@@ -117,11 +117,13 @@ class OpenAICompletionsBackend:
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from exc
         if response.status_code != 200:
-            raise EndpointError(
-                f"judge server {self.url} answered HTTP {response.status_code}: "
-                f"{response.text[:300]}"
-            )
+            raise self._status_error(response)
         return response.json()
+
+    def _status_error(self, response: httpx.Response) -> EndpointError:
+        return EndpointError(
+            f"judge server {self.url} answered HTTP {response.status_code}: {response.text[:300]}"
+        )
 
     def _transport_error(self, exc: httpx.HTTPError) -> Exception:
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
@@ -162,10 +164,7 @@ class OpenAICompletionsBackend:
             with self.client.stream("POST", self.url, json=body) as response:
                 if response.status_code != 200:
                     response.read()
-                    raise EndpointError(
-                        f"judge server {self.url} answered HTTP {response.status_code}: "
-                        f"{response.text[:300]}"
-                    )
+                    raise self._status_error(response)
                 for line in response.iter_lines():
                     data = line.removeprefix("data:").strip()
                     if not line.startswith("data:") or not data or data == "[DONE]":
