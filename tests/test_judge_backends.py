@@ -116,14 +116,16 @@ def test_llamacpp_generation_is_deterministic(builtin_gguf: Path) -> None:
         backend.generate([PAIRS[0].prompt()], GenerationSettings.reference())
 
 
-@pytest.mark.slow
 def test_the_shipped_builtin_judge_prefers_the_right_answer_in_both_orders() -> None:
-    """`builtin` is the pointwise judge: the packaged head on the embedded model's encoder."""
-    try:
-        backend = load_backend("builtin?threads=1")
-    except ModelNotFoundError as exc:
-        pytest.skip(f"builtin model not installed (run make setup): {exc}")
-    assert backend.identity.startswith("pointwise:")
+    """`builtin` is the best rule and `learned` the packaged learned judge: both pointwise,
+    neither needs a model file."""
+    for spec in ("builtin", "learned"):
+        backend = load_backend(spec)
+        assert backend.identity.startswith(f"{spec}:")
+        _prefers_the_answer(backend)
+
+
+def _prefers_the_answer(backend) -> None:
     pairs = [
         Pair(
             "Explain why the sky is blue.",

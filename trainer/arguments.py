@@ -220,43 +220,34 @@ class JudgeTrainingArguments:
 
 
 @dataclass
-class BuiltinJudgeArguments:
-    """Settings of `pandalm-train builtin-judge`."""
+class LearnedJudgeArguments:
+    """Settings of `pandalm-train learned-judge`."""
 
     testset: Path = field(
         metadata=cli(help="PandaLM's dev split (human labels; trained on)", exists=True)
     )
     """PandaLM's dev split (human labels); trained on, reported out-of-fold."""
     out: Path = field(
-        default=Path("judge/builtin_judge"),
+        default=Path("judge/learned_judge"),
         metadata=cli("--out", help="where head.json and README.md go"),
     )
     preferences: list[Path] = field(
         default_factory=list,
-        metadata=cli("--preferences", help="preference JSONL; only use=train rows", exists=True),
+        metadata=cli("--preferences", help="preference JSONL (use=train, use=eval)", exists=True),
     )
-    """Preference JSONL files; only their `use = "train"` rows are used."""
-    seed_tasks: Path | None = field(
-        default=None,
-        metadata=cli(
-            help="Alpaca seed_tasks.jsonl: synthetic pairs with broken losers", exists=True
-        ),
-    )
-    """Alpaca's seed_tasks.jsonl (Apache-2.0): synthetic pairs whose loser is broken, truncated,
-    off-topic... (trainer/judge_builtin_data.py), so the score knows degenerate output."""
-    synthetic_weight: float = field(
-        default=0.3, metadata=cli(min=0.0, help="weight of a synthetic pair against a labelled one")
-    )
-    """Weight of a synthetic pair against a human-labelled one."""
-    cache: Path = field(
-        default=Path("build/builtin-judge/encodings.sqlite"),
-        metadata=cli(help="encoding cache (resume)"),
-    )
-    folds: int = field(default=5, metadata=cli(min=2, help="out-of-fold evaluation folds"))
-    c_grid: tuple[float, ...] = (0.0003, 0.001)
-    """Inverse L2 strength of the response score (about 600 features, 536 pairs: strong)."""
-    tie_weights: tuple[float, ...] = (2.0, 3.0, 4.0)
-    """Class weights of Tie tried (ties are 9% of the dev split and a third of macro F1)."""
-    threads: int = field(default=2, metadata=cli(min=1, help="encoder threads"))
-    encoder_gguf: Path | None = None
-    """The frozen encoder; None is the embedded SmolLM2-135M (what the builtin spec loads)."""
+    """Preference JSONL files: `use = "train"` rows train and are left out in turn, `use =
+    "eval"` rows are only judged."""
+    folds: int = field(default=5, metadata=cli(min=2, help="dev split out-of-fold folds"))
+    features: tuple[str, ...] = ("log_tokens", "copies_task", "script_mismatch")
+    """judge.features measures the score reads, chosen by forward selection on the mean
+    held-out gain over the best rule (dev out-of-fold and leave-one-source-out; never the
+    eval rows)."""
+    length_nuisance: tuple[str, ...] = ("llmbar", "hh-rlhf-harmless", "llmeval2")
+    """Sources whose length preference is their own: LLMBar's adversarial sets punish length by
+    design, hh-rlhf's harmless set prefers refusals, LLMEval²'s train subsets (hh-rlhf,
+    summaries) prefer the shorter; they inform every weight but the length ones."""
+    tie_reference: str = "pandalm-dev"
+    """The source whose tie convention the shipped judge keeps (the product's task)."""
+    l2: float = 10.0
+    """Ridge strength on the score's weights (per pair)."""
+    bootstrap_rounds: int = field(default=1000, metadata=cli(min=100, help="bootstrap resamples"))

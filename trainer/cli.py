@@ -18,9 +18,9 @@ from judge.io import InputError
 from judge.models import ModelNotFoundError
 from trainer.arguments import (
     BASE_HELP,
-    BuiltinJudgeArguments,
     CandidateTrainingArguments,
     JudgeTrainingArguments,
+    LearnedJudgeArguments,
 )
 from trainer.builtin_data import MAX_EXAMPLES
 from trainer.options import dataclass_options
@@ -281,13 +281,14 @@ def package_adapter_command(
     console.print(f"wrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB)")
 
 
-@app.command("builtin-judge")
-@dataclass_options(BuiltinJudgeArguments)
-def builtin_judge(settings: dict[str, Any]) -> None:
-    """Train the builtin judge's head on frozen SmolLM2 encodings; dev figures out-of-fold."""
-    from trainer.builtin_judge import train_builtin_judge
+@app.command("learned-judge")
+@dataclass_options(LearnedJudgeArguments)
+def learned_judge(settings: dict[str, Any]) -> None:
+    """Train the learned judge on human preference pairs; every figure held out (dev split
+    out-of-fold, each source left out, the eval rows), next to the rules."""
+    from trainer.learned_judge import held_out_rows, train_learned_judge
 
     with _user_errors():
-        args = BuiltinJudgeArguments(**settings)
-        record = train_builtin_judge(args, console)
-    typer.echo(json.dumps(record["dev_out_of_fold"], indent=2))
+        args = LearnedJudgeArguments(**settings)
+        record = train_learned_judge(args, console)
+    typer.echo("\n".join(held_out_rows(record["held_out"])))

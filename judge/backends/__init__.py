@@ -1,5 +1,5 @@
 """Judge specs (`builtin`, `gguf:PATH`, `hf:PATH?quant=8bit|4bit&dtype=bf16`,
-`openai:URL?model=NAME`), the registry of backend kinds, and loading.
+`openai:URL?model=NAME`, `rule:NAME?band=X`), the registry of backend kinds, and loading.
 
 Each backend kind is registered once in `BACKENDS`: its options and their types, what its spec's
 location names (nothing, a local file, a model directory or a URL), whether it is pointwise and
@@ -18,13 +18,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from judge.backends.base import GenerationSettings, JudgeBackend
-from judge.models import (
-    BUILTIN_GGUF_NAME,
-    ENCODER_GGUF_NAME,
-    ModelNotFoundError,
-    builtin_base_gguf,
-    models_dir,
-)
+from judge.models import ModelNotFoundError
 
 __all__ = [
     "BACKENDS",
@@ -57,6 +51,8 @@ class Location(Enum):
     """A local transformers model directory (one with a config.json)."""
     URL = "url"
     """An http(s) server's URL: no model on this machine."""
+    NAME = "name"
+    """One of the kind's `names` (a rule): nothing on disk."""
 
 
 Carried = list[tuple[Path, str]]
@@ -74,7 +70,7 @@ class BackendKind:
     or the function itself; it builds the backend from a parsed spec."""
     form: str
     """How the spec is written, for error messages: `gguf:PATH`."""
-    options: Mapping[str, type[int] | type[str]] = field(default_factory=dict)
+    options: Mapping[str, type[int] | type[float] | type[str]] = field(default_factory=dict)
     pointwise: bool = False
     """Scores each response on its own (judge/pointwise.py): a pair costs no forward pass once
     both responses are scored; gives verdict probabilities only, never generated text."""
@@ -83,21 +79,19 @@ class BackendKind:
     file_label: str = "model"
     """For a FILE location: what the missing file is called in `no GGUF file at PATH`."""
     packaged: str | None = None
-    """For a NONE location: the packaged model path, as `module:attribute`."""
-    bundled: Callable[[], Carried] | None = None
-    """For a NONE location: the installed model files an offline bundle carries."""
+    """For a NONE location: the packaged model path, as `module:attribute` (none: the kind
+    needs no file)."""
+    names: tuple[str, ...] = ()
+    """For a NAME location: the names a spec may give."""
 
     def load(self, spec: JudgeSpec) -> JudgeBackend:
         return _resolve(self.loader)(spec)
 
     def carry(self, spec: JudgeSpec, models: str) -> tuple[Carried, str]:
         """What an offline bundle copies for this judge and the spec naming the copy, with
-        `models` standing for the site's models folder; raises ModelNotFoundError when a
-        packaged model is not installed here."""
-        if self.location is Location.NONE:
-            return (self.bundled() if self.bundled else []), spec.text()
-        if self.location is Location.URL:
-            return [], spec.text()  # a judge server on the site's network: nothing to carry
+        `models` standing for the site's models folder."""
+        if self.location in (Location.NONE, Location.URL, Location.NAME):
+            return [], spec.text()  # packaged, a server on the site's network, a rule
         path = Path(spec.path)
         name = path.name if self.location is Location.FILE else path.resolve().name
         return [(path, f"judge/{name}")], spec.text(f"{models}/judge/{name}")
@@ -109,8 +103,6 @@ BACKENDS: dict[str, BackendKind] = {}
 
 def register(kind: BackendKind) -> BackendKind:
     """Add a backend kind (a test or a plugin may register its own)."""
-    if kind.location is Location.NONE and kind.packaged is None:
-        raise ValueError(f"backend {kind.name!r}: a kind without a location needs `packaged`")
     BACKENDS[kind.name] = kind
     return kind
 
@@ -135,7 +127,7 @@ class JudgeSpec:
 
     kind: str
     path: Path | str
-    options: dict[str, int | str] = field(default_factory=dict)
+    options: dict[str, int | float | str] = field(default_factory=dict)
 
     @property
     def backend(self) -> BackendKind:
@@ -156,7 +148,7 @@ class JudgeSpec:
         return f"{head}?{query}" if query else head
 
 
-def check_spec_form(spec: str) -> tuple[str, str, dict[str, int | str]]:
+def check_spec_form(spec: str) -> tuple[str, str, dict[str, int | float | str]]:
     """A spec's kind, location and options; raises SpecError for a malformed spec, without
     looking for the model (a config file is read before its judge model need be there)."""
     bare = spec.partition("?")[0]
@@ -168,7 +160,7 @@ def check_spec_form(spec: str) -> tuple[str, str, dict[str, int | str]]:
             raise SpecError(f"unknown judge spec {spec!r}: use {spec_forms()}")
     backend = BACKENDS[kind]
     location, _, query = rest.partition("?")
-    options: dict[str, int | str] = {}
+    options: dict[str, int | float | str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
         if key not in backend.options:
             raise SpecError(f"judge spec {spec!r}: unknown option {key!r} for {kind}")
@@ -176,6 +168,8 @@ def check_spec_form(spec: str) -> tuple[str, str, dict[str, int | str]]:
             options[key] = backend.options[key](value)
         except ValueError as exc:
             raise SpecError(f"judge spec {spec!r}: option {key!r} wants a number") from exc
+    if backend.location is Location.NAME and location not in backend.names:
+        raise SpecError(f"judge spec {spec!r}: {kind} must be one of {', '.join(backend.names)}")
     if backend.location is Location.URL:
         url = urlsplit(location)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -184,14 +178,15 @@ def check_spec_form(spec: str) -> tuple[str, str, dict[str, int | str]]:
 
 
 def parse_spec(spec: str) -> JudgeSpec:
-    """Parse a judge spec and check that its model is there (nothing is loaded);
-    `builtin[?threads=N]` is the pointwise builtin judge (judge/pointwise.py) on the embedded
-    base model."""
+    """Parse a judge spec and check that its model is there (nothing is loaded); `builtin` is
+    the best rule (judge/backends/rules.py), `learned` the judge trained on preference pairs
+    (judge/backends/learned.py)."""
     kind, location, options = check_spec_form(spec)
     backend = BACKENDS[kind]
     if backend.location is Location.NONE:
-        return JudgeSpec(kind, _resolve(backend.packaged), options)  # type: ignore[arg-type]
-    if backend.location is Location.URL:
+        packaged = _resolve(backend.packaged) if backend.packaged else ""
+        return JudgeSpec(kind, packaged, options)  # type: ignore[arg-type]
+    if backend.location in (Location.URL, Location.NAME):
         return JudgeSpec(kind, location, options)
     path = Path(location).expanduser()
     if backend.location is Location.FILE and not path.is_file():
@@ -213,24 +208,34 @@ def load_backend(spec: JudgeSpec | str) -> JudgeBackend:
         raise SpecError(f"{spec.path}: cannot load a {spec.kind} judge ({exc})") from exc
 
 
-def _builtin_bundled() -> Carried:
-    """The builtin judge travels as the embedded base model's GGUF, plus its encoder GGUF when
-    this machine has built it (else the site builds it from the base on first use)."""
-    carried = [(builtin_base_gguf(), BUILTIN_GGUF_NAME)]
-    encoder = models_dir() / ENCODER_GGUF_NAME
-    return [*carried, (encoder, ENCODER_GGUF_NAME)] if encoder.is_file() else carried
-
-
 register(
     BackendKind(
         "builtin",
         Location.NONE,
-        "judge.pointwise:from_spec",
+        "judge.backends.rules:builtin_from_spec",
         form="builtin",
-        options={"threads": int},
         pointwise=True,
-        packaged="judge.pointwise:BUILTIN_HEAD",
-        bundled=_builtin_bundled,
+    )
+)
+register(
+    BackendKind(
+        "learned",
+        Location.NONE,
+        "judge.backends.learned:from_spec",
+        form="learned",
+        pointwise=True,
+        packaged="judge.backends.learned:LEARNED_HEAD",
+    )
+)
+register(
+    BackendKind(
+        "rule",
+        Location.NAME,
+        "judge.backends.rules:from_spec",
+        form="rule:length|length-repetition[?band=X]",
+        options={"band": float},
+        pointwise=True,
+        names=("length", "length-repetition"),
     )
 )
 register(
