@@ -37,8 +37,9 @@ from judge.backends.base import GenerationSettings
 from judge.backends.hf import TransformersBackend
 from judge.backends.llamacpp import LlamaCppBackend
 from judge.cpu import baseline_name, required_flags, system_info
-from judge.engine import Pair, PairJudge
+from judge.engine import PairJudge
 from judge.models import builtin_base_gguf, builtin_base_hf_dir
+from judge.prompt import Pair
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

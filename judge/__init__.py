@@ -1,11 +1,9 @@
 """PandaLM judge: prompt and parse, verdict rules, backends, metrics.
 
-Importing this package turns Hugging Face hub access off (a site never downloads at run time).
+A judge never downloads: the package turns Hugging Face hub access off before any of its
+modules can import a Hugging Face library.
 """
 
-import os
+from common.offline import stay_offline
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+stay_offline()

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli import cli_app, progress_bar, user_errors
+from common.records import InputError
 from dbschema import SchemaError
 from judge.backends import (
     GenerationSettings,
@@ -27,7 +28,7 @@ from judge.backends import (
 )
 from judge.cache import JudgmentCache
 from judge.engine import JUDGE_MODES, PairJudge, PairJudgment, RunStats
-from judge.io import InputError, read_pairs, read_predictions, read_testset
+from judge.io import read_pairs, read_predictions, read_testset
 from judge.metrics import judge_metrics, versus_rules
 from judge.models import (
     ModelNotFoundError,

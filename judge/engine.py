@@ -10,7 +10,7 @@ from typing import Literal
 from common.protocol import JUDGE_MODES
 from judge.backends.base import GenerationSettings, JudgeBackend, PointwiseBackend
 from judge.cache import JudgmentCache, judgment_key
-from judge.prompt import VERDICTS, build_prompt
+from judge.prompt import VERDICTS, Pair
 from judge.verdict import (
     Verdict,
     argmax_verdict,
@@ -23,22 +23,6 @@ from judge.verdict import (
 )
 
 Mode = Literal[JUDGE_MODES]
-
-
-@dataclass(frozen=True)
-class Pair:
-    """Two responses to one task; `response1` plays A and `response2` plays B."""
-
-    instruction: str
-    input: str
-    response1: str
-    response2: str
-
-    def prompt(self, swapped: bool = False) -> str:
-        first, second = (
-            (self.response2, self.response1) if swapped else (self.response1, self.response2)
-        )
-        return build_prompt(self.instruction, self.input, first, second)
 
 
 @dataclass(frozen=True)

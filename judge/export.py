@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from judge.io import InputError
+from common.records import InputError
 
 __all__ = ["QUANTS", "ExportError", "Quant", "export_gguf", "write_f16_gguf"]
 

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from judge.engine import Pair
+from common.records import InputError, read_records
+from judge.prompt import Pair
 from judge.verdict import INVALID, Verdict
 
 PAIR_FIELDS = ("instruction", "input", "response1", "response2")
 _GOLD_NAMES = {0: "Tie", 1: "1", 2: "2"}
-
-
-class InputError(ValueError):
-    """Bad user input; the message names the file, line or item, and field."""
 
 
 @dataclass(frozen=True)
@@ -26,36 +21,6 @@ class LabelledPair:
     idx: int
     pair: Pair
     gold: Verdict
-
-
-def read_records(path: Path) -> Iterator[tuple[str, dict]]:
-    """Records of a JSON array or JSONL file, each with a location such as `file:7`."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read ({exc})") from exc
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
-        for index, item in enumerate(items):
-            where = f"{path}[{index}]"
-            if not isinstance(item, dict):
-                raise InputError(f"{where}: expected a JSON object")
-            yield where, item
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: invalid JSON ({exc.msg})") from exc
-        if not isinstance(item, dict):
-            raise InputError(f"{where}: expected a JSON object")
-        yield where, item
 
 
 _SCALARS = (bool, int, float)

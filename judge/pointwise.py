@@ -17,7 +17,7 @@ from judge.prompt import VERDICTS
 
 if TYPE_CHECKING:
     from judge.cache import JudgmentCache
-    from judge.engine import Pair
+    from judge.prompt import Pair
 
 CLASSES = VERDICTS
 """The order of a probability row: judge.prompt's verdicts."""

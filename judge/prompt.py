@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<unk>",
     "<pad>",
@@ -50,6 +52,22 @@ def build_prompt(instruction: str, input: str, response1: str, response2: str) -
         f"{_HEAD_NO_INPUT}### Instruction:\n{instruction}\n\n"
         f"### Response 1:\n{r1}\n\n### Response 2:\n{r2}\n\n### Evaluation:\n"
     )
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two responses to one task, the prompt's input; `response1` plays A and `response2` B."""
+
+    instruction: str
+    input: str
+    response1: str
+    response2: str
+
+    def prompt(self, swapped: bool = False) -> str:
+        first, second = (
+            (self.response2, self.response1) if swapped else (self.response1, self.response2)
+        )
+        return build_prompt(self.instruction, self.input, first, second)
 
 
 def build_target(result: str, reason: str, reference: str) -> str:

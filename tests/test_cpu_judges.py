@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from judge.backends import SpecError, load_backend, parse_spec
 from judge.backends.learned import LearnedJudge, LearnedModel, davidson_probabilities
 from judge.cli import app
-from judge.engine import Pair, PairJudge
+from judge.engine import PairJudge
 from judge.features import (
     RESPONSE_CHARS,
     RESPONSE_FEATURES,
@@ -26,6 +26,7 @@ from judge.features import (
 )
 from judge.metrics import bias_diagnostics, bootstrap_errors, length_verdict
 from judge.pointwise import GENERATE_UNSUPPORTED
+from judge.prompt import Pair
 
 PAIRS = [
     Pair("What is the capital of France?", "", "Paris.", "The capital of France is Paris."),
@@ -178,7 +179,8 @@ def test_evaluate_json_carries_baselines_and_standard_errors(tmp_path: Path) -> 
     assert errors["accuracy_se"] >= 0 and "f1_macro_versus_best_rule" in errors
     assert "length_baseline" in metrics and metrics["consistency"] == 1.0
     text = CliRunner().invoke(
-        app, ["evaluate", "--testset", str(testset), "--judge", "rule:length"],
+        app,
+        ["evaluate", "--testset", str(testset), "--judge", "rule:length"],
         env={"COLUMNS": "250"},
     )
     assert text.exit_code == 0 and "rule:length-repetition?band=0" in text.output

@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 
 from judge.backends import load_backend
 from judge.backends.base import GenerationSettings
-from judge.engine import Pair, PairJudge
+from judge.engine import PairJudge
 from judge.export import ExportError, export_gguf
+from judge.prompt import Pair
 from trainer.cli import app
 
 PAIRS = [

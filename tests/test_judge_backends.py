@@ -8,8 +8,9 @@ import torch
 from judge.backends import SpecError, load_backend, parse_spec
 from judge.backends.base import GenerationSettings
 from judge.backends.tokens import PROMPT_END
-from judge.engine import Pair, PairJudge
+from judge.engine import PairJudge
 from judge.models import ModelNotFoundError, builtin_base_gguf
+from judge.prompt import Pair
 
 PAIRS = [
     Pair("Add 2 and 3.", "", "5", "6"),

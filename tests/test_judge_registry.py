@@ -25,8 +25,9 @@ from judge.backends import (
     register,
 )
 from judge.cli import app as judge_app
-from judge.engine import Pair, PairJudge
+from judge.engine import PairJudge
 from judge.models import BUILTIN_GGUF_NAME
+from judge.prompt import Pair
 from tests.doubles import PlantedTokenBackend
 
 

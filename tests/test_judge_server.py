@@ -19,7 +19,8 @@ from judge.backends import SpecError, load_backend, parse_spec
 from judge.backends.base import GenerationSettings
 from judge.backends.openai import EndpointError, OpenAICompletionsBackend, completions_url
 from judge.cache import JudgmentCache
-from judge.engine import Pair, PairJudge
+from judge.engine import PairJudge
+from judge.prompt import Pair
 
 pytestmark = pytest.mark.slow
 

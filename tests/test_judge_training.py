@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from judge.io import InputError
+from common.records import InputError
 from judge.prompt import build_prompt, build_target
 from trainer.cli import app
 from trainer.judge_data import (

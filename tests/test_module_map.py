@@ -36,21 +36,21 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _imports(path: Path, module_level_only: bool) -> set[str]:
-    """Project modules `path` imports; what a TYPE_CHECKING block imports never runs, so never
-    counts."""
+def _imports(path: Path, type_checking: bool) -> set[str]:
+    """Project modules `path` imports anywhere in it (at the top, inside functions), and with
+    `type_checking` also inside TYPE_CHECKING blocks (which never run, but still tie modules
+    together for a reader)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    type_checking = {
+    skipped = {
         id(inner)
         for node in ast.walk(tree)
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
         for statement in node.body
         for inner in ast.walk(statement)
     }
-    nodes: list[ast.AST] = list(tree.body) if module_level_only else list(ast.walk(tree))
     names: set[str] = set()
-    for node in nodes:
-        if id(node) in type_checking:
+    for node in ast.walk(tree):
+        if id(node) in skipped and not type_checking:
             continue
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
@@ -69,16 +69,18 @@ def test_every_package_imports_only_what_the_map_allows() -> None:
             allowed |= DEMO_MAY_IMPORT
         breaches += [
             f"{module} imports {name}"
-            for name in sorted(_imports(path, module_level_only=False))
+            for name in sorted(_imports(path, type_checking=False))
             if name.split(".")[0] not in allowed
         ]
     assert not breaches, "\n".join(breaches)
 
 
 def test_no_import_cycle_between_modules() -> None:
+    """Every import counts, deferred and TYPE_CHECKING ones too: a circle closed through an
+    import inside a function is still a circle for whoever reads or moves the code."""
     modules = _modules()
     graph = {
-        module: {name for name in _imports(path, module_level_only=True) if name in modules}
+        module: {name for name in _imports(path, type_checking=True) if name in modules}
         - {module}
         for module, path in modules.items()
     }

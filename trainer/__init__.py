@@ -1,7 +1,9 @@
 """Candidate instruction tuning over a search space, and response generation (`pandalm-train`).
 
-Importing this package first imports `judge`, which turns Hugging Face hub access off before any
-Hugging Face library reads its settings: a site never downloads at run time.
+A site never downloads at run time: the package turns Hugging Face hub access off before any of
+its modules can import a Hugging Face library.
 """
 
-import judge  # noqa: F401
+from common.offline import stay_offline
+
+stay_offline()

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from common.protocol import JUDGE_MODES
+from common.records import InputError
 from common.space import SCHEDULE_HORIZONS, ScheduleHorizon
-from judge.io import InputError
 from trainer.judge_data import OVER_LENGTH_RULES, OverLength
 from trainer.options import cli
 

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli import cli_app, progress_bar, user_errors
+from common.records import InputError
 from common.space import SpaceError, load_space
-from judge.io import InputError
 from judge.models import ModelNotFoundError
 from trainer.arguments import (
     BASE_HELP,
@@ -220,7 +220,7 @@ def judge(
 
 
 def _testset_instructions(testset: Path | None) -> list[str]:
-    from judge.io import read_records
+    from common.records import read_records
 
     if testset is None:
         return []

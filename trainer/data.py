@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from judge.io import InputError, read_records
+from common.records import InputError, read_records
 
 __all__ = [
     "IGNORE_INDEX",

@@ -46,7 +46,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from judge.io import InputError, read_records
+from common.records import InputError, read_records
 from trainer.judge_data import JudgeRecord
 
 __all__ = [

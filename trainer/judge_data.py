@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from judge.io import InputError, read_records
+from common.records import InputError, read_records
 from judge.prompt import VERDICTS, build_prompt, build_target
 from judge.verdict import swap_verdict
 from trainer.data import IGNORE_INDEX, TokenizedData, tokenize_for_training

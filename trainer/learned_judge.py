@@ -27,9 +27,10 @@ from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
 
 from common.cli import progress_bar
+from common.records import InputError, read_records
 from judge.backends.learned import LearnedModel, tie_inputs
 from judge.features import RESPONSE_FEATURES, pair_similarity, response_features
-from judge.io import InputError, read_records, read_testset
+from judge.io import read_testset
 from judge.metrics import judge_metrics, versus_rules
 from judge.verdict import argmax_verdict
 from trainer.arguments import LearnedJudgeArguments

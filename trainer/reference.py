@@ -40,7 +40,7 @@ def exact_match(response: str, answer: str) -> bool:
 
 def load_reference_answers(path: Path) -> dict[str, ReferenceAnswer]:
     """Answers of a validation file: `answer` (checkable) or `output` (a reference), per item."""
-    from judge.io import InputError, read_records
+    from common.records import InputError, read_records
 
     answers = {}
     for where, record in read_records(path):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from judge.cache import JudgmentCache
-    from judge.engine import Pair
+    from judge.prompt import Pair
 
 
 @dataclass(frozen=True)

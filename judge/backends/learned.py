@@ -30,7 +30,7 @@ from judge.pointwise import PointwiseJudge, Task
 
 if TYPE_CHECKING:
     from judge.backends import JudgeSpec
-    from judge.engine import Pair
+    from judge.prompt import Pair
 
 LEARNED_HEAD = Path(__file__).parent.parent / "learned_judge" / "head.json"
 TIE_SHARPNESS = 16

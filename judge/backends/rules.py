@@ -19,7 +19,7 @@ from judge.pointwise import PointwiseJudge, Task
 
 if TYPE_CHECKING:
     from judge.backends import JudgeSpec
-    from judge.engine import Pair
+    from judge.prompt import Pair
 
 RULES: dict[str, Callable[[str], float]] = {
     "length": length_score,
