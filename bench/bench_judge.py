@@ -125,13 +125,18 @@ def main() -> None:
     prompts = [p.prompt(swapped) for p in pairs for swapped in (False, True)]
     rate = prefill_rate(gguf, prompts[:40])
     mean_tokens = sum(gguf.count_tokens(p) for p in prompts) / len(prompts)
-    bound = rate / mean_tokens
     del gguf
 
     for spec in ("builtin", "learned"):
         d_time, d_count = timed(PairJudge(load_backend(spec), "score"), pairs)
         rows.append((f"d {spec} pointwise (both orders)", d_count, d_time, peak_rss_mib()))
 
+    report(args, rows, rate, mean_tokens)
+    round_robin(args, load_backend("learned"))
+
+
+def report(args: argparse.Namespace, rows: list, rate: float, mean_tokens: float) -> None:
+    """The table of runs and the ratios the targets name."""
     print(f"judge throughput, builtin SmolLM2-135M, {args.threads} threads, {args.source} pairs")
     flags = required_flags(system_info())
     print(f"llama.cpp build: {baseline_name(flags)} ({' '.join(flags)}); {system_info()}")
@@ -144,6 +149,7 @@ def main() -> None:
             f"{seconds / count:7.3f} {rss:7.0f}MiB"
         )
     print(f"raw prefill: {rate:.0f} tokens/s; mean prompt {mean_tokens:.0f} tokens")
+    bound = rate / mean_tokens
     print(f"bound (every prompt token prefilled once): {bound:.3f} judgments/s")
     c = rates["c score"]
     if "a reference" in rates:
@@ -153,7 +159,6 @@ def main() -> None:
     for spec in ("builtin", "learned"):
         pairs_per_s = rates[f"d {spec}"] / 2  # two orders a pair
         print(f"d {spec}/c = {2 * pairs_per_s / c:.1f}  ({pairs_per_s:.0f} pairs/s)")
-    round_robin(args, load_backend("learned"))
 
 
 def round_robin_responses(items: int) -> tuple[list[tuple[str, str]], list[list[str]]]:

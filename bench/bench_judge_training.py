@@ -26,7 +26,7 @@ BATCH = 2
 
 
 def _records(seed_tasks: Path):
-    from trainer.judge_builtin_data import SeedTask, build_builtin_judge_records, load_seed_tasks
+    from trainer.judges.synthetic import SeedTask, build_builtin_judge_records, load_seed_tasks
 
     if seed_tasks.is_file():
         tasks = load_seed_tasks(seed_tasks)
@@ -42,7 +42,7 @@ def measure(mode: str, steps: int, threads: int, seed_tasks: Path) -> dict:
     import torch
 
     from judge.models import builtin_base_hf_dir
-    from trainer.judge_training import JudgeTrainingArguments, train_judge
+    from trainer.judges.training import JudgeTrainingArguments, train_judge
     from trainer.progress import StepTimer
 
     torch.set_num_threads(threads)
@@ -64,7 +64,7 @@ def measure(mode: str, steps: int, threads: int, seed_tasks: Path) -> dict:
         )
         report = train_judge(args, _records(seed_tasks), [timer])
         from trainer.candidates import load_tokenizer
-        from trainer.judge_data import prepare_judge_data
+        from trainer.judges.data import prepare_judge_data
 
         data, _ = prepare_judge_data(
             _records(seed_tasks), load_tokenizer(args.base_model), swap=True

@@ -413,7 +413,8 @@ def row_json(row: Row) -> dict:
     }
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
+    """The bench's command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--round-robin-trials", type=int, default=40)
@@ -435,7 +436,11 @@ def main() -> None:
     )
     parser.add_argument("--no-fitted", action="store_true", help="only the synthetic judge")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments()
     predictions = args.predictions
     if predictions is None:
         default = SHARED / "pandalm-7b-predictions-dev.json"

@@ -28,7 +28,7 @@ from judge.backends import (
 )
 from judge.cache import JudgmentCache
 from judge.engine import JUDGE_MODES, PairJudge, PairJudgment, RunStats
-from judge.io import read_pairs, read_predictions, read_testset
+from judge.io import LabelledPair, read_pairs, read_predictions, read_testset
 from judge.metrics import judge_metrics, versus_rules
 from judge.models import (
     ModelNotFoundError,
@@ -229,15 +229,7 @@ def evaluate(
             chosen = sorted(random.Random(0).sample(range(len(items)), sample))
             items = [items[i] for i in chosen]
         if predictions is not None:
-            by_idx = read_predictions(predictions)
-            missing = [item.idx for item in items if item.idx not in by_idx]
-            if missing:
-                raise InputError(f"{predictions}: no prediction for idx {missing[0]}")
-            stats = RunStats()
-            stats.texts = [(i.pair.response1, i.pair.response2) for i in items]
-            stats.predicted = [by_idx[i.idx].verdict for i in items]
-            stats.orders = [by_idx[i.idx].orders for i in items]
-            with_orders = any(stats.orders)
+            stats, consistency, with_orders = _released_stats(predictions, items)
         else:
             pair_judge = _make_judge(
                 parse_spec(str(judge)), mode, one_order, False, max_new_tokens, cache, no_cache
@@ -247,12 +239,8 @@ def evaluate(
         judged = _judge_with_progress(pair_judge, [i.pair for i in items], "judging")
         for item, judgment in zip(items, judged, strict=True):
             stats.add(judgment, item.pair)
-        with_orders = True
+        consistency, with_orders = stats.consistency, True
     gold = [i.gold for i in items]
-    consistency = stats.consistency
-    if predictions is not None and with_orders:
-        two = [o for o in stats.orders if len(o) == 2]
-        consistency = sum(is_consistent(*o) for o in two) / len(two) if two else None
     metrics = judge_metrics(gold, stats.predicted, consistency)
     diagnostics = stats.diagnostics(gold)
     if not with_orders:
@@ -264,6 +252,24 @@ def evaluate(
         sys.stdout.write(json.dumps(metrics) + "\n")
         return
     _print_metrics(metrics)
+
+
+def _released_stats(
+    predictions: Path, items: list[LabelledPair]
+) -> tuple[RunStats, float | None, bool]:
+    """A prediction file's verdicts on `items`, their consistency (where the file gives both
+    orders) and whether it gives orders at all."""
+    by_idx = read_predictions(predictions)
+    missing = [item.idx for item in items if item.idx not in by_idx]
+    if missing:
+        raise InputError(f"{predictions}: no prediction for idx {missing[0]}")
+    stats = RunStats()
+    stats.texts = [(i.pair.response1, i.pair.response2) for i in items]
+    stats.predicted = [by_idx[i.idx].verdict for i in items]
+    stats.orders = [by_idx[i.idx].orders for i in items]
+    two = [o for o in stats.orders if len(o) == 2]
+    consistency = sum(is_consistent(*o) for o in two) / len(two) if two else None
+    return stats, consistency, any(stats.orders)
 
 
 def _print_metrics(metrics: dict) -> None:

@@ -204,7 +204,7 @@ def _planted_preferences(path: Path, source_use: str, n: int, seed: int) -> None
 
 def test_training_recipe_writes_model_card_with_held_out_table(tmp_path: Path) -> None:
     from trainer.arguments import LearnedJudgeArguments
-    from trainer.learned_judge import train_learned_judge
+    from trainer.judges.learned import train_learned_judge
 
     dev = [
         {"idx": i, "instruction": f"Rewrite item {i}.", "input": f"fact {i} is old news here",

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from common.records import InputError
 from judge.prompt import build_prompt, build_target
 from trainer.cli import app
-from trainer.judge_data import (
+from trainer.judges.data import (
     IGNORE_INDEX,
     FilterReport,
     JudgeRecord,
@@ -245,7 +245,7 @@ def test_cli_names_the_bad_line_before_training(tmp_path, tiny_llama):
 def test_lora_judge_is_saved_merged_and_evaluated(tmp_path, tiny_llama):
     from transformers import AutoModelForCausalLM
 
-    from trainer.judge_training import JudgeTrainingArguments, train_judge
+    from trainer.judges.training import JudgeTrainingArguments, train_judge
 
     out = tmp_path / "judge"
     args = JudgeTrainingArguments(
@@ -279,7 +279,7 @@ def test_the_verdict_weighted_loss_is_the_plain_loss_at_weight_one_and_counts_th
 
     import torch
 
-    from trainer.judge_training import verdict_weighted_loss
+    from trainer.judges.training import verdict_weighted_loss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 11)
@@ -306,7 +306,7 @@ def test_a_packaged_adapter_is_fp16_and_a_rank_cut_is_the_best_approximation(tmp
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from trainer.judge_training import package_adapter
+    from trainer.judges.training import package_adapter
 
     def load():
         return AutoModelForCausalLM.from_pretrained(tiny_llama, local_files_only=True)
@@ -374,7 +374,7 @@ def test_two_cpu_processes_with_zero2_train_on_different_shards(tmp_path, tiny_l
 
 
 def test_builtin_judge_data_has_known_verdicts_and_respects_the_exclusion(tmp_path):
-    from trainer.judge_builtin_data import build_builtin_judge_records, load_seed_tasks
+    from trainer.judges.synthetic import build_builtin_judge_records, load_seed_tasks
 
     tasks_file = _write_jsonl(
         tmp_path / "seeds.jsonl",

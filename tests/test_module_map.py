@@ -80,8 +80,7 @@ def test_no_import_cycle_between_modules() -> None:
     import inside a function is still a circle for whoever reads or moves the code."""
     modules = _modules()
     graph = {
-        module: {name for name in _imports(path, type_checking=True) if name in modules}
-        - {module}
+        module: {name for name in _imports(path, type_checking=True) if name in modules} - {module}
         for module, path in modules.items()
     }
     try:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from common.protocol import JUDGE_MODES
 from common.records import InputError
 from common.space import SCHEDULE_HORIZONS, ScheduleHorizon
-from trainer.judge_data import OVER_LENGTH_RULES, OverLength
+from trainer.judges.data import OVER_LENGTH_RULES, OverLength
 from trainer.options import cli
 
 if TYPE_CHECKING:

@@ -199,8 +199,8 @@ def judge(
 ) -> None:
     """Train a PandaLM-format judge (paper defaults; run under torchrun or deepspeed for many
     processes) and print a JSON report."""
-    from trainer.judge_builtin_data import build_builtin_judge_records, load_seed_tasks
-    from trainer.judge_training import train_judge
+    from trainer.judges.synthetic import build_builtin_judge_records, load_seed_tasks
+    from trainer.judges.training import train_judge
 
     del local_rank  # the launcher also sets LOCAL_RANK, which the Trainer reads
     with _user_errors():
@@ -237,8 +237,8 @@ def judge_data(
     seed: int = 42,
 ) -> None:
     """Build synthetic judge-training pairs (verdicts known by construction) from seed tasks."""
-    from trainer.judge_builtin_data import build_builtin_judge_records, load_seed_tasks
-    from trainer.judge_data import write_judge_records
+    from trainer.judges.data import write_judge_records
+    from trainer.judges.synthetic import build_builtin_judge_records, load_seed_tasks
 
     with _user_errors():
         records = build_builtin_judge_records(
@@ -274,7 +274,7 @@ def package_adapter_command(
     ] = None,
 ) -> None:
     """Write a LoRA adapter as the package ships the builtin judge: fp16, optionally lower rank."""
-    from trainer.judge_training import package_adapter
+    from trainer.judges.training import package_adapter
 
     with _user_errors():
         weights = package_adapter(adapter, out, rank)
@@ -286,7 +286,7 @@ def package_adapter_command(
 def learned_judge(settings: dict[str, Any]) -> None:
     """Train the learned judge on human preference pairs; every figure held out (dev split
     out-of-fold, each source left out, the eval rows), next to the rules."""
-    from trainer.learned_judge import held_out_rows, train_learned_judge
+    from trainer.judges.learned import held_out_rows, train_learned_judge
 
     with _user_errors():
         args = LearnedJudgeArguments(**settings)

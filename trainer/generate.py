@@ -145,6 +145,27 @@ def _delete_weights(checkpoint: CandidateCheckpoint) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def _append_responses(
+    out: Path,
+    checkpoint: CandidateCheckpoint,
+    items: Sequence[ValidationItem],
+    responses: Sequence[str],
+    max_new_tokens: int,
+) -> None:
+    """Append one JSONL record per response (a killed run keeps every finished batch)."""
+    with out.open("a", encoding="utf-8") as handle:
+        for item, response in zip(items, responses, strict=True):
+            record = {
+                "config_id": checkpoint.config.id,
+                "item_id": item.id,
+                "max_new_tokens": max_new_tokens,
+                "instruction": item.instruction,
+                "input": item.input,
+                "response": response,
+            }
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
 def generate_responses(
     checkpoints: Sequence[CandidateCheckpoint],
     items: Sequence[ValidationItem],
@@ -184,17 +205,7 @@ def generate_responses(
             model = shared.attach(checkpoint) if lora_on_cpu else load_candidate_model(checkpoint)
             for batch in _batches(missing, batch_size):
                 responses = _generate(model, tokenizer, [i.prompt() for i in batch], max_new_tokens)
-                with out.open("a", encoding="utf-8") as handle:
-                    for item, response in zip(batch, responses, strict=True):
-                        record = {
-                            "config_id": checkpoint.config.id,
-                            "item_id": item.id,
-                            "max_new_tokens": max_new_tokens,
-                            "instruction": item.instruction,
-                            "input": item.input,
-                            "response": response,
-                        }
-                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                _append_responses(out, checkpoint, batch, responses, max_new_tokens)
                 generated += len(batch)
                 if on_progress is not None:
                     on_progress(len(batch))

@@ -9,7 +9,7 @@ with a tie weight nu = exp(a + b * r**16) that grows with r, the two responses' 
 ratio (judge.features.pair_similarity): human annotators call a tie when two answers say nearly
 the same thing. Swapping A and B negates z and leaves r, so p(1) and p(2) swap exactly.
 
-Trained on human preference pairs by `pandalm-train learned-judge` (trainer/learned_judge.py),
+Trained on human preference pairs by `pandalm-train learned-judge` (trainer/judges/learned.py),
 which also measures it leave-one-source-out; see the model card beside the weights.
 """
 

@@ -279,7 +279,7 @@ def model_card(record: dict) -> str:
         "# learned judge: Bradley-Terry-Davidson on response measures",
         "",
         "Built by `pandalm-train learned-judge` (`make learned-judge`); code in",
-        "`judge/features.py`, `judge/backends/learned.py` and `trainer/learned_judge.py`.",
+        "`judge/features.py`, `judge/backends/learned.py` and `trainer/judges/learned.py`.",
         "Each response gets a score s = w . measures (length with diminishing returns, copying",
         "of the task, a script that does not match the task's, ...); a pair gets",
         "p(1) : p(2) : p(Tie) = exp(z/2) : exp(-z/2) : nu with z = s(A) - s(B) and a tie weight",

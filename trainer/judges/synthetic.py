@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.records import InputError, read_records
-from trainer.judge_data import JudgeRecord
+from trainer.judges.data import JudgeRecord
 
 __all__ = [
     "PAIR_KINDS",
@@ -246,7 +246,7 @@ def write_builtin_judge_data(
     seed_tasks: Path, out: Path, seed: int = 0, exclude_testset: Path | None = None
 ) -> int:
     """Build the records from a seed-tasks file and write them as JSONL; returns how many."""
-    from trainer.judge_data import write_judge_records
+    from trainer.judges.data import write_judge_records
 
     exclude: list[str] = []
     if exclude_testset is not None:

@@ -38,7 +38,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from trainer.arguments import JudgeTrainingArguments, SettingsError
 from trainer.candidates import add_lora, load_tokenizer, resolve_base_model
-from trainer.judge_data import FilterReport, JudgeRecord, load_judge_records, prepare_judge_data
+from trainer.judges.data import FilterReport, JudgeRecord, load_judge_records, prepare_judge_data
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
