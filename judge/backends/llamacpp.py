@@ -55,14 +55,13 @@ class LlamaCppBackend:
             )
 
     def _prefill(self, tokens: list[int]) -> None:
-        """Evaluate `tokens`, reusing the longest prefix already in the KV cache."""
-        llm = self.llm
-        limit = min(llm.n_tokens, len(tokens) - 1)  # re-evaluate one token at least for logits
-        common = 0
-        while common < limit and llm.input_ids[common] == tokens[common]:
-            common += 1
-        llm.n_tokens = common
-        llm.eval(tokens[common:])
+        """Evaluate `tokens` through llama-cpp-python's own prefix matching: `Llama.generate`
+        keeps the longest prefix already in the KV cache and decodes the rest; its first
+        sampled token is drawn from, and leaves in place, the logits of the prompt's last
+        token, and is never decoded."""
+        stream = self.llm.generate(tokens, top_k=1, temp=0.0, reset=True)
+        next(stream)
+        stream.close()
 
     def _last_logprobs(self) -> np.ndarray:
         pointer = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
@@ -85,10 +84,10 @@ class LlamaCppBackend:
                 for previous, token in pairwise(continuation):
                     self.llm.eval([previous])
                     total += float(self._last_logprobs()[token])
-                if len(continuation) > 1:  # drop the continuation from the cache again
-                    self.llm.n_tokens = len(tokens)
-                    self.llm._requires_eval = True
+                self.llm.n_tokens = len(tokens)  # the next continuation starts at the prompt
                 row.append(total)
+            if longest > 1:  # the logits are a continuation's: keep a prefix whose end is
+                self.llm.n_tokens = len(tokens) - 1  # decoded again by the next prefill
             scores.append(row)
         return scores
 
