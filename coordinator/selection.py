@@ -2,7 +2,8 @@
 
 The coordinator never sees text, models or data: a procedure deals only in config indices and
 integer tallies. It is driven ask/tell: `pending()` lists the comparisons that can be asked now
-(several at once where the procedure allows, so sites judge them in parallel), and `record()`
+(several at once where the procedure allows, so sites judge them in parallel; each a
+common.protocol `Comparison`, the form a compare message carries), and `record()`
 takes each comparison's tally summed over sites. A procedure's state is a function of the
 recorded history alone, so a restarted coordinator resumes by feeding a fresh procedure its
 stored (request, tally) history in the original order. A request that was asked but never
@@ -80,27 +81,9 @@ from typing import Protocol
 
 import numpy as np
 
+from common.protocol import Comparison
 from common.settings import AUTO, SELECTION_MODES
 from common.tally import Tally
-
-
-@dataclass(frozen=True)
-class ComparisonRequest:
-    """Configs a and b (a = the incumbent where that matters), judged by every site on its
-    validation items [item_start, item_stop); item_stop None means to the end."""
-
-    a: int
-    b: int
-    item_start: int = 0
-    item_stop: int | None = None
-
-    def __post_init__(self) -> None:
-        if min(self.a, self.b) < 0 or self.a == self.b:
-            raise ValueError(f"a comparison needs two distinct config indices, got {self}")
-        if self.item_start < 0 or (
-            self.item_stop is not None and self.item_stop <= self.item_start
-        ):
-            raise ValueError(f"empty or negative item slice in {self}")
 
 
 @dataclass(frozen=True)
@@ -118,9 +101,9 @@ class SelectionProcedure(Protocol):
 
     mode: str
 
-    def pending(self) -> list[ComparisonRequest]: ...
+    def pending(self) -> list[Comparison]: ...
 
-    def record(self, request: ComparisonRequest, tally: Tally) -> None: ...
+    def record(self, request: Comparison, tally: Tally) -> None: ...
 
     @property
     def done(self) -> bool: ...
@@ -145,7 +128,7 @@ class _Procedure(ABC):
         if n_configs < 1:
             raise ValueError(f"n_configs must be at least 1, got {n_configs}")
         self.n_configs = n_configs
-        self._outstanding: set[ComparisonRequest] = set()
+        self._outstanding: set[Comparison] = set()
         self._decided: list[DecidedComparison] = []
 
     @property
@@ -153,13 +136,13 @@ class _Procedure(ABC):
         """The decided comparisons, in the order they were decided."""
         return list(self._decided)
 
-    def pending(self) -> list[ComparisonRequest]:
+    def pending(self) -> list[Comparison]:
         """Requests that can be asked now and are not already outstanding; marks them asked."""
         fresh = [request for request in self._askable() if request not in self._outstanding]
         self._outstanding.update(fresh)
         return fresh
 
-    def record(self, request: ComparisonRequest, tally: Tally) -> None:
+    def record(self, request: Comparison, tally: Tally) -> None:
         """Take the summed tally of a request that is outstanding or could be asked now."""
         if request not in self._askable():
             raise ValueError(f"{request} is not a comparison this procedure is waiting for")
@@ -176,11 +159,11 @@ class _Procedure(ABC):
         return net
 
     @abstractmethod
-    def _askable(self) -> Collection[ComparisonRequest]:
+    def _askable(self) -> Collection[Comparison]:
         """The requests that can be asked now (outstanding ones included)."""
 
     @abstractmethod
-    def _apply(self, request: ComparisonRequest, tally: Tally) -> None: ...
+    def _apply(self, request: Comparison, tally: Tally) -> None: ...
 
     def _decide(self, a: int, b: int, tally: Tally) -> int:
         winner = comparison_winner(a, b, tally)
@@ -253,23 +236,22 @@ class PaperProcedure(_Procedure):
         ladders = self._blocks if self._final is None else [self._final]
         return [ladder for ladder in ladders if not ladder.done]
 
-    def _request(self, ladder: _Ladder) -> ComparisonRequest:
-        return ComparisonRequest(ladder.incumbent, ladder.challenger)
+    def _request(self, ladder: _Ladder) -> Comparison:
+        return Comparison(ladder.incumbent, ladder.challenger)
 
-    def _settled(self, request: ComparisonRequest, ladder: _Ladder, chunk: Tally) -> bool:
+    def _settled(self, request: Comparison, ladder: _Ladder, chunk: Tally) -> bool:
         return True
 
-    def _askable(self) -> list[ComparisonRequest]:
+    def _askable(self) -> list[Comparison]:
         return [self._request(ladder) for ladder in self._active()]
 
-    def _apply(self, request: ComparisonRequest, tally: Tally) -> None:
+    def _apply(self, request: Comparison, tally: Tally) -> None:
         ladder = next(ladder for ladder in self._active() if self._request(ladder) == request)
         ladder.total += tally
         if self._settled(request, ladder, tally):
             ladder.advance(self._decide(request.a, request.b, ladder.total))
             self._start_final_when_blocks_done()
         else:
-            assert request.item_stop is not None
             ladder.item_start = request.item_stop
 
     def _start_final_when_blocks_done(self) -> None:
@@ -304,13 +286,13 @@ class AdaptiveProcedure(PaperProcedure):
         )
         super().__init__(n_configs, blocks)
 
-    def _request(self, ladder: _Ladder) -> ComparisonRequest:
+    def _request(self, ladder: _Ladder) -> Comparison:
         stop = ladder.item_start + self.chunk_items
         if self.max_items is not None:
             stop = min(stop, self.max_items)
-        return ComparisonRequest(ladder.incumbent, ladder.challenger, ladder.item_start, stop)
+        return Comparison(ladder.incumbent, ladder.challenger, ladder.item_start, stop)
 
-    def _settled(self, request: ComparisonRequest, ladder: _Ladder, chunk: Tally) -> bool:
+    def _settled(self, request: Comparison, ladder: _Ladder, chunk: Tally) -> bool:
         return (
             chunk.items == 0
             or request.item_stop == self.max_items
@@ -326,7 +308,7 @@ class RoundRobin(_Procedure):
     def __init__(self, n_configs: int) -> None:
         super().__init__(n_configs)
         pairs = itertools.combinations(range(n_configs), 2)
-        self._unrecorded = dict.fromkeys(ComparisonRequest(a, b) for a, b in pairs)
+        self._unrecorded = dict.fromkeys(Comparison(a, b) for a, b in pairs)
         self._strengths: np.ndarray | None = None
 
     @property
@@ -349,10 +331,10 @@ class RoundRobin(_Procedure):
             self._strengths = bradley_terry(self.n_configs, self._decided)
         return self._strengths.copy()
 
-    def _askable(self) -> dict[ComparisonRequest, None]:
+    def _askable(self) -> dict[Comparison, None]:
         return self._unrecorded
 
-    def _apply(self, request: ComparisonRequest, tally: Tally) -> None:
+    def _apply(self, request: Comparison, tally: Tally) -> None:
         del self._unrecorded[request]
         self._decide(request.a, request.b, tally)
         self._strengths = None
@@ -392,7 +374,7 @@ class RacingProcedure(_Procedure):
         self._totals: dict[tuple[int, int], Tally] = {}
         self._cursor: dict[tuple[int, int], int] = {}
         self._exhausted: set[tuple[int, int]] = set()
-        self._batch: dict[ComparisonRequest, None] = {}
+        self._batch: dict[Comparison, None] = {}
         self._strengths = np.zeros(n_configs)
         self._finished = False
         self._playoff_held = False
@@ -411,14 +393,13 @@ class RacingProcedure(_Procedure):
         strengths = np.round(self._strengths, 6)
         return sorted(range(self.n_configs), key=lambda i: (-self._last_batch[i], -strengths[i], i))
 
-    def _askable(self) -> dict[ComparisonRequest, None]:
+    def _askable(self) -> dict[Comparison, None]:
         return self._batch
 
-    def _apply(self, request: ComparisonRequest, tally: Tally) -> None:
+    def _apply(self, request: Comparison, tally: Tally) -> None:
         del self._batch[request]
         pair = (request.a, request.b)
         self._totals[pair] = self._totals.get(pair, Tally()) + tally
-        assert request.item_stop is not None
         self._cursor[pair] = request.item_stop
         if tally.items == 0:
             self._exhausted.add(pair)
@@ -477,12 +458,12 @@ class RacingProcedure(_Procedure):
             size = min(chunk * count, self._remaining(pair))
             if size >= 1:
                 start = self._cursor.get(pair, 0)
-                batch[ComparisonRequest(*pair, start, start + size)] = None
+                batch[Comparison(*pair, start, start + size)] = None
         if contenders <= 1 or not batch:
             self._finished = True
             return
         self.batches += 1
-        self.spent_items += sum(r.item_stop - r.item_start for r in batch)  # type: ignore[operator]
+        self.spent_items += sum(r.item_stop - r.item_start for r in batch)
         self._batch = batch
 
     def _playoff_pairs(self, left: int) -> dict[tuple[int, int], int]:
