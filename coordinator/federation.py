@@ -51,7 +51,7 @@ from common.tally import Tally
 from coordinator.db import RoundLog, judgments
 from coordinator.run_store import RunStore
 from coordinator.secure_sum import SecureSum, aggregation
-from coordinator.selection import SelectionProcedure, auto_mode, make_procedure
+from coordinator.selection import SelectionProcedure, auto_mode, procedure_for_run
 from coordinator.site_pool import SitePool
 
 log = logging.getLogger(__name__)
@@ -137,26 +137,10 @@ class FederatedSelection:
     @property
     def procedure(self) -> SelectionProcedure:
         if self._procedure is None:
-            self._procedure = make_procedure(
-                self.selection_mode, len(self.config_ids), **self._procedure_settings()
+            self._procedure = procedure_for_run(
+                self.selection_mode, len(self.config_ids), self.settings
             )
         return self._procedure
-
-    def _procedure_settings(self) -> dict[str, Any]:
-        if self.selection_mode == "paper":
-            return {"blocks": self.settings.blocks}
-        if self.selection_mode == "adaptive":
-            return {
-                "blocks": self.settings.blocks,
-                "chunk_items": self.settings.chunk_items,
-                "max_items": self.settings.validation_items,
-            }
-        if self.selection_mode == "racing":
-            return {
-                "items_per_site": self.settings.validation_items,
-                "budget": self.settings.budget,
-            }
-        return {}
 
     # -- resume ------------------------------------------------------------------------------
     def _resume(self) -> None:

@@ -18,7 +18,10 @@ site's report and for any sum of reports over sites or item chunks.
 Winner of a comparison: the config with more wins than losses on the tally; on equal wins and
 losses config a, the incumbent, stays (`comparison_winner`). Ties and invalid items never count.
 
-Modes (`make_procedure`):
+Modes. Each mode's name and the RunSettings its procedure is built from are registered once in
+common.settings (`SELECTION_MODES`, which RunSettings checks a run's mode against); the class
+that runs it is marked `@implements(name)` here, and `make_procedure` builds it by name. A new
+mode is one class and one `register_selection_mode`:
 - "paper": PandaLM's procedure. The configs are split into `blocks` (default 4) contiguous
   blocks, as equal in size as possible. Inside each block the current best meets the next config
   (the block's first config starts as the best); the blocks run in parallel. The block winners
@@ -77,12 +80,12 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from common.protocol import Comparison
-from common.settings import AUTO, SELECTION_MODES
+from common.settings import AUTO, SELECTION_MODES, RunSettings
 from common.tally import Tally
 
 
@@ -98,8 +101,6 @@ class DecidedComparison:
 
 class SelectionProcedure(Protocol):
     """What the coordinator drives: ask `pending()`, `record()` each answer, until `done`."""
-
-    mode: str
 
     def pending(self) -> list[Comparison]: ...
 
@@ -119,10 +120,27 @@ def comparison_winner(a: int, b: int, tally: Tally) -> int:
     return b if tally.loss > tally.win else a
 
 
+ProcedureClass = TypeVar("ProcedureClass", bound=Callable[..., SelectionProcedure])
+
+PROCEDURES: dict[str, Callable[..., SelectionProcedure]] = {}
+"""The class that runs each selection mode, by the mode's name."""
+
+
+def implements(mode: str) -> Callable[[ProcedureClass], ProcedureClass]:
+    """Class decorator: the class runs `mode`, which common.settings registers with the settings
+    its constructor takes (after the number of configs)."""
+    if mode not in SELECTION_MODES:
+        raise ValueError(f"selection mode {mode!r} is not registered in common.settings")
+
+    def bind(procedure: ProcedureClass) -> ProcedureClass:
+        PROCEDURES[mode] = procedure
+        return procedure
+
+    return bind
+
+
 class _Procedure(ABC):
     """Ask/tell bookkeeping shared by the modes: outstanding requests and decided comparisons."""
-
-    mode: str
 
     def __init__(self, n_configs: int) -> None:
         if n_configs < 1:
@@ -199,10 +217,9 @@ class _Ladder:
         self.item_start = 0
 
 
+@implements("paper")
 class PaperProcedure(_Procedure):
     """Blocks of sequential comparisons, then the block winners; each comparison on all items."""
-
-    mode = "paper"
 
     def __init__(self, n_configs: int, blocks: int = 4) -> None:
         super().__init__(n_configs)
@@ -259,10 +276,9 @@ class PaperProcedure(_Procedure):
             self._final = _Ladder([block.incumbent for block in self._blocks])
 
 
+@implements("adaptive")
 class AdaptiveProcedure(PaperProcedure):
     """The paper's blocks, each comparison asked chunk by chunk until the SPRT is decided."""
-
-    mode = "adaptive"
 
     def __init__(
         self,
@@ -300,10 +316,9 @@ class AdaptiveProcedure(PaperProcedure):
         )
 
 
+@implements("round-robin")
 class RoundRobin(_Procedure):
     """Every pair once on all items; ranked by Bradley-Terry strength."""
-
-    mode = "round-robin"
 
     def __init__(self, n_configs: int) -> None:
         super().__init__(n_configs)
@@ -340,11 +355,10 @@ class RoundRobin(_Procedure):
         self._strengths = None
 
 
+@implements("racing")
 class RacingProcedure(_Procedure):
     """Sequential halving over Bradley-Terry strengths with confidence-bound elimination and a
     final playoff, within a fixed judging budget (see the module docstring)."""
-
-    mode = "racing"
 
     def __init__(
         self,
@@ -569,17 +583,22 @@ def describe_mode(requested: str, mode: str) -> str:
     return f"{mode} (auto: {why})"
 
 
-def make_procedure(mode: str, n_configs: int, **settings: int | float | None) -> SelectionProcedure:
-    """A fresh procedure for `mode` (one of SELECTION_MODES); `settings` go to its constructor:
-    paper: blocks; adaptive: blocks, chunk_items, delta, alpha, max_items; round-robin: none;
-    racing: items_per_site, budget, opponents, keep, playoff, z."""
-    procedures: dict[str, Callable[..., SelectionProcedure]] = {
-        "paper": PaperProcedure,
-        "round-robin": RoundRobin,
-        "adaptive": AdaptiveProcedure,
-        "racing": RacingProcedure,
-    }
-    if mode not in procedures:
+def make_procedure(
+    mode: str, n_configs: int, **arguments: int | float | None
+) -> SelectionProcedure:
+    """A fresh procedure for `mode`; `arguments` go to its class's constructor."""
+    return _procedure_class(mode)(n_configs, **arguments)
+
+
+def procedure_for_run(mode: str, n_configs: int, settings: RunSettings) -> SelectionProcedure:
+    """A fresh procedure for `mode` (the run's, or the one `auto` chose), its arguments read from
+    the run's settings as the mode's registration says."""
+    procedure_class = _procedure_class(mode)
+    return procedure_class(n_configs, **SELECTION_MODES[mode].arguments_from(settings))
+
+
+def _procedure_class(mode: str) -> Callable[..., SelectionProcedure]:
+    if mode not in PROCEDURES:
         choices = ", ".join(SELECTION_MODES)
         raise ValueError(f"unknown selection mode {mode!r}; choose one of {choices}")
-    return procedures[mode](n_configs, **settings)
+    return PROCEDURES[mode]

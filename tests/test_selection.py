@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 
 from common.protocol import MAX_ITEMS, Comparison
-from common.settings import SELECTION_MODES
+from common.settings import SELECTION_MODES, RunSettings, SelectionMode, register_selection_mode
 from coordinator.selection import (
+    PROCEDURES,
     AdaptiveProcedure,
     DecidedComparison,
     RacingProcedure,
@@ -28,7 +29,9 @@ from coordinator.selection import (
     bradley_terry_with_covariance,
     comparison_winner,
     describe_mode,
+    implements,
     make_procedure,
+    procedure_for_run,
 )
 
 ITEMS_PER_SITE = 20
@@ -144,7 +147,7 @@ def test_paper_splits_uneven_blocks_as_equal_as_possible(
     assert procedure.best() == quality.index(max(quality))
 
 
-@pytest.mark.parametrize("mode", SELECTION_MODES)
+@pytest.mark.parametrize("mode", list(SELECTION_MODES))
 def test_a_single_config_is_selected_without_asking(mode: str) -> None:
     procedure = make_procedure(mode, 1, **REQUIRED.get(mode, {}))
     assert procedure.done
@@ -152,7 +155,7 @@ def test_a_single_config_is_selected_without_asking(mode: str) -> None:
     assert procedure.pending() == []
 
 
-@pytest.mark.parametrize("mode", SELECTION_MODES)
+@pytest.mark.parametrize("mode", list(SELECTION_MODES))
 def test_unknown_or_repeated_records_are_refused(mode: str) -> None:
     procedure = make_procedure(mode, 5, **REQUIRED.get(mode, {}))
     request = procedure.pending()[0]
@@ -166,6 +169,66 @@ def test_unknown_or_repeated_records_are_refused(mode: str) -> None:
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="round-robin"):
         make_procedure("swiss", 8)
+    with pytest.raises(ValueError, match="not registered"):
+        implements("swiss")
+
+
+# Registering a mode
+
+
+def test_every_registered_mode_has_its_procedure() -> None:
+    assert set(PROCEDURES) == set(SELECTION_MODES)
+
+
+@pytest.fixture
+def first_pair_mode() -> Iterator[str]:
+    """A toy mode, `first-pair`, added as a new mode is: one registration and one class."""
+    register_selection_mode(SelectionMode("first-pair", {"items": "validation_items"}))
+
+    @implements("first-pair")
+    class FirstPair:
+        """Config 0 against config 1 on each site's first `items` items; the winner is best."""
+
+        def __init__(self, n_configs: int, items: int) -> None:
+            self.n_configs = n_configs
+            self.unasked = [Comparison(0, 1, 0, items)]
+            self.winner: int | None = None
+
+        def pending(self) -> list[Comparison]:
+            asked, self.unasked = self.unasked, []
+            return asked
+
+        def record(self, request: Comparison, tally: Tally) -> None:
+            self.winner = comparison_winner(request.a, request.b, tally)
+
+        @property
+        def done(self) -> bool:
+            return self.winner is not None
+
+        def best(self) -> int | None:
+            return self.winner
+
+        def ranking(self) -> list[int]:
+            return sorted(range(self.n_configs), key=lambda i: (i != self.winner, i))
+
+    yield "first-pair"
+    del SELECTION_MODES["first-pair"], PROCEDURES["first-pair"]
+
+
+def test_a_registered_mode_is_a_setting_and_runs_with_its_settings(first_pair_mode: str) -> None:
+    settings = RunSettings(run_key="toy", selection_mode=first_pair_mode, validation_items=6)
+    procedure = procedure_for_run(settings.selection_mode, 3, settings)
+    (request,) = procedure.pending()
+    assert request == Comparison(0, 1, 0, 6), "its items are the run's validation_items"
+    procedure.record(request, Tally(1, 0, 5, 0, 6))
+    assert procedure.done and procedure.best() == 1 and procedure.ranking() == [1, 0, 2]
+    assert make_procedure(first_pair_mode, 2, items=4).pending() == [Comparison(0, 1, 0, 4)]
+
+
+def test_a_mode_must_read_run_settings_that_exist() -> None:
+    with pytest.raises(ValueError, match="no RunSettings field"):
+        register_selection_mode(SelectionMode("typo", {"items": "validation_item"}))
+    assert "typo" not in SELECTION_MODES
 
 
 # Round robin and Bradley-Terry
@@ -401,7 +464,9 @@ def test_auto_runs_round_robin_only_when_every_site_is_pointwise() -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(
-    mode=st.sampled_from(SELECTION_MODES), n_configs=st.integers(2, 9), seed=st.integers(0, 2**16)
+    mode=st.sampled_from(list(SELECTION_MODES)),
+    n_configs=st.integers(2, 9),
+    seed=st.integers(0, 2**16),
 )
 def test_replaying_the_history_restores_the_state(mode: str, n_configs: int, seed: int) -> None:
     """Sites answer in any order; a fresh procedure fed the recorded history in the order it was
