@@ -176,9 +176,36 @@ register_selection_mode(
 )
 
 
-def run_config(
-    settings: RunSettings, database: str, space: str = "", wire_log: str = ""
-) -> dict[str, object]:
-    """The flat Flower run config that carries a run's settings and files to the ServerApp
-    (coordinator/server_app.py reads it back); the app bundle declares it with defaults."""
-    return {**asdict(settings), "database": database, "space": space, "wire_log": wire_log}
+@dataclass(frozen=True)
+class RunConfig:
+    """What the flat Flower run config carries to the coordinator's ServerApp: a run's settings
+    and files. `pandalm-coordinator start` writes it, the app bundle declares it with defaults
+    and coordinator/server_app.py reads it back, all through this class."""
+
+    settings: RunSettings
+    database: str
+    """The coordinator database's SQLAlchemy URL."""
+    space: str = ""
+    """The search space's TOML file; empty: the paper's grid."""
+    wire_log: str = ""
+    """The JSONL file every reply is recorded in; empty: none."""
+
+    def as_flower_config(self) -> dict[str, object]:
+        files = {"database": self.database, "space": self.space, "wire_log": self.wire_log}
+        return {**asdict(self.settings), **files}
+
+    @classmethod
+    def from_flower_config(cls, config: Mapping[str, object]) -> RunConfig:
+        """The inverse of `as_flower_config`; a setting the config lacks takes its default, and
+        each value is cast to its default's type (an override may give 30 for 30.0)."""
+        values = {
+            name: type(declared.default)(config[name]) if name != "run_key" else str(config[name])
+            for name, declared in RunSettings.__dataclass_fields__.items()
+            if name in config
+        }
+        return cls(
+            RunSettings(**values),
+            str(config["database"]),
+            str(config.get("space", "")),
+            str(config.get("wire_log", "")),
+        )
