@@ -3,7 +3,8 @@
 Shared by the coordinator's federation.toml and the agent's site.toml. The settings classes are
 pydantic dataclasses declared with `settings_table`: pydantic checks each key, type and allowed
 value. `RunSettings` lives here, not in the coordinator, because the app bundle carries its
-defaults and a site's guard builds that bundle.
+defaults and a site's guard builds that bundle; so do the selection modes it may name
+(`SELECTION_MODES`) and `RunConfig`, the Flower run config that carries it to the ServerApp.
 """
 
 from __future__ import annotations
