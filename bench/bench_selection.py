@@ -53,8 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.protocol import MAX_COMPARISONS
-from coordinator.selection import ComparisonRequest, Tally, make_procedure
+from common.protocol import MAX_COMPARISONS, Comparison
+from coordinator.selection import Tally, make_procedure
 from judge.io import read_predictions, read_testset
 from judge.verdict import INVALID, Verdict, combine_verdicts
 
@@ -195,7 +195,7 @@ class Federation:
             self.verdicts[low, high] = [np.searchsorted(bounds, draw) for draw in draws]
         return self.verdicts[low, high]
 
-    def answer(self, request: ComparisonRequest) -> Tally:
+    def answer(self, request: Comparison) -> Tally:
         low, high = sorted((request.a, request.b))
         counts = np.zeros(4, dtype=int)
         for site, verdicts in enumerate(self.site_verdicts(low, high)):

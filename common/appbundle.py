@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tomli_w
 
-from common.settings import RunSettings, run_config
+from common.settings import RunConfig, RunSettings
 
 APP_NAME = "pandalm-fed-app"
 PUBLISHER = "pandalm"
@@ -39,9 +39,9 @@ def app_pyproject() -> str:
                             "serverapp": "coordinator.server_app:app",
                             "clientapp": "agent.client_app:app",
                         },
-                        "config": run_config(
+                        "config": RunConfig(
                             RunSettings(run_key="run"), "sqlite:///coordinator.sqlite"
-                        ),
+                        ).as_flower_config(),
                     }
                 }
             },

@@ -106,12 +106,21 @@ class SpaceMessage:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Config indices a and b, judged on each site's validation items [item_start, item_stop)."""
+    """Config indices a and b (a: the incumbent where that matters), judged on each site's
+    validation items [item_start, item_stop). The default item_stop, MAX_ITEMS, lies past the
+    end of any site's items: all of them. The one form of a comparison: in a compare message,
+    in the selection procedures and in the coordinator's database."""
 
     a: int
     b: int
     item_start: int = 0
     item_stop: int = MAX_ITEMS
+
+    def __post_init__(self) -> None:
+        if min(self.a, self.b) < 0 or self.a == self.b:
+            raise ProtocolError(Code.OUT_OF_RANGE, f"two distinct config indices, got {self}")
+        if not 0 <= self.item_start < self.item_stop:
+            raise ProtocolError(Code.OUT_OF_RANGE, f"empty or negative item slice in {self}")
 
 
 @dataclass(frozen=True)
@@ -253,10 +262,9 @@ def decode_compare(record: Mapping[str, Any], n_configs: int | None = None) -> C
     limit = n_configs if n_configs is not None else MAX_CONFIGS
     comparisons = []
     for a, b, start, stop in zip(*(record[c] for c in columns), strict=True):
-        if not (0 <= a < limit and 0 <= b < limit and a != b):
-            raise ProtocolError(Code.OUT_OF_RANGE, "config index out of range")
-        if not 0 <= start < stop <= MAX_ITEMS:
-            raise ProtocolError(Code.OUT_OF_RANGE, "item slice out of range")
+        if a >= limit or b >= limit or stop > MAX_ITEMS:
+            raise ProtocolError(Code.OUT_OF_RANGE, "config index or item slice out of range")
+        # Comparison refuses negative or equal indices and an empty slice, as OUT_OF_RANGE
         comparisons.append(Comparison(a, b, start, stop))
     return CompareMessage(record["run_key"], tuple(comparisons), bool(record["secure"]))
 

@@ -14,6 +14,7 @@ from rich.live import Live
 
 from common.cli import cli_app, user_errors
 from common.processes import stop_process
+from common.settings import AUTO, SELECTION_MODES
 from coordinator.config import FederationConfigError, load_federation_config
 from coordinator.console import latest_run, render
 from coordinator.db import SCHEMA, open_database
@@ -206,7 +207,7 @@ def demo(
         "pandalm-demo"
     ),
     selection_mode: Annotated[
-        str, typer.Option(help="paper | round-robin | adaptive | racing | auto")
+        str, typer.Option(help=" | ".join((*SELECTION_MODES, AUTO)))
     ] = "paper",
 ) -> None:
     """The whole federation on loopback with the embedded defaults."""

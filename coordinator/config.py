@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from common.settings import RunSettings, read_toml, run_config, settings_table, typed_table
+from common.settings import (
+    RunConfig,
+    RunSettings,
+    read_toml,
+    settings_table,
+    typed_table,
+)
 
 
 class FederationConfigError(ValueError):
@@ -43,7 +49,7 @@ class FederationConfig:
 
     def run_config(self) -> dict[str, object]:
         """The Flower run config that carries these settings to the ServerApp."""
-        return run_config(self.run, self.database_url, self.space, self.wire_log)
+        return RunConfig(self.run, self.database_url, self.space, self.wire_log).as_flower_config()
 
 
 @settings_table

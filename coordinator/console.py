@@ -17,7 +17,15 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from coordinator.db import FederatedRun, RoundLog, node_label, site_names, sites
-from coordinator.results import CANNOT_TELL, pair_outcomes, run_result, standings
+from coordinator.results import (
+    CANNOT_TELL,
+    PairOutcome,
+    Record,
+    RunResult,
+    pair_outcomes,
+    run_result,
+    standings,
+)
 from dbschema.columns import utc_now
 
 
@@ -35,7 +43,7 @@ def _label(index: int, ids: list[str], params: list[dict]) -> str:
     )
 
 
-def render(engine: Engine, run_key: str):
+def render(engine: Engine, run_key: str) -> Panel:
     """One frame of the console: the run's state from its rows, its results from `run_result`
     (the report's computation)."""
     with Session(engine) as session:
@@ -48,11 +56,33 @@ def render(engine: Engine, run_key: str):
     result = run_result(engine, run_key)
     ids = [config_id for config_id, _ in result.configs]
     params = [dict(config_params) for _, config_params in result.configs]
-    started, end = run.started, run.finished or utc_now()
+    pairs = pair_outcomes(result)
+    ranked = standings(result)
+    best = run.best_index
+    footer = (
+        f"best config: {_label(best, ids, params)}  {json.dumps(params[best])}"
+        if best is not None
+        else "best config: not decided yet"
+    )
+    if pairs and not any(record.decided for _, record in ranked):
+        footer = f"[bold]{CANNOT_TELL}[/bold]\n{footer}"
+    parts = (
+        _header(run, result, last_round),
+        _site_table(engine, run_key),
+        _comparison_table(pairs),
+        _leaderboard(ranked, ids, params),
+        footer,
+    )
+    return Panel(Group(*parts), title="pandalm-fed")
+
+
+def _header(run: FederatedRun, result: RunResult, last_round: RoundLog | None) -> str:
+    """The run's mode, status, size and age; how its tallies are summed; its last round."""
+    end = run.finished or utc_now()
     header = (
         f"run [bold]{run.run_key}[/bold]  selection {result.selection}  "
         f"status {run.status}  "
-        f"configs {len(ids)}  elapsed {(end - started).total_seconds():.0f}s"
+        f"configs {len(result.configs)}  elapsed {(end - run.started).total_seconds():.0f}s"
     )
     if run.aggregation:
         header += f"\naggregation: {run.aggregation}"
@@ -62,40 +92,44 @@ def render(engine: Engine, run_key: str):
             f"{last_round.comparisons} comparisons, {last_round.answered} answers "
             f"({last_round.pending} pending) in {last_round.seconds:.1f}s"
         )
+    return header
+
+
+def _site_table(engine: Engine, run_key: str) -> Table:
+    """The run's sites by name: status (with why one was left out), progress and last seen."""
     names = site_names(engine)
-    site_table = Table(title="sites")
+    table = Table(title="sites")
     for column in ("site", "status", "progress", "last seen"):
-        site_table.add_column(column)
+        table.add_column(column)
     for site in sites(engine, run_key):
         seen = site.last_seen.isoformat(timespec="seconds") if site.last_seen else "-"
         status = site.status if not site.reason else f"{site.status}: {site.reason}"
         label = node_label(site.node_id, names)
-        site_table.add_row(label, status, f"{site.progress / 10:.0f}%", seen)
+        table.add_row(label, status, f"{site.progress / 10:.0f}%", seen)
+    return table
 
-    pairs = pair_outcomes(result)
-    recent = Table(title="comparisons (summed over sites and orientations)")
+
+def _comparison_table(pairs: list[PairOutcome]) -> Table:
+    """The last 12 compared pairs, their summed tallies and winners."""
+    table = Table(title="comparisons (summed over sites and orientations)")
     for column in ("a", "b", "win", "tie", "loss", "invalid", "items", "winner"):
-        recent.add_column(column)
+        table.add_column(column)
     for pair in pairs[-12:]:
         winner = "-" if pair.winner is None else f"#{pair.winner}"
         if pair.decided_by == "tie-break":
             winner += " (tie-break)"
         t = pair.tally
         counts = (pair.a, pair.b, t.win, t.tie, t.loss, t.invalid, t.items)
-        recent.add_row(*(str(v) for v in counts), winner)
+        table.add_row(*(str(v) for v in counts), winner)
+    return table
+
+
+def _leaderboard(ranked: list[tuple[int, Record]], ids: list[str], params: list[dict]) -> Table:
+    """The top 8 configs by comparisons won minus lost by evidence."""
     board = Table(title="leaderboard (comparisons won - lost by evidence)")
     for column in ("config", "net", "won", "lost", "undecided"):
         board.add_column(column, justify="left" if column == "config" else "right")
-    ranked = standings(result)
     for index, record in ranked[:8]:
         row = (f"{record.net:+d}", str(record.wins), str(record.losses), str(record.ties))
         board.add_row(_label(index, ids, params), *row)
-    best = run.best_index
-    footer = (
-        f"best config: {_label(best, ids, params)}  {json.dumps(params[best])}"
-        if best is not None
-        else "best config: not decided yet"
-    )
-    if pairs and not any(record.decided for _, record in ranked):
-        footer = f"[bold]{CANNOT_TELL}[/bold]\n{footer}"
-    return Panel(Group(header, site_table, recent, board, footer), title="pandalm-fed")
+    return board

@@ -33,7 +33,6 @@ from sqlalchemy import Engine
 from common.protocol import (
     COMPARE_MESSAGE,
     MAX_COMPARISONS,
-    MAX_ITEMS,
     SECAGG_MIN_SITES,
     SPACE_MESSAGE,
     CompareMessage,
@@ -49,10 +48,10 @@ from common.protocol import (
 )
 from common.settings import AUTO, RunSettings
 from common.tally import Tally
-from coordinator.db import ComparisonResult, RoundLog, judgments
+from coordinator.db import RoundLog, judgments
 from coordinator.run_store import RunStore
 from coordinator.secure_sum import SecureSum, aggregation
-from coordinator.selection import ComparisonRequest, SelectionProcedure, auto_mode, make_procedure
+from coordinator.selection import SelectionProcedure, auto_mode, procedure_for_run
 from coordinator.site_pool import SitePool
 
 log = logging.getLogger(__name__)
@@ -133,31 +132,15 @@ class FederatedSelection:
         answered."""
         self._procedure: SelectionProcedure | None = None
         self.round = 0
-        self._outstanding: list[ComparisonRequest] = []  # handed out, not recorded yet
+        self._outstanding: list[Comparison] = []  # handed out, not recorded yet
 
     @property
     def procedure(self) -> SelectionProcedure:
         if self._procedure is None:
-            self._procedure = make_procedure(
-                self.selection_mode, len(self.config_ids), **self._procedure_settings()
+            self._procedure = procedure_for_run(
+                self.selection_mode, len(self.config_ids), self.settings
             )
         return self._procedure
-
-    def _procedure_settings(self) -> dict[str, Any]:
-        if self.selection_mode == "paper":
-            return {"blocks": self.settings.blocks}
-        if self.selection_mode == "adaptive":
-            return {
-                "blocks": self.settings.blocks,
-                "chunk_items": self.settings.chunk_items,
-                "max_items": self.settings.validation_items,
-            }
-        if self.selection_mode == "racing":
-            return {
-                "items_per_site": self.settings.validation_items,
-                "budget": self.settings.budget,
-            }
-        return {}
 
     # -- resume ------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -166,21 +149,17 @@ class FederatedSelection:
         if self.selection_mode == AUTO:
             return  # nothing was compared before the mode was chosen
         for result in self.store.recorded():
-            request = ComparisonRequest(result.a, result.b, result.item_start, self._stop(result))
+            request = Comparison(result.a, result.b, result.item_start, result.item_stop)
             self._replay(request, Tally.of(result))
             self.round = max(self.round, result.round)
 
-    def _replay(self, request: ComparisonRequest, tally: Tally) -> None:
+    def _replay(self, request: Comparison, tally: Tally) -> None:
         if request not in self._outstanding:
             self._outstanding.extend(self.procedure.pending())
         if request not in self._outstanding:
             raise ValueError(f"stored comparison {request} does not follow the procedure")
         self._outstanding.remove(request)
         self.procedure.record(request, tally)
-
-    @staticmethod
-    def _stop(result: ComparisonResult) -> int | None:
-        return None if result.item_stop >= MAX_ITEMS else result.item_stop
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> RunOutcome:
@@ -302,23 +281,14 @@ class FederatedSelection:
             log.warning("aggregation: %s", decision)
         return secure
 
-    def _compare(self, requests: list[ComparisonRequest]) -> None:
+    def _compare(self, requests: list[Comparison]) -> None:
         """Ask every active site for these comparisons until each has answered or is left out,
         then sum their tallies (in the clear, or through SecAgg+)."""
         backoff = Backoff(self.settings)
         failed_sums = 0
         while True:
             secure = self._use_secure_aggregation()
-            message = CompareMessage(
-                self.settings.run_key,
-                tuple(
-                    Comparison(
-                        r.a, r.b, r.item_start, MAX_ITEMS if r.item_stop is None else r.item_stop
-                    )
-                    for r in requests
-                ),
-                secure,
-            )
+            message = CompareMessage(self.settings.run_key, tuple(requests), secure)
             record = encode_compare(message)
             answers = self._collect(message, record)
             if not secure:
@@ -340,8 +310,8 @@ class FederatedSelection:
             backoff.wait()
         if not contributors:
             raise RuntimeError("every site has left the run")
-        for request, comparison, total in zip(requests, message.comparisons, totals, strict=True):
-            self.procedure.record(request, total)
+        for comparison, total in zip(requests, totals, strict=True):
+            self.procedure.record(comparison, total)
             self.store.record_comparison(comparison, total, len(contributors), secure, self.round)
 
     def _collect(self, message: CompareMessage, record: dict) -> dict[int, tuple[Tally, ...]]:

@@ -18,12 +18,13 @@ rank of the chosen config and Kendall's tau between the reference and the judge'
 Bradley-Terry strengths that round robin ranks by, fitted on every recorded comparison.
 
 Figures are drawn on matplotlib `Figure` objects with the Agg canvas, never through pyplot's
-global state, so the report renders on a headless coordinator.
+global state, so the report renders on a headless coordinator. The page is the Jinja2 template
+`coordinator/templates/report.html`, autoescaped: config ids, parameters and site names go in as
+text, never as markup.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -158,58 +160,18 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def _summary(result: RunResult, threshold: float, strengths: list[float]) -> dict[str, Any]:
-    records = config_records(result)
-    best = None
-    if result.best is not None:
-        best_id, best_params = result.configs[result.best]
-        best = {
-            "index": result.best,
-            "id": best_id,
-            "params": dict(best_params),
-            "comparisons": records[result.best].comparisons,
-            "decided_by_evidence": records[result.best].decided,
-        }
-    deciding = deciding_comparison(result)
     totals = pair_tallies(result)
-    comparisons = [
-        {
-            "a": result.config_id(pair.a),
-            "b": result.config_id(pair.b),
-            **asdict(pair.tally),
-            "margin": pair.tally.margin,
-            "winner": None if pair.winner is None else result.config_id(pair.winner),
-            "decided_by": pair.decided_by,
-        }
-        for pair in pair_outcomes(result)
-    ]
+    comparisons = _comparisons_summary(result)
     by_evidence = sum(c["decided_by"] == "evidence" for c in comparisons)
     items = sum(tally.items for tally in totals.values())
-    if not comparisons:
-        conclusion = "No comparison has been recorded yet."
-    elif by_evidence == len(comparisons):
-        conclusion = f"Every comparison was decided by evidence ({by_evidence} of {by_evidence})."
-    elif by_evidence:
-        conclusion = (
-            f"{by_evidence} of {len(comparisons)} comparisons were decided by evidence; the "
-            "rest kept the incumbent by the tie-break (equal wins and losses)."
-        )
-    else:
-        conclusion = CANNOT_TELL
     return {
         "run": result.run_key,
         "selection_mode": result.selection_mode,
         "selection": result.selection,
         "decided": by_evidence > 0,
-        "conclusion": conclusion,
-        "best_config": best,
-        "margin": None if deciding is None else deciding[1].margin,
-        "deciding_comparison": None
-        if deciding is None
-        else {
-            "opponent": result.config_id(deciding[0]),
-            **asdict(deciding[1]),
-            "decided_by": decided_by(deciding[1]),
-        },
+        "conclusion": _conclusion(by_evidence, len(comparisons)),
+        "best_config": _best_summary(result),
+        **_deciding_summary(result),
         "sites": list(result.sites),
         "sites_left_out": list(result.sites_left_out),
         "aggregation": result.aggregation,
@@ -234,6 +196,65 @@ def _summary(result: RunResult, threshold: float, strengths: list[float]) -> dic
             for index, strength in enumerate(strengths)
         },
         "comparisons": comparisons,
+    }
+
+
+def _comparisons_summary(result: RunResult) -> list[dict[str, Any]]:
+    """Each compared pair's summed tally, margin, winner and what decided it."""
+    return [
+        {
+            "a": result.config_id(pair.a),
+            "b": result.config_id(pair.b),
+            **asdict(pair.tally),
+            "margin": pair.tally.margin,
+            "winner": None if pair.winner is None else result.config_id(pair.winner),
+            "decided_by": pair.decided_by,
+        }
+        for pair in pair_outcomes(result)
+    ]
+
+
+def _conclusion(by_evidence: int, comparisons: int) -> str:
+    """How much of the run evidence decided, in a sentence."""
+    if not comparisons:
+        return "No comparison has been recorded yet."
+    if by_evidence == comparisons:
+        return f"Every comparison was decided by evidence ({by_evidence} of {by_evidence})."
+    if by_evidence:
+        return (
+            f"{by_evidence} of {comparisons} comparisons were decided by evidence; the "
+            "rest kept the incumbent by the tie-break (equal wins and losses)."
+        )
+    return CANNOT_TELL
+
+
+def _best_summary(result: RunResult) -> dict[str, Any] | None:
+    if result.best is None:
+        return None
+    record = config_records(result)[result.best]
+    best_id, best_params = result.configs[result.best]
+    return {
+        "index": result.best,
+        "id": best_id,
+        "params": dict(best_params),
+        "comparisons": record.comparisons,
+        "decided_by_evidence": record.decided,
+    }
+
+
+def _deciding_summary(result: RunResult) -> dict[str, Any]:
+    """The best config's margin and the comparison it comes from (`deciding_comparison`)."""
+    deciding = deciding_comparison(result)
+    if deciding is None:
+        return {"margin": None, "deciding_comparison": None}
+    opponent, tally = deciding
+    return {
+        "margin": tally.margin,
+        "deciding_comparison": {
+            "opponent": result.config_id(opponent),
+            **asdict(tally),
+            "decided_by": decided_by(tally),
+        },
     }
 
 
@@ -414,98 +435,18 @@ def _reference_figure(
     return figure
 
 
+_PAGES = Environment(
+    loader=PackageLoader("coordinator", "templates"),
+    autoescape=True,
+    keep_trailing_newline=True,
+    undefined=StrictUndefined,
+)
+_PAGES.filters["signed"] = lambda value: "-" if value is None else f"{value:+.3f}"
+_PAGES.filters["percent"] = lambda value: "-" if value is None else f"{value:.1%}"
+
+
 def _html(result: RunResult, summary: dict[str, Any]) -> str:
-    e = html.escape
-    best = summary["best_config"]
-    if best is None:
-        best_section = "<p>No config has been selected yet.</p>"
-    else:
-        params = "".join(
-            f"<tr><th>{e(str(name))}</th><td>{e(str(value))}</td></tr>"
-            for name, value in best["params"].items()
-        )
-        alone = "" if best["decided_by_evidence"] else "; it was chosen by the tie-break alone"
-        evidence = (
-            f"<p>Decided by evidence in {best['decided_by_evidence']} of its "
-            f"{best['comparisons']} comparisons{alone}.</p>"
-        )
-        deciding = summary["deciding_comparison"]
-        margin = (
-            "<p>No comparison yet.</p>"
-            if deciding is None
-            else f"<p>Margin {summary['margin']:+.3f} ((wins - losses) / items) against "
-            f"<code>{e(deciding['opponent'])}</code>: {deciding['win']} wins, {deciding['tie']} "
-            f"ties, {deciding['loss']} losses, {deciding['invalid']} invalid of "
-            f"{deciding['items']} items, decided by {deciding['decided_by']}.</p>"
-        )
-        best_section = (
-            f"<p>Config <code>{e(best['id'])}</code></p><table>{params}</table>{evidence}{margin}"
-        )
-    rows = "".join(
-        f"<tr><td><code>{e(c['a'])}</code></td><td><code>{e(c['b'])}</code></td>"
-        f"<td>{c['win']}</td><td>{c['tie']}</td><td>{c['loss']}</td><td>{c['invalid']}</td>"
-        f"<td>{c['items']}</td><td>{c['margin']:+.3f}</td>"
-        f"<td><code>{e(c['winner'] or '-')}</code></td><td>{c['decided_by']}</td></tr>"
-        for c in summary["comparisons"]
-    )
-    strengths = summary["judge_strength"]
-    configs = "".join(
-        f"<tr><td>{index}</td><td><code>{e(config_id)}</code></td><td>"
-        f"{e(', '.join(f'{name}={value}' for name, value in params.items()))}</td>"
-        f"<td>{_number(strengths[config_id])}</td></tr>"
-        for index, (config_id, params) in enumerate(result.configs)
-    )
+    """report.html from the template; every value is escaped there."""
     shown = FIGURES + ((REFERENCE_FIGURE,) if "reference_metric" in summary else ())
-    figures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in shown)
-    left_out = ", ".join(result.sites_left_out) or "none"
-    tie_share = summary["tie_share"]
-    verdict = e(summary["conclusion"])
-    if not summary["decided"]:
-        verdict = f"<strong>{verdict}</strong>"
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{e(result.run_key)}</title>
-<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px;text-align:left}}
-img{{max-width:100%}}</style></head><body>
-<h1>Run {e(result.run_key)}</h1>
-<p>{verdict}</p>
-<p>Selection mode {e(result.selection)}; {result.judgments} judgments;
-{result.wall_seconds:.0f} s. Ties: {"-" if tie_share is None else f"{tie_share:.1%}"} of the
-judged items.</p>
-<p>Sites: {e(", ".join(result.sites) or "none")}. Left out: {e(left_out)}.
-Aggregation: {e(result.aggregation or "-")}.</p>
-<h2>Best config</h2>
-{best_section}
-{_reference_html(summary)}
-<h2>Figures</h2>
-{figures}
-<h2>Comparisons</h2>
-<p>Decided by "tie-break": as many wins as losses, so the incumbent (a) stayed without
-evidence.</p>
-<table><tr><th>a</th><th>b</th><th>win</th><th>tie</th><th>loss</th><th>invalid</th>
-<th>items</th><th>margin</th><th>winner</th><th>decided by</th></tr>{rows}</table>
-<h2>Configs</h2>
-<table><tr><th>index</th><th>id</th><th>parameters</th><th>judge strength</th></tr>{configs}
-</table>
-</body></html>
-"""
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.3f}"
-
-
-def _reference_html(summary: dict[str, Any]) -> str:
-    if "reference_metric" not in summary:
-        return ""
-    metric = summary["reference_metric"]
-    better = "higher" if metric["higher_is_better"] else "lower"
-    rank = summary["reference_rank_of_best"]
-    ranked = len(metric["values"])
-    return (
-        f"<h2>Reference check: {html.escape(metric['name'])}</h2>"
-        f"<p>{better.capitalize()} is better. The chosen config ranks "
-        f"{'-' if rank is None else rank} of {ranked} by {html.escape(metric['name'])}; Kendall's "
-        f"tau between the judge's strengths and it: {_number(summary['kendall_tau'])} "
-        "(+1: the same order, -1: reversed).</p>"
-    )
+    page = _PAGES.get_template("report.html")
+    return page.render(result=result, summary=summary, figures=shown)

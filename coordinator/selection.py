@@ -2,7 +2,8 @@
 
 The coordinator never sees text, models or data: a procedure deals only in config indices and
 integer tallies. It is driven ask/tell: `pending()` lists the comparisons that can be asked now
-(several at once where the procedure allows, so sites judge them in parallel), and `record()`
+(several at once where the procedure allows, so sites judge them in parallel; each a
+common.protocol `Comparison`, the form a compare message carries), and `record()`
 takes each comparison's tally summed over sites. A procedure's state is a function of the
 recorded history alone, so a restarted coordinator resumes by feeding a fresh procedure its
 stored (request, tally) history in the original order. A request that was asked but never
@@ -17,7 +18,10 @@ site's report and for any sum of reports over sites or item chunks.
 Winner of a comparison: the config with more wins than losses on the tally; on equal wins and
 losses config a, the incumbent, stays (`comparison_winner`). Ties and invalid items never count.
 
-Modes (`make_procedure`):
+Modes. Each mode's name and the RunSettings its procedure is built from are registered once in
+common.settings (`SELECTION_MODES`, which RunSettings checks a run's mode against); the class
+that runs it is marked `@implements(name)` here, and `make_procedure` builds it by name. A new
+mode is one class and one `register_selection_mode`:
 - "paper": PandaLM's procedure. The configs are split into `blocks` (default 4) contiguous
   blocks, as equal in size as possible. Inside each block the current best meets the next config
   (the block's first config starts as the best); the blocks run in parallel. The block winners
@@ -76,31 +80,13 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
-from common.settings import AUTO, SELECTION_MODES
+from common.protocol import Comparison
+from common.settings import AUTO, SELECTION_MODES, RunSettings
 from common.tally import Tally
-
-
-@dataclass(frozen=True)
-class ComparisonRequest:
-    """Configs a and b (a = the incumbent where that matters), judged by every site on its
-    validation items [item_start, item_stop); item_stop None means to the end."""
-
-    a: int
-    b: int
-    item_start: int = 0
-    item_stop: int | None = None
-
-    def __post_init__(self) -> None:
-        if min(self.a, self.b) < 0 or self.a == self.b:
-            raise ValueError(f"a comparison needs two distinct config indices, got {self}")
-        if self.item_start < 0 or (
-            self.item_stop is not None and self.item_stop <= self.item_start
-        ):
-            raise ValueError(f"empty or negative item slice in {self}")
 
 
 @dataclass(frozen=True)
@@ -116,11 +102,9 @@ class DecidedComparison:
 class SelectionProcedure(Protocol):
     """What the coordinator drives: ask `pending()`, `record()` each answer, until `done`."""
 
-    mode: str
+    def pending(self) -> list[Comparison]: ...
 
-    def pending(self) -> list[ComparisonRequest]: ...
-
-    def record(self, request: ComparisonRequest, tally: Tally) -> None: ...
+    def record(self, request: Comparison, tally: Tally) -> None: ...
 
     @property
     def done(self) -> bool: ...
@@ -136,16 +120,33 @@ def comparison_winner(a: int, b: int, tally: Tally) -> int:
     return b if tally.loss > tally.win else a
 
 
+ProcedureClass = TypeVar("ProcedureClass", bound=Callable[..., SelectionProcedure])
+
+PROCEDURES: dict[str, Callable[..., SelectionProcedure]] = {}
+"""The class that runs each selection mode, by the mode's name."""
+
+
+def implements(mode: str) -> Callable[[ProcedureClass], ProcedureClass]:
+    """Class decorator: the class runs `mode`, which common.settings registers with the settings
+    its constructor takes (after the number of configs)."""
+    if mode not in SELECTION_MODES:
+        raise ValueError(f"selection mode {mode!r} is not registered in common.settings")
+
+    def bind(procedure: ProcedureClass) -> ProcedureClass:
+        PROCEDURES[mode] = procedure
+        return procedure
+
+    return bind
+
+
 class _Procedure(ABC):
     """Ask/tell bookkeeping shared by the modes: outstanding requests and decided comparisons."""
-
-    mode: str
 
     def __init__(self, n_configs: int) -> None:
         if n_configs < 1:
             raise ValueError(f"n_configs must be at least 1, got {n_configs}")
         self.n_configs = n_configs
-        self._outstanding: set[ComparisonRequest] = set()
+        self._outstanding: set[Comparison] = set()
         self._decided: list[DecidedComparison] = []
 
     @property
@@ -153,13 +154,13 @@ class _Procedure(ABC):
         """The decided comparisons, in the order they were decided."""
         return list(self._decided)
 
-    def pending(self) -> list[ComparisonRequest]:
+    def pending(self) -> list[Comparison]:
         """Requests that can be asked now and are not already outstanding; marks them asked."""
         fresh = [request for request in self._askable() if request not in self._outstanding]
         self._outstanding.update(fresh)
         return fresh
 
-    def record(self, request: ComparisonRequest, tally: Tally) -> None:
+    def record(self, request: Comparison, tally: Tally) -> None:
         """Take the summed tally of a request that is outstanding or could be asked now."""
         if request not in self._askable():
             raise ValueError(f"{request} is not a comparison this procedure is waiting for")
@@ -176,11 +177,11 @@ class _Procedure(ABC):
         return net
 
     @abstractmethod
-    def _askable(self) -> Collection[ComparisonRequest]:
+    def _askable(self) -> Collection[Comparison]:
         """The requests that can be asked now (outstanding ones included)."""
 
     @abstractmethod
-    def _apply(self, request: ComparisonRequest, tally: Tally) -> None: ...
+    def _apply(self, request: Comparison, tally: Tally) -> None: ...
 
     def _decide(self, a: int, b: int, tally: Tally) -> int:
         winner = comparison_winner(a, b, tally)
@@ -216,10 +217,9 @@ class _Ladder:
         self.item_start = 0
 
 
+@implements("paper")
 class PaperProcedure(_Procedure):
     """Blocks of sequential comparisons, then the block winners; each comparison on all items."""
-
-    mode = "paper"
 
     def __init__(self, n_configs: int, blocks: int = 4) -> None:
         super().__init__(n_configs)
@@ -253,23 +253,22 @@ class PaperProcedure(_Procedure):
         ladders = self._blocks if self._final is None else [self._final]
         return [ladder for ladder in ladders if not ladder.done]
 
-    def _request(self, ladder: _Ladder) -> ComparisonRequest:
-        return ComparisonRequest(ladder.incumbent, ladder.challenger)
+    def _request(self, ladder: _Ladder) -> Comparison:
+        return Comparison(ladder.incumbent, ladder.challenger)
 
-    def _settled(self, request: ComparisonRequest, ladder: _Ladder, chunk: Tally) -> bool:
+    def _settled(self, request: Comparison, ladder: _Ladder, chunk: Tally) -> bool:
         return True
 
-    def _askable(self) -> list[ComparisonRequest]:
+    def _askable(self) -> list[Comparison]:
         return [self._request(ladder) for ladder in self._active()]
 
-    def _apply(self, request: ComparisonRequest, tally: Tally) -> None:
+    def _apply(self, request: Comparison, tally: Tally) -> None:
         ladder = next(ladder for ladder in self._active() if self._request(ladder) == request)
         ladder.total += tally
         if self._settled(request, ladder, tally):
             ladder.advance(self._decide(request.a, request.b, ladder.total))
             self._start_final_when_blocks_done()
         else:
-            assert request.item_stop is not None
             ladder.item_start = request.item_stop
 
     def _start_final_when_blocks_done(self) -> None:
@@ -277,10 +276,9 @@ class PaperProcedure(_Procedure):
             self._final = _Ladder([block.incumbent for block in self._blocks])
 
 
+@implements("adaptive")
 class AdaptiveProcedure(PaperProcedure):
     """The paper's blocks, each comparison asked chunk by chunk until the SPRT is decided."""
-
-    mode = "adaptive"
 
     def __init__(
         self,
@@ -304,13 +302,13 @@ class AdaptiveProcedure(PaperProcedure):
         )
         super().__init__(n_configs, blocks)
 
-    def _request(self, ladder: _Ladder) -> ComparisonRequest:
+    def _request(self, ladder: _Ladder) -> Comparison:
         stop = ladder.item_start + self.chunk_items
         if self.max_items is not None:
             stop = min(stop, self.max_items)
-        return ComparisonRequest(ladder.incumbent, ladder.challenger, ladder.item_start, stop)
+        return Comparison(ladder.incumbent, ladder.challenger, ladder.item_start, stop)
 
-    def _settled(self, request: ComparisonRequest, ladder: _Ladder, chunk: Tally) -> bool:
+    def _settled(self, request: Comparison, ladder: _Ladder, chunk: Tally) -> bool:
         return (
             chunk.items == 0
             or request.item_stop == self.max_items
@@ -318,15 +316,14 @@ class AdaptiveProcedure(PaperProcedure):
         )
 
 
+@implements("round-robin")
 class RoundRobin(_Procedure):
     """Every pair once on all items; ranked by Bradley-Terry strength."""
-
-    mode = "round-robin"
 
     def __init__(self, n_configs: int) -> None:
         super().__init__(n_configs)
         pairs = itertools.combinations(range(n_configs), 2)
-        self._unrecorded = dict.fromkeys(ComparisonRequest(a, b) for a, b in pairs)
+        self._unrecorded = dict.fromkeys(Comparison(a, b) for a, b in pairs)
         self._strengths: np.ndarray | None = None
 
     @property
@@ -349,20 +346,19 @@ class RoundRobin(_Procedure):
             self._strengths = bradley_terry(self.n_configs, self._decided)
         return self._strengths.copy()
 
-    def _askable(self) -> dict[ComparisonRequest, None]:
+    def _askable(self) -> dict[Comparison, None]:
         return self._unrecorded
 
-    def _apply(self, request: ComparisonRequest, tally: Tally) -> None:
+    def _apply(self, request: Comparison, tally: Tally) -> None:
         del self._unrecorded[request]
         self._decide(request.a, request.b, tally)
         self._strengths = None
 
 
+@implements("racing")
 class RacingProcedure(_Procedure):
     """Sequential halving over Bradley-Terry strengths with confidence-bound elimination and a
     final playoff, within a fixed judging budget (see the module docstring)."""
-
-    mode = "racing"
 
     def __init__(
         self,
@@ -392,7 +388,7 @@ class RacingProcedure(_Procedure):
         self._totals: dict[tuple[int, int], Tally] = {}
         self._cursor: dict[tuple[int, int], int] = {}
         self._exhausted: set[tuple[int, int]] = set()
-        self._batch: dict[ComparisonRequest, None] = {}
+        self._batch: dict[Comparison, None] = {}
         self._strengths = np.zeros(n_configs)
         self._finished = False
         self._playoff_held = False
@@ -411,14 +407,13 @@ class RacingProcedure(_Procedure):
         strengths = np.round(self._strengths, 6)
         return sorted(range(self.n_configs), key=lambda i: (-self._last_batch[i], -strengths[i], i))
 
-    def _askable(self) -> dict[ComparisonRequest, None]:
+    def _askable(self) -> dict[Comparison, None]:
         return self._batch
 
-    def _apply(self, request: ComparisonRequest, tally: Tally) -> None:
+    def _apply(self, request: Comparison, tally: Tally) -> None:
         del self._batch[request]
         pair = (request.a, request.b)
         self._totals[pair] = self._totals.get(pair, Tally()) + tally
-        assert request.item_stop is not None
         self._cursor[pair] = request.item_stop
         if tally.items == 0:
             self._exhausted.add(pair)
@@ -477,12 +472,12 @@ class RacingProcedure(_Procedure):
             size = min(chunk * count, self._remaining(pair))
             if size >= 1:
                 start = self._cursor.get(pair, 0)
-                batch[ComparisonRequest(*pair, start, start + size)] = None
+                batch[Comparison(*pair, start, start + size)] = None
         if contenders <= 1 or not batch:
             self._finished = True
             return
         self.batches += 1
-        self.spent_items += sum(r.item_stop - r.item_start for r in batch)  # type: ignore[operator]
+        self.spent_items += sum(r.item_stop - r.item_start for r in batch)
         self._batch = batch
 
     def _playoff_pairs(self, left: int) -> dict[tuple[int, int], int]:
@@ -588,17 +583,22 @@ def describe_mode(requested: str, mode: str) -> str:
     return f"{mode} (auto: {why})"
 
 
-def make_procedure(mode: str, n_configs: int, **settings: int | float | None) -> SelectionProcedure:
-    """A fresh procedure for `mode` (one of SELECTION_MODES); `settings` go to its constructor:
-    paper: blocks; adaptive: blocks, chunk_items, delta, alpha, max_items; round-robin: none;
-    racing: items_per_site, budget, opponents, keep, playoff, z."""
-    procedures: dict[str, Callable[..., SelectionProcedure]] = {
-        "paper": PaperProcedure,
-        "round-robin": RoundRobin,
-        "adaptive": AdaptiveProcedure,
-        "racing": RacingProcedure,
-    }
-    if mode not in procedures:
+def make_procedure(
+    mode: str, n_configs: int, **arguments: int | float | None
+) -> SelectionProcedure:
+    """A fresh procedure for `mode`; `arguments` go to its class's constructor."""
+    return _procedure_class(mode)(n_configs, **arguments)
+
+
+def procedure_for_run(mode: str, n_configs: int, settings: RunSettings) -> SelectionProcedure:
+    """A fresh procedure for `mode` (the run's, or the one `auto` chose), its arguments read from
+    the run's settings as the mode's registration says."""
+    procedure_class = _procedure_class(mode)
+    return procedure_class(n_configs, **SELECTION_MODES[mode].arguments_from(settings))
+
+
+def _procedure_class(mode: str) -> Callable[..., SelectionProcedure]:
+    if mode not in PROCEDURES:
         choices = ", ".join(SELECTION_MODES)
         raise ValueError(f"unknown selection mode {mode!r}; choose one of {choices}")
-    return procedures[mode](n_configs, **settings)
+    return PROCEDURES[mode]

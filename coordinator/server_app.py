@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from common.protocol import RECORD_KEY
-from common.settings import RunSettings
+from common.settings import RunConfig
 from common.space import load_space
 from coordinator.db import open_database
 from coordinator.federation import FederatedSelection
@@ -111,29 +111,15 @@ class GridTransport:
             sink.write(json.dumps(entry, default=_bytes_as_hex) + "\n")
 
 
-def settings_from_run_config(config: Mapping[str, object]) -> tuple[RunSettings, str, str]:
-    """RunSettings, the database URL and the space file from the flat run config."""
-    values = {
-        name: type(field.default)(config[name]) if name != "run_key" else str(config[name])
-        for name, field in RunSettings.__dataclass_fields__.items()
-        if name in config
-    }
-    return RunSettings(**values), str(config["database"]), str(config.get("space", ""))
-
-
-def wire_log_from_run_config(config: Mapping[str, object]) -> Path | None:
-    return Path(str(config["wire_log"])) if config.get("wire_log") else None
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    settings, database, space_file = settings_from_run_config(context.run_config)
-    space = load_space(Path(space_file) if space_file else None)
-    engine = open_database(database)
+    run = RunConfig.from_flower_config(context.run_config)
+    space = load_space(Path(run.space) if run.space else None)
+    engine = open_database(run.database)
     selection = FederatedSelection(
         engine,
-        GridTransport(grid, wire_log_from_run_config(context.run_config)),
-        settings,
+        GridTransport(grid, Path(run.wire_log) if run.wire_log else None),
+        run.settings,
         [c.id for c in space.configs],
         [dict(c.params) for c in space.configs],
     )
@@ -142,8 +128,8 @@ def main(grid: Grid, context: Context) -> None:
     print(
         json.dumps(
             {
-                "run": settings.run_key,
-                "selection": describe_mode(settings.selection_mode, selection.selection_mode),
+                "run": run.settings.run_key,
+                "selection": describe_mode(run.settings.selection_mode, selection.selection_mode),
                 "best_config": best.to_json() if best else None,
                 "sites": outcome.sites,
                 "left_out": outcome.left_out,

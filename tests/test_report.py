@@ -176,8 +176,27 @@ def test_report_says_which_mode_auto_chose(tmp_path: Path) -> None:
     said = "racing (auto: not every active site's judge is pointwise)"
     assert (summary["selection_mode"], summary["selection"]) == ("racing", said)
     page = (tmp_path / "report" / "report.html").read_text()
-    assert f"Selection mode {html.escape(said)}" in page
+    assert f"Selection mode {said}" in html.unescape(page)
     assert write_report(make_result(), tmp_path / "plain")["selection"] == "adaptive"
+
+
+def test_names_go_into_the_page_as_text_never_as_markup(tmp_path: Path) -> None:
+    """A run key, config id, parameter value or site name that holds markup is escaped."""
+    script = "<script>alert('x')</script>"
+    result = make_result()
+    configs = [(config_id, {**params, "optimizer": script}) for config_id, params in result.configs]
+    configs[4] = (script, configs[4][1])
+    result = dataclasses.replace(
+        result, run_key=script, configs=configs, sites=[script], sites_left_out=[script]
+    )
+    write_report(dataclasses.replace(result, aggregation=script), tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert "<script" not in page
+    text = html.unescape(page)
+    assert f"<title>{script}</title>" in text and f"<h1>Run {script}</h1>" in text
+    assert f"<p>Config <code>{script}</code></p>" in text
+    assert f"<tr><th>optimizer</th><td>{script}</td></tr>" in text
+    assert f"Sites: {script}. Left out: {script}.\nAggregation: {script}." in text
 
 
 def test_report_without_a_winner_or_with_a_cycle(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -15,10 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 
-from common.settings import SELECTION_MODES
+from common.protocol import MAX_ITEMS, Comparison
+from common.settings import SELECTION_MODES, RunSettings, SelectionMode, register_selection_mode
 from coordinator.selection import (
+    PROCEDURES,
     AdaptiveProcedure,
-    ComparisonRequest,
     DecidedComparison,
     RacingProcedure,
     SelectionProcedure,
@@ -28,7 +29,9 @@ from coordinator.selection import (
     bradley_terry_with_covariance,
     comparison_winner,
     describe_mode,
+    implements,
     make_procedure,
+    procedure_for_run,
 )
 
 ITEMS_PER_SITE = 20
@@ -37,12 +40,11 @@ REQUIRED = {"racing": {"items_per_site": ITEMS_PER_SITE}}
 """Settings a mode cannot do without."""
 
 
-def items_in(request: ComparisonRequest) -> int:
-    stop = ITEMS_PER_SITE if request.item_stop is None else min(request.item_stop, ITEMS_PER_SITE)
-    return SITES * max(stop - request.item_start, 0)
+def items_in(request: Comparison) -> int:
+    return SITES * max(min(request.item_stop, ITEMS_PER_SITE) - request.item_start, 0)
 
 
-def oracle_tally(request: ComparisonRequest, quality: list[float]) -> Tally:
+def oracle_tally(request: Comparison, quality: list[float]) -> Tally:
     """Three sites whose judge always prefers the config of higher quality."""
     items = items_in(request)
     if quality[request.a] > quality[request.b]:
@@ -50,7 +52,7 @@ def oracle_tally(request: ComparisonRequest, quality: list[float]) -> Tally:
     return Tally(loss=items, items=items)
 
 
-def random_tally(request: ComparisonRequest, rng: random.Random) -> Tally:
+def random_tally(request: Comparison, rng: random.Random) -> Tally:
     counts = [0, 0, 0, 0]
     for _ in range(items_in(request)):
         counts[rng.choices(range(4), weights=[4, 2, 4, 1])[0]] += 1
@@ -58,8 +60,8 @@ def random_tally(request: ComparisonRequest, rng: random.Random) -> Tally:
 
 
 def run_to_end(
-    procedure: SelectionProcedure, answer: Callable[[ComparisonRequest], Tally]
-) -> list[tuple[ComparisonRequest, Tally]]:
+    procedure: SelectionProcedure, answer: Callable[[Comparison], Tally]
+) -> list[tuple[Comparison, Tally]]:
     history = []
     while not procedure.done:
         requests = procedure.pending()
@@ -94,9 +96,9 @@ def test_winner_has_more_wins_than_losses_and_the_incumbent_keeps_a_tie() -> Non
 
 def test_requests_reject_impossible_slices() -> None:
     with pytest.raises(ValueError):
-        ComparisonRequest(2, 2)
+        Comparison(2, 2)
     with pytest.raises(ValueError):
-        ComparisonRequest(0, 1, item_start=8, item_stop=8)
+        Comparison(0, 1, item_start=8, item_stop=8)
 
 
 # The paper's procedure
@@ -107,12 +109,12 @@ def test_paper_runs_four_blocks_in_parallel_then_their_winners() -> None:
     procedure = make_procedure("paper", 80)
     first = procedure.pending()
     assert [(r.a, r.b) for r in first] == [(0, 1), (20, 21), (40, 41), (60, 61)]
-    assert all(r.item_start == 0 and r.item_stop is None for r in first), "all items"
+    assert all(r.item_start == 0 and r.item_stop == MAX_ITEMS for r in first), "all items"
     assert procedure.pending() == [], "outstanding requests are not listed twice"
 
     procedure.record(first[1], Tally(loss=10, items=10))
     (follow_up,) = procedure.pending()
-    assert follow_up == ComparisonRequest(21, 22), "the winner meets the next config"
+    assert follow_up == Comparison(21, 22), "the winner meets the next config"
     for request in (first[0], first[2], first[3], follow_up):
         procedure.record(request, oracle_tally(request, quality))
 
@@ -126,8 +128,8 @@ def test_paper_runs_four_blocks_in_parallel_then_their_winners() -> None:
 
 def test_paper_keeps_the_incumbent_on_equal_wins_and_losses() -> None:
     procedure = make_procedure("paper", 3, blocks=1)
-    procedure.record(ComparisonRequest(0, 1), Tally(4, 2, 4, 1, 11))
-    assert procedure.pending() == [ComparisonRequest(0, 2)]
+    procedure.record(Comparison(0, 1), Tally(4, 2, 4, 1, 11))
+    assert procedure.pending() == [Comparison(0, 2)]
 
 
 @pytest.mark.parametrize(("n_configs", "blocks", "first"), [(10, 4, [0, 3, 6, 8]), (3, 4, [0])])
@@ -145,7 +147,7 @@ def test_paper_splits_uneven_blocks_as_equal_as_possible(
     assert procedure.best() == quality.index(max(quality))
 
 
-@pytest.mark.parametrize("mode", SELECTION_MODES)
+@pytest.mark.parametrize("mode", list(SELECTION_MODES))
 def test_a_single_config_is_selected_without_asking(mode: str) -> None:
     procedure = make_procedure(mode, 1, **REQUIRED.get(mode, {}))
     assert procedure.done
@@ -153,12 +155,12 @@ def test_a_single_config_is_selected_without_asking(mode: str) -> None:
     assert procedure.pending() == []
 
 
-@pytest.mark.parametrize("mode", SELECTION_MODES)
+@pytest.mark.parametrize("mode", list(SELECTION_MODES))
 def test_unknown_or_repeated_records_are_refused(mode: str) -> None:
     procedure = make_procedure(mode, 5, **REQUIRED.get(mode, {}))
     request = procedure.pending()[0]
     with pytest.raises(ValueError):
-        procedure.record(ComparisonRequest(3, 4, 100, 104), Tally())
+        procedure.record(Comparison(3, 4, 100, 104), Tally())
     procedure.record(request, Tally(win=1, items=1))
     with pytest.raises(ValueError):
         procedure.record(request, Tally(win=1, items=1))
@@ -167,6 +169,66 @@ def test_unknown_or_repeated_records_are_refused(mode: str) -> None:
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="round-robin"):
         make_procedure("swiss", 8)
+    with pytest.raises(ValueError, match="not registered"):
+        implements("swiss")
+
+
+# Registering a mode
+
+
+def test_every_registered_mode_has_its_procedure() -> None:
+    assert set(PROCEDURES) == set(SELECTION_MODES)
+
+
+@pytest.fixture
+def first_pair_mode() -> Iterator[str]:
+    """A toy mode, `first-pair`, added as a new mode is: one registration and one class."""
+    register_selection_mode(SelectionMode("first-pair", {"items": "validation_items"}))
+
+    @implements("first-pair")
+    class FirstPair:
+        """Config 0 against config 1 on each site's first `items` items; the winner is best."""
+
+        def __init__(self, n_configs: int, items: int) -> None:
+            self.n_configs = n_configs
+            self.unasked = [Comparison(0, 1, 0, items)]
+            self.winner: int | None = None
+
+        def pending(self) -> list[Comparison]:
+            asked, self.unasked = self.unasked, []
+            return asked
+
+        def record(self, request: Comparison, tally: Tally) -> None:
+            self.winner = comparison_winner(request.a, request.b, tally)
+
+        @property
+        def done(self) -> bool:
+            return self.winner is not None
+
+        def best(self) -> int | None:
+            return self.winner
+
+        def ranking(self) -> list[int]:
+            return sorted(range(self.n_configs), key=lambda i: (i != self.winner, i))
+
+    yield "first-pair"
+    del SELECTION_MODES["first-pair"], PROCEDURES["first-pair"]
+
+
+def test_a_registered_mode_is_a_setting_and_runs_with_its_settings(first_pair_mode: str) -> None:
+    settings = RunSettings(run_key="toy", selection_mode=first_pair_mode, validation_items=6)
+    procedure = procedure_for_run(settings.selection_mode, 3, settings)
+    (request,) = procedure.pending()
+    assert request == Comparison(0, 1, 0, 6), "its items are the run's validation_items"
+    procedure.record(request, Tally(1, 0, 5, 0, 6))
+    assert procedure.done and procedure.best() == 1 and procedure.ranking() == [1, 0, 2]
+    assert make_procedure(first_pair_mode, 2, items=4).pending() == [Comparison(0, 1, 0, 4)]
+
+
+def test_a_mode_must_read_run_settings_that_exist() -> None:
+    with pytest.raises(ValueError, match="no RunSettings field"):
+        register_selection_mode(SelectionMode("typo", {"items": "validation_item"}))
+    assert "typo" not in SELECTION_MODES
 
 
 # Round robin and Bradley-Terry
@@ -204,7 +266,7 @@ def test_round_robin_breaks_equal_strengths_by_net_wins_then_index() -> None:
 
 def bradley_terry_gap(tally: Tally) -> float:
     procedure = make_procedure("round-robin", 2)
-    procedure.record(ComparisonRequest(0, 1), tally)
+    procedure.record(Comparison(0, 1), tally)
     strengths = procedure.strengths()
     return float(strengths[0] - strengths[1])
 
@@ -224,12 +286,12 @@ def test_adaptive_asks_chunks_until_the_lead_is_decisive() -> None:
     procedure = make_procedure("adaptive", 8, blocks=2, chunk_items=4)
     assert isinstance(procedure, AdaptiveProcedure)
     lead = procedure.decisive_lead
-    assert procedure.pending() == [ComparisonRequest(0, 1, 0, 4), ComparisonRequest(4, 5, 0, 4)]
+    assert procedure.pending() == [Comparison(0, 1, 0, 4), Comparison(4, 5, 0, 4)]
 
-    procedure.record(ComparisonRequest(0, 1, 0, 4), Tally(3, 4, 5, 0, 12))
-    assert procedure.pending() == [ComparisonRequest(0, 1, 4, 8)], "undecided: next chunk"
-    procedure.record(ComparisonRequest(0, 1, 4, 8), Tally(0, 12 - lead, lead, 0, 12))
-    assert procedure.pending() == [ComparisonRequest(1, 2, 0, 4)], "b led by enough: decided"
+    procedure.record(Comparison(0, 1, 0, 4), Tally(3, 4, 5, 0, 12))
+    assert procedure.pending() == [Comparison(0, 1, 4, 8)], "undecided: next chunk"
+    procedure.record(Comparison(0, 1, 4, 8), Tally(0, 12 - lead, lead, 0, 12))
+    assert procedure.pending() == [Comparison(1, 2, 0, 4)], "b led by enough: decided"
     decided = procedure.comparisons[0]
     assert (decided.a, decided.b, decided.winner) == (0, 1, 1)
     assert decided.tally == Tally(3, 16 - lead, 5 + lead, 0, 24)
@@ -237,18 +299,18 @@ def test_adaptive_asks_chunks_until_the_lead_is_decisive() -> None:
 
 def test_adaptive_decides_on_the_totals_when_sites_run_out_of_items() -> None:
     procedure = make_procedure("adaptive", 3, blocks=1, chunk_items=4)
-    procedure.record(ComparisonRequest(0, 1, 0, 4), Tally(2, 7, 3, 0, 12))
-    procedure.record(ComparisonRequest(0, 1, 4, 8), Tally(1, 1, 1, 0, 3))
-    assert procedure.pending() == [ComparisonRequest(0, 1, 8, 12)]
-    procedure.record(ComparisonRequest(0, 1, 8, 12), Tally())
-    assert procedure.pending() == [ComparisonRequest(1, 2, 0, 4)], "4 losses to 3 wins"
+    procedure.record(Comparison(0, 1, 0, 4), Tally(2, 7, 3, 0, 12))
+    procedure.record(Comparison(0, 1, 4, 8), Tally(1, 1, 1, 0, 3))
+    assert procedure.pending() == [Comparison(0, 1, 8, 12)]
+    procedure.record(Comparison(0, 1, 8, 12), Tally())
+    assert procedure.pending() == [Comparison(1, 2, 0, 4)], "4 losses to 3 wins"
 
 
 def test_adaptive_stops_at_the_item_cap() -> None:
     procedure = make_procedure("adaptive", 2, chunk_items=4, max_items=6)
-    procedure.record(ComparisonRequest(0, 1, 0, 4), Tally(2, 8, 2, 0, 12))
-    assert procedure.pending() == [ComparisonRequest(0, 1, 4, 6)]
-    procedure.record(ComparisonRequest(0, 1, 4, 6), Tally(3, 3, 0, 0, 6))
+    procedure.record(Comparison(0, 1, 0, 4), Tally(2, 8, 2, 0, 12))
+    assert procedure.pending() == [Comparison(0, 1, 4, 6)]
+    procedure.record(Comparison(0, 1, 4, 6), Tally(3, 3, 0, 0, 6))
     assert procedure.done
     assert procedure.best() == 0
 
@@ -274,7 +336,7 @@ def test_adaptive_rejects_impossible_settings() -> None:
 # Racing
 
 
-def planted_tally(request: ComparisonRequest, planted: dict[tuple[int, int], float]) -> Tally:
+def planted_tally(request: Comparison, planted: dict[tuple[int, int], float]) -> Tally:
     """Three sites; `planted` gives the share of items the lower index wins against the higher
     (no ties), every other pair ties on every item."""
     items = items_in(request)
@@ -317,7 +379,7 @@ def test_racing_sends_a_near_tie_of_the_top_two_to_a_playoff() -> None:
     planted = beats_everyone(4, 30) | beats_everyone(9, 30) | {(4, 9): 0.6}
     procedure = make_procedure("racing", 30, items_per_site=ITEMS_PER_SITE)
     assert isinstance(procedure, RacingProcedure)
-    playoff: list[ComparisonRequest] = []
+    playoff: list[Comparison] = []
     while not procedure.done:
         requests = procedure.pending()
         if len(procedure.survivors) <= procedure.playoff:
@@ -335,13 +397,13 @@ def test_racing_keeps_to_its_budget_and_asks_each_pair_fresh_items() -> None:
     rng = random.Random(3)
     procedure = make_procedure("racing", 25, items_per_site=ITEMS_PER_SITE, budget=0.5)
     history = run_to_end(procedure, lambda r: random_tally(r, rng))
-    by_pair: dict[tuple[int, int], list[ComparisonRequest]] = {}
+    by_pair: dict[tuple[int, int], list[Comparison]] = {}
     for request, _ in history:
         by_pair.setdefault((request.a, request.b), []).append(request)
     for asked in by_pair.values():
         assert asked[0].item_start == 0
         assert all(done.item_stop == then.item_start for done, then in itertools.pairwise(asked))
-    spent = sum((request.item_stop or 0) - request.item_start for request, _ in history)
+    spent = sum(request.item_stop - request.item_start for request, _ in history)
     assert 0.4 * 24 * ITEMS_PER_SITE <= spent <= 0.5 * 24 * ITEMS_PER_SITE
 
 
@@ -402,7 +464,9 @@ def test_auto_runs_round_robin_only_when_every_site_is_pointwise() -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(
-    mode=st.sampled_from(SELECTION_MODES), n_configs=st.integers(2, 9), seed=st.integers(0, 2**16)
+    mode=st.sampled_from(list(SELECTION_MODES)),
+    n_configs=st.integers(2, 9),
+    seed=st.integers(0, 2**16),
 )
 def test_replaying_the_history_restores_the_state(mode: str, n_configs: int, seed: int) -> None:
     """Sites answer in any order; a fresh procedure fed the recorded history in the order it was
@@ -410,8 +474,8 @@ def test_replaying_the_history_restores_the_state(mode: str, n_configs: int, see
     rng = random.Random(seed)
     options = {"blocks": 3} if mode == "paper" else REQUIRED.get(mode, {})
     original = make_procedure(mode, n_configs, **options)
-    history: list[tuple[ComparisonRequest, Tally]] = []
-    outstanding: list[ComparisonRequest] = []
+    history: list[tuple[Comparison, Tally]] = []
+    outstanding: list[Comparison] = []
     stop_after = rng.randint(0, 40)
     while not original.done and len(history) < stop_after:
         outstanding += original.pending()
@@ -429,7 +493,7 @@ def test_replaying_the_history_restores_the_state(mode: str, n_configs: int, see
     assert replayed.best() == original.best()
     assert replayed.ranking() == original.ranking()
 
-    def answer(request: ComparisonRequest) -> Tally:
+    def answer(request: Comparison) -> Tally:
         return random_tally(request, random.Random(hash((request, seed))))
 
     for procedure in (original, replayed):
