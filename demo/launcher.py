@@ -13,145 +13,35 @@ Everything stays under `--out`.
 from __future__ import annotations
 
 import json
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import tomli_w
 from rich.console import Console
 
-from agent.config import site_toml
-from common.processes import stop_process
+from agent.config import load_site_config
+from agent.db import open_database as open_site_database
+from agent.db import reference_scores
+from agent.identity import enroll
+from common.processes import free_port, stop_process
 from coordinator.certs import init_certificates
 from coordinator.config import FederationConfig, load_federation_config
 from coordinator.db import open_database, registered_site
 from coordinator.launch import run_federation, start_superlink
+from coordinator.report import ReferenceMetric, write_report
+from coordinator.results import run_result
 from coordinator.sites import register_site
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """Everything that shapes the demo's choice, in one place (the tests read it).
-
-    LoRA candidates (adapters of a few MB) on short checkable tasks, learning rates two orders
-    of magnitude apart and enough optimizer steps per epoch that the hyperparameters change what
-    the candidates write, inside ten minutes on two CPU cores with three sites.
-    """
-
-    optimizers: tuple[str, ...] = ("sgd", "adamw")
-    learning_rates: tuple[float, ...] = (3e-4, 3e-1)
-    schedulers: tuple[str, ...] = ("cosine",)
-    epochs: tuple[int, ...] = (1, 2)
-    lora_rank: int = 8
-    lora_top_layers: int = 8
-    """LoRA on the last 8 of 30 layers: backpropagation stops there, a step costs half."""
-    train_examples: int = 64
-    steps_per_epoch: int = 6
-    batch_size: int = 1
-    """One example a step: more updates for the same compute (the demo's CPU is the limit)."""
-    max_length: int = 96
-    validation_items: int = 8
-    max_new_tokens: int = 12
-    blocks: int = 2
-    chunk_items: int = 4
-
-    @property
-    def configs(self) -> int:
-        return (
-            len(self.optimizers) * len(self.learning_rates) * len(self.schedulers)
-            * len(self.epochs)
-        )  # fmt: skip
-
-    def space_toml(self) -> str:
-        return tomli_w.dumps(
-            {
-                "grid": {  # epochs first: a paper block holds one epoch count, all optimizers
-                    "epochs": list(self.epochs),
-                    "optimizer": list(self.optimizers),
-                    "learning_rate": list(self.learning_rates),
-                    "scheduler": list(self.schedulers),
-                    "finetune": ["lora"],
-                    "lora_rank": [self.lora_rank],
-                }
-            }
-        )
-
-    def site_toml(self, name: str, seed: int, superlink: str, port: int, ca_file: Path) -> str:
-        return site_toml(
-            name,
-            seed,
-            {
-                "site": {"data_dir": "."},
-                "data": {
-                    "train_examples": self.train_examples,
-                    "validation_items": self.validation_items,
-                },
-                "model": {
-                    "max_length": self.max_length,
-                    "batch_size": self.batch_size,
-                    "max_steps_per_epoch": self.steps_per_epoch,
-                    "lora_top_layers": self.lora_top_layers,
-                    "max_new_tokens": self.max_new_tokens,
-                },
-                "judge": {"spec": "builtin"},
-                "flower": {
-                    "superlink": superlink,
-                    "clientappio_port": port,
-                    "root_certificates": str(ca_file),
-                },
-            },
-        )
-
-    def federation_toml(self, selection_mode: str, sites: int, superlink: str) -> str:
-        return tomli_w.dumps(
-            {
-                "run": {
-                    "name": f"demo-{selection_mode}",
-                    "space": "space.toml",
-                    "state_dir": "coordinator",
-                    "database": "coordinator.sqlite",
-                },
-                "selection": {
-                    "selection_mode": selection_mode,
-                    "min_sites": sites,
-                    "wait_for_sites": 120.0,
-                    "round_timeout": 30.0,
-                    # every poll starts a ClientApp process per site: poll sparingly while the
-                    # sites train, as their CPU is the demo's bottleneck
-                    "retry_seconds": 2.0,
-                    "max_retry_seconds": 30.0,
-                    "patience": 5,
-                    "validation_items": self.validation_items,
-                    "judge_mode": "score",
-                    "blocks": self.blocks,
-                    "chunk_items": self.chunk_items,
-                    "secure_aggregation": "when-possible",
-                },
-                "superlink": {"address": superlink, "certificates": "certs"},
-            }
-        )
-
-
-DEMO = DemoSettings()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from demo.settings import DEMO, DemoSettings
+from trainer.generate import read_responses
+from trainer.reference import EXACT_MATCH
 
 
 def enroll_demo_sites(federation: FederationConfig, site_configs: list[Path]) -> None:
     """Each site's key pair, registered under the site's name as an operator would (`pandalm-agent
     enroll`, `pandalm-coordinator sites add`): the SuperLink admits these sites only, and
     results name them. A site registered by an earlier demo in the same folder stays."""
-    from agent.config import load_site_config
-    from agent.identity import enroll
-
     engine = open_database(federation.database_url)
     for path in site_configs:
         site = load_site_config(path)
@@ -160,14 +50,9 @@ def enroll_demo_sites(federation: FederationConfig, site_configs: list[Path]) ->
             register_site(federation, site.name, public_key)
 
 
-def demo_reference(site_dirs: list[Path], run_key: str):
+def demo_reference(site_dirs: list[Path], run_key: str) -> ReferenceMetric | None:
     """The sites' reference metric per config, averaged over sites. Only the demo can do this:
     it owns every site, whereas in a real federation each site keeps its own."""
-    from agent.db import open_database as open_site_database
-    from agent.db import reference_scores
-    from coordinator.report import ReferenceMetric
-    from trainer.reference import EXACT_MATCH
-
     values: dict[str, list[float]] = {}
     names = set()
     for folder in site_dirs:
@@ -186,8 +71,6 @@ def demo_reference(site_dirs: list[Path], run_key: str):
 def responses_differ(site_dirs: list[Path], comparisons: list[dict]) -> list[dict]:
     """Per recorded comparison, the share of (site, item) responses in which the two configs
     wrote different text: a comparison of identical answers can only be a tie."""
-    from trainer.generate import read_responses
-
     responses: dict[tuple[str, str, str], str] = {}
     for folder in site_dirs:
         for record in read_responses(folder / "responses.jsonl"):
@@ -209,9 +92,6 @@ def run_demo(
     console: Console,
     settings: DemoSettings = DEMO,
 ) -> dict:
-    from coordinator.report import write_report
-    from coordinator.results import run_result
-
     started = time.monotonic()
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
