@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -85,16 +86,11 @@ def responses_differ(site_dirs: list[Path], comparisons: list[dict]) -> list[dic
     return shares
 
 
-def run_demo(
-    n_sites: int,
-    out: Path,
-    selection_mode: str,
-    console: Console,
-    settings: DemoSettings = DEMO,
-) -> dict:
-    started = time.monotonic()
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+def write_demo_files(
+    out: Path, n_sites: int, selection_mode: str, settings: DemoSettings
+) -> tuple[FederationConfig, list[Path]]:
+    """The coordinator's federation.toml and space.toml, its certificates and each site's
+    folder with its site.toml under `out`; the federation and the site folders."""
     superlink = f"127.0.0.1:{free_port()}"
     (out / "space.toml").write_text(settings.space_toml())
     (out / "federation.toml").write_text(
@@ -103,24 +99,25 @@ def run_demo(
     federation = load_federation_config(out / "federation.toml")
     if not (out / "certs" / "server.pem").is_file():
         init_certificates(out / "certs", ["127.0.0.1"])
-    names = [f"site-{i + 1}" for i in range(n_sites)]
-    for seed, name in enumerate(names, start=1):
-        folder = out / "sites" / name
+    site_dirs = [out / "sites" / f"site-{i + 1}" for i in range(n_sites)]
+    for seed, folder in enumerate(site_dirs, start=1):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "site.toml").write_text(
-            settings.site_toml(name, seed, superlink, free_port(), out / "certs" / "ca.crt")
+            settings.site_toml(folder.name, seed, superlink, free_port(), out / "certs" / "ca.crt")
         )
-    console.print(
-        f"demo: {n_sites} sites, {settings.configs} LoRA configs, {selection_mode} selection, "
-        "tallies summed by SecAgg+ (in the clear below 3 sites); judge: builtin (a pointwise "
-        "head on SmolLM2 encodings); reference check: exact match on the sites' checkable items"
-    )
+    return federation, site_dirs
+
+
+def run_loopback_federation(
+    federation: FederationConfig, site_dirs: list[Path], console: Console
+) -> dict:
+    """Start the SuperLink and one agent per site, run the selection to its end, stop them all;
+    the Flower run's status."""
     link = start_superlink(federation.superlink, federation.state_dir)
     agents = []
     try:
-        enroll_demo_sites(federation, [out / "sites" / name / "site.toml" for name in names])
-        for name in names:
-            folder = out / "sites" / name
+        enroll_demo_sites(federation, [folder / "site.toml" for folder in site_dirs])
+        for folder in site_dirs:
             log = (folder / "agent.log").open("ab")
             agents.append(
                 subprocess.Popen(
@@ -129,25 +126,17 @@ def run_demo(
                 )
             )  # fmt: skip
             log.close()
-        flower_status = run_federation(federation, console)
+        return run_federation(federation, console)
     finally:
         for agent in agents:
             stop_process(agent)
         stop_process(link)
-    engine = open_database(federation.database_url)
-    result = run_result(engine, federation.run.run_key)
-    reference = demo_reference([out / "sites" / name for name in names], federation.run.run_key)
-    summary = write_report(result, out / "report", reference=reference)
-    sites_dirs = [out / "sites" / name for name in names]
-    differ = responses_differ(sites_dirs, summary["comparisons"])
-    summary = {
-        **summary,
-        "responses_differ": differ,
-        "min_share_of_items_that_differ": min((d["differ"] for d in differ), default=None),
-        "wall_seconds": time.monotonic() - started,
-        "flower_traffic": flower_status.get("network-traffic", {}),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def print_outcome(
+    console: Console, summary: dict[str, Any], reference: ReferenceMetric | None, out: Path
+) -> None:
+    """The chosen config, how it fares against the sites' reference check, where the report is."""
     best = summary["best_config"]
     if not summary.get("decided", True):
         console.print(f"[yellow]{summary['conclusion']}[/yellow]")
@@ -169,4 +158,38 @@ def run_demo(
             f"between judge and reference rankings {agreement}"
         )
     console.print(f"report: {out / 'report' / 'report.html'}; summary: {out / 'summary.json'}")
+
+
+def run_demo(
+    n_sites: int,
+    out: Path,
+    selection_mode: str,
+    console: Console,
+    settings: DemoSettings = DEMO,
+) -> dict[str, Any]:
+    """Run the demo under `out` and write its report and summary.json; the summary."""
+    started = time.monotonic()
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    federation, site_dirs = write_demo_files(out, n_sites, selection_mode, settings)
+    console.print(
+        f"demo: {n_sites} sites, {settings.configs} LoRA configs, {selection_mode} selection, "
+        "tallies summed by SecAgg+ (in the clear below 3 sites); judge: builtin (a pointwise "
+        "head on SmolLM2 encodings); reference check: exact match on the sites' checkable items"
+    )
+    flower_status = run_loopback_federation(federation, site_dirs, console)
+    engine = open_database(federation.database_url)
+    result = run_result(engine, federation.run.run_key)
+    reference = demo_reference(site_dirs, federation.run.run_key)
+    summary = write_report(result, out / "report", reference=reference)
+    differ = responses_differ(site_dirs, summary["comparisons"])
+    summary = {
+        **summary,
+        "responses_differ": differ,
+        "min_share_of_items_that_differ": min((d["differ"] for d in differ), default=None),
+        "wall_seconds": time.monotonic() - started,
+        "flower_traffic": flower_status.get("network-traffic", {}),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print_outcome(console, summary, reference, out)
     return summary
