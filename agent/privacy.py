@@ -20,20 +20,23 @@ import math
 
 import numpy as np
 
+from common.tally import Tally
 
-def discrete_laplace(rng: np.random.Generator, epsilon: float, sensitivity: int, size: int):
+
+def discrete_laplace(
+    rng: np.random.Generator, epsilon: float, sensitivity: int, size: int
+) -> np.ndarray:
     """Noise with P(k) proportional to exp(-epsilon |k| / sensitivity), as a difference of two
     geometric variables."""
     p = 1.0 - math.exp(-epsilon / sensitivity)
     return rng.geometric(p, size) - rng.geometric(p, size)
 
 
-def noisy_tally(
-    counts: tuple[int, int, int, int], epsilon: float, span: int, rng: np.random.Generator
-) -> tuple[int, int, int, int, int]:
-    """(win, tie, loss, invalid, items) after the mechanism, valid for a slice of `span` items."""
-    noisy = np.maximum(np.asarray(counts) + discrete_laplace(rng, epsilon, 2, 4), 0)
+def noisy_tally(tally: Tally, epsilon: float, span: int, rng: np.random.Generator) -> Tally:
+    """The tally after the mechanism, valid for a slice of `span` items."""
+    exact = (tally.win, tally.tie, tally.loss, tally.invalid)
+    noisy = np.maximum(np.asarray(exact) + discrete_laplace(rng, epsilon, 2, 4), 0)
     while noisy.sum() > span:
         noisy[int(np.argmax(noisy))] -= 1
     win, tie, loss, invalid = (int(v) for v in noisy)
-    return win, tie, loss, invalid, win + tie + loss + invalid
+    return Tally(win, tie, loss, invalid, win + tie + loss + invalid)

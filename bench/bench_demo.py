@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.reuse
     if out is None:
-        from coordinator.demo import run_demo
+        from demo.launcher import run_demo
 
         run_demo(args.sites, args.out, "paper", Console(stderr=True))
         out = args.out

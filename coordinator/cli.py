@@ -14,7 +14,6 @@ from rich.live import Live
 
 from common.cli import cli_app, user_errors
 from common.processes import stop_process
-from common.settings import AUTO, SELECTION_MODES
 from coordinator.config import FederationConfigError, load_federation_config
 from coordinator.console import latest_run, render
 from coordinator.db import SCHEMA, open_database
@@ -28,10 +27,13 @@ DatabaseOption = Annotated[
 ]
 
 
+USER_ERRORS = (FederationConfigError, FileNotFoundError, TimeoutError, RuntimeError)
+"""What a coordinator command shows as one error line (dbschema.SchemaError is a RuntimeError:
+a database from a newer version)."""
+
+
 def _user_errors() -> AbstractContextManager[None]:
-    # (dbschema.SchemaError is a RuntimeError: a database from a newer version)
-    errors = (FederationConfigError, FileNotFoundError, TimeoutError, RuntimeError)
-    return user_errors(console, *errors)
+    return user_errors(console, *USER_ERRORS)
 
 
 def _url(database: str) -> str:
@@ -198,20 +200,3 @@ def sites_remove(site: Annotated[str, typer.Argument(help="the site's name or no
     with _user_errors():
         node_id = remove_site(load_federation_config(config), site)
     console.print(f"unregistered {site} (node {node_id})")
-
-
-@app.command()
-def demo(
-    sites: Annotated[int, typer.Option(min=1, max=8, help="number of sites")] = 3,
-    out: Annotated[Path, typer.Option("--out", help="keeps everything of the run")] = Path(
-        "pandalm-demo"
-    ),
-    selection_mode: Annotated[
-        str, typer.Option(help=" | ".join((*SELECTION_MODES, AUTO)))
-    ] = "paper",
-) -> None:
-    """The whole federation on loopback with the embedded defaults."""
-    from coordinator.demo import run_demo
-
-    with _user_errors():
-        run_demo(sites, out, selection_mode, console)

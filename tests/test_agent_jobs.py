@@ -168,12 +168,13 @@ def test_the_judge_double_catches_a_swap_bug(
     """The judge double judges response texts in both orders, so a worker that hands the
     judge the responses the wrong way round, or a PairJudge that reconciles the two orders
     without mapping the swapped one back, no longer finds the planted config best."""
+    import agent.worker
     import judge.engine
 
     config, engine = ready_site(tmp_path, f"sqlite:///{tmp_path / 'agent.sqlite'}")
     if bug == "worker swaps the responses":
         pair = judge.engine.Pair
-        monkeypatch.setattr(judge.engine, "Pair", lambda i, x, r1, r2: pair(i, x, r2, r1))
+        monkeypatch.setattr(agent.worker, "Pair", lambda i, x, r1, r2: pair(i, x, r2, r1))
     else:
         monkeypatch.setattr(judge.engine, "swap_probabilities", lambda probabilities: probabilities)
     worker = SiteWorker(config, judge_factory=planted_token_judge())

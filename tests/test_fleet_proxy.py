@@ -20,12 +20,11 @@ from sqlmodel import Session, select
 from agent.config import load_site_config
 from agent.identity import enroll
 from agent.supervisor import guard_command, site_environment, supernode_command
-from common.processes import stop_process
+from common.processes import free_port, stop_process
 from coordinator.certs import init_certificates
 from coordinator.config import load_federation_config
 from coordinator.db import RunSite
 from coordinator.db import open_database as open_coordinator_database
-from coordinator.demo import free_port
 from coordinator.launch import (
     CONNECTION,
     flwr_cli,

@@ -25,12 +25,11 @@ from agent.db import ComparisonJob, ItemJudgment, ledger
 from agent.db import open_database as open_site_database
 from agent.supervisor import guard_command, site_environment, supernode_command
 from common.appbundle import app_pyproject
-from common.processes import stop_process
+from common.processes import free_port, stop_process
 from common.tally import Tally
 from coordinator.config import load_federation_config
 from coordinator.db import ComparisonResult, FederatedRun, RunSite
 from coordinator.db import open_database as open_coordinator_database
-from coordinator.demo import free_port
 from coordinator.launch import (
     flower_environment,
     follow_run,

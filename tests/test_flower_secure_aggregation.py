@@ -15,12 +15,11 @@ from agent.db import ledger
 from agent.db import open_database as open_site_database
 from agent.flower_internals import RECORD_KEY_CONFIGS
 from agent.flower_internals import SecAggPlusKey as Key
-from common.processes import stop_process
+from common.processes import free_port, stop_process
 from common.tally import Tally
 from coordinator.config import load_federation_config
 from coordinator.db import ComparisonResult, FederatedRun
 from coordinator.db import open_database as open_coordinator_database
-from coordinator.demo import free_port
 from coordinator.launch import (
     follow_run,
     start_superlink,

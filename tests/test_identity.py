@@ -17,12 +17,11 @@ from typer.testing import CliRunner
 from agent.cli import app as agent_app
 from agent.config import load_site_config, site_toml
 from agent.supervisor import site_environment, supernode_command
-from common.processes import stop_process
+from common.processes import free_port, stop_process
 from coordinator.certs import init_certificates
 from coordinator.cli import app as coordinator_app
 from coordinator.config import load_federation_config
 from coordinator.db import open_database, record_registration, registered_site, site_names
-from coordinator.demo import free_port
 from coordinator.launch import start_superlink
 
 runner = CliRunner()

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator.demo import free_port
+from common.processes import free_port
 from judge.backends import SpecError, load_backend, parse_spec
 from judge.backends.base import GenerationSettings
 from judge.backends.openai import EndpointError, OpenAICompletionsBackend, completions_url

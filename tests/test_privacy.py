@@ -16,6 +16,7 @@ from agent.privacy import discrete_laplace, noisy_tally
 from agent.site import handle_message
 from agent.worker import SiteWorker
 from common.protocol import COMPARE_MESSAGE, SPACE_MESSAGE, Code, Status
+from common.tally import Tally
 from tests.doubles import planted_token_judge, planting_generation
 from tests.test_agent_site import CONFIGS, compare_record, space_record, write_site_config
 
@@ -35,11 +36,9 @@ def test_noise_has_the_discrete_laplace_variance(epsilon: float) -> None:
 )
 def test_noisy_tallies_are_valid_reports(counts: list[int], epsilon: float, seed: int) -> None:
     span = sum(counts)
-    win, tie, loss, invalid, items = noisy_tally(
-        tuple(counts), epsilon, span, np.random.default_rng(seed)
-    )
-    assert min(win, tie, loss, invalid) >= 0
-    assert items == win + tie + loss + invalid <= span
+    noisy = noisy_tally(Tally(*counts, items=span), epsilon, span, np.random.default_rng(seed))
+    assert min(noisy.win, noisy.tie, noisy.loss, noisy.invalid) >= 0
+    assert noisy.items == noisy.win + noisy.tie + noisy.loss + noisy.invalid <= span
 
 
 def test_budget_is_spent_once_per_comparison_and_then_refused(

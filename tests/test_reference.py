@@ -77,7 +77,7 @@ def test_the_demo_configuration_lives_in_one_place(tmp_path: Path) -> None:
     from agent.config import load_site_config
     from common.space import load_space
     from coordinator.config import load_federation_config
-    from coordinator.demo import DEMO
+    from demo.settings import DEMO
 
     (tmp_path / "space.toml").write_text(DEMO.space_toml())
     space = load_space(tmp_path / "space.toml", None)

@@ -1,0 +1,195 @@
+"""`pandalm-coordinator demo`: a whole federation on loopback with the embedded defaults.
+
+A SuperLink over TLS that admits registered sites only (each site enrolled and registered under
+its name, as in a real deployment, so results name the sites), one agent per site (each with its
+own shard of the builtin data and its own validation items), LoRA candidates on the SmolLM2-135M
+base, the builtin judge and a reduced grid of the paper's shape (`DemoSettings`). Each site also
+checks its candidates against the known answers of its validation items (exact match), without
+the judge; the demo, which owns every site, averages that check into summary.json to show
+whether the judge's choice is right.
+Everything stays under `--out`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from agent.config import load_site_config
+from agent.db import open_database as open_site_database
+from agent.db import reference_scores
+from agent.identity import enroll
+from common.processes import free_port, stop_process
+from coordinator.certs import init_certificates
+from coordinator.config import FederationConfig, load_federation_config
+from coordinator.db import open_database, registered_site
+from coordinator.launch import run_federation, start_superlink
+from coordinator.report import ReferenceMetric, write_report
+from coordinator.results import run_result
+from coordinator.sites import register_site
+from demo.settings import DEMO, DemoSettings
+from trainer.generate import read_responses
+from trainer.reference import EXACT_MATCH
+
+
+def enroll_demo_sites(federation: FederationConfig, site_configs: list[Path]) -> None:
+    """Each site's key pair, registered under the site's name as an operator would (`pandalm-agent
+    enroll`, `pandalm-coordinator sites add`): the SuperLink admits these sites only, and
+    results name them. A site registered by an earlier demo in the same folder stays."""
+    engine = open_database(federation.database_url)
+    for path in site_configs:
+        site = load_site_config(path)
+        public_key = enroll(site.keys_dir, comment=site.name)
+        if registered_site(engine, site.name) is None:
+            register_site(federation, site.name, public_key)
+
+
+def demo_reference(site_dirs: list[Path], run_key: str) -> ReferenceMetric | None:
+    """The sites' reference metric per config, averaged over sites. Only the demo can do this:
+    it owns every site, whereas in a real federation each site keeps its own."""
+    values: dict[str, list[float]] = {}
+    names = set()
+    for folder in site_dirs:
+        engine = open_site_database(f"sqlite:///{folder / 'agent.sqlite'}")
+        for row in reference_scores(engine, run_key):
+            values.setdefault(row.config_id, []).append(row.value)
+            names.add(row.metric)
+        engine.dispose()
+    if len(names) != 1:
+        return None
+    name = names.pop()
+    mean = {config_id: statistics.fmean(v) for config_id, v in values.items()}
+    return ReferenceMetric(name, mean, higher_is_better=name == EXACT_MATCH)
+
+
+def responses_differ(site_dirs: list[Path], comparisons: list[dict]) -> list[dict]:
+    """Per recorded comparison, the share of (site, item) responses in which the two configs
+    wrote different text: a comparison of identical answers can only be a tie."""
+    responses: dict[tuple[str, str, str], str] = {}
+    for folder in site_dirs:
+        for record in read_responses(folder / "responses.jsonl"):
+            responses[(folder.name, record["config_id"], record["item_id"])] = record["response"]
+    items = {(site, item) for site, _config, item in responses}
+    shares = []
+    for comparison in comparisons:
+        a, b = comparison["a"], comparison["b"]
+        both = [(s, i) for s, i in items if (s, a, i) in responses and (s, b, i) in responses]
+        differ = sum(responses[(s, a, i)] != responses[(s, b, i)] for s, i in both)
+        shares.append({"a": a, "b": b, "items": len(both), "differ": differ / len(both)})
+    return shares
+
+
+def write_demo_files(
+    out: Path, n_sites: int, selection_mode: str, settings: DemoSettings
+) -> tuple[FederationConfig, list[Path]]:
+    """The coordinator's federation.toml and space.toml, its certificates and each site's
+    folder with its site.toml under `out`; the federation and the site folders."""
+    superlink = f"127.0.0.1:{free_port()}"
+    (out / "space.toml").write_text(settings.space_toml())
+    (out / "federation.toml").write_text(
+        settings.federation_toml(selection_mode, n_sites, superlink)
+    )
+    federation = load_federation_config(out / "federation.toml")
+    if not (out / "certs" / "server.pem").is_file():
+        init_certificates(out / "certs", ["127.0.0.1"])
+    site_dirs = [out / "sites" / f"site-{i + 1}" for i in range(n_sites)]
+    for seed, folder in enumerate(site_dirs, start=1):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "site.toml").write_text(
+            settings.site_toml(folder.name, seed, superlink, free_port(), out / "certs" / "ca.crt")
+        )
+    return federation, site_dirs
+
+
+def run_loopback_federation(
+    federation: FederationConfig, site_dirs: list[Path], console: Console
+) -> dict:
+    """Start the SuperLink and one agent per site, run the selection to its end, stop them all;
+    the Flower run's status."""
+    link = start_superlink(federation.superlink, federation.state_dir)
+    agents = []
+    try:
+        enroll_demo_sites(federation, [folder / "site.toml" for folder in site_dirs])
+        for folder in site_dirs:
+            log = (folder / "agent.log").open("ab")
+            agents.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "agent", "start", "--config", str(folder / "site.toml")],
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            )  # fmt: skip
+            log.close()
+        return run_federation(federation, console)
+    finally:
+        for agent in agents:
+            stop_process(agent)
+        stop_process(link)
+
+
+def print_outcome(
+    console: Console, summary: dict[str, Any], reference: ReferenceMetric | None, out: Path
+) -> None:
+    """The chosen config, how it fares against the sites' reference check, where the report is."""
+    best = summary["best_config"]
+    if not summary.get("decided", True):
+        console.print(f"[yellow]{summary['conclusion']}[/yellow]")
+    console.print(
+        f"best config: {best['id']} {json.dumps(best['params'])} "
+        f"(decided by evidence in {best['decided_by_evidence']} of {best['comparisons']} "
+        "comparisons)"
+    )
+    if reference is not None:
+        tau = summary["kendall_tau"]
+        agreement = (
+            "undefined (the reference gives every config the same value)"
+            if tau is None
+            else f"{tau:.2f}"
+        )
+        console.print(
+            f"reference check ({reference.name}): the chosen config ranks "
+            f"{summary['reference_rank_of_best']} of {len(reference.values)}; Kendall tau "
+            f"between judge and reference rankings {agreement}"
+        )
+    console.print(f"report: {out / 'report' / 'report.html'}; summary: {out / 'summary.json'}")
+
+
+def run_demo(
+    n_sites: int,
+    out: Path,
+    selection_mode: str,
+    console: Console,
+    settings: DemoSettings = DEMO,
+) -> dict[str, Any]:
+    """Run the demo under `out` and write its report and summary.json; the summary."""
+    started = time.monotonic()
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    federation, site_dirs = write_demo_files(out, n_sites, selection_mode, settings)
+    console.print(
+        f"demo: {n_sites} sites, {settings.configs} LoRA configs, {selection_mode} selection, "
+        "tallies summed by SecAgg+ (in the clear below 3 sites); judge: builtin (a pointwise "
+        "head on SmolLM2 encodings); reference check: exact match on the sites' checkable items"
+    )
+    flower_status = run_loopback_federation(federation, site_dirs, console)
+    engine = open_database(federation.database_url)
+    result = run_result(engine, federation.run.run_key)
+    reference = demo_reference(site_dirs, federation.run.run_key)
+    summary = write_report(result, out / "report", reference=reference)
+    differ = responses_differ(site_dirs, summary["comparisons"])
+    summary = {
+        **summary,
+        "responses_differ": differ,
+        "min_share_of_items_that_differ": min((d["differ"] for d in differ), default=None),
+        "wall_seconds": time.monotonic() - started,
+        "flower_traffic": flower_status.get("network-traffic", {}),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print_outcome(console, summary, reference, out)
+    return summary
