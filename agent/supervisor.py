@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agent.config import SiteConfig, resolve_data_path
 from agent.identity import site_key_paths
+from common.offline import HUB_OFFLINE
 from common.processes import stop_process
 
 
@@ -80,8 +81,7 @@ def site_environment(config: SiteConfig) -> dict[str, str]:
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
+        **HUB_OFFLINE,
         "OMP_NUM_THREADS": str(config.model.torch_threads),
         "PYTHONUNBUFFERED": "1",
     }

@@ -26,14 +26,15 @@ from common.protocol import Code
 from judge.backends import load_backend
 from judge.backends.base import GenerationSettings, JudgeBackend, PointwiseBackend
 from judge.cache import JudgmentCache
-from judge.engine import Pair, PairJudge, PairJudgment
-from trainer.builtin_data import make_shard, make_validation_set
+from judge.engine import PairJudge, PairJudgment
+from judge.prompt import Pair
 from trainer.data import (
     InstructionRecord,
     ValidationItem,
     load_instruction_data,
     load_validation_set,
 )
+from trainer.demo_tasks import make_shard, make_validation_set
 from trainer.reference import (
     ANSWER_NLL,
     EXACT_MATCH,

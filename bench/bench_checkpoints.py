@@ -54,8 +54,8 @@ class PeakSize:
 def measure(finetune: str) -> dict:
     from common.space import parse_space
     from judge.models import builtin_base_hf_dir
-    from trainer.builtin_data import make_shard
     from trainer.candidates import CandidateTrainingArguments, train_candidates
+    from trainer.demo_tasks import make_shard
 
     extra = 'finetune = ["lora"]\nlora_rank = 8\n' if finetune == "lora" else ""
     space = 'optimizer = "adamw"\nlearning_rate = 2e-5\nscheduler = "cosine"\nepochs = [1, 2]\n'

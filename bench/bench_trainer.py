@@ -31,9 +31,9 @@ def peak_rss_mib() -> float:
 def measure_training(finetune: str, steps: int) -> dict:
     from common.space import CandidateConfig, plan_training_runs
     from judge.models import builtin_base_hf_dir
-    from trainer.builtin_data import make_shard
     from trainer.candidates import CandidateTrainingArguments, build_trainer, load_tokenizer
     from trainer.data import TokenizedData
+    from trainer.demo_tasks import make_shard
     from trainer.progress import StepTimer
 
     base = builtin_base_hf_dir()
@@ -73,8 +73,8 @@ def measure_generation(new_tokens: int, prompts: int) -> dict:
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     from judge.models import builtin_base_hf_dir
-    from trainer.builtin_data import make_validation_set
     from trainer.candidates import load_tokenizer
+    from trainer.demo_tasks import make_validation_set
 
     base = builtin_base_hf_dir()
     tokenizer = load_tokenizer(base)

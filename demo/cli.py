@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from common.cli import cli_app, user_errors
+from common.settings import AUTO, SELECTION_MODES
 from coordinator import cli as coordinator_cli
 
 app = cli_app(coordinator_cli.__doc__)
@@ -25,7 +26,7 @@ def demo(
         "pandalm-demo"
     ),
     selection_mode: Annotated[
-        str, typer.Option(help="paper | round-robin | adaptive | racing | auto")
+        str, typer.Option(help=" | ".join((*SELECTION_MODES, AUTO)))
     ] = "paper",
 ) -> None:
     """The whole federation on loopback with the embedded defaults."""

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from trainer.builtin_data import is_validation_task, make_shard, make_validation_set
 from trainer.data import (
     IGNORE_INDEX,
     InputError,
@@ -19,6 +18,7 @@ from trainer.data import (
     load_validation_set,
     tokenize_for_training,
 )
+from trainer.demo_tasks import is_validation_task, make_shard, make_validation_set
 
 
 def test_alpaca_prompt_is_the_stanford_template() -> None:

@@ -22,7 +22,7 @@ from trainer.arguments import (
     JudgeTrainingArguments,
     LearnedJudgeArguments,
 )
-from trainer.builtin_data import MAX_EXAMPLES
+from trainer.demo_tasks import MAX_EXAMPLES
 from trainer.options import dataclass_options
 
 app = cli_app(__doc__)
@@ -91,9 +91,9 @@ def candidates(
     """Fine-tune a candidate per config; print a JSON summary of the checkpoints."""
     from transformers.utils import logging as hf_logging
 
-    from trainer.builtin_data import make_shard
     from trainer.candidates import resolve_base_model, train_candidates
     from trainer.data import load_instruction_data
+    from trainer.demo_tasks import make_shard
     from trainer.progress import RichTrainingProgress
 
     with _user_errors():
@@ -141,9 +141,9 @@ def generate(
     """Greedy responses of every checkpoint to the validation set; reruns recompute nothing."""
     from transformers.utils import logging as hf_logging
 
-    from trainer.builtin_data import make_validation_set
     from trainer.candidates import find_checkpoints
     from trainer.data import load_validation_set
+    from trainer.demo_tasks import make_validation_set
     from trainer.generate import generate_responses
 
     with _user_errors():
