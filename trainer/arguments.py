@@ -220,15 +220,15 @@ class JudgeTrainingArguments:
 
 
 @dataclass
-class LearnedJudgeArguments:
-    """Settings of `pandalm-train learned-judge`."""
+class BuiltinJudgeArguments:
+    """Settings of `pandalm-train builtin-judge`."""
 
     testset: Path = field(
         metadata=cli(help="PandaLM's dev split (human labels; trained on)", exists=True)
     )
     """PandaLM's dev split (human labels); trained on, reported out-of-fold."""
     out: Path = field(
-        default=Path("judge/learned_judge"),
+        default=Path("judge/builtin_judge"),
         metadata=cli("--out", help="where head.json and README.md go"),
     )
     preferences: list[Path] = field(
@@ -238,7 +238,7 @@ class LearnedJudgeArguments:
     """Preference JSONL files: `use = "train"` rows train and are left out in turn, `use =
     "eval"` rows are only judged."""
     folds: int = field(default=5, metadata=cli(min=2, help="dev split out-of-fold folds"))
-    features: tuple[str, ...] = ("log_tokens", "copies_task", "script_mismatch")
+    features: tuple[str, ...] = ("log_effective_tokens", "copies_task", "script_mismatch")
     """judge.features measures the score reads, chosen by forward selection on the mean
     held-out gain over the best rule (dev out-of-fold and leave-one-source-out; never the
     eval rows)."""

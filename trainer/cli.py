@@ -18,9 +18,9 @@ from common.space import SpaceError, load_space
 from judge.models import ModelNotFoundError
 from trainer.arguments import (
     BASE_HELP,
+    BuiltinJudgeArguments,
     CandidateTrainingArguments,
     JudgeTrainingArguments,
-    LearnedJudgeArguments,
 )
 from trainer.demo_tasks import MAX_EXAMPLES
 from trainer.options import dataclass_options
@@ -281,14 +281,14 @@ def package_adapter_command(
     console.print(f"wrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB)")
 
 
-@app.command("learned-judge")
-@dataclass_options(LearnedJudgeArguments)
-def learned_judge(settings: dict[str, Any]) -> None:
-    """Train the learned judge on human preference pairs; every figure held out (dev split
+@app.command("builtin-judge")
+@dataclass_options(BuiltinJudgeArguments)
+def builtin_judge(settings: dict[str, Any]) -> None:
+    """Train the builtin judge on human preference pairs; every figure held out (dev split
     out-of-fold, each source left out, the eval rows), next to the rules."""
-    from trainer.judges.learned import held_out_rows, train_learned_judge
+    from trainer.judges.builtin import held_out_rows, train_builtin_judge
 
     with _user_errors():
-        args = LearnedJudgeArguments(**settings)
-        record = train_learned_judge(args, console)
+        args = BuiltinJudgeArguments(**settings)
+        record = train_builtin_judge(args, console)
     typer.echo("\n".join(held_out_rows(record["held_out"])))

@@ -179,8 +179,8 @@ def check_spec_form(spec: str) -> tuple[str, str, dict[str, int | float | str]]:
 
 def parse_spec(spec: str) -> JudgeSpec:
     """Parse a judge spec and check that its model is there (nothing is loaded); `builtin` is
-    the best rule (judge/backends/rules.py), `learned` the judge trained on preference pairs
-    (judge/backends/learned.py)."""
+    the pointwise CPU judge trained on preference pairs (judge/backends/builtin.py), `rule:`
+    a rule (judge/backends/rules.py)."""
     kind, location, options = check_spec_form(spec)
     backend = BACKENDS[kind]
     if backend.location is Location.NONE:
@@ -212,19 +212,10 @@ register(
     BackendKind(
         "builtin",
         Location.NONE,
-        "judge.backends.rules:builtin_from_spec",
+        "judge.backends.builtin:from_spec",
         form="builtin",
         pointwise=True,
-    )
-)
-register(
-    BackendKind(
-        "learned",
-        Location.NONE,
-        "judge.backends.learned:from_spec",
-        form="learned",
-        pointwise=True,
-        packaged="judge.backends.learned:LEARNED_HEAD",
+        packaged="judge.backends.builtin:BUILTIN_HEAD",
     )
 )
 register(

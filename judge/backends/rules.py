@@ -1,6 +1,6 @@
 """Rules as judges (`rule:length[?band=X]`, `rule:length-repetition[?band=X]`): pointwise,
 instant, reading no meaning. They are the baselines every judge is reported against
-(judge.metrics.rule_baselines): a learned judge that cannot beat them has learned nothing a
+(judge.metrics.versus_rules): a learned judge that cannot beat them has learned nothing a
 one-line rule does not know.
 
 The higher score wins; when the two scores are within `band` of the larger one
@@ -62,18 +62,6 @@ class RuleJudge(PointwiseJudge):
         for row, verdict in enumerate(rule_verdicts(first, second, self.band)):
             rows[row, index[verdict]] = 1.0
         return rows
-
-
-BUILTIN_RULE = ("length-repetition", 0.0)
-"""What `builtin` judges with: the rule that no learned CPU judge here beat on every held-out
-source (judge/learned_judge/README.md has the table; `learned` is the best of those judges)."""
-
-
-def builtin_from_spec(spec: JudgeSpec) -> RuleJudge:
-    """The `builtin` judge: BUILTIN_RULE."""
-    judge = RuleJudge(*BUILTIN_RULE)
-    judge.identity = f"builtin:{judge.identity}"
-    return judge
 
 
 def from_spec(spec: JudgeSpec) -> RuleJudge:

@@ -1,4 +1,4 @@
-"""The learned judge (`learned`): a Bradley-Terry score on response measures that mean the same
+"""The builtin judge (`builtin`): a Bradley-Terry score on response measures that mean the same
 thing on every dataset (judge/features.py), with Davidson's tie parameter.
 
 Each response gets a score s = w . (features / scale). For a pair with margin z = s(A) - s(B),
@@ -9,7 +9,7 @@ with a tie weight nu = exp(a + b * r**16) that grows with r, the two responses' 
 ratio (judge.features.pair_similarity): human annotators call a tie when two answers say nearly
 the same thing. Swapping A and B negates z and leaves r, so p(1) and p(2) swap exactly.
 
-Trained on human preference pairs by `pandalm-train learned-judge` (trainer/judges/learned.py),
+Trained on human preference pairs by `pandalm-train builtin-judge` (trainer/judges/builtin.py),
 which also measures it leave-one-source-out; see the model card beside the weights.
 """
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from judge.backends import JudgeSpec
     from judge.prompt import Pair
 
-LEARNED_HEAD = Path(__file__).parent.parent / "learned_judge" / "head.json"
+BUILTIN_HEAD = Path(__file__).parent.parent / "builtin_judge" / "head.json"
 TIE_SHARPNESS = 16
 """r**16: a tie weight that stays near its floor until the responses are nearly the same."""
 
@@ -56,7 +56,7 @@ def tie_inputs(similarity: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class LearnedModel:
+class BuiltinModel:
     """The fitted numbers: which measures, their scale, their weights, the tie model."""
 
     features: tuple[str, ...]
@@ -76,7 +76,7 @@ class LearnedModel:
         return [RESPONSE_FEATURES.index(name) for name in self.features]
 
     @classmethod
-    def load(cls, path: Path) -> LearnedModel:
+    def load(cls, path: Path) -> BuiltinModel:
         data = json.loads(path.read_text(encoding="utf-8"))
         return cls(
             tuple(data["features"]),
@@ -105,13 +105,13 @@ class LearnedModel:
         return davidson_probabilities(margin, tie_inputs(similarity) @ self.tie)
 
 
-class LearnedJudge(PointwiseJudge):
-    """The `learned` spec: a LearnedModel on judge.features' measures."""
+class BuiltinJudge(PointwiseJudge):
+    """The `builtin` spec: a BuiltinModel on judge.features' measures."""
 
-    def __init__(self, model: LearnedModel, model_id: str) -> None:
+    def __init__(self, model: BuiltinModel, model_id: str) -> None:
         super().__init__()
         self.model = model
-        self.identity = f"learned:{model_id}"
+        self.identity = f"builtin:{model_id}"
 
     def score(self, task: Task, response: str) -> float:
         row = np.asarray([response_features(task[0], task[1], response)])
@@ -126,14 +126,14 @@ class LearnedJudge(PointwiseJudge):
         return self.model.probabilities(first - second, similarity)
 
 
-def load_learned(path: Path = LEARNED_HEAD) -> LearnedJudge:
-    """The shipped learned judge (or one trained elsewhere, from its head.json)."""
+def load_builtin(path: Path = BUILTIN_HEAD) -> BuiltinJudge:
+    """The shipped builtin judge (or one trained elsewhere, from its head.json)."""
     if not path.is_file():
-        raise ModelNotFoundError(f"the learned judge's weights are missing: {path}")
+        raise ModelNotFoundError(f"the builtin judge's weights are missing: {path}")
     model_id = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return LearnedJudge(LearnedModel.load(path), model_id)
+    return BuiltinJudge(BuiltinModel.load(path), model_id)
 
 
-def from_spec(spec: JudgeSpec) -> LearnedJudge:
-    """The `learned` judge (judge.backends' registry loads it through this)."""
-    return load_learned(Path(spec.path))
+def from_spec(spec: JudgeSpec) -> BuiltinJudge:
+    """The `builtin` judge (judge.backends' registry loads it through this)."""
+    return load_builtin(Path(spec.path))

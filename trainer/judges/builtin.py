@@ -1,4 +1,4 @@
-"""Training the learned judge (judge/backends/learned.py) on human preference pairs from several
+"""Training the builtin judge (judge/backends/builtin.py) on human preference pairs from several
 sources, and measuring it the way it will be used: on sources it never saw.
 
 Sources disagree about length (LLMBar's adversarial sets punish the longer answer, hh-rlhf's
@@ -28,12 +28,12 @@ from sklearn.model_selection import GroupKFold
 
 from common.cli import progress_bar
 from common.records import InputError, read_records
-from judge.backends.learned import LearnedModel, tie_inputs
+from judge.backends.builtin import BuiltinModel, tie_inputs
 from judge.features import RESPONSE_FEATURES, pair_similarity, response_features
 from judge.io import read_testset
 from judge.metrics import judge_metrics, versus_rules
 from judge.verdict import argmax_verdict
-from trainer.arguments import LearnedJudgeArguments
+from trainer.arguments import BuiltinJudgeArguments
 
 DEV_SOURCE = "pandalm-dev"
 LENGTH_FEATURES = ("log_tokens", "log_effective_tokens")
@@ -70,7 +70,7 @@ def _pair_rows(console: Console, rows: list[tuple[str, bool, str, object, str]])
     return np.array(first), np.array(second), np.array(similarity)
 
 
-def load_pairs(args: LearnedJudgeArguments, console: Console) -> PreferencePairs:
+def load_pairs(args: BuiltinJudgeArguments, console: Console) -> PreferencePairs:
     """PandaLM's dev split (trainable) and every preference file's rows: `use = "train"` rows
     under the file's name, `use = "eval"` rows under NAME-eval, never trained on."""
     from judge.io import pair_from_record
@@ -122,7 +122,7 @@ def _tie_sources(data: PreferencePairs, idx: np.ndarray, reference: str) -> list
     return sorted(found, key=lambda s: s != reference)
 
 
-def fit_model(data: PreferencePairs, idx: np.ndarray, args: LearnedJudgeArguments) -> LearnedModel:
+def fit_model(data: PreferencePairs, idx: np.ndarray, args: BuiltinJudgeArguments) -> BuiltinModel:
     """Maximum (penalised) likelihood of the labels of rows `idx` under Davidson's model with
     the per-source length and tie terms of the module docstring."""
     columns = [RESPONSE_FEATURES.index(name) for name in args.features]
@@ -158,10 +158,10 @@ def fit_model(data: PreferencePairs, idx: np.ndarray, args: LearnedJudgeArgument
         "tie_source": ties[0] if ties else None,
         "length_nuisance": sorted(set(sources) & set(args.length_nuisance)),
     }
-    return LearnedModel(tuple(args.features), scale, theta[:k], tie, meta)
+    return BuiltinModel(tuple(args.features), scale, theta[:k], tie, meta)
 
 
-def predict(model: LearnedModel, data: PreferencePairs, idx: np.ndarray) -> list[str]:
+def predict(model: BuiltinModel, data: PreferencePairs, idx: np.ndarray) -> list[str]:
     """The judge's verdicts on rows `idx` (argmax of p(1), p(2), p(Tie))."""
     margin = model.score_rows(data.first[idx]) - model.score_rows(data.second[idx])
     rows = model.probabilities(margin, data.similarity[idx])
@@ -175,7 +175,7 @@ def _dev_folds(data: PreferencePairs, folds: int):
         yield dev[train], dev[held]
 
 
-def held_out(data: PreferencePairs, args: LearnedJudgeArguments, console: Console) -> dict:
+def held_out(data: PreferencePairs, args: BuiltinJudgeArguments, console: Console) -> dict:
     """Verdicts on rows no fit saw: {name: (rows, verdicts)} for the dev split out-of-fold,
     each training source left out, and each eval source (the model fitted on every training
     source)."""
@@ -218,7 +218,7 @@ def _held_out_table(data: PreferencePairs, predictions: dict, rounds: int) -> di
     return table
 
 
-def train_learned_judge(args: LearnedJudgeArguments, console: Console | None = None) -> dict:
+def train_builtin_judge(args: BuiltinJudgeArguments, console: Console | None = None) -> dict:
     """Measure held out, fit on every training row, write head.json, training.json, README."""
     console = console or Console(stderr=True)
     started = time.monotonic()
@@ -227,7 +227,7 @@ def train_learned_judge(args: LearnedJudgeArguments, console: Console | None = N
     model = fit_model(data, data.rows(data.trainable), args)
     sources = dict(zip(*np.unique(data.sources, return_counts=True), strict=True))
     trained = sorted(set(data.sources[data.trainable]))
-    model = LearnedModel(
+    model = BuiltinModel(
         model.features, model.scale, model.weights, model.tie, {**model.meta, "trained_on": trained}
     )
     model.save(args.out / "head.json")
@@ -276,10 +276,10 @@ def held_out_rows(table: dict) -> list[str]:
 def model_card(record: dict) -> str:
     """The README next to the weights: data, method, and the held-out table."""
     lines = [
-        "# learned judge: Bradley-Terry-Davidson on response measures",
+        "# builtin judge: Bradley-Terry-Davidson on response measures",
         "",
-        "Built by `pandalm-train learned-judge` (`make learned-judge`); code in",
-        "`judge/features.py`, `judge/backends/learned.py` and `trainer/judges/learned.py`.",
+        "Built by `pandalm-train builtin-judge` (`make builtin-judge`); code in",
+        "`judge/features.py`, `judge/backends/builtin.py` and `trainer/judges/builtin.py`.",
         "Each response gets a score s = w . measures (length with diminishing returns, copying",
         "of the task, a script that does not match the task's, ...); a pair gets",
         "p(1) : p(2) : p(Tie) = exp(z/2) : exp(-z/2) : nu with z = s(A) - s(B) and a tie weight",
