@@ -1,7 +1,9 @@
 """The builtin judge (`builtin`): a Bradley-Terry score on response measures that mean the same
 thing on every dataset (judge/features.py), with Davidson's tie parameter.
 
-Each response gets a score s = w . (features / scale). For a pair with margin z = s(A) - s(B),
+Each response gets a score s = w . (features / scale), a Bradley-Terry strength (R. A. Bradley
+and M. E. Terry, "Rank analysis of incomplete block designs", Biometrika 39, 1952). For a pair
+with margin z = s(A) - s(B),
 Davidson's extension of the Bradley-Terry model (R. R. Davidson, "On extending the
 Bradley-Terry model to accommodate ties in paired comparison experiments", JASA 65, 1970) gives
     p(1) : p(2) : p(Tie) = exp(z/2) : exp(-z/2) : nu,
