@@ -235,7 +235,7 @@ def resolve_data_path(config: SiteConfig, value: str) -> Path:
 def _judge_url(config: SiteConfig) -> SplitResult | None:
     """The URL of a served judge (a registered kind whose location is a URL), else None."""
     kind, location, _options = check_spec_form(config.judge.spec)
-    return urlsplit(location) if BACKENDS[kind].location is Location.URL else None
+    return urlsplit(location) if BACKENDS[kind].where(location) is Location.URL else None
 
 
 def judge_endpoint(config: SiteConfig) -> str | None:

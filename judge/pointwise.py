@@ -3,8 +3,8 @@ come from the two scores (and, for ties, from what the pair shares), so swapping
 p(1) and p(2) exactly and both presentation orders always agree. A response is scored once
 however many comparisons it enters (`PointwiseJudge.scores` keeps each score in memory).
 
-The kinds: the rule judges (judge/backends/rules.py) and the builtin judge
-(judge/backends/builtin.py)."""
+The kinds: the rule judges and `builtin` (judge/backends/rules.py), `learned`
+(judge/backends/learned.py) and the reward models (judge/backends/reward.py)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ Task = tuple[str, str]
 """A response's task: (instruction, input)."""
 
 
+def user_text(task: Task) -> str:
+    """A task as one user turn, for judges that read a chat (the reward models): the
+    instruction, and the input after a blank line when there is one."""
+    instruction, input = task
+    return f"{instruction}\n\n{input}" if input else instruction
+
+
 class PointwiseJudge:
     """A judge that scores each response on its own; subclasses say how (`score`) and how two
     scores become verdict probabilities (`pair_probabilities`)."""
@@ -56,16 +63,21 @@ class PointwiseJudge:
         """Rows of p(1), p(2), p(Tie) from each pair's two scores."""
         raise NotImplementedError
 
+    def score_many(self, tasks: Sequence[Task], responses: Sequence[str]) -> list[float]:
+        """Scores of responses not yet in memory, all at once: a model judge overrides it to
+        run them as batches; the rules score one at a time."""
+        pairs = zip(tasks, responses, strict=True)
+        return [self.score(task, response) for task, response in pairs]
+
     def scores(self, tasks: Sequence[Task], responses: Sequence[str]) -> np.ndarray:
         """Each response's score, computed once per (task, response)."""
-        values = []
-        for (instruction, input), response in zip(tasks, responses, strict=True):
-            key = (instruction, input, response)
-            if key not in self.memory:
-                self.memory[key] = self.score((instruction, input), response)
-                self.scored += 1
-            values.append(self.memory[key])
-        return np.asarray(values, dtype=float)
+        keys = [(t[0], t[1], r) for t, r in zip(tasks, responses, strict=True)]
+        missing = [key for key in dict.fromkeys(keys) if key not in self.memory]
+        if missing:
+            fresh = self.score_many([k[:2] for k in missing], [k[2] for k in missing])
+            self.memory.update(zip(missing, fresh, strict=True))
+            self.scored += len(missing)
+        return np.asarray([self.memory[key] for key in keys], dtype=float)
 
     def probabilities(self, pairs: Sequence[Pair]) -> list[dict[str, float]]:
         """p(`1`), p(`2`), p(`Tie`) for each pair as presented (response1 first)."""

@@ -31,6 +31,19 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
+def quantization_config(quant: str | None, dtype: str) -> BitsAndBytesConfig | None:
+    """bitsandbytes settings for `quant=8bit|4bit` (4-bit is nf4, computing in `dtype`)."""
+    if quant is None:
+        return None
+    if quant not in QUANTIZATIONS:
+        raise ValueError(f"quant must be one of {QUANTIZATIONS}, got {quant!r}")
+    if quant == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=DTYPES[dtype]
+    )
+
+
 class _SettledOutputs(StoppingCriteria):
     """Per-row stop once the generated text's parse can no longer change."""
 
@@ -55,8 +68,6 @@ class TransformersBackend:
         dtype: str = "fp32",
         batch_size: int = 8,
     ) -> None:
-        if quant is not None and quant not in QUANTIZATIONS:
-            raise ValueError(f"quant must be one of {QUANTIZATIONS}, got {quant!r}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
         self.batch_size = batch_size
@@ -64,20 +75,11 @@ class TransformersBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        quantization_config = None
-        if quant == "8bit":
-            quantization_config = BitsAndBytesConfig(load_in_8bit=True)
-        elif quant == "4bit":
-            quantization_config = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_compute_dtype=DTYPES[dtype],
-            )
         self.model = AutoModelForCausalLM.from_pretrained(
             path,
             local_files_only=True,
             dtype=DTYPES[dtype],
-            quantization_config=quantization_config,
+            quantization_config=quantization_config(quant, dtype),
         )
         self.model.eval()
         weights = sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin"))
