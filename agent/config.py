@@ -43,8 +43,8 @@ torch_threads = 1
 keep_weights = false              # weights are deleted once their responses exist
 
 [judge]
-spec = "builtin"                  # gguf:PATH | hf:PATH[?quant=8bit|4bit] | openai:URL[?model=NAME]
-allow_remote = false              # an openai: judge must be on this site's network unless true
+spec = "builtin"                  # gguf:PATH | hf:PATH[?quant=4bit] | openai:URL | reward:PATH|URL
+allow_remote = false              # a served judge must be on this site's network unless true
 
 [privacy]
 epsilon = 0.0                     # > 0: differentially private tallies (agent/privacy.py)

@@ -346,3 +346,56 @@ def test_a_site_keeps_a_served_reward_model_on_its_network_and_bundles_a_local_o
     assert (llama_reward, f"judge/{llama_reward.name}") in plan.copies
     assert plan.judge_spec.endswith(f"/judge/{llama_reward.name}?band=0.2")
     assert plan_models("reward:http://10.0.0.5:8000").judge_spec == "reward:http://10.0.0.5:8000"
+
+
+@pytest.mark.slow
+def test_a_site_with_a_reward_judge_answers_a_real_flower_run(
+    llama_reward: Path, tiny_llama: Path, tmp_path: Path
+) -> None:
+    """One site, its real worker judging with `reward:`: it says its judge is pointwise, so
+    `auto` runs round robin, and the run completes on the site's reward-model verdicts."""
+    from sqlmodel import Session, select
+
+    from agent.config import load_site_config
+    from agent.db import ItemJudgment
+    from agent.db import open_database as open_site_database
+    from agent.supervisor import worker_command
+    from common.processes import free_port, stop_process
+    from coordinator.config import load_federation_config
+    from coordinator.db import FederatedRun
+    from coordinator.db import open_database as open_coordinator_database
+    from coordinator.launch import follow_run, start_superlink, submit_run, write_connection
+    from tests.test_flower_integration import Site, _federation_toml
+
+    (tmp_path / "space.toml").write_text(
+        '[[grid]]\noptimizer = "sgd"\nlearning_rate = 2e-6\nscheduler = "linear"\nepochs = [1, 2]\n'
+    )
+    superlink = f"127.0.0.1:{free_port()}"
+    config = load_federation_config(
+        _federation_toml(tmp_path, "reward-run", superlink, 1, selection_mode="auto")
+    )
+    link = start_superlink(config.superlink, config.state_dir)
+    write_connection(config.superlink, config.state_dir)
+    site = Site(tmp_path, tiny_llama, 1, superlink)
+    site.config.source.write_text(
+        site.config.source.read_text().replace(
+            '\nspec = "builtin"', f'\nspec = "reward:{llama_reward}"'
+        )
+    )
+    site.config = load_site_config(site.config.source)
+    assert site.config.judge.spec == f"reward:{llama_reward}"
+    try:
+        site.start_supernode()
+        site.worker = site._spawn(worker_command(site.config), "worker.log")
+        status = follow_run(
+            config, submit_run(config.state_dir, config.run_config()), live_view=False
+        )
+        assert status["status"] == "finished:completed", status.get("status-details")
+        with Session(open_coordinator_database(config.database_url)) as session:
+            run = session.get(FederatedRun, "reward-run")
+            assert run.selection_mode == "round-robin" and run.best_index in (0, 1)
+        with Session(open_site_database(site.config.database_url)) as session:
+            assert session.exec(select(ItemJudgment)).all()
+    finally:
+        site.stop()
+        stop_process(link)
