@@ -37,55 +37,49 @@ TEXTS = [t for p in PAIRS for t in (p.instruction, p.input, p.response1, p.respo
 WORDS = sorted({w.strip(".,?").lower() for t in TEXTS for w in t.split()} | set("0123456789"))
 
 
-@pytest.fixture(scope="module")
-def llama_reward(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random LlamaForSequenceClassification (one output), chat template set."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_labels": 1}
+"""The tiny reward models' shape: one output, 4 heads (4-bit bitsandbytes needs 64 wide)."""
 
-    path = tmp_path_factory.mktemp("llama-reward")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForSequenceClassification(config).save_pretrained(path)
+
+def _save_tiny(path: Path, tokenizer, model_class: type, config, seed: int) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    model_class(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
 
 @pytest.fixture(scope="module")
+def llama_reward(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LlamaForSequenceClassification, chat template set."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    shape = {**TINY, "num_attention_heads": 4, "num_key_value_heads": 2}
+    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **shape)
+    path = tmp_path_factory.mktemp("llama-reward")
+    return _save_tiny(path, tokenizer, LlamaForSequenceClassification, config, seed=1)
+
+
+@pytest.fixture(scope="module")
 def deberta_reward(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random DebertaV2ForSequenceClassification with a WordPiece tokenizer."""
-    import torch
     from transformers import BertTokenizerFast, DebertaV2Config, DebertaV2ForSequenceClassification
 
     path = tmp_path_factory.mktemp("deberta-reward")
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     (path / "vocab.txt").write_text("\n".join([*specials, *WORDS, ".", ",", "?"]) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), model_max_length=128)
-    torch.manual_seed(2)
     config = DebertaV2Config(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=128,
-        num_labels=1,
         pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=128,
+        num_attention_heads=4,
+        **TINY,
     )
-    DebertaV2ForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return _save_tiny(path, tokenizer, DebertaV2ForSequenceClassification, config, seed=2)
 
 
 @pytest.fixture(params=["llama", "deberta"])

@@ -11,6 +11,8 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
     StoppingCriteria,
     StoppingCriteriaList,
 )
@@ -44,6 +46,26 @@ def quantization_config(quant: str | None, dtype: str) -> BitsAndBytesConfig | N
     )
 
 
+def load_pretrained(
+    auto_class: type, path: Path, dtype: str, quant: str | None, padding: str
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """A local model directory's tokenizer (padded on the `padding` side, its EOS token as the
+    pad token where it has none) and its model in eval mode, through `auto_class`."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer.padding_side = padding
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = auto_class.from_pretrained(
+        path,
+        local_files_only=True,
+        dtype=DTYPES[dtype],
+        quantization_config=quantization_config(quant, dtype),
+    )
+    return tokenizer, model.eval()
+
+
 class _SettledOutputs(StoppingCriteria):
     """Per-row stop once the generated text's parse can no longer change."""
 
@@ -68,20 +90,10 @@ class TransformersBackend:
         dtype: str = "fp32",
         batch_size: int = 8,
     ) -> None:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
         self.batch_size = batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path,
-            local_files_only=True,
-            dtype=DTYPES[dtype],
-            quantization_config=quantization_config(quant, dtype),
+        self.tokenizer, self.model = load_pretrained(
+            AutoModelForCausalLM, path, dtype, quant, padding="left"
         )
-        self.model.eval()
         weights = sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin"))
         self.identity = f"hf:{file_identity(weights)}:quant={quant}:dtype={dtype}"
 

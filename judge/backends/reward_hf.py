@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
-from judge.backends.hf import DTYPES, quantization_config
+from judge.backends.hf import load_pretrained
 from judge.backends.tokens import file_identity
 from judge.pointwise import Task, user_text
 
@@ -32,20 +32,11 @@ class TransformersRewardModel:
     def __init__(
         self, path: Path, dtype: str = "fp32", batch_size: int = 8, quant: str | None = None
     ) -> None:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
         if batch_size < 1:
             raise ValueError(f"batch must be at least 1, got {batch_size}")
         self.batch_size = batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.tokenizer.padding_side = "right"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            local_files_only=True,
-            dtype=DTYPES[dtype],
-            quantization_config=quantization_config(quant, dtype),
+        self.tokenizer, self.model = load_pretrained(
+            AutoModelForSequenceClassification, path, dtype, quant, padding="right"
         )
         if self.model.config.num_labels != 1:
             raise ValueError(
@@ -54,7 +45,6 @@ class TransformersRewardModel:
             )
         if self.model.config.pad_token_id is None:  # decoders find the last real token by it
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.eval()
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
         limit = self.tokenizer.model_max_length
         self.max_length = limit if limit < LONGEST_INPUT else None

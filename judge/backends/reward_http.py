@@ -65,14 +65,11 @@ class ServedRewardModel:
     def _check(self, url: str, wanted: str | None) -> str:
         """The served model's name (vLLM: `wanted` or the first listed; TEI: its model_id)."""
         try:
-            answer = self.client.get(url)
-        except httpx.HTTPError as exc:
-            raise OSError(f"no reward server answers at {url} ({exc})") from exc
-        if answer.status_code != 200:
-            raise OSError(f"{url} answered HTTP {answer.status_code}: not a {self.api} server")
-        try:
+            answer = self.client.get(url).raise_for_status()
             body = answer.json()
             served = [e["id"] for e in body["data"]] if self.api == "vllm" else [body["model_id"]]
+        except httpx.HTTPError as exc:
+            raise OSError(f"no reward server answers at {url} ({exc})") from exc
         except (ValueError, LookupError, TypeError) as exc:
             raise OSError(f"{url} does not answer as a {self.api} server does") from exc
         if wanted is not None and wanted not in served:
