@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from judge.cache import JudgmentCache, judgment_key
 from judge.prompt import VERDICTS
 
 if TYPE_CHECKING:
-    from judge.cache import JudgmentCache
     from judge.prompt import Pair
 
 CLASSES = VERDICTS
@@ -45,14 +45,19 @@ class PointwiseJudge:
 
     pointwise = True
     identity: str
+    persistent = False
+    """Whether scores are worth keeping in the judgment cache across runs (a model's are; a
+    rule's cost microseconds and live in memory only)."""
 
     def __init__(self) -> None:
         self.memory: dict[tuple[str, str, str], float] = {}
+        self.cache: JudgmentCache | None = None
         self.scored = 0
-        """How many responses this judge has scored (the rest came from memory)."""
+        """How many responses this judge has scored (the rest came from memory or the cache)."""
 
     def attach_cache(self, cache: JudgmentCache | None) -> None:
-        """Scores cost microseconds and live in memory; the judgment cache is not needed."""
+        """Keep scores in `cache` too, when they are worth it (`persistent`)."""
+        self.cache = cache if self.persistent else None
 
     def score(self, task: Task, response: str) -> float:
         raise NotImplementedError
@@ -73,11 +78,24 @@ class PointwiseJudge:
         """Each response's score, computed once per (task, response)."""
         keys = [(t[0], t[1], r) for t, r in zip(tasks, responses, strict=True)]
         missing = [key for key in dict.fromkeys(keys) if key not in self.memory]
+        if missing and self.cache is not None:
+            stored = self.cache.get_many([self._cache_key(key) for key in missing])
+            for key in missing:
+                if self._cache_key(key) in stored:
+                    self.memory[key] = float(stored[self._cache_key(key)]["score"])
+            missing = [key for key in missing if key not in self.memory]
         if missing:
             fresh = self.score_many([k[:2] for k in missing], [k[2] for k in missing])
             self.memory.update(zip(missing, fresh, strict=True))
             self.scored += len(missing)
+            if self.cache is not None:
+                self.cache.put_many(
+                    {self._cache_key(k): {"score": v} for k, v in zip(missing, fresh, strict=True)}
+                )
         return np.asarray([self.memory[key] for key in keys], dtype=float)
+
+    def _cache_key(self, key: tuple[str, str, str]) -> str:
+        return judgment_key(self.identity, "pointwise-score", key[0] + "\n" + key[1], key[2])
 
     def probabilities(self, pairs: Sequence[Pair]) -> list[dict[str, float]]:
         """p(`1`), p(`2`), p(`Tie`) for each pair as presented (response1 first)."""

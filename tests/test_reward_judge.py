@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from judge.backends import SpecError, load_backend, parse_spec
+from judge.cache import JudgmentCache
 from judge.cli import app
 from judge.engine import PairJudge
 from judge.pointwise import CLASSES
@@ -137,6 +138,20 @@ def test_a_response_is_scored_once_however_many_comparisons_it_enters(llama_rewa
     assert sorted(seen) == sorted([pair.response1, pair.response2]) and judge.scored == 2
     PairJudge(judge, mode="score").judge([Pair(pair.instruction, "", pair.response1, "7")])
     assert seen[2:] == ["7"] and judge.scored == 3
+
+
+def test_scores_outlive_the_process_in_the_judgment_cache(llama_reward, tmp_path) -> None:
+    """A restarted site (a fresh judge on the same cache) scores nothing it scored before."""
+    cache = JudgmentCache(tmp_path / "cache.sqlite")
+    first = load_backend(f"reward:{llama_reward}")
+    before = PairJudge(first, mode="score", cache=cache).judge(PAIRS)
+    again = load_backend(f"reward:{llama_reward}")
+    after = PairJudge(again, mode="score", cache=cache).judge(PAIRS)
+    assert first.scored > 0 and again.scored == 0
+    assert [j.probabilities for j in after] == [j.probabilities for j in before]
+    rule = load_backend("rule:length")
+    PairJudge(rule, mode="score", cache=cache).judge(PAIRS)
+    assert rule.cache is None  # a rule's scores are not worth a database row
 
 
 def test_the_band_makes_ties_and_decides_the_argmax() -> None:

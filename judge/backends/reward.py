@@ -51,7 +51,10 @@ def band_probabilities(margin: np.ndarray, band: float, scale: float) -> np.ndar
 
 
 class RewardJudge(PointwiseJudge):
-    """A reward model's scores with a tie band; a response is scored once (PointwiseJudge)."""
+    """A reward model's scores with a tie band; a response is scored once (PointwiseJudge), and
+    its score kept in the judgment cache, so a restarted site scores nothing twice."""
+
+    persistent = True
 
     def __init__(self, scorer: RewardScorer, band: float = 0.0, scale: float = 1.0) -> None:
         super().__init__()
