@@ -43,8 +43,8 @@ torch_threads = 1
 keep_weights = false              # weights are deleted once their responses exist
 
 [judge]
-spec = "builtin"                  # gguf:PATH | hf:PATH[?quant=8bit|4bit] | openai:URL[?model=NAME]
-allow_remote = false              # an openai: judge must be on this site's network unless true
+spec = "builtin"                  # gguf:PATH | hf:PATH[?quant=4bit] | openai:URL | reward:PATH|URL
+allow_remote = false              # a served judge must be on this site's network unless true
 
 [privacy]
 epsilon = 0.0                     # > 0: differentially private tallies (agent/privacy.py)
@@ -235,7 +235,7 @@ def resolve_data_path(config: SiteConfig, value: str) -> Path:
 def _judge_url(config: SiteConfig) -> SplitResult | None:
     """The URL of a served judge (a registered kind whose location is a URL), else None."""
     kind, location, _options = check_spec_form(config.judge.spec)
-    return urlsplit(location) if BACKENDS[kind].location is Location.URL else None
+    return urlsplit(location) if BACKENDS[kind].where(location) is Location.URL else None
 
 
 def judge_endpoint(config: SiteConfig) -> str | None:

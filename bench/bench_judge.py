@@ -4,8 +4,11 @@
     new tokens, one order; (b) our generate mode, both orders (llama.cpp, greedy, early stop);
 (c) our score mode, both orders (llama.cpp, prefix reuse); (d) the pointwise CPU judges on the
 same pairs, both orders, from an empty score memory: `builtin` (judge/backends/builtin.py; the
-issue-19 target is >= 4 pairs/s) and the rule `rule:length-repetition`. Each order
-counts as one judgment. The bound for (c) is the judgments/s reached if every prompt token of
+issue-19 target is >= 4 pairs/s) and the rule `rule:length-repetition`; (e) a `reward:`
+judge (issue 21) on a reward model the bench builds in a temp dir from the builtin SmolLM2-135M
+(the model (c) runs, with a random one-output head: same size, so the ratio to (c) is the
+pointwise design's, not a smaller model's), transformers, batch 16. Each order counts as one
+judgment. The bound for (c) is the judgments/s reached if every prompt token of
 every order were prefilled once at the backend's raw prefill rate, measured in the same run.
 
 Then a full round robin of 8 configs x 40 items (28 comparisons, both orders) with the builtin
@@ -27,10 +30,12 @@ import argparse
 import json
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from judge.backends import load_backend
 from judge.backends.base import GenerationSettings
@@ -87,6 +92,25 @@ def prefill_rate(backend: LlamaCppBackend, prompts: list[str]) -> float:
     return tokens / (time.perf_counter() - start)
 
 
+def reward_model_dir(folder: Path) -> Path:
+    """A reward model on the builtin base, SmolLM2-135M-Instruct (its chat template kept), with
+    a random one-output head: a `reward:` judge the size of the score mode's model."""
+    base = builtin_base_hf_dir()
+    AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=1, local_files_only=True
+    ).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base, local_files_only=True).save_pretrained(folder)
+    return folder
+
+
+def reward_run(pairs: list[Pair]) -> tuple[str, int, float, float]:
+    """(e): the reward judge's row, both orders, from an empty score memory."""
+    with tempfile.TemporaryDirectory() as folder:
+        judge = load_backend(f"reward:{reward_model_dir(Path(folder))}?batch=16")
+        e_time, e_count = timed(PairJudge(judge, "score", chunk_pairs=32), pairs)
+    return ("e reward pointwise (both orders)", e_count, e_time, peak_rss_mib())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", choices=("testset", "self-instruct"), default="testset")
@@ -130,6 +154,7 @@ def main() -> None:
     for spec in ("builtin", "rule:length-repetition"):
         d_time, d_count = timed(PairJudge(load_backend(spec), "score"), pairs)
         rows.append((f"d {spec} pointwise (both orders)", d_count, d_time, peak_rss_mib()))
+    rows.append(reward_run(pairs))
 
     report(args, rows, rate, mean_tokens)
     round_robin(args, load_backend("builtin"))
@@ -159,6 +184,8 @@ def report(args: argparse.Namespace, rows: list, rate: float, mean_tokens: float
     for spec in ("builtin", "rule:length-repetition"):
         pairs_per_s = rates[f"d {spec}"] / 2  # two orders a pair
         print(f"d {spec}/c = {2 * pairs_per_s / c:.1f}  ({pairs_per_s:.0f} pairs/s)")
+    reward = rates["e reward"] / 2
+    print(f"e reward/c = {2 * reward / c:.1f}  ({reward:.2f} pairs/s; c: {c / 2:.2f} pairs/s)")
 
 
 def round_robin_responses(items: int) -> tuple[list[tuple[str, str]], list[list[str]]]:

@@ -6,6 +6,7 @@ import json
 import random
 import sys
 from collections.abc import Iterable
+from dataclasses import asdict
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,8 @@ from judge.backends import (
     spec_forms,
 )
 from judge.cache import JudgmentCache
+from judge.calibrate import BandedJudge
+from judge.calibrate import calibrate as fit_band
 from judge.engine import JUDGE_MODES, PairJudge, PairJudgment, RunStats
 from judge.io import LabelledPair, read_pairs, read_predictions, read_testset
 from judge.metrics import judge_metrics, versus_rules
@@ -333,6 +336,53 @@ def _print_baselines(out: Console, baselines: dict) -> None:
 
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+@app.command()
+def calibrate(
+    judge: Annotated[str, typer.Option(help="a pointwise judge spec with a band (reward:, rule:)")],
+    testset: Annotated[Path, typer.Option(help="labelled pairs in PandaLM's test-set format")],
+    folds: Annotated[
+        int, typer.Option(min=2, help="out-of-fold figures, split by instruction")
+    ] = 5,
+    use: Annotated[
+        str | None, typer.Option(help="only records whose 'use' field is this (train, eval)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Pick the tie band (and, for a reward model, the probability scale) with the best macro-F1
+    on a labelled file, and print the judge spec that uses it."""
+    with _user_errors():
+        spec = parse_spec(judge)
+        if "band" not in spec.backend.options:
+            raise SpecError(f"judge spec {judge!r}: {spec.kind} has no band option to calibrate")
+        items = read_testset(testset, use).items
+        if not items:
+            raise InputError(
+                f"{testset}: no labelled pairs" + (f" with use = {use}" if use else "")
+            )
+        with console.status(f"loading judge {judge}"):
+            backend = load_backend(spec)
+        if not isinstance(backend, BandedJudge):
+            raise SpecError(f"judge spec {judge!r}: not a pointwise judge with a tie band")
+        try:
+            result = fit_band(backend, items, folds, fit_scale="scale" in spec.backend.options)
+        except ValueError as exc:
+            raise InputError(f"{testset}: {exc}") from None
+    fitted = {"band": float(f"{result.band:.6g}")}
+    if result.scale is not None:
+        fitted["scale"] = float(f"{result.scale:.6g}")
+    text = JudgeSpec(spec.kind, spec.path, {**spec.options, **fitted}).text()
+    if as_json:
+        sys.stdout.write(json.dumps({**asdict(result), "spec": text}) + "\n")
+        return
+    console.print(
+        f"{result.n} pairs: macro F1 {result.f1_macro:.4f} fitted on all; out of {result.folds} "
+        f"folds by instruction: macro F1 {result.f1_macro_out_of_fold:.4f}, accuracy "
+        f"{result.accuracy_out_of_fold:.4f} (fold bands "
+        f"{', '.join(f'{b:.4g}' for b in result.fold_bands)})"
+    )
+    print(text)
 
 
 @app.command()

@@ -3,8 +3,8 @@ come from the two scores (and, for ties, from what the pair shares), so swapping
 p(1) and p(2) exactly and both presentation orders always agree. A response is scored once
 however many comparisons it enters (`PointwiseJudge.scores` keeps each score in memory).
 
-The kinds: the rule judges (judge/backends/rules.py) and the builtin judge
-(judge/backends/builtin.py)."""
+The kinds: the rule judges (judge/backends/rules.py), `builtin` (judge/backends/builtin.py)
+and the reward models (judge/backends/reward.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from judge.cache import JudgmentCache, judgment_key
 from judge.prompt import VERDICTS
 
 if TYPE_CHECKING:
-    from judge.cache import JudgmentCache
     from judge.prompt import Pair
 
 CLASSES = VERDICTS
@@ -32,20 +32,32 @@ Task = tuple[str, str]
 """A response's task: (instruction, input)."""
 
 
+def user_text(task: Task) -> str:
+    """A task as one user turn, for judges that read a chat (the reward models): the
+    instruction, and the input after a blank line when there is one."""
+    instruction, input = task
+    return f"{instruction}\n\n{input}" if input else instruction
+
+
 class PointwiseJudge:
     """A judge that scores each response on its own; subclasses say how (`score`) and how two
     scores become verdict probabilities (`pair_probabilities`)."""
 
     pointwise = True
     identity: str
+    persistent = False
+    """Whether scores are worth keeping in the judgment cache across runs (a model's are; a
+    rule's cost microseconds and live in memory only)."""
 
     def __init__(self) -> None:
         self.memory: dict[tuple[str, str, str], float] = {}
+        self.cache: JudgmentCache | None = None
         self.scored = 0
-        """How many responses this judge has scored (the rest came from memory)."""
+        """How many responses this judge has scored (the rest came from memory or the cache)."""
 
     def attach_cache(self, cache: JudgmentCache | None) -> None:
-        """Scores cost microseconds and live in memory; the judgment cache is not needed."""
+        """Keep scores in `cache` too, when they are worth it (`persistent`)."""
+        self.cache = cache if self.persistent else None
 
     def score(self, task: Task, response: str) -> float:
         raise NotImplementedError
@@ -56,16 +68,34 @@ class PointwiseJudge:
         """Rows of p(1), p(2), p(Tie) from each pair's two scores."""
         raise NotImplementedError
 
+    def score_many(self, tasks: Sequence[Task], responses: Sequence[str]) -> list[float]:
+        """Scores of responses not yet in memory, all at once: a model judge overrides it to
+        run them as batches; the rules score one at a time."""
+        pairs = zip(tasks, responses, strict=True)
+        return [self.score(task, response) for task, response in pairs]
+
     def scores(self, tasks: Sequence[Task], responses: Sequence[str]) -> np.ndarray:
         """Each response's score, computed once per (task, response)."""
-        values = []
-        for (instruction, input), response in zip(tasks, responses, strict=True):
-            key = (instruction, input, response)
-            if key not in self.memory:
-                self.memory[key] = self.score((instruction, input), response)
-                self.scored += 1
-            values.append(self.memory[key])
-        return np.asarray(values, dtype=float)
+        keys = [(t[0], t[1], r) for t, r in zip(tasks, responses, strict=True)]
+        missing = [key for key in dict.fromkeys(keys) if key not in self.memory]
+        if missing and self.cache is not None:
+            stored = self.cache.get_many([self._cache_key(key) for key in missing])
+            for key in missing:
+                if self._cache_key(key) in stored:
+                    self.memory[key] = float(stored[self._cache_key(key)]["score"])
+            missing = [key for key in missing if key not in self.memory]
+        if missing:
+            fresh = self.score_many([k[:2] for k in missing], [k[2] for k in missing])
+            self.memory.update(zip(missing, fresh, strict=True))
+            self.scored += len(missing)
+            if self.cache is not None:
+                self.cache.put_many(
+                    {self._cache_key(k): {"score": v} for k, v in zip(missing, fresh, strict=True)}
+                )
+        return np.asarray([self.memory[key] for key in keys], dtype=float)
+
+    def _cache_key(self, key: tuple[str, str, str]) -> str:
+        return judgment_key(self.identity, "pointwise-score", key[0] + "\n" + key[1], key[2])
 
     def probabilities(self, pairs: Sequence[Pair]) -> list[dict[str, float]]:
         """p(`1`), p(`2`), p(`Tie`) for each pair as presented (response1 first)."""

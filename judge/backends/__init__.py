@@ -1,5 +1,6 @@
 """Judge specs (`builtin`, `gguf:PATH`, `hf:PATH?quant=8bit|4bit&dtype=bf16`,
-`openai:URL?model=NAME`, `rule:NAME?band=X`), the registry of backend kinds, and loading.
+`openai:URL?model=NAME`, `rule:NAME?band=X`, `reward:PATH|URL?band=X`), the registry of
+backend kinds, and loading.
 
 Each backend kind is registered once in `BACKENDS`: its options and their types, what its spec's
 location names (nothing, a local file, a model directory or a URL), whether it is pointwise and
@@ -83,17 +84,27 @@ class BackendKind:
     needs no file)."""
     names: tuple[str, ...] = ()
     """For a NAME location: the names a spec may give."""
+    served: bool = False
+    """An http(s) URL in place of `location` names a server of such models (`reward:PATH` or
+    `reward:http://HOST:8000`): the spec's location is then Location.URL, with its rules."""
 
     def load(self, spec: JudgeSpec) -> JudgeBackend:
         return _resolve(self.loader)(spec)
 
+    def where(self, location: str) -> Location:
+        """What a spec's `location` names: `self.location`, or a URL for a served kind."""
+        if self.served and urlsplit(location).scheme in ("http", "https"):
+            return Location.URL
+        return self.location
+
     def carry(self, spec: JudgeSpec, models: str) -> tuple[Carried, str]:
         """What an offline bundle copies for this judge and the spec naming the copy, with
         `models` standing for the site's models folder."""
-        if self.location in (Location.NONE, Location.URL, Location.NAME):
+        location = self.where(str(spec.path))
+        if location in (Location.NONE, Location.URL, Location.NAME):
             return [], spec.text()  # packaged, a server on the site's network, a rule
         path = Path(spec.path)
-        name = path.name if self.location is Location.FILE else path.resolve().name
+        name = path.name if location is Location.FILE else path.resolve().name
         return [(path, f"judge/{name}")], spec.text(f"{models}/judge/{name}")
 
 
@@ -139,6 +150,11 @@ class JudgeSpec:
         costs no forward pass once both responses are scored."""
         return self.backend.pointwise
 
+    @property
+    def served(self) -> bool:
+        """Whether the spec names a server (a URL) rather than a model on this machine."""
+        return self.backend.where(str(self.path)) is Location.URL
+
     def text(self, location: str | None = None) -> str:
         """The spec as a string, its location replaced by `location` if given."""
         head = self.kind
@@ -170,7 +186,7 @@ def check_spec_form(spec: str) -> tuple[str, str, dict[str, int | float | str]]:
             raise SpecError(f"judge spec {spec!r}: option {key!r} wants a number") from exc
     if backend.location is Location.NAME and location not in backend.names:
         raise SpecError(f"judge spec {spec!r}: {kind} must be one of {', '.join(backend.names)}")
-    if backend.location is Location.URL:
+    if backend.where(location) is Location.URL:
         url = urlsplit(location)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise SpecError(f"judge spec {spec!r}: {location!r} is not an http(s) URL")
@@ -186,7 +202,7 @@ def parse_spec(spec: str) -> JudgeSpec:
     if backend.location is Location.NONE:
         packaged = _resolve(backend.packaged) if backend.packaged else ""
         return JudgeSpec(kind, packaged, options)  # type: ignore[arg-type]
-    if backend.location in (Location.URL, Location.NAME):
+    if backend.where(location) in (Location.URL, Location.NAME):
         return JudgeSpec(kind, location, options)
     path = Path(location).expanduser()
     if backend.location is Location.FILE and not path.is_file():
@@ -256,5 +272,26 @@ register(
         "judge.backends.openai:from_spec",
         form="openai:URL[?model=NAME]",
         options={"model": str, "concurrency": int, "scoring": str, "logprobs": int, "timeout": int},
+    )
+)
+register(
+    BackendKind(
+        "reward",
+        Location.MODEL_DIR,
+        "judge.backends.reward:from_spec",
+        form="reward:PATH|URL[?band=X&scale=S]",
+        options={
+            "band": float,
+            "scale": float,
+            "dtype": str,
+            "batch": int,
+            "quant": str,
+            "api": str,
+            "model": str,
+            "concurrency": int,
+            "timeout": int,
+        },
+        pointwise=True,
+        served=True,
     )
 )

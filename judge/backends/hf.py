@@ -11,6 +11,8 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
     StoppingCriteria,
     StoppingCriteriaList,
 )
@@ -29,6 +31,39 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def quantization_config(quant: str | None, dtype: str) -> BitsAndBytesConfig | None:
+    """bitsandbytes settings for `quant=8bit|4bit` (4-bit is nf4, computing in `dtype`)."""
+    if quant is None:
+        return None
+    if quant not in QUANTIZATIONS:
+        raise ValueError(f"quant must be one of {QUANTIZATIONS}, got {quant!r}")
+    if quant == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=DTYPES[dtype]
+    )
+
+
+def load_pretrained(
+    auto_class: type, path: Path, dtype: str, quant: str | None, padding: str
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """A local model directory's tokenizer (padded on the `padding` side, its EOS token as the
+    pad token where it has none) and its model in eval mode, through `auto_class`."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer.padding_side = padding
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = auto_class.from_pretrained(
+        path,
+        local_files_only=True,
+        dtype=DTYPES[dtype],
+        quantization_config=quantization_config(quant, dtype),
+    )
+    return tokenizer, model.eval()
 
 
 class _SettledOutputs(StoppingCriteria):
@@ -55,31 +90,10 @@ class TransformersBackend:
         dtype: str = "fp32",
         batch_size: int = 8,
     ) -> None:
-        if quant is not None and quant not in QUANTIZATIONS:
-            raise ValueError(f"quant must be one of {QUANTIZATIONS}, got {quant!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
         self.batch_size = batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        quantization_config = None
-        if quant == "8bit":
-            quantization_config = BitsAndBytesConfig(load_in_8bit=True)
-        elif quant == "4bit":
-            quantization_config = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_compute_dtype=DTYPES[dtype],
-            )
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path,
-            local_files_only=True,
-            dtype=DTYPES[dtype],
-            quantization_config=quantization_config,
+        self.tokenizer, self.model = load_pretrained(
+            AutoModelForCausalLM, path, dtype, quant, padding="left"
         )
-        self.model.eval()
         weights = sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin"))
         self.identity = f"hf:{file_identity(weights)}:quant={quant}:dtype={dtype}"
 

@@ -54,6 +54,11 @@ class RuleJudge(PointwiseJudge):
     def score(self, task: Task, response: str) -> float:
         return RULES[self.rule](response)
 
+    def tie_gap(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """What the band bounds: |a - b| / max(a, b), the verdict being Tie up to `band`."""
+        top = np.maximum(first, second)
+        return np.abs(first - second) / np.where(top > 0, top, 1.0)
+
     def pair_probabilities(
         self, first: np.ndarray, second: np.ndarray, pairs: Sequence[Pair]
     ) -> np.ndarray:
