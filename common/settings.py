@@ -3,21 +3,20 @@
 Shared by the coordinator's federation.toml and the agent's site.toml. The settings classes are
 pydantic dataclasses declared with `settings_table`: pydantic checks each key, type and allowed
 value. `RunSettings` lives here, not in the coordinator, because the app bundle carries its
-defaults and a site's guard builds that bundle; so do the selection modes it may name
-(`SELECTION_MODES`) and `RunConfig`, the Flower run config that carries it to the ServerApp.
+defaults and a site's guard builds that bundle; so does `RunConfig`, the Flower run config that
+carries it to the ServerApp.
 """
 
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pydantic
-from pydantic import ConfigDict, PlainValidator, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic import ConfigDict, ValidationError
 
 from common.protocol import JUDGE_MODES
 
@@ -89,38 +88,6 @@ def _line(where: str, problem: Any, known: list[str]) -> str:
 SECURE_AGGREGATION = ("required", "when-possible", "off")
 
 
-@dataclass(frozen=True)
-class SelectionMode:
-    """A selection mode as the settings know it: its name and the RunSettings its procedure is
-    built from. Registered here (not beside its procedure class in coordinator/selection.py)
-    because RunSettings checks a run's mode where the coordinator is not installed."""
-
-    name: str
-    arguments: Mapping[str, str] = field(default_factory=dict)
-    """Each keyword argument of the procedure and the RunSettings field that gives it."""
-
-    def arguments_from(self, settings: RunSettings) -> dict[str, Any]:
-        """The procedure's keyword arguments for a run with these settings."""
-        return {argument: getattr(settings, name) for argument, name in self.arguments.items()}
-
-
-SELECTION_MODES: dict[str, SelectionMode] = {}
-"""Every selection mode by name, in the order error messages list them; `selection_mode` is one
-of them or `auto`. Each is run by the class that coordinator/selection.py marks `implements`."""
-
-
-def _selection_mode(value: object) -> str:
-    """A registered mode or `auto`, refused as a Literal of them would be (the registry may grow
-    after RunSettings is defined)."""
-    names = [*SELECTION_MODES, AUTO]
-    if value not in names:
-        expected = ", ".join(map(repr, names[:-1])) + f" or {names[-1]!r}"
-        raise PydanticCustomError(
-            "literal_error", "Input should be {expected}", {"expected": expected}
-        )
-    return str(value)
-
-
 @settings_table
 class RunSettings:
     """What the operator sets in federation.toml for one run; pydantic checks every value on
@@ -129,8 +96,9 @@ class RunSettings:
 
     run_key: str
     """The run's key: federation.toml's [run] name."""
-    selection_mode: Annotated[str, PlainValidator(_selection_mode)] = "paper"
-    """A registered selection mode (SELECTION_MODES) or auto."""
+    selection_mode: str = "paper"
+    """A selection mode coordinator/selection.py registers, or auto; checked where the
+    coordinator reads federation.toml (the modes are the coordinator's own business)."""
     min_sites: int = 1
     wait_for_sites: float = 300.0
     round_timeout: float = 60.0
@@ -152,29 +120,6 @@ class RunSettings:
     def __post_init__(self) -> None:
         if not self.budget > 0:
             raise ValueError(f"budget: must be above 0, got {self.budget}")
-
-
-def register_selection_mode(mode: SelectionMode) -> SelectionMode:
-    """Add a selection mode (a test may register its own); its arguments must name RunSettings
-    fields."""
-    unknown = set(mode.arguments.values()) - {f.name for f in fields(RunSettings)}
-    if unknown:
-        raise ValueError(f"selection mode {mode.name}: no RunSettings field {sorted(unknown)}")
-    SELECTION_MODES[mode.name] = mode
-    return mode
-
-
-register_selection_mode(SelectionMode("paper", {"blocks": "blocks"}))
-register_selection_mode(SelectionMode("round-robin"))
-register_selection_mode(
-    SelectionMode(
-        "adaptive",
-        {"blocks": "blocks", "chunk_items": "chunk_items", "max_items": "validation_items"},
-    )
-)
-register_selection_mode(
-    SelectionMode("racing", {"items_per_site": "validation_items", "budget": "budget"})
-)
 
 
 @dataclass(frozen=True)

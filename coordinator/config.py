@@ -12,6 +12,7 @@ from common.settings import (
     settings_table,
     typed_table,
 )
+from coordinator.selection import check_selection_mode
 
 
 class FederationConfigError(ValueError):
@@ -92,6 +93,10 @@ def load_federation_config(path: Path) -> FederationConfig:
         renamed={"mode": "selection_mode"},
         run_key=run.name,
     )
+    try:
+        check_selection_mode(settings.selection_mode)
+    except ValueError as exc:
+        raise FederationConfigError(f"{path}: [selection].selection_mode: {exc}") from None
     link = typed_table(
         SuperLinkTable, document.get("superlink", {}), f"{path}: [superlink]", FederationConfigError
     )

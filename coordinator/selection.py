@@ -18,10 +18,11 @@ site's report and for any sum of reports over sites or item chunks.
 Winner of a comparison: the config with more wins than losses on the tally; on equal wins and
 losses config a, the incumbent, stays (`comparison_winner`). Ties and invalid items never count.
 
-Modes. Each mode's name and the RunSettings its procedure is built from are registered once in
-common.settings (`SELECTION_MODES`, which RunSettings checks a run's mode against); the class
-that runs it is marked `@implements(name)` here, and `make_procedure` builds it by name. A new
-mode is one class and one `register_selection_mode`:
+Modes. Each mode is registered once, by the class that runs it: `@implements(name, argument=
+"run_setting", ...)` names the mode and the RunSettings field behind each keyword argument of its
+constructor (`SELECTION_MODES`); federation.toml's `selection_mode` is checked against it when the
+coordinator reads the file (`check_selection_mode`), and `procedure_for_run` builds the class from
+a run's settings. A new mode is one class here plus its test:
 - "paper": PandaLM's procedure. The configs are split into `blocks` (default 4) contiguous
   blocks, as equal in size as possible. Inside each block the current best meets the next config
   (the block's first config starts as the best); the blocks run in parallel. The block winners
@@ -79,13 +80,13 @@ import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol, TypeVar
 
 import numpy as np
 
 from common.protocol import Comparison
-from common.settings import AUTO, SELECTION_MODES, RunSettings
+from common.settings import AUTO, RunSettings
 from common.tally import Tally
 
 
@@ -122,21 +123,45 @@ def comparison_winner(a: int, b: int, tally: Tally) -> int:
 
 ProcedureClass = TypeVar("ProcedureClass", bound=Callable[..., SelectionProcedure])
 
-PROCEDURES: dict[str, Callable[..., SelectionProcedure]] = {}
-"""The class that runs each selection mode, by the mode's name."""
+
+@dataclass(frozen=True)
+class SelectionMode:
+    """A registered mode: the class that runs it, and the RunSettings field behind each keyword
+    argument of its constructor (after the number of configs)."""
+
+    name: str
+    procedure: Callable[..., SelectionProcedure]
+    arguments: Mapping[str, str]
+
+    def build(self, n_configs: int, settings: RunSettings) -> SelectionProcedure:
+        values = {argument: getattr(settings, name) for argument, name in self.arguments.items()}
+        return self.procedure(n_configs, **values)
 
 
-def implements(mode: str) -> Callable[[ProcedureClass], ProcedureClass]:
-    """Class decorator: the class runs `mode`, which common.settings registers with the settings
-    its constructor takes (after the number of configs)."""
-    if mode not in SELECTION_MODES:
-        raise ValueError(f"selection mode {mode!r} is not registered in common.settings")
+SELECTION_MODES: dict[str, SelectionMode] = {}
+"""Every selection mode by name, in the order error messages list them."""
+
+
+def implements(mode: str, **arguments: str) -> Callable[[ProcedureClass], ProcedureClass]:
+    """Class decorator: the class runs `mode`; each keyword names the RunSettings field that
+    gives that constructor argument (`budget="budget"`)."""
+    unknown = set(arguments.values()) - {f.name for f in fields(RunSettings)}
+    if unknown:
+        raise ValueError(f"selection mode {mode}: no RunSettings field {sorted(unknown)}")
 
     def bind(procedure: ProcedureClass) -> ProcedureClass:
-        PROCEDURES[mode] = procedure
+        SELECTION_MODES[mode] = SelectionMode(mode, procedure, arguments)
         return procedure
 
     return bind
+
+
+def check_selection_mode(mode: str) -> None:
+    """Refuse a `selection_mode` that is neither a registered mode nor auto."""
+    names = [*SELECTION_MODES, AUTO]
+    if mode not in names:
+        expected = ", ".join(map(repr, names[:-1])) + f" or {names[-1]!r}"
+        raise ValueError(f"{mode!r} is not one of {expected}")
 
 
 class _Procedure(ABC):
@@ -217,7 +242,7 @@ class _Ladder:
         self.item_start = 0
 
 
-@implements("paper")
+@implements("paper", blocks="blocks")
 class PaperProcedure(_Procedure):
     """Blocks of sequential comparisons, then the block winners; each comparison on all items."""
 
@@ -276,7 +301,7 @@ class PaperProcedure(_Procedure):
             self._final = _Ladder([block.incumbent for block in self._blocks])
 
 
-@implements("adaptive")
+@implements("adaptive", blocks="blocks", chunk_items="chunk_items", max_items="validation_items")
 class AdaptiveProcedure(PaperProcedure):
     """The paper's blocks, each comparison asked chunk by chunk until the SPRT is decided."""
 
@@ -355,7 +380,7 @@ class RoundRobin(_Procedure):
         self._strengths = None
 
 
-@implements("racing")
+@implements("racing", items_per_site="validation_items", budget="budget")
 class RacingProcedure(_Procedure):
     """Sequential halving over Bradley-Terry strengths with confidence-bound elimination and a
     final playoff, within a fixed judging budget (see the module docstring)."""
@@ -587,18 +612,17 @@ def make_procedure(
     mode: str, n_configs: int, **arguments: int | float | None
 ) -> SelectionProcedure:
     """A fresh procedure for `mode`; `arguments` go to its class's constructor."""
-    return _procedure_class(mode)(n_configs, **arguments)
+    return _registered(mode).procedure(n_configs, **arguments)
 
 
 def procedure_for_run(mode: str, n_configs: int, settings: RunSettings) -> SelectionProcedure:
     """A fresh procedure for `mode` (the run's, or the one `auto` chose), its arguments read from
     the run's settings as the mode's registration says."""
-    procedure_class = _procedure_class(mode)
-    return procedure_class(n_configs, **SELECTION_MODES[mode].arguments_from(settings))
+    return _registered(mode).build(n_configs, settings)
 
 
-def _procedure_class(mode: str) -> Callable[..., SelectionProcedure]:
-    if mode not in PROCEDURES:
+def _registered(mode: str) -> SelectionMode:
+    if mode not in SELECTION_MODES:
         choices = ", ".join(SELECTION_MODES)
         raise ValueError(f"unknown selection mode {mode!r}; choose one of {choices}")
-    return PROCEDURES[mode]
+    return SELECTION_MODES[mode]

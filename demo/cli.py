@@ -11,8 +11,9 @@ import typer
 from rich.console import Console
 
 from common.cli import cli_app, user_errors
-from common.settings import AUTO, SELECTION_MODES
+from common.settings import AUTO
 from coordinator import cli as coordinator_cli
+from coordinator.selection import SELECTION_MODES
 
 app = cli_app(coordinator_cli.__doc__)
 app.add_typer(coordinator_cli.app)  # no name: its commands and groups join this one's

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 
 from common.protocol import MAX_ITEMS, Comparison
-from common.settings import SELECTION_MODES, RunSettings, SelectionMode, register_selection_mode
+from common.settings import RunSettings
 from coordinator.selection import (
-    PROCEDURES,
+    SELECTION_MODES,
     AdaptiveProcedure,
     DecidedComparison,
     RacingProcedure,
@@ -27,6 +27,7 @@ from coordinator.selection import (
     auto_mode,
     bradley_terry,
     bradley_terry_with_covariance,
+    check_selection_mode,
     comparison_winner,
     describe_mode,
     implements,
@@ -169,23 +170,27 @@ def test_unknown_or_repeated_records_are_refused(mode: str) -> None:
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="round-robin"):
         make_procedure("swiss", 8)
-    with pytest.raises(ValueError, match="not registered"):
-        implements("swiss")
 
 
 # Registering a mode
 
 
-def test_every_registered_mode_has_its_procedure() -> None:
-    assert set(PROCEDURES) == set(SELECTION_MODES)
+def test_the_registry_names_each_mode_and_its_class() -> None:
+    assert list(SELECTION_MODES) == ["paper", "adaptive", "round-robin", "racing"]
+    assert SELECTION_MODES["racing"].arguments == {
+        "items_per_site": "validation_items",
+        "budget": "budget",
+    }
+    check_selection_mode("auto")
+    with pytest.raises(ValueError, match=r"'swiss' is not one of 'paper', .* or 'auto'"):
+        check_selection_mode("swiss")
 
 
 @pytest.fixture
 def first_pair_mode() -> Iterator[str]:
-    """A toy mode, `first-pair`, added as a new mode is: one registration and one class."""
-    register_selection_mode(SelectionMode("first-pair", {"items": "validation_items"}))
+    """A toy mode, `first-pair`, added as a new mode is: one registered class."""
 
-    @implements("first-pair")
+    @implements("first-pair", items="validation_items")
     class FirstPair:
         """Config 0 against config 1 on each site's first `items` items; the winner is best."""
 
@@ -212,11 +217,12 @@ def first_pair_mode() -> Iterator[str]:
             return sorted(range(self.n_configs), key=lambda i: (i != self.winner, i))
 
     yield "first-pair"
-    del SELECTION_MODES["first-pair"], PROCEDURES["first-pair"]
+    del SELECTION_MODES["first-pair"]
 
 
 def test_a_registered_mode_is_a_setting_and_runs_with_its_settings(first_pair_mode: str) -> None:
     settings = RunSettings(run_key="toy", selection_mode=first_pair_mode, validation_items=6)
+    check_selection_mode(settings.selection_mode)
     procedure = procedure_for_run(settings.selection_mode, 3, settings)
     (request,) = procedure.pending()
     assert request == Comparison(0, 1, 0, 6), "its items are the run's validation_items"
@@ -227,7 +233,7 @@ def test_a_registered_mode_is_a_setting_and_runs_with_its_settings(first_pair_mo
 
 def test_a_mode_must_read_run_settings_that_exist() -> None:
     with pytest.raises(ValueError, match="no RunSettings field"):
-        register_selection_mode(SelectionMode("typo", {"items": "validation_item"}))
+        implements("typo", items="validation_item")
     assert "typo" not in SELECTION_MODES
 
 
