@@ -301,6 +301,45 @@ class PaperProcedure(_Procedure):
             self._final = _Ladder([block.incumbent for block in self._blocks])
 
 
+@implements("round-robin")
+class RoundRobin(_Procedure):
+    """Every pair once on all items; ranked by Bradley-Terry strength."""
+
+    def __init__(self, n_configs: int) -> None:
+        super().__init__(n_configs)
+        pairs = itertools.combinations(range(n_configs), 2)
+        self._unrecorded = dict.fromkeys(Comparison(a, b) for a, b in pairs)
+        self._strengths: np.ndarray | None = None
+
+    @property
+    def done(self) -> bool:
+        return not self._unrecorded
+
+    def best(self) -> int | None:
+        return self.ranking()[0] if self.done else None
+
+    def ranking(self) -> list[int]:
+        """By strength, then comparisons won minus lost, then lower index. Strengths are compared
+        to 6 decimals, the precision the fit reaches, so symmetric records tie exactly."""
+        strengths = np.round(self.strengths(), 6)
+        net = self.net_wins()
+        return sorted(range(self.n_configs), key=lambda i: (-strengths[i], -net[i], i))
+
+    def strengths(self) -> np.ndarray:
+        """Bradley-Terry log-strengths of the configs from the comparisons recorded so far."""
+        if self._strengths is None:
+            self._strengths = bradley_terry(self.n_configs, self._decided)
+        return self._strengths.copy()
+
+    def _askable(self) -> dict[Comparison, None]:
+        return self._unrecorded
+
+    def _apply(self, request: Comparison, tally: Tally) -> None:
+        del self._unrecorded[request]
+        self._decide(request.a, request.b, tally)
+        self._strengths = None
+
+
 @implements("adaptive", blocks="blocks", chunk_items="chunk_items", max_items="validation_items")
 class AdaptiveProcedure(PaperProcedure):
     """The paper's blocks, each comparison asked chunk by chunk until the SPRT is decided."""
@@ -339,45 +378,6 @@ class AdaptiveProcedure(PaperProcedure):
             or request.item_stop == self.max_items
             or abs(ladder.total.win - ladder.total.loss) >= self.decisive_lead
         )
-
-
-@implements("round-robin")
-class RoundRobin(_Procedure):
-    """Every pair once on all items; ranked by Bradley-Terry strength."""
-
-    def __init__(self, n_configs: int) -> None:
-        super().__init__(n_configs)
-        pairs = itertools.combinations(range(n_configs), 2)
-        self._unrecorded = dict.fromkeys(Comparison(a, b) for a, b in pairs)
-        self._strengths: np.ndarray | None = None
-
-    @property
-    def done(self) -> bool:
-        return not self._unrecorded
-
-    def best(self) -> int | None:
-        return self.ranking()[0] if self.done else None
-
-    def ranking(self) -> list[int]:
-        """By strength, then comparisons won minus lost, then lower index. Strengths are compared
-        to 6 decimals, the precision the fit reaches, so symmetric records tie exactly."""
-        strengths = np.round(self.strengths(), 6)
-        net = self.net_wins()
-        return sorted(range(self.n_configs), key=lambda i: (-strengths[i], -net[i], i))
-
-    def strengths(self) -> np.ndarray:
-        """Bradley-Terry log-strengths of the configs from the comparisons recorded so far."""
-        if self._strengths is None:
-            self._strengths = bradley_terry(self.n_configs, self._decided)
-        return self._strengths.copy()
-
-    def _askable(self) -> dict[Comparison, None]:
-        return self._unrecorded
-
-    def _apply(self, request: Comparison, tally: Tally) -> None:
-        del self._unrecorded[request]
-        self._decide(request.a, request.b, tally)
-        self._strengths = None
 
 
 @implements("racing", items_per_site="validation_items", budget="budget")

@@ -176,7 +176,7 @@ def test_unknown_mode_is_refused() -> None:
 
 
 def test_the_registry_names_each_mode_and_its_class() -> None:
-    assert list(SELECTION_MODES) == ["paper", "adaptive", "round-robin", "racing"]
+    assert list(SELECTION_MODES) == ["paper", "round-robin", "adaptive", "racing"]
     assert SELECTION_MODES["racing"].arguments == {
         "items_per_site": "validation_items",
         "budget": "budget",
