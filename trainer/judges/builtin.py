@@ -30,7 +30,7 @@ from common.cli import progress_bar
 from common.records import InputError, read_records
 from judge.backends.builtin import BuiltinModel, tie_inputs
 from judge.features import RESPONSE_FEATURES, pair_similarity, response_features
-from judge.io import read_testset
+from judge.io import pair_from_record, read_testset
 from judge.metrics import judge_metrics, versus_rules
 from judge.verdict import argmax_verdict
 from trainer.arguments import BuiltinJudgeArguments
@@ -73,8 +73,6 @@ def _pair_rows(console: Console, rows: list[tuple[str, bool, str, object, str]])
 def load_pairs(args: BuiltinJudgeArguments, console: Console) -> PreferencePairs:
     """PandaLM's dev split (trainable) and every preference file's rows: `use = "train"` rows
     under the file's name, `use = "eval"` rows under NAME-eval, never trained on."""
-    from judge.io import pair_from_record
-
     rows = [
         (DEV_SOURCE, True, i.gold, i.pair, i.pair.instruction)
         for i in read_testset(args.testset).items
