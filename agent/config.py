@@ -43,7 +43,7 @@ torch_threads = 1
 keep_weights = false              # weights are deleted once their responses exist
 
 [judge]
-spec = "builtin"                  # rule:NAME | gguf:PATH | hf:PATH[?quant=4bit] | openai:URL | reward:PATH|URL
+spec = "builtin"                  # rule:NAME | gguf:PATH | hf:PATH | openai:URL | reward:PATH|URL
 allow_remote = false              # a served judge must be on this site's network unless true
 
 [privacy]
