@@ -241,7 +241,9 @@ class BuiltinJudgeArguments:
     features: tuple[str, ...] = ("log_effective_tokens", "copies_task", "script_mismatch")
     """judge.features measures the score reads, chosen by forward selection on the mean
     held-out gain over the best rule (dev out-of-fold and leave-one-source-out; never the
-    eval rows)."""
+    eval rows), which picked log_tokens, copies_task, script_mismatch (+0.020); the length is
+    then taken repetition-discounted (+0.018), so a looping or punctuation-only candidate,
+    which no human-labelled source here contains, scores as short, not long."""
     length_nuisance: tuple[str, ...] = ("llmbar", "hh-rlhf-harmless", "llmeval2")
     """Sources whose length preference is their own: LLMBar's adversarial sets punish length by
     design, hh-rlhf's harmless set prefers refusals, LLMEval²'s train subsets (hh-rlhf,
