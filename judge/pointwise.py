@@ -39,6 +39,21 @@ def user_text(task: Task) -> str:
     return f"{instruction}\n\n{input}" if input else instruction
 
 
+def davidson_probabilities(margin: np.ndarray, log_tie: np.ndarray) -> np.ndarray:
+    """Rows of p(1), p(2), p(Tie) for margins z = s(A) - s(B) and log tie weights log(nu):
+    Davidson's tie extension of Bradley-Terry (JASA 65, 1970), p(1) : p(2) : p(Tie) =
+    exp(z/2) : exp(-z/2) : nu, which every pointwise judge with scores uses. Written so that
+    (z, nu) and (-z, nu) give p(1) and p(2) swapped bit for bit."""
+    top = np.maximum(np.abs(margin) / 2, log_tie)
+    first, second, tie = (
+        np.exp(margin / 2 - top),
+        np.exp(-margin / 2 - top),
+        np.exp(log_tie - top),
+    )
+    total = (first + second) + tie
+    return np.column_stack([first / total, second / total, tie / total])
+
+
 class PointwiseJudge:
     """A judge that scores each response on its own; subclasses say how (`score`) and how two
     scores become verdict probabilities (`pair_probabilities`)."""

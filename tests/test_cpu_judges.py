@@ -14,7 +14,7 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from judge.backends import SpecError, load_backend, parse_spec
-from judge.backends.builtin import BuiltinJudge, BuiltinModel, davidson_probabilities
+from judge.backends.builtin import BuiltinJudge, BuiltinModel
 from judge.cli import app
 from judge.engine import PairJudge
 from judge.features import (
@@ -25,7 +25,7 @@ from judge.features import (
     response_features,
 )
 from judge.metrics import bias_diagnostics, bootstrap_errors, length_verdict
-from judge.pointwise import GENERATE_UNSUPPORTED
+from judge.pointwise import GENERATE_UNSUPPORTED, davidson_probabilities
 from judge.prompt import Pair
 
 PAIRS = [

@@ -28,7 +28,7 @@ import numpy as np
 
 from judge.features import RESPONSE_FEATURES, pair_similarity, response_features
 from judge.models import ModelNotFoundError
-from judge.pointwise import PointwiseJudge, Task
+from judge.pointwise import PointwiseJudge, Task, davidson_probabilities
 
 if TYPE_CHECKING:
     from judge.backends import JudgeSpec
@@ -37,19 +37,6 @@ if TYPE_CHECKING:
 BUILTIN_HEAD = Path(__file__).parent.parent / "builtin_judge" / "head.json"
 TIE_SHARPNESS = 16
 """r**16: a tie weight that stays near its floor until the responses are nearly the same."""
-
-
-def davidson_probabilities(margin: np.ndarray, log_tie: np.ndarray) -> np.ndarray:
-    """Rows of p(1), p(2), p(Tie) for margins z and log tie weights log(nu). Written so that
-    (z, nu) and (-z, nu) give p(1) and p(2) swapped bit for bit."""
-    top = np.maximum(np.abs(margin) / 2, log_tie)
-    first, second, tie = (
-        np.exp(margin / 2 - top),
-        np.exp(-margin / 2 - top),
-        np.exp(log_tie - top),
-    )
-    total = (first + second) + tie
-    return np.column_stack([first / total, second / total, tie / total])
 
 
 def tie_inputs(similarity: np.ndarray) -> np.ndarray:

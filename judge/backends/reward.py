@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from judge.pointwise import PointwiseJudge, Task
+from judge.pointwise import PointwiseJudge, Task, davidson_probabilities
 
 if TYPE_CHECKING:
     from judge.backends import JudgeSpec
@@ -42,12 +42,10 @@ class RewardScorer(Protocol):
 
 
 def band_probabilities(margin: np.ndarray, band: float, scale: float) -> np.ndarray:
-    """Rows of p(1), p(2), p(Tie) for reward gaps `margin`; (d) and (-d) give p(1) and p(2)
-    swapped bit for bit (the same three numbers, the first two added in either order)."""
-    logits = np.column_stack([margin, -margin, np.full(len(margin), band)]) / (2 * scale)
-    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-    total = (weights[:, 0] + weights[:, 1]) + weights[:, 2]
-    return weights / total[:, None]
+    """Rows of p(1), p(2), p(Tie) for reward gaps `margin`: Davidson's model on the gap over
+    `scale` with log nu = (band / scale) / 2, so a gap of exactly `band` ties p(1) and p(Tie)
+    bit for bit."""
+    return davidson_probabilities(margin / scale, np.full(len(margin), (band / scale) / 2))
 
 
 class RewardJudge(PointwiseJudge):
