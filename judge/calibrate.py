@@ -19,6 +19,7 @@ from typing import Protocol, cast, runtime_checkable
 import numpy as np
 
 from judge.io import LabelledPair
+from judge.metrics import accuracy_and_macro_f1
 from judge.pointwise import CLASSES, Task
 from judge.prompt import Pair
 
@@ -64,17 +65,6 @@ class Calibration:
     fold_bands: list[float] = field(default_factory=list)
 
 
-def macro_f1(gold: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Macro-F1 over the three classes (codes 0, 1, 2) for each row of `predicted`, as
-    judge.metrics computes it (a class neither predicted nor gold scores 0)."""
-    total = np.zeros(predicted.shape[0])
-    for code in range(len(CLASSES)):
-        hits = ((predicted == code) & (gold == code)).sum(axis=1)
-        sizes = (predicted == code).sum(axis=1) + (gold == code).sum()
-        total += np.where(sizes > 0, 2 * hits / np.maximum(sizes, 1), 0.0)
-    return total / len(CLASSES)
-
-
 def predict(gap: np.ndarray, first_wins: np.ndarray, bands: np.ndarray) -> np.ndarray:
     """Verdict codes (CLASSES' order), one row per band."""
     decisive = np.where(first_wins, CLASSES.index("1"), CLASSES.index("2"))
@@ -87,7 +77,7 @@ def best_band(gap: np.ndarray, first_wins: np.ndarray, gold: np.ndarray) -> floa
     candidates = np.concatenate([[0.0], (values[1:] + values[:-1]) / 2])
     if len(candidates) > MAX_CANDIDATES:
         candidates = np.unique(np.quantile(candidates, np.linspace(0, 1, MAX_CANDIDATES)))
-    scores = macro_f1(gold, predict(gap, first_wins, candidates))
+    scores = accuracy_and_macro_f1(gold, predict(gap, first_wins, candidates))[:, 1]
     return float(candidates[int(np.argmax(scores))])
 
 
@@ -136,7 +126,8 @@ def calibrate(
         fold_bands.append(band)
         held_out[fold == k] = predict(gap[fold == k], first_wins[fold == k], np.asarray([band]))[0]
     judge.band = best_band(gap, first_wins, gold)
-    fitted = predict(gap, first_wins, np.asarray([judge.band]))
+    fitted = accuracy_and_macro_f1(gold, predict(gap, first_wins, np.asarray([judge.band])))[0]
+    out_of_fold = accuracy_and_macro_f1(gold, held_out)[0]
     return Calibration(
         band=judge.band,
         scale=best_scale(cast(ScaledJudge, judge), first, second, gold, pairs)
@@ -144,8 +135,8 @@ def calibrate(
         else None,
         n=len(gold),
         folds=len(fold_bands),
-        f1_macro=float(macro_f1(gold, fitted)[0]),
-        f1_macro_out_of_fold=float(macro_f1(gold, held_out[None, :])[0]),
-        accuracy_out_of_fold=float(np.mean(held_out == gold)),
+        f1_macro=float(fitted[1]),
+        f1_macro_out_of_fold=float(out_of_fold[1]),
+        accuracy_out_of_fold=float(out_of_fold[0]),
         fold_bands=fold_bands,
     )

@@ -156,22 +156,25 @@ def rule_predictions(pairs: Sequence[tuple[str, str]]) -> dict[str, list[Verdict
     return predictions  # type: ignore[return-value]
 
 
-def _codes(verdicts: Sequence[Verdict]) -> np.ndarray:
+def verdict_codes(verdicts: Sequence[Verdict]) -> np.ndarray:
+    """Tie/1/2 as 0/1/2 (CLASSES' order), anything else (invalid) as 3."""
     index = {c: i for i, c in enumerate(PREDICTED)}
     return np.array([index.get(v, len(CLASSES)) for v in verdicts], dtype=int)
 
 
-def _accuracy_f1(gold: np.ndarray, predicted: np.ndarray, samples: np.ndarray) -> np.ndarray:
-    """(rounds, 2) accuracy and macro F1 over Tie/1/2 for each resample (rows of `samples`)."""
-    g, p = gold[samples], predicted[samples]
-    accuracy = (g == p).mean(axis=1)
-    f1 = np.zeros(len(samples))
+def accuracy_and_macro_f1(gold: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """(rows, 2): accuracy and macro F1 for each row of verdict codes in `predicted` against
+    `gold` (one row, or one per row of `predicted`), as `judge_metrics` computes them: the three
+    classes are codes 0, 1 and 2 in any fixed order, any other code is an invalid answer, and a
+    class neither predicted nor gold scores 0. Vectorised for resamples and band searches."""
+    g, p = np.broadcast_arrays(np.atleast_2d(gold), np.atleast_2d(predicted))
+    f1 = np.zeros(len(p))
     for c in range(len(CLASSES)):
         tp = ((g == c) & (p == c)).sum(axis=1)
         wrong = ((g == c) != (p == c)).sum(axis=1)  # false positives + false negatives
         denominator = 2 * tp + wrong
-        f1 += np.divide(2 * tp, denominator, out=np.zeros(len(samples)), where=denominator > 0)
-    return np.column_stack([accuracy, f1 / len(CLASSES)])
+        f1 += np.divide(2 * tp, denominator, out=np.zeros(len(p)), where=denominator > 0)
+    return np.column_stack([(g == p).mean(axis=1), f1 / len(CLASSES)])
 
 
 def bootstrap_errors(
@@ -183,31 +186,38 @@ def bootstrap_errors(
 ) -> dict:
     """Bootstrap standard errors (items resampled with replacement, B. Efron & R. Tibshirani,
     "An Introduction to the Bootstrap", 1993) of accuracy and macro F1 for the judge and each
-    baseline, and of the judge-minus-best-rule difference (the best rule by each metric on all
-    items, the same resamples for both, so shared item difficulty cancels)."""
-    g = _codes(gold)
+    baseline (which also get their values on all items), and of the judge-minus-best-rule
+    difference (the best rule by each metric on all items, the same resamples for both, so
+    shared item difficulty cancels)."""
+    g = verdict_codes(gold)
     samples = np.random.default_rng(seed).integers(0, len(g), size=(rounds, len(g)))
-    judge = _accuracy_f1(g, _codes(predicted), samples)
-    rules = {name: _accuracy_f1(g, _codes(v), samples) for name, v in baselines.items()}
-    full = {name: judge_metrics(gold, v) for name, v in baselines.items()}
+    codes = {name: verdict_codes(v) for name, v in baselines.items()}
+    full = {name: accuracy_and_macro_f1(g, c)[0] for name, c in codes.items()}
+    rules = {name: accuracy_and_macro_f1(g[samples], c[samples]) for name, c in codes.items()}
+    own_codes = verdict_codes(predicted)
+    own, judge = (
+        accuracy_and_macro_f1(g, own_codes)[0],
+        accuracy_and_macro_f1(g[samples], own_codes[samples]),
+    )
     result: dict = {
         "rounds": rounds,
         "accuracy_se": float(judge[:, 0].std(ddof=1)),
         "f1_macro_se": float(judge[:, 1].std(ddof=1)),
         "baselines": {
             name: {
+                "accuracy": float(full[name][0]),
+                "f1_macro": float(full[name][1]),
                 "accuracy_se": float(r[:, 0].std(ddof=1)),
                 "f1_macro_se": float(r[:, 1].std(ddof=1)),
             }
             for name, r in rules.items()
         },
     }
-    own = judge_metrics(gold, predicted)
     for column, metric in enumerate(("accuracy", "f1_macro")):
-        best = max(full, key=lambda name: full[name][metric])
+        best = max(full, key=lambda name: full[name][column])
         result[f"{metric}_versus_best_rule"] = {
             "rule": best,
-            "difference": own[metric] - full[best][metric],
+            "difference": float(own[column] - full[best][column]),
             "se": float((judge[:, column] - rules[best][:, column]).std(ddof=1)),
         }
     return result
@@ -225,12 +235,7 @@ def versus_rules(
     judge's, and of its difference to the best rule)."""
     rules = rule_predictions(pairs)
     errors = bootstrap_errors(gold, predicted, rules, rounds, seed)
-    baselines = {}
+    baselines = errors.pop("baselines")
     for name, verdicts in rules.items():
-        metrics = judge_metrics(gold, verdicts)
-        baselines[name] = {
-            **{key: metrics[key] for key in ("accuracy", "f1_macro", "decisive_accuracy")},
-            **errors["baselines"][name],
-        }
-    errors.pop("baselines")
+        baselines[name]["decisive_accuracy"] = decisive_accuracy(gold, verdicts)
     return {"baselines": baselines, "standard_errors": errors}

@@ -3,12 +3,14 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from judge.cli import app
 from judge.io import read_predictions, read_testset
-from judge.metrics import judge_metrics
+from judge.metrics import accuracy_and_macro_f1, judge_metrics, verdict_codes
+from judge.verdict import INVALID
 
 
 def test_hand_computed_case() -> None:
@@ -86,3 +88,18 @@ def test_released_prediction_files(shared_data: Path, filename: str, field: str)
     # Both released judges agree with humans far more often than chance on this split.
     assert 0.5 < metrics["accuracy"] < 0.9
     assert metrics["kappa"] > 0.2
+
+
+def test_vectorised_accuracy_and_macro_f1_match_judge_metrics() -> None:
+    """The bootstrap and the band search score with accuracy_and_macro_f1: it must agree with
+    judge_metrics, invalid answers and classes nobody predicted included."""
+    rng = np.random.default_rng(7)
+    choices = ["1", "2", "Tie", INVALID]
+    gold = list(rng.choice(["1", "2", "Tie"], size=60))
+    rows = [list(rng.choice(choices, size=60)), ["1"] * 60, gold]
+    codes = np.stack([verdict_codes(row) for row in rows])
+    fast = accuracy_and_macro_f1(verdict_codes(gold), codes)
+    for (accuracy, f1), row in zip(fast, rows, strict=True):
+        metrics = judge_metrics(gold, row)
+        assert accuracy == pytest.approx(metrics["accuracy"])
+        assert f1 == pytest.approx(metrics["f1_macro"])
