@@ -12,6 +12,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from judge.backends.rules import DEFAULT_BANDS, RULES, rule_verdicts
+from judge.features import length_score
 from judge.verdict import INVALID, Verdict
 
 CLASSES: tuple[str, ...] = ("Tie", "1", "2")
@@ -53,31 +55,22 @@ def judge_metrics(
     return metrics
 
 
-LENGTH_TIE_BAND = 0.10
+LENGTH_TIE_BAND = DEFAULT_BANDS["length"]
 """Word counts within 10% of each other count as equally long (the length rule's Tie)."""
 
 
-def word_count(text: str) -> int:
-    return len(text.split())
-
-
-def similar_length(a: str, b: str, band: float = LENGTH_TIE_BAND) -> bool:
-    na, nb = word_count(a), word_count(b)
-    return abs(na - nb) <= band * max(na, nb)
-
-
 def length_verdict(response1: str, response2: str) -> Verdict:
-    """The length rule: the longer response wins, Tie when the word counts are within 10%."""
-    if similar_length(response1, response2):
-        return "Tie"
-    return "1" if word_count(response1) > word_count(response2) else "2"
+    """The length rule, `rule:length?band=0.1`: the longer response wins, Tie when the word
+    counts are within 10%."""
+    first, second = np.array([length_score(response1)]), np.array([length_score(response2)])
+    return rule_verdicts(first, second, LENGTH_TIE_BAND)[0]  # type: ignore[return-value]
 
 
 def _longer_share(verdicts: Sequence[Verdict], pairs: Sequence[tuple[str, str]]) -> dict:
     picks = [
-        (v == "1") == (word_count(a) > word_count(b))
+        (v == "1") == (length_score(a) > length_score(b))
         for v, (a, b) in zip(verdicts, pairs, strict=True)
-        if v in ("1", "2") and word_count(a) != word_count(b)
+        if v in ("1", "2") and length_score(a) != length_score(b)
     ]
     return {"share": sum(picks) / len(picks) if picks else None, "n": len(picks)}
 
@@ -114,7 +107,7 @@ def bias_diagnostics(
         controlled = [
             g == p
             for g, p, (a, b) in zip(gold, predicted, pairs, strict=True)
-            if g in ("1", "2") and similar_length(a, b)
+            if g in ("1", "2") and length_verdict(a, b) == "Tie"
         ]
         result["length_controlled"] = {
             "accuracy": sum(controlled) / len(controlled) if controlled else None,
@@ -146,8 +139,6 @@ BASELINE_RULES: tuple[tuple[str, float], ...] = (
 
 def rule_predictions(pairs: Sequence[tuple[str, str]]) -> dict[str, list[Verdict]]:
     """Each baseline rule's verdicts on (response1, response2) pairs, keyed by its spec."""
-    from judge.backends.rules import RULES, rule_verdicts
-
     predictions = {}
     for rule, band in BASELINE_RULES:
         first = np.array([RULES[rule](a) for a, _ in pairs], dtype=float)
