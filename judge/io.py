@@ -12,15 +12,19 @@ from judge.verdict import INVALID, Verdict
 
 PAIR_FIELDS = ("instruction", "input", "response1", "response2")
 _GOLD_NAMES = {0: "Tie", 1: "1", 2: "2"}
+USES = ("train", "eval")
+"""A preference row's `use`: may train a shipped model, or may only be evaluated on."""
 
 
 @dataclass(frozen=True)
 class LabelledPair:
-    """A test-set item: the pair and its gold verdict (majority of the annotators)."""
+    """A test-set item: the pair and its gold verdict (majority of the annotators), and for a
+    preference file's row its `use` (`train` or `eval`)."""
 
     idx: int
     pair: Pair
     gold: Verdict
+    use: str | None = None
 
 
 _SCALARS = (bool, int, float)
@@ -67,6 +71,8 @@ def read_testset(path: Path, use: str | None = None) -> Testset:
     items: list[LabelledPair] = []
     coerced: list[str] = []
     for index, (where, record) in enumerate(read_records(path)):
+        if "use" in record and record["use"] not in USES:
+            raise InputError(f"{where}: field 'use' must be train or eval")
         if use is not None and record.get("use") != use:
             continue
         pair = pair_from_record(where, record, coerced)
@@ -75,7 +81,7 @@ def read_testset(path: Path, use: str | None = None) -> Testset:
             label = str(record["label"])
             if label not in ("1", "2", "Tie"):
                 raise InputError(f"{where}: field 'label' must be 1, 2 or Tie, got {label!r}")
-            items.append(LabelledPair(idx, pair, label))  # type: ignore[arg-type]
+            items.append(LabelledPair(idx, pair, label, record.get("use")))  # type: ignore[arg-type]
             continue
         votes = []
         for name in ("annotator1", "annotator2", "annotator3"):

@@ -296,3 +296,16 @@ def test_pandalm_test_set_with_boolean_responses_loads(tmp_path) -> None:
     )
     assert result.exit_code == 2
     assert f"{testset}[1]: field 'response2' must be a string, not list" in result.output
+
+
+def test_a_preference_row_must_say_train_or_eval(tmp_path: Path) -> None:
+    from common.records import InputError
+    from judge.io import read_testset
+
+    row = {"instruction": "q", "input": "", "response1": "a", "response2": "b", "label": "1"}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({**row, "use": "train"}) + "\n" + json.dumps({**row, "use": "test"}))
+    with pytest.raises(InputError, match=r"pairs.jsonl:2: field 'use' must be train or eval"):
+        read_testset(path)
+    path.write_text(json.dumps({**row, "use": "eval"}) + "\n")
+    assert [item.use for item in read_testset(path).items] == ["eval"]

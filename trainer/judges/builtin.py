@@ -27,10 +27,10 @@ from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
 
 from common.cli import progress_bar
-from common.records import InputError, read_records
+from common.records import InputError
 from judge.backends.builtin import BuiltinModel, tie_inputs
 from judge.features import RESPONSE_FEATURES, pair_similarity, response_features
-from judge.io import pair_from_record, read_testset
+from judge.io import read_testset
 from judge.metrics import judge_metrics, versus_rules
 from judge.verdict import argmax_verdict
 from trainer.arguments import BuiltinJudgeArguments
@@ -57,47 +57,34 @@ class PreferencePairs:
         return np.flatnonzero(mask)
 
 
-def _pair_rows(console: Console, rows: list[tuple[str, bool, str, object, str]]):
-    """Measure every (source, trainable, gold, pair, group) row once, with progress."""
+def load_pairs(args: BuiltinJudgeArguments, console: Console) -> PreferencePairs:
+    """PandaLM's dev split (trainable) and every preference file's rows: `use = "train"` rows
+    under the file's name, `use = "eval"` rows under NAME-eval, never trained on; every
+    response measured once, with progress."""
+    rows = [(DEV_SOURCE, item) for item in read_testset(args.testset).items]
+    for path in args.preferences:
+        for item in read_testset(path).items:
+            if item.use is None:
+                raise InputError(f"{path}: row {item.idx}: field 'use' (train or eval) is missing")
+            rows.append((path.stem if item.use == "train" else f"{path.stem}-eval", item))
     first, second, similarity = [], [], []
     with progress_bar(console) as progress:
         task = progress.add_task("measuring responses", total=len(rows))
-        for _, _, _, pair, _ in rows:
+        for _, item in rows:
+            pair = item.pair
             first.append(response_features(pair.instruction, pair.input, pair.response1))
             second.append(response_features(pair.instruction, pair.input, pair.response2))
             similarity.append(pair_similarity(pair.response1, pair.response2))
             progress.advance(task)
-    return np.array(first), np.array(second), np.array(similarity)
-
-
-def load_pairs(args: BuiltinJudgeArguments, console: Console) -> PreferencePairs:
-    """PandaLM's dev split (trainable) and every preference file's rows: `use = "train"` rows
-    under the file's name, `use = "eval"` rows under NAME-eval, never trained on."""
-    rows = [
-        (DEV_SOURCE, True, i.gold, i.pair, i.pair.instruction)
-        for i in read_testset(args.testset).items
-    ]
-    for path in args.preferences:
-        for where, record in read_records(path):
-            use = record.get("use")
-            if use not in ("train", "eval"):
-                raise InputError(f"{where}: field 'use' must be train or eval")
-            label = str(record.get("label"))
-            if label not in ("1", "2", "Tie"):
-                raise InputError(f"{where}: field 'label' must be 1, 2 or Tie, got {label!r}")
-            pair = pair_from_record(where, record)
-            source = path.stem if use == "train" else f"{path.stem}-eval"
-            rows.append((source, use == "train", label, pair, pair.instruction))
-    first, second, similarity = _pair_rows(console, rows)
     return PreferencePairs(
-        np.array([r[0] for r in rows]),
-        np.array([r[2] for r in rows]),
-        np.array([r[4] for r in rows]),
-        np.array([r[1] for r in rows]),
-        first,
-        second,
-        similarity,
-        [(r[3].response1, r[3].response2) for r in rows],
+        sources=np.array([source for source, _ in rows]),
+        gold=np.array([item.gold for _, item in rows]),
+        groups=np.array([item.pair.instruction for _, item in rows]),
+        trainable=np.array([item.use != "eval" for _, item in rows]),
+        first=np.array(first),
+        second=np.array(second),
+        similarity=np.array(similarity),
+        texts=[(item.pair.response1, item.pair.response2) for _, item in rows],
     )
 
 
