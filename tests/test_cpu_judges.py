@@ -13,8 +13,9 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from judge.backends import SpecError, load_backend, parse_spec
+from judge.backends import BACKENDS, SpecError, load_backend, parse_spec
 from judge.backends.builtin import BuiltinJudge, BuiltinModel
+from judge.backends.rules import RULES
 from judge.cli import app
 from judge.engine import PairJudge
 from judge.features import (
@@ -68,6 +69,7 @@ def test_length_repetition_rule_against_hand_computed_scores() -> None:
 
 
 def test_rule_specs_are_checked() -> None:
+    assert BACKENDS["rule"].names == tuple(RULES)  # the registry names every rule there is
     assert parse_spec("rule:length?band=0.25").options == {"band": 0.25}
     with pytest.raises(SpecError, match="rule must be one of length, length-repetition"):
         parse_spec("rule:brevity")

@@ -80,8 +80,7 @@ class BackendKind:
     file_label: str = "model"
     """For a FILE location: what the missing file is called in `no GGUF file at PATH`."""
     packaged: str | None = None
-    """For a NONE location: the packaged model path, as `module:attribute` (none: the kind
-    needs no file)."""
+    """For a NONE location: the packaged model path, as `module:attribute`."""
     names: tuple[str, ...] = ()
     """For a NAME location: the names a spec may give."""
     served: bool = False
@@ -114,6 +113,8 @@ BACKENDS: dict[str, BackendKind] = {}
 
 def register(kind: BackendKind) -> BackendKind:
     """Add a backend kind (a test or a plugin may register its own)."""
+    if kind.location is Location.NONE and kind.packaged is None:
+        raise ValueError(f"backend {kind.name!r}: a kind without a location needs `packaged`")
     BACKENDS[kind.name] = kind
     return kind
 
@@ -200,8 +201,7 @@ def parse_spec(spec: str) -> JudgeSpec:
     kind, location, options = check_spec_form(spec)
     backend = BACKENDS[kind]
     if backend.location is Location.NONE:
-        packaged = _resolve(backend.packaged) if backend.packaged else ""
-        return JudgeSpec(kind, packaged, options)  # type: ignore[arg-type]
+        return JudgeSpec(kind, _resolve(backend.packaged), options)  # type: ignore[arg-type]
     if backend.where(location) in (Location.URL, Location.NAME):
         return JudgeSpec(kind, location, options)
     path = Path(location).expanduser()
