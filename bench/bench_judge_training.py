@@ -26,7 +26,7 @@ BATCH = 2
 
 
 def _records(seed_tasks: Path):
-    from trainer.judges.synthetic import SeedTask, build_builtin_judge_records, load_seed_tasks
+    from trainer.judges.synthetic import SeedTask, build_synthetic_records, load_seed_tasks
 
     if seed_tasks.is_file():
         tasks = load_seed_tasks(seed_tasks)
@@ -35,7 +35,7 @@ def _records(seed_tasks: Path):
             SeedTask(f"Describe item {i} in two sentences.", "", f"Item {i} is useful. " * 12)
             for i in range(40)
         ]
-    return build_builtin_judge_records(tasks, seed=0)
+    return build_synthetic_records(tasks, seed=0)
 
 
 def measure(mode: str, steps: int, threads: int, seed_tasks: Path) -> dict:

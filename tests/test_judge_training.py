@@ -373,8 +373,8 @@ def test_two_cpu_processes_with_zero2_train_on_different_shards(tmp_path, tiny_l
 # --- synthetic seed-task data ---------------------------------------------------------------
 
 
-def test_builtin_judge_data_has_known_verdicts_and_respects_the_exclusion(tmp_path):
-    from trainer.judges.synthetic import build_builtin_judge_records, load_seed_tasks
+def test_synthetic_records_have_known_verdicts_and_respects_the_exclusion(tmp_path):
+    from trainer.judges.synthetic import build_synthetic_records, load_seed_tasks
 
     tasks_file = _write_jsonl(
         tmp_path / "seeds.jsonl",
@@ -392,7 +392,7 @@ def test_builtin_judge_data_has_known_verdicts_and_respects_the_exclusion(tmp_pa
         ],
     )
     tasks = load_seed_tasks(tasks_file)
-    records = build_builtin_judge_records(tasks, seed=1, exclude=["Task 0: describe item 0."])
+    records = build_synthetic_records(tasks, seed=1, exclude=["Task 0: describe item 0."])
     assert {r.instruction for r in records} == {f"Task {i}: describe item {i}." for i in (1, 2, 3)}
     assert filter_judge_records(records) == records  # valid, consistent, no repeats
     for record in records:
@@ -402,11 +402,11 @@ def test_builtin_judge_data_has_known_verdicts_and_respects_the_exclusion(tmp_pa
         elif record.result == "2":
             assert record.response2 == good and record.response1 != good
     assert {r.result for r in records} == {"1", "2", "Tie"}
-    again = build_builtin_judge_records(tasks, seed=1, exclude=["Task 0: describe item 0."])
+    again = build_synthetic_records(tasks, seed=1, exclude=["Task 0: describe item 0."])
     assert again == records  # seeded
 
 
-def test_builtin_judge_data_from_the_alpaca_seed_tasks(shared_data, tmp_path):
+def test_synthetic_records_from_the_alpaca_seed_tasks(shared_data, tmp_path):
     out = tmp_path / "mini.jsonl"
     testset = shared_data / "pandalm" / "testset-dev.json"
     result = CliRunner().invoke(

@@ -199,7 +199,7 @@ def judge(
 ) -> None:
     """Train a PandaLM-format judge (paper defaults; run under torchrun or deepspeed for many
     processes) and print a JSON report."""
-    from trainer.judges.synthetic import build_builtin_judge_records, load_seed_tasks
+    from trainer.judges.synthetic import build_synthetic_records, load_seed_tasks
     from trainer.judges.training import train_judge
 
     del local_rank  # the launcher also sets LOCAL_RANK, which the Trainer reads
@@ -208,7 +208,7 @@ def judge(
             raise InputError("give exactly one of --data FILE or --seed-tasks FILE")
         records = None
         if seed_tasks is not None:
-            records = build_builtin_judge_records(
+            records = build_synthetic_records(
                 load_seed_tasks(seed_tasks),
                 settings["seed"],
                 _testset_instructions(exclude_testset),
@@ -238,10 +238,10 @@ def judge_data(
 ) -> None:
     """Build synthetic judge-training pairs (verdicts known by construction) from seed tasks."""
     from trainer.judges.data import write_judge_records
-    from trainer.judges.synthetic import build_builtin_judge_records, load_seed_tasks
+    from trainer.judges.synthetic import build_synthetic_records, load_seed_tasks
 
     with _user_errors():
-        records = build_builtin_judge_records(
+        records = build_synthetic_records(
             load_seed_tasks(seed_tasks), seed, _testset_instructions(exclude_testset)
         )
         count = write_judge_records(records, out)
@@ -273,7 +273,7 @@ def package_adapter_command(
         int | None, typer.Option(min=1, help="cut every update to this rank (truncated SVD)")
     ] = None,
 ) -> None:
-    """Write a LoRA adapter as the package ships the builtin judge: fp16, optionally lower rank."""
+    """Write a LoRA judge adapter as a package would ship it: fp16, optionally lower rank."""
     from trainer.judges.training import package_adapter
 
     with _user_errors():

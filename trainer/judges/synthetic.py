@@ -1,7 +1,8 @@
 """Synthetic judge-training pairs built from human-written seed tasks (verdicts by construction).
 
-They train a PandaLM-format judge (`pandalm-train judge --seed-tasks`) and teach the builtin
-pointwise judge what broken output looks like (`pandalm-train builtin-judge --seed-tasks`).
+They train a PandaLM-format judge (`pandalm-train judge --seed-tasks`, `pandalm-train
+judge-data`). The builtin pointwise judge does not use them: tried as a sixth source, they gave
+no held-out gain (docs/JUDGE_TRAINING.md).
 
 Source: the 175 seed tasks of Stanford Alpaca / self-instruct (`seed_tasks.jsonl`: instruction,
 instances[input, output], Apache-2.0), each with a human-written answer. PandaLM's human-labelled
@@ -52,9 +53,8 @@ from trainer.judges.data import JudgeRecord
 __all__ = [
     "PAIR_KINDS",
     "SeedTask",
-    "build_builtin_judge_records",
+    "build_synthetic_records",
     "load_seed_tasks",
-    "write_builtin_judge_data",
 ]
 
 PAIR_KINDS: tuple[str, ...] = (
@@ -188,7 +188,7 @@ def _tie(task: SeedTask, first: str, second: str, reason: str) -> JudgeRecord:
     return JudgeRecord(task.instruction, task.input, first, second, "Tie", reason, task.output)
 
 
-def build_builtin_judge_records(
+def build_synthetic_records(
     tasks: Iterable[SeedTask], seed: int = 0, exclude: Iterable[str] = ()
 ) -> list[JudgeRecord]:
     """One pair per applicable kind (module table) per task; tasks whose instruction is in
@@ -196,7 +196,7 @@ def build_builtin_judge_records(
     excluded = {text.strip() for text in exclude}
     tasks = [task for task in tasks if task.instruction not in excluded]
     if len(tasks) < 3:
-        raise InputError("the builtin judge data needs at least 3 seed tasks")
+        raise InputError("synthetic judge data needs at least 3 seed tasks")
     rng = random.Random(seed)
     records: list[JudgeRecord] = []
     for task in tasks:
@@ -240,16 +240,3 @@ def build_builtin_judge_records(
             )
         )
     return records
-
-
-def write_builtin_judge_data(
-    seed_tasks: Path, out: Path, seed: int = 0, exclude_testset: Path | None = None
-) -> int:
-    """Build the records from a seed-tasks file and write them as JSONL; returns how many."""
-    from trainer.judges.data import write_judge_records
-
-    exclude: list[str] = []
-    if exclude_testset is not None:
-        exclude = [record.get("instruction", "") for _, record in read_records(exclude_testset)]
-    records = build_builtin_judge_records(load_seed_tasks(seed_tasks), seed, exclude)
-    return write_judge_records(records, out)
