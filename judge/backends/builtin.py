@@ -40,8 +40,8 @@ TIE_SHARPNESS = 16
 
 
 def tie_inputs(similarity: np.ndarray) -> np.ndarray:
-    """The tie model's inputs from `pair_similarity` rows: 1 and r**TIE_SHARPNESS."""
-    return np.column_stack([np.ones(len(similarity)), similarity[:, 1] ** TIE_SHARPNESS])
+    """The tie model's inputs from `pair_similarity` values r: 1 and r**TIE_SHARPNESS."""
+    return np.column_stack([np.ones(len(similarity)), similarity**TIE_SHARPNESS])
 
 
 @dataclass(frozen=True)
@@ -109,9 +109,7 @@ class BuiltinJudge(PointwiseJudge):
     def pair_probabilities(
         self, first: np.ndarray, second: np.ndarray, pairs: Sequence[Pair]
     ) -> np.ndarray:
-        similarity = np.asarray(
-            [pair_similarity(p.response1, p.response2) for p in pairs], dtype=float
-        ).reshape(-1, 2)
+        similarity = np.asarray([pair_similarity(p.response1, p.response2) for p in pairs])
         return self.model.probabilities(first - second, similarity)
 
 
