@@ -83,6 +83,18 @@ class ReferenceScore(SQLModel, table=True):
     items: int
 
 
+class SiteResult(SQLModel, table=True):
+    """The run's outcome as the coordinator sent it (`query.result`): the chosen config's id,
+    the baseline's where the run named one, and the validated message as received."""
+
+    __tablename__ = "site_result"
+    run_key: str = Field(primary_key=True)
+    best_id: str
+    baseline_id: str | None = None
+    message: str  # JSON of the decoded record (common.protocol.decode_result reads it back)
+    received: datetime = Field(default_factory=utc_now)
+
+
 class LedgerEntry(SQLModel, table=True):
     """Every payload that leaves the site, written before it is sent."""
 
@@ -95,7 +107,7 @@ class LedgerEntry(SQLModel, table=True):
     content: str  # JSON of the decoded payload
 
 
-TABLES = (SiteRun, ComparisonJob, ItemJudgment, ReferenceScore, LedgerEntry)
+TABLES = (SiteRun, ComparisonJob, ItemJudgment, ReferenceScore, SiteResult, LedgerEntry)
 SCHEMA = Schema.of_package("agent database", __file__, TABLES, "agent")
 
 

@@ -52,6 +52,8 @@ class RunSite(RunRow, table=True):
     reason: str = ""
     progress: int = 0
     last_seen: datetime | None = None
+    result_acknowledged: datetime | None = None
+    """When the site acknowledged the run's result (`query.result`); None: not yet."""
 
 
 class ComparisonResult(RunRow, SliceTallyColumns, table=True):

@@ -48,6 +48,7 @@ from common.protocol import (
 )
 from common.settings import AUTO, RunSettings
 from common.tally import Tally
+from coordinator.announce import announce_run
 from coordinator.db import RoundLog, judgments
 from coordinator.run_store import RunStore
 from coordinator.secure_sum import SecureSum, aggregation
@@ -175,7 +176,9 @@ class FederatedSelection:
             if not requests:
                 raise RuntimeError("the selection procedure is stuck: nothing to ask")
             self._compare(requests)
-        return self._finish(time.monotonic() - started)
+        outcome = self._finish(time.monotonic() - started)
+        announce_run(self.store, self.transport, self.settings, outcome.ranking, len(outcome.sites))
+        return outcome
 
     def _join_sites(self) -> None:
         """Wait for enough sites, then send the space to every new one."""
