@@ -178,7 +178,42 @@ def status(config: ConfigOption) -> None:
                 str(counts.get("pending", 0)),
             )
     Console().print(table)
+    _print_results(engine)
     _print_reference_scores(engine)
+    _print_disk_use(site)
+
+
+def _print_results(engine: Engine) -> None:
+    """Each run's outcome as the coordinator sent it: the chosen config and its parameters."""
+    from agent.results import site_results
+
+    results = site_results(engine)
+    if not results:
+        return
+    table = Table(title="chosen configs (sent by the coordinator)")
+    for column in ("run", "chosen", "hyperparameters", "evidence", "versus baseline"):
+        table.add_column(column, overflow="fold")
+    for result in results:
+        table.add_row(
+            result.run_key,
+            result.best_id,
+            result.describe_params(),
+            result.describe_evidence(),
+            result.describe_baseline(),
+        )
+    Console().print(table)
+
+
+def _print_disk_use(site: SiteConfig) -> None:
+    from agent.results import disk_use
+
+    use = disk_use(site.candidates_dir)
+    Console().print(
+        f"candidates: {use.bytes / 2**20:.1f} MiB in {site.candidates_dir} "
+        f"({use.with_weights} checkpoints with weights, {use.without_weights} without)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _print_reference_scores(engine) -> None:

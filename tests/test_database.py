@@ -135,9 +135,13 @@ def test_an_initial_database_is_upgraded_to_head_with_every_row_intact(
         cache = JudgmentCache(urls["judge"])
     for name, schema in SCHEMAS.items():
         assert _revision(urls[name], schema) == dbschema.head(schema)
-        # by position: later revisions rename columns (coordinator 0003), keeping their order
+        # by position: later revisions rename columns (coordinator 0003), keeping their order,
+        # and add columns after the stored ones (coordinator 0004: nullable, so None there)
         after = _rows(urls[name], _reflected(urls[name], schema))
-        assert {table: after[table] for table in before[name]} == before[name], name
+        for table, rows in before[name].items():
+            width = len(rows[0])
+            assert [row[:width] for row in after[table]] == rows, (name, table)
+            assert all(value is None for row in after[table] for value in row[width:]), table
     said = [r.getMessage() for r in caplog.records]
     if made_before_alembic:
         assert len(said) == 3 and all("made before schema versioning" in m for m in said), said
@@ -190,7 +194,7 @@ def test_a_0002_coordinator_database_upgrades_to_run_key_and_selection_mode(
     from coordinator.run_store import RunStore
 
     engine = open_coordinator_database(url)
-    assert _revision(url, COORDINATOR) == "0003"
+    assert _revision(url, COORDINATOR) == dbschema.head(COORDINATOR)
     result = run_result(engine, "old-run")
     assert (result.run_key, result.selection_mode, result.requested_mode) == (
         "old-run", "racing", "auto",
@@ -201,17 +205,17 @@ def test_a_0002_coordinator_database_upgrades_to_run_key_and_selection_mode(
     assert [row.round for row in store.recorded()] == [3]
 
 
-NEW_COLUMN_REVISION = '''"""A column added after the initial schema (test only).
+NEW_COLUMN_REVISION = '''"""A column added after the code's newest revision (test only).
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0099
+Revises: {head}
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0099"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -228,25 +232,26 @@ def downgrade() -> None:
 
 
 def test_a_new_column_is_one_revision_file(new_database_url, tmp_path: Path) -> None:
-    """The mechanism for the next schema change: a revision file beside 0001 upgrades a
+    """The mechanism for the next schema change: a revision file after the head upgrades a
     filled database in place (SQLite copies the table in batch mode; PostgreSQL alters it)."""
     scripts = tmp_path / "migrations"
     shutil.copytree(AGENT.scripts, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_note.py").write_text(NEW_COLUMN_REVISION)
+    head = dbschema.head(AGENT)
+    (scripts / "versions" / "0099_note.py").write_text(NEW_COLUMN_REVISION.format(head=head))
     schema = Schema(AGENT.name, scripts, AGENT.tables, AGENT.version_table)
     url = new_database_url("agent")
-    dbschema.upgrade(dbschema.create_database_engine(url), schema, "0001")
+    dbschema.upgrade(dbschema.create_database_engine(url), schema, head)
     before = _fill(url, schema)
 
     outcome = dbschema.upgrade(dbschema.create_database_engine(url), schema)
-    assert (outcome.before, outcome.after) == ("0001", "0002")
+    assert (outcome.before, outcome.after) == (head, "0099")
     after = _rows(url, _reflected(url, schema))
     jobs = after.pop("comparison_job")
     assert after == {k: v for k, v in before.items() if k != "comparison_job"}
     assert [row[:-1] for row in jobs] == before["comparison_job"]
     assert [row[-1] for row in jobs] == ["none"] * 3
-    # the code of 0001 refuses the database it can no longer read
-    with pytest.raises(SchemaError, match=r"revision 0002, which this version .* newest is 0001"):
+    # the code of the older head refuses the database it can no longer read
+    with pytest.raises(SchemaError, match=rf"revision 0099, which this version .* newest is {head}"):
         open_database(url)
 
 
