@@ -233,6 +233,38 @@ def _print_reference_scores(engine) -> None:
 
 
 @app.command()
+def export(
+    config: ConfigOption,
+    run: Annotated[str, typer.Option(help="the run whose chosen config to export")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="a new (or empty) directory")],
+    merge: Annotated[
+        bool, typer.Option(help="merge a LoRA adapter into the base: a transformers model")
+    ] = False,
+    gguf: Annotated[
+        str | None, typer.Option(help="also write a GGUF for llama.cpp: f16, q8_0 or q4_k_m")
+    ] = None,
+) -> None:
+    """Write the model of the config the run chose, with a model card (README.md); a full
+    fine-tuning winner whose weights were deleted is trained again from the run's seed."""
+    from agent.export import ExportError, export_model
+    from common.records import InputError
+    from judge.models import ModelNotFoundError
+    from trainer.arguments import SettingsError
+
+    errors = (ExportError, InputError, ModelNotFoundError, SettingsError)
+    with _site(config) as site, user_errors(console, *errors):
+        report = export_model(site, run, out, merge=merge, gguf=gguf)
+    console.print(
+        f"wrote {report.out} ({report.form} of config {report.config_id}"
+        + (", retrained from the run's seed" if report.rebuilt else "")
+        + (f", {report.gguf.name}" if report.gguf else "")
+        + f"; {report.bytes / 2**20:.1f} MiB)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
 def audit(
     config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="the site's data directory")] = None,

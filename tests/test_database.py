@@ -251,7 +251,8 @@ def test_a_new_column_is_one_revision_file(new_database_url, tmp_path: Path) -> 
     assert [row[:-1] for row in jobs] == before["comparison_job"]
     assert [row[-1] for row in jobs] == ["none"] * 3
     # the code of the older head refuses the database it can no longer read
-    with pytest.raises(SchemaError, match=rf"revision 0099, which this version .* newest is {head}"):
+    refusal = rf"revision 0099, which this version .* newest is {head}"
+    with pytest.raises(SchemaError, match=refusal):
         open_database(url)
 
 

@@ -6,10 +6,10 @@ from hypothesis import strategies as st
 
 from common.protocol import (
     MAX_COMPARISONS,
+    NO_BASELINE,
     Code,
     CompareMessage,
     Comparison,
-    NO_BASELINE,
     ProtocolError,
     Reply,
     ResultMessage,

@@ -185,9 +185,10 @@ def generate_responses(
     """Greedy responses of every checkpoint to every item, appended to `out` (JSONL).
 
     `delete_weights` removes the full fine-tuning model of a finished run's checkpoint once all
-    its responses are stored, as judging needs only the responses (adapters are kept); `on_progress(n)` counts responses done,
-    cached ones included; `on_model(checkpoint, model, tokenizer)` is called while a
-    checkpoint's model is loaded for generation (the reference NLL uses it).
+    its responses are stored, as judging needs only the responses (adapters are kept);
+    `on_progress(n)` counts responses done, cached ones included; `on_model(checkpoint, model,
+    tokenizer)` is called while a checkpoint's model is loaded for generation (the reference
+    NLL uses it).
     """
     done = {_key(record) for record in read_responses(out)}
     unique = list({item.id: item for item in items}.values())
