@@ -84,13 +84,23 @@ def _federation_toml(
 
 
 class Site:
-    def __init__(self, folder: Path, base: Path, index: int, superlink: str) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        base: Path,
+        index: int,
+        superlink: str,
+        more: dict[str, dict[str, object]] | None = None,
+    ) -> None:
+        """Site `site-INDEX`; `more` sets more of its site.toml, table by table."""
         settings: dict[str, dict[str, object]] = {
             "flower": {"superlink": superlink, "clientappio_port": free_port()}
         }
         if index == PAIRWISE_SITE:  # the worker judges with the double whatever the spec says
             (folder / "pairwise.gguf").write_bytes(b"GGUF")
             settings["judge"] = {"spec": f"gguf:{folder / 'pairwise.gguf'}"}
+        for table, values in (more or {}).items():
+            settings.setdefault(table, {}).update(values)
         path = write_site_config(folder, base, name=f"site-{index}", seed=index, settings=settings)
         self.config = load_site_config(path)
         self.env = site_environment(self.config)
