@@ -77,7 +77,7 @@ def _federation_toml(
         "round_timeout = 20.0\n"
         f'secure_aggregation = "{secure_aggregation}"\n'
         "retry_seconds = 0.5\nmax_retry_seconds = 4.0\npatience = 2\n"
-        "validation_items = 6\nblocks = 2\n"
+        "validation_items = 6\nblocks = 2\nresult_timeout = 10.0\n"
         f'[superlink]\naddress = "{superlink}"\ninsecure = true\n'
     )
     return path
@@ -205,6 +205,8 @@ def test_full_run_with_a_killed_worker_and_a_lost_supernode(federation) -> None:
         site_rows = session.exec(select(RunSite).where(RunSite.run_key == "run-one")).all()
         left_out = [s for s in site_rows if s.status == "left_out"]
         assert len(left_out) == 1 and "no valid answer" in left_out[0].reason
+        told = [s.status for s in site_rows if s.result_acknowledged is not None]
+        assert told == ["active", "active"], "the result reached the sites still up"
         results = session.exec(select(ComparisonResult)).all()
         assert results and all(r.sites in (2, 3) for r in results)
         assert results[-1].sites == 2
