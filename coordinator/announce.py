@@ -99,8 +99,8 @@ def announce_result(
 ) -> dict[int, bool]:
     """Send the result to every site of the run that has not acknowledged it, again each
     `retry_seconds` (doubling up to `max_retry_seconds`) until all have or `result_timeout`
-    passed; per site, whether it has acknowledged. A site that refuses it is not asked again
-    in this call."""
+    passed (no round starts after it; one started before runs its `round_timeout`); per site,
+    whether it has acknowledged. A site that refuses it is not asked again in this call."""
     record = encode_result(message)
     waiting = {int(s.node_id) for s in store.sites() if s.result_acknowledged is None}
     deadline = time.monotonic() + settings.result_timeout
@@ -108,9 +108,9 @@ def announce_result(
     refused: set[int] = set()
     while waiting - refused:
         reachable = sorted((waiting - refused) & set(transport.node_ids()))
-        if reachable:
-            timeout = min(settings.round_timeout, max(deadline - time.monotonic(), 1.0))
-            replies = transport.exchange(RESULT_MESSAGE, dict.fromkeys(reachable, record), timeout)
+        if reachable:  # a round started in time gets its round_timeout, as every round does
+            records = dict.fromkeys(reachable, record)
+            replies = transport.exchange(RESULT_MESSAGE, records, settings.round_timeout)
             for node_id, reply in replies.items():
                 status = _reply_status(node_id, reply)
                 if status == Status.OK:
