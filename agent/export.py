@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from agent.config import SiteConfig
 from agent.db import SiteRun, open_database
-from agent.results import RunOutcome, site_result
+from agent.results import SiteOutcome, site_result
 from agent.worker import candidate_arguments, training_records, validation_items
 from common.space import CandidateConfig
 
@@ -58,7 +58,7 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def _outcome(site: SiteConfig, run_key: str) -> tuple[SiteRun, RunOutcome]:
+def _outcome(site: SiteConfig, run_key: str) -> tuple[SiteRun, SiteOutcome]:
     engine = open_database(site.database_url)
     with Session(engine) as session:
         run = session.get(SiteRun, run_key)
@@ -78,7 +78,7 @@ def _check_out(out: Path) -> None:
         raise ExportError(f"{out}: exists and is not an empty directory")
 
 
-def winner_checkpoint(site: SiteConfig, outcome: RunOutcome) -> tuple[CandidateCheckpoint, bool]:
+def winner_checkpoint(site: SiteConfig, outcome: SiteOutcome) -> tuple[CandidateCheckpoint, bool]:
     """The chosen config's checkpoint with its weights, and whether it had to be retrained."""
     from trainer.candidates import find_checkpoints, rebuild_checkpoint
 
@@ -179,7 +179,7 @@ def export_model(
 def model_card(
     site: SiteConfig,
     run: SiteRun,
-    outcome: RunOutcome,
+    outcome: SiteOutcome,
     form: str,
     rebuilt: bool,
     gguf: Path | None,

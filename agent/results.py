@@ -21,7 +21,7 @@ which `status` does not need)."""
 
 
 @dataclass(frozen=True)
-class RunOutcome:
+class SiteOutcome:
     """A run's result at this site: the message as received, with the configs it names."""
 
     run_key: str
@@ -68,13 +68,13 @@ class RunOutcome:
         )
 
 
-def _outcome(result: SiteResult, run: SiteRun) -> RunOutcome:
+def _outcome(result: SiteResult, run: SiteRun) -> SiteOutcome:
     ids = run.ids()
     message = decode_result(json.loads(result.message), n_configs=len(ids))
-    return RunOutcome(result.run_key, message, ids, run.param_list())
+    return SiteOutcome(result.run_key, message, ids, run.param_list())
 
 
-def site_results(engine: Engine) -> list[RunOutcome]:
+def site_results(engine: Engine) -> list[SiteOutcome]:
     """Every run's result this site received, oldest run first."""
     with Session(engine) as session:
         rows = session.exec(
@@ -85,7 +85,7 @@ def site_results(engine: Engine) -> list[RunOutcome]:
     return [_outcome(result, run) for result, run in rows]
 
 
-def site_result(engine: Engine, run_key: str) -> RunOutcome | None:
+def site_result(engine: Engine, run_key: str) -> SiteOutcome | None:
     """The run's result, or None while the coordinator has not sent one."""
     with Session(engine) as session:
         result, run = session.get(SiteResult, run_key), session.get(SiteRun, run_key)
