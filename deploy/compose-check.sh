@@ -56,6 +56,14 @@ make_base() {
       bookworm "$rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1 \
       || fail base "debootstrap: $(last_error "$WORK/debootstrap.log")"
   fi
+  # A build machine behind a TLS-inspecting proxy trusts extra CAs; the image's apt and pip
+  # (pip reads /etc/pip.conf, not the system store) must trust them too.
+  if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/"
+    chroot "$rootfs" update-ca-certificates >/dev/null 2>&1 \
+      || fail base "update-ca-certificates in the base image failed"
+    printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$rootfs/etc/pip.conf"
+  fi
   ln -sf /usr/bin/python3 "$rootfs/usr/local/bin/python3"
   ln -sf /usr/bin/python3 "$rootfs/usr/local/bin/python"
   tar -C "$rootfs" -c . | engine import --change 'CMD ["python3"]' - "$BASE" >"$WORK/import.log" 2>&1 \
