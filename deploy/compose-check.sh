@@ -5,7 +5,7 @@
 #   deploy/compose-check.sh base     + a python:3.11-slim stand-in from Debian (no registry)
 #   deploy/compose-check.sh build    + both images from deploy/docker (long: pip installs the
 #                                      project and builds llama.cpp inside the image)
-#   deploy/compose-check.sh up       + the Compose file's coordinator and 3 sites (podman-compose)
+# Running the Compose file's coordinator and 3 sites is not automated yet (deploy/GUIDE.md).
 #
 # Each stage fails with exit status 3 and one line `compose-check: STAGE: REASON` naming the
 # engine's own error when the sandbox forbids it (CI reads that line); 0 when it passed.
@@ -79,18 +79,9 @@ build() {
   done
 }
 
-up() {
-  command -v podman-compose >/dev/null || fail up "podman-compose is not installed"
-  "$ROOT/deploy/compose-config.sh" "$ROOT/deploy/config" >"$WORK/config.log" 2>&1 \
-    || fail up "writing deploy/config: $(last_error "$WORK/config.log")"
-  (cd "$ROOT/deploy" && podman-compose --podman-args "${GLOBAL_FLAGS[*]}" up -d) \
-    >"$WORK/up.log" 2>&1 || fail up "$(last_error "$WORK/up.log")"
-}
-
 case "$STAGE" in
   probe) probe ;;
   base) make_base && probe ;;
   build) probe && build ;;
-  up) probe && build && up ;;
-  *) echo "usage: $0 probe|base|build|up" >&2; exit 2 ;;
+  *) echo "usage: $0 probe|base|build" >&2; exit 2 ;;
 esac

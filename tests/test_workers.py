@@ -175,3 +175,20 @@ def test_two_worker_processes_share_training_and_take_over_a_killed_one(
     records = [json.loads(line) for line in config.responses_file.read_text().splitlines()]
     keys = [(r["config_id"], r["item_id"]) for r in records]
     assert len(keys) == len(set(keys)) == len(CONFIGS) * 6, "every response generated once"
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ("workers = 0", r"\[site\]\.workers: must be at least 1, got 0"),
+        ("worker_lease = 0.0", r"\[site\]\.worker_lease: must be above 0, got 0\.0"),
+        ('workers = "2"', r"\[site\]\.workers: must be int, got '2'"),
+    ],
+)
+def test_bad_worker_settings_are_named(tmp_path: Path, line: str, said: str) -> None:
+    from agent.config import SiteConfigError
+
+    path = tmp_path / "site.toml"
+    path.write_text(f'[site]\nname = "s"\n{line}\n')
+    with pytest.raises(SiteConfigError, match=said):
+        load_site_config(path)
