@@ -24,25 +24,30 @@ mkdir -p "$WORK"
 fail() { echo "compose-check: $1: $2" >&2; exit 3; }
 last_error() { grep -v '^\s*$' "$1" | tail -n 1; }
 
-# Flags that make the engine's OCI runtime work here: rlimits no higher than this process's own
-# (raising them needs CAP_SYS_RESOURCE; the engine's defaults, nofile 1048576 and a large nproc,
-# are refused, and so was nproc 48184 while 20000 passed), and runc where cgroups are mounted in
-# hybrid mode (crun 1.8 refuses "cgroups in hybrid mode").
-RUN_FLAGS=(--ulimit "nofile=$(ulimit -Sn):$(ulimit -Hn)" --ulimit "nproc=4096:4096")
-GLOBAL_FLAGS=()
-if [ -d /sys/fs/cgroup/unified ] && command -v runc >/dev/null; then
-  GLOBAL_FLAGS=(--runtime "$(command -v runc)")
-fi
-engine() { "$ENGINE" "${GLOBAL_FLAGS[@]}" "$@"; }
+# What makes the engine's OCI runtime work here, in a containers.conf of its own (podman and
+# podman-compose read CONTAINERS_CONF; the machine's files stay as they are): rlimits no higher
+# than this process's own (raising them needs CAP_SYS_RESOURCE; the engine's defaults, nofile
+# 1048576 and a large nproc, are refused, and so was nproc 48184 while 20000 passed), and runc
+# where cgroups are mounted in hybrid mode (crun 1.8 refuses "cgroups in hybrid mode").
+export CONTAINERS_CONF="$WORK/containers.conf"
+{
+  echo '[containers]'
+  echo "default_ulimits = [\"nofile=$(ulimit -Sn):$(ulimit -Hn)\", \"nproc=4096:4096\"]"
+  if [ -d /sys/fs/cgroup/unified ] && command -v runc >/dev/null; then
+    printf '[engine]\nruntime = "runc"\n'
+  fi
+} >"$CONTAINERS_CONF"
+engine() { "$ENGINE" "$@"; }
 
 probe() {
-  [ -n "$ENGINE" ] || fail probe "no container engine (podman or docker) on PATH"
+  [ -n "$ENGINE" ] && command -v "$ENGINE" >/dev/null \
+    || fail probe "no container engine (podman or docker) on PATH${ENGINE:+: $ENGINE}"
   if ! engine image exists "$BASE" 2>/dev/null; then
     make_base || return
   fi
-  engine run --rm "${RUN_FLAGS[@]}" --network none "$BASE" python3 -c 'print("ok")' \
+  engine run --rm --network none "$BASE" python3 -c 'print("ok")' \
     >"$WORK/probe.log" 2>&1 || fail probe "$(last_error "$WORK/probe.log")"
-  echo "compose-check: probe: $ENGINE runs containers (${GLOBAL_FLAGS[*]} ${RUN_FLAGS[*]})"
+  echo "compose-check: probe: $ENGINE runs containers ($(tr '\n' ' ' <"$CONTAINERS_CONF"))"
 }
 
 make_base() {
@@ -72,7 +77,7 @@ make_base() {
 
 build() {
   for image in coordinator agent-cpu; do
-    engine build --network host "${RUN_FLAGS[@]}" -t "localhost/pandalm-$image" \
+    engine build --network host -t "localhost/pandalm-$image" \
       -f "$ROOT/deploy/docker/Dockerfile.$image" "$ROOT" >"$WORK/build-$image.log" 2>&1 \
       || fail build "$image: $(last_error "$WORK/build-$image.log") (log: $WORK/build-$image.log)"
     echo "compose-check: build: localhost/pandalm-$image built"
