@@ -71,7 +71,8 @@ class ClaimStore:
     def plan(self, run_key: str, runs: Sequence[TrainingRun]) -> bool:
         """Record the site run's training jobs, unless another worker planned it first: the
         claim and the jobs are one transaction. A job another site run already has is shared;
-        one that failed there is tried again."""
+        one that ended there is done again (a trained run is not trained twice, but this site's
+        validation set may have new items to generate; one that failed is tried again)."""
         with Session(self.engine) as session:
             claimed = session.connection().execute(
                 update(SiteRun)
@@ -86,11 +87,12 @@ class ClaimStore:
             ids = [run.id for run in runs]
             session.connection().execute(
                 update(TrainingJob)
-                .where(TrainingJob.training_run_id.in_(ids), TrainingJob.status == "failed")
+                .where(TrainingJob.training_run_id.in_(ids))
+                .where(TrainingJob.status.in_(("done", "failed")))
                 .values(status="pending", worker="", error_code=0)
             )
             session.commit()
-        self.settle(run_key)  # every job may be done already (an earlier run trained them)
+        self.settle(run_key)  # a run of no training job is ready at once
         return True
 
     # -- training jobs ----------------------------------------------------------------------
