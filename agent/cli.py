@@ -75,11 +75,21 @@ def enroll(config: ConfigOption) -> None:
 
 
 @app.command()
-def start(config: ConfigOption) -> None:
-    """Run the site: the job worker and the Flower SuperNode, restarted if they exit."""
+def start(
+    config: ConfigOption,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Job workers, each on one device (default: [site] workers)."),
+    ] = None,
+) -> None:
+    """Run the site: the job workers and the Flower SuperNode, restarted if they exit."""
+    from dataclasses import replace
+
     from agent.supervisor import supervise
 
     with _site(config) as site, _schema_errors():
+        if workers is not None:
+            site = replace(site, workers=workers)
         check_judge_endpoint(site)
         for changed, line in _upgrade(site):
             if changed:
@@ -128,14 +138,17 @@ def db_current(config: ConfigOption) -> None:
 
 
 @app.command(hidden=True)
-def worker(config: ConfigOption) -> None:
-    """The job worker (started by `start`)."""
+def worker(
+    config: ConfigOption,
+    slot: Annotated[int, typer.Option(min=1, help="This worker's slot (its lease name).")] = 1,
+) -> None:
+    """A job worker (started by `start`, one per slot)."""
     from agent.worker import SiteWorker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with _site(config) as site:
         check_judge_endpoint(site)
-    SiteWorker(site).run_forever()
+    SiteWorker(site, slot=slot).run_forever()
 
 
 @app.command(hidden=True)

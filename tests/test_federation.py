@@ -91,6 +91,7 @@ def _selection(
         round_timeout=1,
         retry_seconds=0,
         patience=2,
+        site_timeout=0,
         validation_items=6,
         blocks=2,
         chunk_items=3,
@@ -156,6 +157,71 @@ def test_a_silent_site_is_left_out_and_named(tmp_path: Path, sites: dict) -> Non
     assert outcome.aggregation == (
         "tallies in the clear: 2 sites, SecAgg+ needs 3 (secure_aggregation = when-possible)"
     )
+
+
+def test_a_site_back_after_being_left_out_rejoins(tmp_path: Path, sites: dict) -> None:
+    """Site 13 is silent until it is left out and the first comparisons are recorded without
+    it; when it answers again it is offered the space, rejoins, and the later comparisons are
+    summed over all three sites."""
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    transport = LoopbackTransport(sites)
+    selection = _selection(engine, transport, "run-rejoin", secure_aggregation="when-possible")
+    original = transport.exchange
+    left_out_seen = []
+
+    def silent_until_a_comparison_is_recorded(message_type, records, timeout):
+        recorded = comparison_rows(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+        if message_type == "query.compare" and not recorded:
+            transport.silent.add(13)
+        elif recorded:
+            transport.silent.discard(13)
+        left_out_seen.append(13 in selection.sites.left_out())
+        return original(message_type, records, timeout)
+
+    transport.exchange = silent_until_a_comparison_is_recorded
+    outcome = selection.run()
+    assert any(left_out_seen), "site 13 was left out for a while"
+    assert outcome.best_index == 2
+    assert outcome.sites == [11, 12, 13] and outcome.left_out == {}
+    spaces_to_13 = [r for t, r in transport.exchanges if t == "query.space" and 13 in r]
+    assert len(spaces_to_13) >= 2, "the space at the start, offered again while it was out"
+    by_round = sorted(comparison_rows(f"sqlite:///{tmp_path / 'coordinator.sqlite'}"),
+                      key=lambda r: r.round)  # fmt: skip
+    assert by_round[0].sites == 2 and by_round[-1].sites == 3
+
+
+def test_silence_is_measured_in_time_not_rounds(tmp_path: Path) -> None:
+    """Fast-failing rounds do not leave a site out before `site_timeout` seconds; then it is
+    left out for silence and may rejoin, while a site that refused may not."""
+    from coordinator.run_store import RunStore
+    from coordinator.site_pool import SitePool
+
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    store = RunStore(engine, "run-clock")
+    now = [100.0]
+    pool = SitePool(store, patience=3, site_timeout=60.0, clock=lambda: now[0])
+    pool.join([1, 2])
+    pool.seen(1, 0)
+    for _ in range(20):  # 20 rounds whose questions came back at once, over 50 s
+        now[0] += 2.5
+        pool.silent(1)
+    assert pool.active() == [1, 2]
+    now[0] += 11.0
+    pool.silent(1)
+    assert pool.left_out() == {1: "no valid answer for 61 s (21 rounds)"}
+    pool.leave_out(2, "compare FAILED code INTERNAL_ERROR")
+    pool.join([3])
+    for _ in range(3):
+        now[0] += 30.0
+        pool.note(3, "report rejected: IMPOSSIBLE_TALLY")
+        pool.silent(3)
+    assert pool.left_out()[3].endswith("(last: report rejected: IMPOSSIBLE_TALLY)")
+    pool.note(1, "report rejected: IMPOSSIBLE_TALLY")  # a left-out site keeps its reason
+    assert pool.returning([1, 2, 3]) == [1] and pool.returning([2, 3]) == []
+    pool.rejoin(1)
+    assert pool.active() == [1] and pool.returning([1, 2]) == []
+    pool.silent(1)
+    assert pool.active() == [1], "a rejoined site's silence starts again"
 
 
 def test_a_restarted_coordinator_resumes(sites: dict, new_database_url) -> None:

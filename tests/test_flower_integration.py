@@ -76,7 +76,7 @@ def _federation_toml(
         f'[selection]\nselection_mode = "{selection_mode}"\nmin_sites = {min_sites}\n'
         "round_timeout = 20.0\n"
         f'secure_aggregation = "{secure_aggregation}"\n'
-        "retry_seconds = 0.5\nmax_retry_seconds = 4.0\npatience = 2\n"
+        "retry_seconds = 0.5\nmax_retry_seconds = 4.0\npatience = 2\nsite_timeout = 0.0\n"
         "validation_items = 6\nblocks = 2\n"
         f'[superlink]\naddress = "{superlink}"\ninsecure = true\n'
     )
