@@ -22,7 +22,9 @@ import numpy as np
 from agent.config import SiteConfig, check_judge_endpoint, judge_endpoint, resolve_data_path
 from agent.db import open_database
 from agent.job_store import JobStore
+from agent.preflight import failure_code, site_problems
 from common.protocol import Code
+from common.space import CandidateConfig
 from judge.backends import load_backend
 from judge.backends.base import GenerationSettings, JudgeBackend, PointwiseBackend
 from judge.cache import JudgmentCache
@@ -160,9 +162,12 @@ class SiteWorker:
         from trainer.candidates import train_candidates as train
         from trainer.generate import generate_responses
 
+        configs = self.store.run_configs(run_key)
+        if self._refused_by_preflight(run_key, configs):
+            return
         torch.set_num_threads(self.config.model.torch_threads)
         self._record_judge_endpoint(run_key)
-        configs = self.store.run_configs(run_key)
+        failure = Code.TRAINING_FAILED
         try:
             model = self.config.model
             args = CandidateTrainingArguments(
@@ -184,7 +189,7 @@ class SiteWorker:
                 progress=800,
                 training_seconds=time.monotonic() - started,
             )
-            started = time.monotonic()
+            started, failure = time.monotonic(), Code.GENERATION_FAILED
             items = validation_items(self.config)
             answers = reference_answers(self.config)
             generate_responses(
@@ -197,13 +202,27 @@ class SiteWorker:
                 on_model=self._reference_nll(run_key, items, answers),
             )
             self._store_exact_match(run_key, [c.config.id for c in report.checkpoints], answers)
-        except Exception:
+        except Exception as exc:
             log.exception("preparing run %s failed", run_key)
-            self.store.update_run(run_key, stage="failed", error_code=int(Code.TRAINING_FAILED))
+            code = failure_code(exc, failure)
+            self.store.update_run(run_key, stage="failed", error_code=int(code), error=str(exc))
             return
         self.store.update_run(
             run_key, stage="ready", progress=1000, generation_seconds=time.monotonic() - started
         )
+
+    def _refused_by_preflight(self, run_key: str, configs: list[CandidateConfig]) -> bool:
+        """Check data, judge, base model and disk before training (agent/preflight.py): a
+        problem fails the run at once with its code, its text kept for `status`."""
+        problems = site_problems(self.config, configs, reach_judge=False)
+        for problem in problems:
+            log.error("run %s refused before training: %s", run_key, problem.text)
+        if problems:
+            text = "\n".join(problem.text for problem in problems)
+            self.store.update_run(
+                run_key, stage="failed", error_code=int(problems[0].code), error=text
+            )
+        return bool(problems)
 
     def _record_judge_endpoint(self, run_key: str) -> None:
         """The run's pairs will go to a judge server: the ledger names its host (once)."""
