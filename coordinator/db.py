@@ -73,7 +73,6 @@ class ComparisonResult(RunRow, SliceTallyColumns, table=True):
     round: int
     recorded: datetime = Field(default_factory=utc_now)
 
-
     def contributor_ids(self) -> list[str]:
         return json.loads(self.contributors)
 

@@ -255,7 +255,7 @@ def test_a_new_column_is_one_revision_file(new_database_url, tmp_path: Path) -> 
     assert [row[-1] for row in jobs] == ["none"] * 3
     # the code of 0001 refuses the database it can no longer read
     newest = dbschema.head(AGENT)
-    with pytest.raises(SchemaError, match=rf"revision 0900, which this version .* newest is {newest}"):
+    with pytest.raises(SchemaError, match=rf"revision 0900, which this version .* is {newest}"):
         open_database(url)
 
 
