@@ -120,6 +120,14 @@ CODE_MEANINGS: dict[Code, str] = {
 the site keeps the detailed text (`pandalm-agent status`), which never crosses the wire."""
 
 
+def code_name(code: int) -> str:
+    """A code received as an integer, by name (an unknown one as its number)."""
+    try:
+        return Code(code).name
+    except ValueError:
+        return str(code)
+
+
 def code_meaning(code: int) -> str:
     """The meaning of a code received as an integer (an unknown one is named as such)."""
     try:
