@@ -59,17 +59,18 @@ class DiskEstimate:
     checkpoint_bytes: int
     resume_bytes: int
     configs: int
+    """The run's configs; 0 when no run is known yet (room for one candidate)."""
     free_bytes: int
     present_bytes: int = 0
     """Checkpoints already under the candidates folder (a resumed run's, reused)."""
 
     @property
     def needed_bytes(self) -> int:
-        total = self.configs * self.checkpoint_bytes + self.resume_bytes
+        total = max(self.configs, 1) * self.checkpoint_bytes + self.resume_bytes
         return max(total - self.present_bytes, 0)
 
     def line(self) -> str:
-        what = f"{self.configs} candidate checkpoints" if self.configs else "per candidate"
+        what = f"a space of {self.configs} configs" if self.configs else "one candidate"
         return (
             f"disk: about {self.checkpoint_bytes / MIB:.0f} MiB per candidate checkpoint and "
             f"{self.resume_bytes / MIB:.0f} MiB of resume state; {what}: "
@@ -265,7 +266,7 @@ def disk_estimate(
     return DiskEstimate(
         checkpoint_bytes=checkpoint,
         resume_bytes=resume,
-        configs=max(len(configs), 1),
+        configs=len(configs),
         free_bytes=shutil.disk_usage(folder).free,
         present_bytes=_folder_bytes(config.candidates_dir),
     )

@@ -490,3 +490,39 @@ def test_a_failed_run_is_recorded_failed_and_resumes_after_the_fix(
         assert (run.status, run.reason) == ("done", "")
         rows = session.exec(select(ComparisonResult)).all()
         assert rows and all(r.secure and r.contributor_ids() == ["11", "12", "14"] for r in rows)
+
+
+def test_a_stopped_run_is_recorded_and_restart_forgets_the_run(tmp_path: Path, sites: dict) -> None:
+    """`flwr stop` kills the ServerApp, which writes nothing: `pandalm-coordinator start`
+    records the run `stopped` from Flower's status (a run already ended keeps its record); a
+    later start resumes it; `--restart` deletes the run's records so that it runs over."""
+    from coordinator.db import FederatedRun, RoundLog
+    from coordinator.launch import record_flower_end
+    from coordinator.run_store import RunStore
+
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    _selection(engine, LoopbackTransport(sites), "run-stop", "paper", "off").run()
+    store = RunStore(engine, "run-stop")
+    record_flower_end(store, {"status": "finished:failed", "status-details": "late"})
+    with Session(engine) as session:
+        assert session.get(FederatedRun, "run-stop").status == "done", "an ended run keeps it"
+        session.get(FederatedRun, "run-stop").status = "running"  # as if killed mid-run
+        session.commit()
+    record_flower_end(store, {"status": "finished:stopped", "status-details": "stopped by user"})
+    with Session(engine) as session:
+        run = session.get(FederatedRun, "run-stop")
+        assert (run.status, run.reason) == ("stopped", "stopped by user") and run.finished
+
+    outcome = _selection(engine, LoopbackTransport(sites), "run-stop", "paper", "off").run()
+    assert outcome.best_index == 2
+    with Session(engine) as session:
+        assert session.get(FederatedRun, "run-stop").status == "done"
+
+    assert store.forget() and not store.forget()
+    with Session(engine) as session:
+        assert session.get(FederatedRun, "run-stop") is None
+        for table in (RunSite, ComparisonResult, RoundLog):
+            assert not session.exec(select(table).where(table.run_key == "run-stop")).all()
+    transport = LoopbackTransport(sites)
+    assert _selection(engine, transport, "run-stop", "paper", "off").run().best_index == 2
+    assert [t for t, _ in transport.exchanges].count("query.compare") >= 2, "asked anew"
