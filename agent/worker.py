@@ -25,10 +25,11 @@ from agent.job_store import JobStore
 from agent.preflight import failure_code, site_problems
 from common.protocol import Code
 from common.space import CandidateConfig
-from judge.backends import load_backend
+from judge.backends import SpecError, load_backend
 from judge.backends.base import GenerationSettings, JudgeBackend, PointwiseBackend
 from judge.cache import JudgmentCache
 from judge.engine import PairJudge, PairJudgment
+from judge.models import ModelNotFoundError
 from judge.prompt import Pair
 from trainer.data import (
     InstructionRecord,
@@ -290,9 +291,10 @@ class SiteWorker:
             judged = self._judge_for(job.judge_mode).judge_comparison(a_id, b_id, pairs)
             for item, judgment in zip(todo, judged, strict=True):
                 self.store.store_judgment(job.key, item.id, judgment)
-        except Exception:
+        except Exception as exc:
             log.exception("judging comparison job %s failed", job_id)
-            self.store.fail_job(job_id, Code.JUDGING_FAILED)
+            missing = isinstance(exc, (SpecError, ModelNotFoundError))  # a judge model gone
+            self.store.fail_job(job_id, Code.BAD_JUDGE if missing else Code.JUDGING_FAILED)
             return
         seconds = time.monotonic() - started
         item_ids = [item.id for item in items]

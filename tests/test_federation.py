@@ -389,6 +389,9 @@ def test_summary_says_how_each_comparison_was_summed_and_why_a_site_left(
     though the first comparisons were summed by SecAgg+ over 3; the comparisons carried
     neither, nor the left-out site's reason. Site 14 fails (bad data), site 13 falls silent
     after the first secure sum."""
+    from rich.console import Console
+
+    from coordinator.console import render
     from coordinator.report import write_report
     from coordinator.results import run_result
 
@@ -423,6 +426,12 @@ def test_summary_says_how_each_comparison_was_summed_and_why_a_site_left(
     assert left["node-13"]["code"] is None and "no valid answer" in left["node-13"]["reason"]
     page = (tmp_path / "report" / "report.html").read_text()
     assert "SecAgg+ over 3 sites for 2 comparisons" in page
+    console = Console(width=250, record=True)
+    console.print(render(engine, "run-mix"))
+    frame = console.export_text()
+    assert "left_out: compare FAILED code BAD_DATA: the site's training or validation" in frame
+    assert "SecAgg+ over 3 sites: node-11, node-12, node-13" in frame
+    assert "in the clear over 2 sites: node-11, node-12" in frame
     assert "<td>BAD_DATA</td><td>the site&#39;s training or validation data is invalid" in page
 
 

@@ -192,3 +192,33 @@ def test_the_worker_refuses_a_bad_validation_file_before_training(
     with Session(engine) as session:
         run = session.get(SiteRun, "run-1")
         assert (run.stage, run.error_code, run.error) == ("training", 0, "")
+
+
+def test_record_problems_reads_every_record_of_both_formats(tmp_path: Path) -> None:
+    """Every bad record is named (a JSONL file goes on past a bad line), up to a limit; a JSON
+    array that does not parse is one problem; an empty file has no records."""
+    from common.records import record_problems
+    from trainer.data import instruction_record
+
+    lines: list[dict | str] = [GOOD_TRAIN, "[1]", {"instruction": 3, "output": "x"}]
+    lines += [{"instruction": "a", "output": ""}] * 30
+    jsonl = _jsonl(tmp_path / "t.jsonl", lines)
+    problems = record_problems(jsonl, instruction_record, limit=4)
+    assert problems == [
+        f"{jsonl}:2: expected a JSON object",
+        f"{jsonl}:3: field 'instruction' must be a string, not int",
+        f"{jsonl}:4: field 'output' is empty",
+        f"{jsonl}:5: field 'output' is empty",
+        f"{jsonl}: 28 more bad records",
+    ]
+    array = tmp_path / "t.json"
+    array.write_text(json.dumps([GOOD_TRAIN, {"instruction": "a"}]))
+    assert record_problems(array, instruction_record) == [f"{array}[1]: field 'output' is missing"]
+    array.write_text('[{"instruction": "a",\n]')
+    assert record_problems(array, instruction_record) == [
+        f"{array}:2: invalid JSON (Expecting property name enclosed in double quotes)"
+    ]
+    (tmp_path / "empty.jsonl").write_text("\n")
+    assert record_problems(tmp_path / "empty.jsonl", instruction_record) == [
+        f"{tmp_path / 'empty.jsonl'}: no records"
+    ]
