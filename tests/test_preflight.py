@@ -222,3 +222,25 @@ def test_record_problems_reads_every_record_of_both_formats(tmp_path: Path) -> N
     assert record_problems(tmp_path / "empty.jsonl", instruction_record) == [
         f"{tmp_path / 'empty.jsonl'}: no records"
     ]
+
+
+def test_agent_start_as_a_process_refuses_in_one_line(tmp_path: Path, tiny_llama: Path) -> None:
+    """The measured case on a real process: `pandalm-agent start` with a data_dir it cannot
+    write gave a 1,034-line traceback and exit 1; now one line naming the path, exit 2, and no
+    worker, SuperNode or guard (their logs would be under the data directory)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    config = _site(tmp_path, tiny_llama, site={"data_dir": "blocker/site-data"})
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "start", "--config", str(config)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {tmp_path / 'blocker/site-data'}: the data directory cannot be written (Not a "
+        "directory)"
+    ]
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) <= 2
