@@ -191,7 +191,10 @@ def run_federation(federation: FederationConfig, console: Console, restart: bool
         stop_process(superlink)
     if status.get("status") != "finished:completed":
         record_flower_end(store, status)
-        raise RuntimeError(f"the run ended {status.get('status')}: {status.get('status-details')}")
+        raise RuntimeError(
+            f"the run ended {status.get('status')}: {status.get('status-details')} (start it "
+            "again to resume it once the cause is fixed, or with --restart to run it over)"
+        )
     return status
 
 

@@ -69,15 +69,16 @@ def _federation_toml(
     min_sites: int,
     secure_aggregation: str = "off",
     selection_mode: str = "paper",
+    round_timeout: float = 20.0,
 ) -> Path:
     """These runs check tallies in the clear (the wire against the ledger) and sites dropping
-    below three; test_flower_secure_aggregation.py runs SecAgg+."""
+    below three; test_flower_secure_aggregation.py runs SecAgg+ (so does the failed run)."""
     path = folder / f"{name}.toml"
     path.write_text(
         f'[run]\nname = "{name}"\nspace = "space.toml"\nstate_dir = "coordinator"\n'
         f'wire_log = "{name}-wire.jsonl"\n'
         f'[selection]\nselection_mode = "{selection_mode}"\nmin_sites = {min_sites}\n'
-        "round_timeout = 20.0\n"
+        f"round_timeout = {round_timeout}\n"
         f'secure_aggregation = "{secure_aggregation}"\n'
         "retry_seconds = 0.5\nmax_retry_seconds = 4.0\npatience = 2\n"
         "validation_items = 6\nblocks = 2\n"
@@ -351,7 +352,9 @@ def test_a_failed_run_is_recorded_failed_and_resumes_after_the_fix(federation) -
         sites[2].start_supernode()
     judge = folder / "pairwise.gguf"
     judge.rename(folder / "pairwise.gguf.away")
-    toml = _federation_toml(folder, "run-three", superlink, 3, secure_aggregation="required")
+    toml = _federation_toml(  # each SecAgg+ stage starts a ClientApp per site: time for it
+        folder, "run-three", superlink, 3, secure_aggregation="required", round_timeout=60.0
+    )
     config = load_federation_config(toml)
     engine = open_coordinator_database(config.database_url)
     status = follow_run(config, submit_run(config.state_dir, config.run_config()), live_view=False)
