@@ -154,8 +154,9 @@ class ClaimStore:
         for run_key in self.run_keys_of(training_run_id):
             self.settle(run_key)
 
-    def fail_training(self, training_run_id: str, code: Code) -> None:
-        """The job failed: so do the site runs waiting for it."""
+    def fail_training(self, training_run_id: str, code: Code, error: str = "") -> None:
+        """The job failed: so do the site runs waiting for it (`error`: the text `status`
+        shows at the site)."""
         run_keys = self.run_keys_of(training_run_id)
         with Session(self.engine) as session:
             session.connection().execute(
@@ -166,7 +167,7 @@ class ClaimStore:
             session.connection().execute(
                 update(SiteRun)
                 .where(SiteRun.run_key.in_(run_keys))
-                .values(stage="failed", error_code=int(code))
+                .values(stage="failed", error_code=int(code), error=error)
             )
             session.commit()
 

@@ -31,6 +31,9 @@ class SiteRun(SpaceColumns, table=True):
     stage: str = "training"  # training (its training jobs) | ready | failed; generating: 0.x
     progress: int = 0  # permille of training + generation
     error_code: int = 0
+    error: str = ""
+    """Why the run failed, in words naming file, line and field: shown by `pandalm-agent
+    status`, never sent (only `error_code` is)."""
     training_seconds: float = 0.0
     generation_seconds: float = 0.0
     epsilon_spent: float = 0.0

@@ -44,9 +44,11 @@ from common.protocol import (
     CompareMessage,
     Comparison,
     ProtocolError,
+    Reply,
     SpaceMessage,
     Status,
     check_tallies,
+    code_meaning,
     decode_reply,
     decode_space_reply,
     encode_compare,
@@ -95,6 +97,12 @@ class RunOutcome:
     judgments: int
     wall_seconds: float
     aggregation: str = ""
+
+
+def refusal(message_type: str, reply: Reply) -> str:
+    """Why a site's reply leaves it out: the message, status and code, and what the code means
+    (the site keeps the details: `pandalm-agent status`)."""
+    return f"{message_type} {reply.status.name} code {reply.code.name}: {code_meaning(reply.code)}"
 
 
 class Backoff:
@@ -158,7 +166,9 @@ class FederatedSelection:
         for result in self.store.recorded():
             request = Comparison(result.a, result.b, result.item_start, result.item_stop)
             self._replay(request, Tally.of(result))
-            self.round = max(self.round, result.round)
+        # the round log, not the last comparison: rounds that recorded nothing (sites pending,
+        # a halted secure sum) come after it, and a restart must not number them again
+        self.round = self.store.last_round()
 
     def _replay(self, request: Comparison, tally: Tally) -> None:
         if request not in self._outstanding:
@@ -170,8 +180,18 @@ class FederatedSelection:
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> RunOutcome:
+        """Run (or resume) the selection to its end; a run that fails is recorded `failed`
+        with the reason and time, and a later start resumes it."""
         started = time.monotonic()
         self._resume()
+        try:
+            self._select()
+        except Exception as exc:
+            self.store.end("failed", str(exc) or type(exc).__name__)
+            raise
+        return self._finish(time.monotonic() - started)
+
+    def _select(self) -> None:
         self._join_sites()
         while not self.procedure.done:
             self._outstanding.extend(self.procedure.pending())
@@ -182,7 +202,6 @@ class FederatedSelection:
             if not requests:
                 raise RuntimeError("the selection procedure is stuck: nothing to ask")
             self._compare(requests)
-        return self._finish(time.monotonic() - started)
 
     def _join_sites(self) -> None:
         """Wait for enough sites, then send the space to every new one."""
@@ -215,9 +234,7 @@ class FederatedSelection:
                 if reply.status == Status.OK:
                     self.sites.pointwise[node_id] = bool(reply.pointwise_judge)
                 else:
-                    self.sites.leave_out(
-                        node_id, f"space {reply.status.name} code {reply.code.name}"
-                    )
+                    self.sites.leave_out(node_id, refusal("space", reply), int(reply.code))
                 todo.discard(node_id)
             if todo:
                 backoff.wait()
@@ -318,7 +335,7 @@ class FederatedSelection:
             raise RuntimeError("every site has left the run")
         for comparison, total in zip(requests, totals, strict=True):
             self.procedure.record(comparison, total)
-            self.store.record_comparison(comparison, total, len(contributors), secure, self.round)
+            self.store.record_comparison(comparison, total, contributors, secure, self.round)
 
     def _collect(self, message: CompareMessage, record: dict) -> dict[int, tuple[Tally, ...]]:
         """Ask the active sites until each has answered `ok` (with its tallies, or, for a
@@ -341,9 +358,7 @@ class FederatedSelection:
                 if reply.status == Status.OK:
                     answers[node_id] = reply.tallies
                 elif reply.status != Status.PENDING:
-                    self.sites.leave_out(
-                        node_id, f"compare {reply.status.name} code {reply.code.name}"
-                    )
+                    self.sites.leave_out(node_id, refusal("compare", reply), int(reply.code))
                 else:
                     preparing |= reply.progress < PREPARED_PROGRESS
             if any(n not in answers for n in self.sites.active()):

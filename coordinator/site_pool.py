@@ -55,9 +55,11 @@ class SitePool:
         known = {int(s.node_id) for s in self.store.sites()}
         self.store.add_sites([n for n in node_ids if n not in known])
 
-    def leave_out(self, node_id: int, reason: str) -> None:
+    def leave_out(self, node_id: int, reason: str, code: int = 0) -> None:
+        """Leave the site out of the rest of the run; `code`: the protocol code of its refusal
+        or failure (0: silence)."""
         log.warning("site %s left out: %s", node_id, reason)
-        self.store.update_site(node_id, status="left_out", reason=reason)
+        self.store.update_site(node_id, status="left_out", reason=reason, code=code)
 
     def seen(self, node_id: int, progress: int) -> None:
         """A valid answer: the site's silence ends."""
