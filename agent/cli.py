@@ -25,6 +25,7 @@ from agent.config import (
 )
 from agent.db import SCHEMA, ComparisonJob, ReferenceScore, SiteRun, ledger, open_database
 from common.cli import cli_app, user_errors
+from common.protocol import Code, code_meaning
 from dbschema import (
     Schema,
     SchemaError,
@@ -74,13 +75,50 @@ def enroll(config: ConfigOption) -> None:
     print(public.read_text().strip())
 
 
+def _preflight(site: SiteConfig) -> None:
+    """Preflight (agent/preflight.py): the disk estimate, then one `error:` line per problem
+    and exit status 2 if there is any."""
+    from agent.preflight import disk_estimate, site_problems
+
+    problems = site_problems(site)
+    estimate = disk_estimate(site)
+    if estimate is not None:
+        console.print(estimate.line(), highlight=False, soft_wrap=True)
+    for problem in problems:
+        console.print(f"[red]error:[/red] {escape(problem.text)}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(2)
+
+
 @app.command()
-def start(config: ConfigOption) -> None:
-    """Run the site: the job worker and the Flower SuperNode, restarted if they exit."""
+def check(config: ConfigOption) -> None:
+    """Check everything the site needs without starting anything: the config, every record of
+    its data files, the judge, the base model, that its data directory and databases can be
+    written, and the disk its checkpoints take (estimated). One line per problem, exit 2."""
+    with _site(config) as site:
+        _preflight(site)
+    console.print(f"site {site.name}: ready")
+
+
+@app.command()
+def start(
+    config: ConfigOption,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Job workers, each on one device (default: [site] workers)."),
+    ] = None,
+) -> None:
+    """Run the site: the job workers and the Flower SuperNode, restarted if they exit; the
+    checks of `check` come first, and nothing starts if one fails."""
+    from dataclasses import replace
+
     from agent.supervisor import supervise
 
-    with _site(config) as site, _schema_errors():
-        check_judge_endpoint(site)
+    with _site(config) as site:
+        if workers is not None:
+            site = replace(site, workers=workers)
+        _preflight(site)
+    with _schema_errors():
         for changed, line in _upgrade(site):
             if changed:
                 console.print(line, highlight=False, soft_wrap=True)
@@ -128,14 +166,17 @@ def db_current(config: ConfigOption) -> None:
 
 
 @app.command(hidden=True)
-def worker(config: ConfigOption) -> None:
-    """The job worker (started by `start`)."""
+def worker(
+    config: ConfigOption,
+    slot: Annotated[int, typer.Option(min=1, help="This worker's slot (its lease name).")] = 1,
+) -> None:
+    """A job worker (started by `start`, one per slot)."""
     from agent.worker import SiteWorker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with _site(config) as site:
         check_judge_endpoint(site)
-    SiteWorker(site).run_forever()
+    SiteWorker(site, slot=slot).run_forever()
 
 
 @app.command(hidden=True)
@@ -160,6 +201,7 @@ def status(config: ConfigOption) -> None:
     table = Table(title=f"site {site.name}")
     for column in ("run", "configs", "stage", "progress", "comparisons done", "pending"):
         table.add_column(column)
+    table.add_column("reason", overflow="fold")
     with Session(engine) as session:
         for run in session.exec(select(SiteRun).order_by(SiteRun.created)):
             counts = dict(
@@ -176,6 +218,7 @@ def status(config: ConfigOption) -> None:
                 f"{run.progress / 10:.0f}%",
                 str(counts.get("done", 0)),
                 str(counts.get("pending", 0)),
+                escape(_failure_reason(run)),
             )
     Console().print(table)
     _print_results(engine)
@@ -214,6 +257,15 @@ def _print_disk_use(site: SiteConfig) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _failure_reason(run: SiteRun) -> str:
+    """Why a run failed: the code sent to the coordinator, its meaning, and the text that
+    stays at the site (file, line and field)."""
+    if not run.error_code:
+        return ""
+    head = f"{Code(run.error_code).name}: {code_meaning(run.error_code)}"
+    return f"{head}\n{run.error}" if run.error else head
 
 
 def _print_reference_scores(engine) -> None:

@@ -70,13 +70,6 @@ class JobStore:
         self.engine = engine
 
     # -- runs -------------------------------------------------------------------------------
-    def run_to_prepare(self) -> str | None:
-        """A run still training or generating, if any: preparing comes before judging."""
-        with Session(self.engine) as session:
-            query = select(SiteRun).where(SiteRun.stage.in_(("training", "generating")))
-            run = session.exec(query).first()
-        return None if run is None else run.run_key
-
     def update_run(self, run_key: str, **values: object) -> None:
         """Set these columns of the run's row (stage, progress, timings, error code)."""
         with Session(self.engine) as session:
@@ -117,17 +110,6 @@ class JobStore:
             session.commit()
 
     # -- comparison jobs --------------------------------------------------------------------
-    def next_job(self) -> int | None:
-        """The oldest pending job of a run that is ready to judge, if any."""
-        with Session(self.engine) as session:
-            job = session.exec(
-                select(ComparisonJob)
-                .join(SiteRun, SiteRun.run_key == ComparisonJob.run_key)
-                .where(ComparisonJob.status == "pending", SiteRun.stage == "ready")
-                .order_by(ComparisonJob.id)
-            ).first()
-        return None if job is None else job.id
-
     def job(self, job_id: int) -> JobToJudge:
         with Session(self.engine) as session:
             job = session.get(ComparisonJob, job_id)

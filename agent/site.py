@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlmodel import Session, select
 
 from agent.db import ComparisonJob, SiteResult, SiteRun, add_new, record_egress
@@ -69,7 +69,32 @@ def accept_space(engine: Engine, record: Mapping[str, Any], pointwise_judge: boo
         session.commit()
         if session.get(SiteRun, message.run_key).space_hash != space_hash:
             raise ProtocolError(Code.SPACE_CHANGED, f"run {message.run_key} changed space")
+    _retry_failed(engine, message.run_key)
     return Reply(Status.OK, pointwise_judge=int(pointwise_judge))
+
+
+def _retry_failed(engine: Engine, run_key: str) -> None:
+    """The space sent again (a coordinator resuming a failed or stopped run): a run whose
+    preparation failed is prepared again, and failed comparison jobs are judged again, after the
+    operator fixed the inputs. A job refused for the privacy budget stays refused."""
+    with Session(engine) as session:
+        reset = session.connection().execute(
+            update(SiteRun)
+            .where(SiteRun.run_key == run_key, SiteRun.stage == "failed")
+            .values(stage="training", progress=0, error_code=0, error="")
+        )
+        session.connection().execute(
+            update(ComparisonJob)
+            .where(
+                ComparisonJob.run_key == run_key,
+                ComparisonJob.status == "failed",
+                ComparisonJob.error_code != int(Code.PRIVACY_BUDGET),
+            )
+            .values(status="pending", error_code=0)
+        )
+        session.commit()
+    if reset.rowcount:
+        log.warning("run %s: preparing it again (it had failed)", run_key)
 
 
 def _jobs(

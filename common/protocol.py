@@ -95,7 +95,56 @@ class Code(IntEnum):
     JUDGING_FAILED = 32
     INTERNAL_ERROR = 39
     PRIVACY_BUDGET = 33
+    BAD_DATA = 34
+    BAD_JUDGE = 35
+    NO_DISK = 36
+    BAD_BASE_MODEL = 37
     IMPOSSIBLE_TALLY = 40
+
+
+CODE_MEANINGS: dict[Code, str] = {
+    Code.NONE: "no error",
+    Code.UNKNOWN_MESSAGE: "the site does not know this message type",
+    Code.UNKNOWN_FIELD: "a message carried a field the protocol does not have",
+    Code.MISSING_FIELD: "a message lacked a required field",
+    Code.WRONG_TYPE: "a message field had the wrong type",
+    Code.OUT_OF_RANGE: "a message field was out of range",
+    Code.TOO_LARGE: "a message was larger than the protocol allows",
+    Code.UNSUPPORTED_VERSION: "the two sides speak different protocol versions",
+    Code.UNKNOWN_RUN: "the site has not received this run's search space",
+    Code.SPACE_CHANGED: "the run's search space differs from the one the site accepted",
+    Code.CONFIG_ID_MISMATCH: "a config id does not match its parameters",
+    Code.UNTRUSTED_APP: "the site refused an app bundle it did not install",
+    Code.NOT_READY: "the site has not judged the comparisons yet",
+    Code.TRAINING_FAILED: "training the candidates failed at the site",
+    Code.GENERATION_FAILED: "generating the candidates' responses failed at the site",
+    Code.JUDGING_FAILED: "judging a comparison failed at the site",
+    Code.INTERNAL_ERROR: "an unexpected error at the site (see its logs)",
+    Code.PRIVACY_BUDGET: "the site's privacy budget for the run is spent",
+    Code.BAD_DATA: "the site's training or validation data is invalid",
+    Code.BAD_JUDGE: "the site's judge model or server is missing or unusable",
+    Code.NO_DISK: "the site cannot write its data directory or lacks disk space",
+    Code.BAD_BASE_MODEL: "the site's base model is missing or unusable",
+    Code.IMPOSSIBLE_TALLY: "the tallies sent are impossible for the request",
+}
+"""What each code means, in words: the coordinator's console and summary name it per site;
+the site keeps the detailed text (`pandalm-agent status`), which never crosses the wire."""
+
+
+def code_name(code: int) -> str:
+    """A code received as an integer, by name (an unknown one as its number)."""
+    try:
+        return Code(code).name
+    except ValueError:
+        return str(code)
+
+
+def code_meaning(code: int) -> str:
+    """The meaning of a code received as an integer (an unknown one is named as such)."""
+    try:
+        return CODE_MEANINGS[Code(code)]
+    except ValueError:
+        return f"unknown code {code}"
 
 
 class ProtocolError(ValueError):

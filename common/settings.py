@@ -107,6 +107,12 @@ class RunSettings:
     """Pending sites are asked again after retry_seconds, doubling up to this while nothing
     changes: every message costs a site a fresh ClientApp process."""
     patience: int = 3
+    """Rounds a site must have missed (besides `site_timeout`) before it is left out, and the
+    secure sums that may fail in a row before the run stops."""
+    site_timeout: float = 600.0
+    """Seconds without a valid answer after which a site is left out (questions to a stopped
+    node come back at once, so rounds alone would drop it in seconds); one that answers again
+    before the run ends rejoins."""
     validation_items: int = 16
     judge_mode: Literal[JUDGE_MODES] = "score"
     blocks: int = 4

@@ -236,11 +236,18 @@ def test_a_judge_spec_that_is_no_url_is_refused_at_load(tmp_path: Path) -> None:
         load_site_config(path)
 
 
-def test_the_ledger_names_the_judge_server_at_run_start(tmp_path: Path) -> None:
+def test_the_ledger_names_the_judge_server_at_run_start(
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The pairs go to the judge server: its host (and nothing else) is in the ledger once,
-    written when the run starts (here training then fails at once: no base model)."""
+    written when the run starts (here training then fails at once)."""
+
+    def fail(*_args, **_kwargs):
+        raise RuntimeError("training failed")
+
+    monkeypatch.setattr("trainer.candidates.train_candidates", fail)
     spec = "openai:http://127.0.0.1:8000/v1?model=judge"
-    config = load_site_config(_judge_site(tmp_path, spec, base=tmp_path / "none"))
+    config = load_site_config(_judge_site(tmp_path, spec, base=tiny_llama))
     engine = open_database(config.database_url)
     handle_message(engine, SPACE_MESSAGE, space_record())
     worker = SiteWorker(config)

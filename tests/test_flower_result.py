@@ -48,7 +48,8 @@ def _federation_toml(folder: Path, superlink: str) -> Path:
         f'wire_log = "{RUN}-wire.jsonl"\n'
         '[selection]\nselection_mode = "paper"\nmin_sites = 3\nround_timeout = 30.0\n'
         'secure_aggregation = "off"\nretry_seconds = 0.5\nmax_retry_seconds = 4.0\n'
-        "patience = 4\nvalidation_items = 6\nblocks = 2\nresult_timeout = 300.0\n"
+        "patience = 4\nsite_timeout = 0.0\nvalidation_items = 6\nblocks = 2\n"
+        "result_timeout = 300.0\n"
         f'[superlink]\naddress = "{superlink}"\ncertificates = "certs"\n'
     )
     return path

@@ -503,6 +503,32 @@ def find_checkpoints(output_dir: Path) -> list[CandidateCheckpoint]:
     return found
 
 
+def check_training_settings(
+    records: Sequence[InstructionRecord], args: CandidateTrainingArguments
+) -> None:
+    """Record (or check) the settings and data every run in `args.output_dir` is trained with;
+    done once before training runs are shared out, so workers never race to write the file."""
+    _check_settings(args, data_fingerprint(records))
+
+
+def train_one_run(
+    run: TrainingRun,
+    records: Sequence[InstructionRecord],
+    args: CandidateTrainingArguments,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> list[CandidateCheckpoint]:
+    """Train one run of a plan (`plan_candidate_runs`), resuming a killed one, and return the
+    checkpoints of its configs: the unit of work one of several workers claims."""
+    tokenizer = load_tokenizer(args.base_model)
+    data = tokenize_for_training(records, tokenizer, args.max_length)
+    if not data.examples:
+        raise SettingsError(f"no example fits max_length={args.max_length} tokens")
+    _check_settings(args, data_fingerprint(records))
+    train_run(run, data, tokenizer, args, callbacks)
+    wanted = {config.id for config in run.configs}
+    return [c for c in find_checkpoints(args.output_dir) if c.config.id in wanted]
+
+
 def train_candidates(
     configs: Sequence[CandidateConfig],
     records: Sequence[InstructionRecord],

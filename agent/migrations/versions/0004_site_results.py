@@ -1,9 +1,9 @@
-"""site results (revision 0002, 2026-12-05 20:39:38.345603)."""
+"""site results (revision 0004, 2026-12-05 20:39:38.345603)."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision, down_revision = "0002", "0001"
+revision, down_revision = "0004", "0003"
 
 
 def upgrade() -> None:

@@ -1,9 +1,9 @@
-"""result acknowledged (revision 0004, 2026-12-05 20:39:51.189764)."""
+"""result acknowledged (revision 0005, 2026-12-05 20:39:51.189764)."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision, down_revision = "0004", "0003"
+revision, down_revision = "0005", "0004"
 
 
 def upgrade() -> None:
