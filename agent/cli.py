@@ -221,7 +221,42 @@ def status(config: ConfigOption) -> None:
                 escape(_failure_reason(run)),
             )
     Console().print(table)
+    _print_results(engine)
     _print_reference_scores(engine)
+    _print_disk_use(site)
+
+
+def _print_results(engine: Engine) -> None:
+    """Each run's outcome as the coordinator sent it: the chosen config and its parameters."""
+    from agent.results import site_results
+
+    results = site_results(engine)
+    if not results:
+        return
+    table = Table(title="chosen configs (sent by the coordinator)")
+    for column in ("run", "chosen", "hyperparameters", "evidence", "versus baseline"):
+        table.add_column(column, overflow="fold")
+    for result in results:
+        table.add_row(
+            result.run_key,
+            result.best_id,
+            result.describe_params(),
+            result.describe_evidence(),
+            result.describe_baseline(),
+        )
+    Console().print(table)
+
+
+def _print_disk_use(site: SiteConfig) -> None:
+    from agent.results import disk_use
+
+    use = disk_use(site.candidates_dir)
+    Console().print(
+        f"candidates: {use.bytes / 2**20:.1f} MiB in {site.candidates_dir} "
+        f"({use.with_weights} checkpoints with weights, {use.without_weights} without)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _failure_reason(run: SiteRun) -> str:
@@ -247,6 +282,38 @@ def _print_reference_scores(engine) -> None:
     ):
         table.add_row(row.run_key, row.config_id, row.metric, f"{row.value:.3f}", str(row.items))
     Console().print(table)
+
+
+@app.command()
+def export(
+    config: ConfigOption,
+    run: Annotated[str, typer.Option(help="the run whose chosen config to export")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="a new (or empty) directory")],
+    merge: Annotated[
+        bool, typer.Option(help="merge a LoRA adapter into the base: a transformers model")
+    ] = False,
+    gguf: Annotated[
+        str | None, typer.Option(help="also write a GGUF for llama.cpp: f16, q8_0 or q4_k_m")
+    ] = None,
+) -> None:
+    """Write the model of the config the run chose, with a model card (README.md); a full
+    fine-tuning winner whose weights were deleted is trained again from the run's seed."""
+    from agent.export import ExportError, export_model
+    from common.records import InputError
+    from judge.models import ModelNotFoundError
+    from trainer.arguments import SettingsError
+
+    errors = (ExportError, InputError, ModelNotFoundError, SettingsError)
+    with _site(config) as site, user_errors(console, *errors):
+        report = export_model(site, run, out, merge=merge, gguf=gguf)
+    console.print(
+        f"wrote {report.out} ({report.form} of config {report.config_id}"
+        + (", retrained from the run's seed" if report.rebuilt else "")
+        + (f", {report.gguf.name}" if report.gguf else "")
+        + f"; {report.bytes / 2**20:.1f} MiB)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

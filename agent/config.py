@@ -42,7 +42,8 @@ max_steps_per_epoch = 0           # 0: whole epochs
 max_new_tokens = 64
 generation_batch_size = 8         # validation prompts decoded together
 torch_threads = 1
-keep_weights = false              # weights are deleted once their responses exist
+keep_weights = false              # full weights are deleted once their responses exist
+                                  # (adapters kept; export retrains a deleted winner)
 
 [judge]
 spec = "builtin"                  # rule:NAME | gguf:PATH | hf:PATH | openai:URL | reward:PATH|URL
@@ -105,7 +106,8 @@ class ModelSettings:
     prompt, whatever the training batch size."""
     torch_threads: int = 1
     keep_weights: bool = False
-    """Keep candidate weights after their responses exist (judging needs only responses)."""
+    """Keep full fine-tuning weights after their responses exist (judging needs only
+    responses; LoRA adapters are always kept; `export` trains a deleted winner again)."""
 
 
 @settings_table

@@ -120,6 +120,18 @@ class ReferenceScore(SQLModel, table=True):
     items: int
 
 
+class SiteResult(SQLModel, table=True):
+    """The run's outcome as the coordinator sent it (`query.result`): the chosen config's id,
+    the baseline's where the run named one, and the validated message as received."""
+
+    __tablename__ = "site_result"
+    run_key: str = Field(primary_key=True)
+    best_id: str
+    baseline_id: str | None = None
+    message: str  # JSON of the decoded record (common.protocol.decode_result reads it back)
+    received: datetime = Field(default_factory=utc_now)
+
+
 class LedgerEntry(SQLModel, table=True):
     """Every payload that leaves the site, written before it is sent."""
 
@@ -137,6 +149,7 @@ TABLES = (
     ComparisonJob,
     ItemJudgment,
     ReferenceScore,
+    SiteResult,
     LedgerEntry,
     TrainingJob,
     RunTraining,

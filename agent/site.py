@@ -17,9 +17,11 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, select
 
-from agent.db import ComparisonJob, SiteRun, add_new, record_egress
+from agent.db import ComparisonJob, SiteResult, SiteRun, add_new, record_egress
 from common.protocol import (
     COMPARE_MESSAGE,
+    NO_BASELINE,
+    RESULT_MESSAGE,
     SPACE_MESSAGE,
     Code,
     CompareMessage,
@@ -27,6 +29,7 @@ from common.protocol import (
     Reply,
     Status,
     decode_compare,
+    decode_result,
     decode_space,
     encode_reply,
 )
@@ -152,6 +155,35 @@ def secure_tallies(engine: Engine, record: Mapping[str, Any]) -> list[int]:
     return [value for job in jobs for value in job.tally().values()]
 
 
+def accept_result(engine: Engine, record: Mapping[str, Any]) -> Reply:
+    """Store the run's outcome after checking it against the stored space; the `ok` reply is
+    the acknowledgement. The same result sent again is acknowledged again; another one for a
+    run that has one is refused (a coordinator's result does not change)."""
+    run_key = record.get("run_key")
+    with Session(engine) as session:
+        run = session.get(SiteRun, run_key) if isinstance(run_key, str) else None
+        if run is None:
+            decode_result(record)  # a malformed message is refused as such first
+            raise ProtocolError(Code.UNKNOWN_RUN, "no space received for this run")
+        ids = run.ids()
+        message = decode_result(record, n_configs=len(ids))
+        content = json.dumps(dict(record), sort_keys=True)
+        baseline = ids[message.baseline] if message.baseline != NO_BASELINE else None
+        add_new(  # a repeated (or concurrent) delivery finds the stored result
+            session,
+            SiteResult(
+                run_key=run.run_key,
+                best_id=ids[message.best],
+                baseline_id=baseline,
+                message=content,
+            ),
+        )
+        session.commit()
+        if session.get(SiteResult, run.run_key).message != content:
+            raise ProtocolError(Code.RESULT_CHANGED, f"run {run.run_key} has another result")
+    return Reply(Status.OK)
+
+
 def handle_message(
     engine: Engine, message_type: str, record: Mapping[str, Any], pointwise_judge: bool = False
 ) -> dict:
@@ -162,6 +194,8 @@ def handle_message(
             reply = accept_space(engine, record, pointwise_judge)
         elif message_type == COMPARE_MESSAGE:
             reply = answer_compare(engine, record)
+        elif message_type == RESULT_MESSAGE:
+            reply = accept_result(engine, record)
         else:
             raise ProtocolError(Code.UNKNOWN_MESSAGE, f"message type {message_type!r}")
     except ProtocolError as exc:

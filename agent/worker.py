@@ -120,6 +120,23 @@ def reference_answers(config: SiteConfig) -> dict[str, ReferenceAnswer]:
     return load_reference_answers(resolve_data_path(config, config.data.validation))
 
 
+def candidate_arguments(config: SiteConfig) -> CandidateTrainingArguments:
+    """How this site trains its candidates (the worker; export's rebuild of a winner uses the
+    same, so the same run, data and seed give the same weights)."""
+    from trainer.arguments import CandidateTrainingArguments
+    from trainer.candidates import resolve_base_model
+
+    model = config.model
+    return CandidateTrainingArguments(
+        output_dir=config.candidates_dir,
+        base_model=resolve_base_model(model.base),
+        max_length=model.max_length,
+        per_device_train_batch_size=model.batch_size,
+        max_steps_per_epoch=model.max_steps_per_epoch or None,
+        lora_top_layers=model.lora_top_layers or None,
+    )
+
+
 def _training_progress(store: JobStore, claims: ClaimStore, run_keys: list[str]):  # type: ignore[no-untyped-def]
     """Training counts for the first 80% of a run's preparation: its done training jobs plus
     this one's share of steps (written at most once a second)."""
@@ -215,17 +232,7 @@ class SiteWorker:
         return False
 
     def _training_arguments(self) -> CandidateTrainingArguments:
-        from trainer.candidates import CandidateTrainingArguments, resolve_base_model
-
-        model = self.config.model
-        return CandidateTrainingArguments(
-            output_dir=self.config.candidates_dir,
-            base_model=resolve_base_model(model.base),
-            max_length=model.max_length,
-            per_device_train_batch_size=model.batch_size,
-            max_steps_per_epoch=model.max_steps_per_epoch or None,
-            lora_top_layers=model.lora_top_layers or None,
-        )
+        return candidate_arguments(self.config)
 
     def _prepare(self, run_key: str) -> None:
         """Plan the run's training jobs: the configs of its space grouped into training runs,

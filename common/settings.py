@@ -122,10 +122,15 @@ class RunSettings:
     secure_aggregation: Literal[SECURE_AGGREGATION] = "required"
     """SecAgg+ for the tallies: `required` (stop with fewer than 3 sites), `when-possible`
     (tallies in the clear with fewer than 3 sites) or `off`."""
+    result_timeout: float = 120.0
+    """Seconds the coordinator keeps sending the run's result to sites that have not
+    acknowledged it (offline and left-out sites get it when they answer again)."""
 
     def __post_init__(self) -> None:
         if not self.budget > 0:
             raise ValueError(f"budget: must be above 0, got {self.budget}")
+        if self.result_timeout < 0:
+            raise ValueError(f"result_timeout: must be 0 or more, got {self.result_timeout}")
 
 
 @dataclass(frozen=True)

@@ -104,16 +104,24 @@ def _header(run: FederatedRun, result: RunResult, last_round: RoundLog | None) -
 
 
 def _site_table(engine: Engine, run_key: str) -> Table:
-    """The run's sites by name: status (with why one was left out), progress and last seen."""
+    """The run's sites by name: status (with why one was left out), progress, last seen and
+    when it acknowledged the run's result."""
     names = site_names(engine)
     table = Table(title="sites")
-    for column in ("site", "status", "progress", "last seen"):
+    for column in ("site", "status", "progress", "last seen", "result acknowledged"):
         table.add_column(column)
     for site in sites(engine, run_key):
         seen = site.last_seen.isoformat(timespec="seconds") if site.last_seen else "-"
+        told = site.result_acknowledged
         status = site.status if not site.reason else f"{site.status}: {escape(site.reason)}"
         label = node_label(site.node_id, names)
-        table.add_row(label, status, f"{site.progress / 10:.0f}%", seen)
+        table.add_row(
+            label,
+            status,
+            f"{site.progress / 10:.0f}%",
+            seen,
+            told.isoformat(timespec="seconds") if told else "-",
+        )
     return table
 
 

@@ -57,6 +57,8 @@ class RunSite(RunRow, table=True):
     CODE_MEANINGS says what it means); 0 when it was left out for silence, or is active."""
     progress: int = 0
     last_seen: datetime | None = None
+    result_acknowledged: datetime | None = None
+    """When the site acknowledged the run's result (`query.result`); None: not yet."""
 
 
 class ComparisonResult(RunRow, SliceTallyColumns, table=True):

@@ -56,6 +56,7 @@ from common.protocol import (
 )
 from common.settings import AUTO, RunSettings
 from common.tally import Tally
+from coordinator.announce import announce_run
 from coordinator.db import RoundLog, judgments
 from coordinator.run_store import RunStore
 from coordinator.secure_sum import SecureSum, aggregation
@@ -189,7 +190,9 @@ class FederatedSelection:
         except Exception as exc:
             self.store.end("failed", str(exc) or type(exc).__name__)
             raise
-        return self._finish(time.monotonic() - started)
+        outcome = self._finish(time.monotonic() - started)
+        announce_run(self.store, self.transport, self.settings, outcome.ranking, len(outcome.sites))
+        return outcome
 
     def _select(self) -> None:
         self._join_sites()

@@ -97,6 +97,7 @@ def _selection(
         validation_items=6,
         blocks=2,
         chunk_items=3,
+        result_timeout=2,
     )
     return FederatedSelection(
         engine, transport, settings, [c.id for c in CONFIGS], [dict(c.params) for c in CONFIGS]
@@ -159,6 +160,53 @@ def test_a_silent_site_is_left_out_and_named(tmp_path: Path, sites: dict) -> Non
     assert outcome.aggregation == (
         "tallies in the clear: 2 sites, SecAgg+ needs 3 (secure_aggregation = when-possible)"
     )
+
+
+def test_every_site_learns_the_result_and_a_silent_one_when_it_answers_again(
+    tmp_path: Path, sites: dict
+) -> None:
+    """The result reaches the answering sites, is stored and acknowledged; a silent site gets
+    it from the restarted coordinator, which sends it to no site that acknowledged it; then
+    nothing is sent again."""
+    from agent.db import SiteResult, ledger
+
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    transport = LoopbackTransport(sites)
+    selection = _selection(engine, transport, "run-told", secure_aggregation="off")
+    original = transport.exchange
+
+    def site_13_silent_at_the_end(message_type, records, timeout):
+        if message_type == "query.result":
+            transport.silent.add(13)
+        return original(message_type, records, timeout)
+
+    transport.exchange = site_13_silent_at_the_end
+    assert selection.run().best_index == 2
+    sent = [records for t, records in transport.exchanges if t == "query.result"]
+    assert len(sent) >= 2 and set(sent[0]) == {11, 12, 13} and set(sent[-1]) == {13}
+    with Session(engine) as session:
+        rows = {int(s.node_id): s for s in session.exec(select(RunSite))}
+    assert rows[11].result_acknowledged and rows[12].result_acknowledged
+    assert rows[13].result_acknowledged is None
+    for node_id in (11, 12):
+        with Session(sites[node_id][0]) as session:
+            stored = session.get(SiteResult, "run-told")
+        assert stored.best_id == CONFIGS[2].id
+        (reply,) = [
+            e for e in ledger(sites[node_id][0], "run-told") if e.message_type == "query.result"
+        ]
+        assert json.loads(reply.content)["status"] == 0
+
+    for attempt in ("back", "all acknowledged"):
+        transport = LoopbackTransport(sites)
+        assert (
+            _selection(engine, transport, "run-told", secure_aggregation="off").run().best_index
+            == 2
+        )
+        sent = [set(records) for t, records in transport.exchanges if t == "query.result"]
+        assert sent == ([{13}] if attempt == "back" else [])
+    with Session(sites[13][0]) as session:
+        assert session.get(SiteResult, "run-told").best_id == CONFIGS[2].id
 
 
 def test_a_site_back_after_being_left_out_rejoins(tmp_path: Path, sites: dict) -> None:

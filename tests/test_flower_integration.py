@@ -81,20 +81,30 @@ def _federation_toml(
         f"round_timeout = {round_timeout}\n"
         f'secure_aggregation = "{secure_aggregation}"\n'
         "retry_seconds = 0.5\nmax_retry_seconds = 4.0\npatience = 2\nsite_timeout = 0.0\n"
-        "validation_items = 6\nblocks = 2\n"
+        "validation_items = 6\nblocks = 2\nresult_timeout = 10.0\n"
         f'[superlink]\naddress = "{superlink}"\ninsecure = true\n'
     )
     return path
 
 
 class Site:
-    def __init__(self, folder: Path, base: Path, index: int, superlink: str) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        base: Path,
+        index: int,
+        superlink: str,
+        more: dict[str, dict[str, object]] | None = None,
+    ) -> None:
+        """Site `site-INDEX`; `more` sets more of its site.toml, table by table."""
         settings: dict[str, dict[str, object]] = {
             "flower": {"superlink": superlink, "clientappio_port": free_port()}
         }
         if index == PAIRWISE_SITE:  # the worker judges with the double whatever the spec says
             (folder / "pairwise.gguf").write_bytes(b"GGUF")
             settings["judge"] = {"spec": f"gguf:{folder / 'pairwise.gguf'}"}
+        for table, values in (more or {}).items():
+            settings.setdefault(table, {}).update(values)
         path = write_site_config(folder, base, name=f"site-{index}", seed=index, settings=settings)
         self.config = load_site_config(path)
         self.env = site_environment(self.config)
@@ -199,6 +209,8 @@ def test_full_run_with_a_killed_worker_and_a_lost_supernode(federation) -> None:
         site_rows = session.exec(select(RunSite).where(RunSite.run_key == "run-one")).all()
         left_out = [s for s in site_rows if s.status == "left_out"]
         assert len(left_out) == 1 and "no valid answer" in left_out[0].reason
+        told = [s.status for s in site_rows if s.result_acknowledged is not None]
+        assert told == ["active", "active"], "the result reached the sites still up"
         results = session.exec(select(ComparisonResult)).all()
         assert results and all(r.sites in (2, 3) for r in results)
         assert results[-1].sites == 2

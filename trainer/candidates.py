@@ -15,6 +15,7 @@ newest checkpoint keeps that state even when the run is finished.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -554,3 +555,35 @@ def train_candidates(
     found = {checkpoint.config.id: checkpoint for checkpoint in find_checkpoints(args.output_dir)}
     report.checkpoints = [found[config.id] for config in configs if config.id in found]
     return report
+
+
+def rebuild_checkpoint(
+    config: CandidateConfig,
+    space: Sequence[CandidateConfig],
+    records: Sequence[InstructionRecord],
+    args: CandidateTrainingArguments,
+    rebuild_dir: Path,
+) -> CandidateCheckpoint:
+    """`config`'s model trained again in `rebuild_dir` (resumable there), when its checkpoint
+    in `args.output_dir` lost its weights: the same training run (the one stored there, else
+    the one `space` plans for it), the same settings, data and seed give the same weights. A
+    finished rebuild is reused. Refused if the output directory was trained with other
+    settings or data: the rebuild would be another model."""
+    recorded = args.output_dir / "settings.json"
+    wanted = {**args.fingerprint(), "data_sha256": data_fingerprint(records)}
+    if recorded.is_file() and _read_json(recorded) != wanted:
+        changed = sorted(k for k, v in _read_json(recorded).items() if wanted.get(k) != v)
+        raise SettingsError(
+            f"{args.output_dir} was trained with other settings or data ({', '.join(changed)}): "
+            f"config {config.id} cannot be trained again as it was"
+        )
+    runs = [r for r in plan_candidate_runs(space, args) if config.id in {c.id for c in r.configs}]
+    if not runs:
+        raise SettingsError(f"config {config.id} is not in the run's space")
+    rebuild_args = dataclasses.replace(args, output_dir=rebuild_dir)
+    tokenizer = load_tokenizer(args.base_model)
+    data = tokenize_for_training(records, tokenizer, args.max_length)
+    _check_settings(rebuild_args, data_fingerprint(records))
+    train_run(runs[0], data, tokenizer, rebuild_args)
+    found = {c.config.id: c for c in find_checkpoints(rebuild_dir)}
+    return found[config.id]
