@@ -28,6 +28,7 @@ from judge.backends.base import GenerationSettings, JudgeBackend, PointwiseBacke
 from judge.cache import JudgmentCache
 from judge.engine import PairJudge, PairJudgment
 from judge.prompt import Pair
+from trainer.arguments import CandidateTrainingArguments
 from trainer.data import (
     InstructionRecord,
     ValidationItem,
@@ -105,6 +106,22 @@ def reference_answers(config: SiteConfig) -> dict[str, ReferenceAnswer]:
     return load_reference_answers(resolve_data_path(config, config.data.validation))
 
 
+def candidate_arguments(config: SiteConfig) -> CandidateTrainingArguments:
+    """The trainer's settings from site.toml's [model] (the worker's, and the demo-choice
+    bench's, so both train the same candidates)."""
+    from trainer.candidates import resolve_base_model
+
+    model = config.model
+    return CandidateTrainingArguments(
+        output_dir=config.candidates_dir,
+        base_model=resolve_base_model(model.base),
+        max_length=model.max_length,
+        per_device_train_batch_size=model.batch_size,
+        max_steps_per_epoch=model.max_steps_per_epoch or None,
+        lora_top_layers=model.lora_top_layers or None,
+    )
+
+
 def _training_progress(store: JobStore, run_key: str):  # type: ignore[no-untyped-def]
     """Training counts for the first 80% of a run's preparation, step by step."""
     from transformers import TrainerCallback
@@ -156,7 +173,6 @@ class SiteWorker:
         """Train every config of the run's space, then generate their validation responses."""
         import torch
 
-        from trainer.candidates import CandidateTrainingArguments, resolve_base_model
         from trainer.candidates import train_candidates as train
         from trainer.generate import generate_responses
 
@@ -165,15 +181,7 @@ class SiteWorker:
         configs = self.store.run_configs(run_key)
         try:
             model = self.config.model
-            args = CandidateTrainingArguments(
-                output_dir=self.config.candidates_dir,
-                base_model=resolve_base_model(model.base),
-                max_length=model.max_length,
-                per_device_train_batch_size=model.batch_size,
-                max_steps_per_epoch=model.max_steps_per_epoch or None,
-                lora_top_layers=model.lora_top_layers or None,
-            )
-
+            args = candidate_arguments(self.config)
             progress = _training_progress(self.store, run_key)
             records = training_records(self.config)
             started = time.monotonic()
@@ -214,8 +222,10 @@ class SiteWorker:
     def _reference_nll(
         self, run_key: str, items: Sequence[ValidationItem], answers: dict[str, ReferenceAnswer]
     ) -> Callable[[CandidateCheckpoint, Any, Any], None] | None:
-        """The callback that scores reference outputs while a candidate's model is loaded."""
-        if metric_name(answers) != ANSWER_NLL:
+        """The callback that scores the reference answers while a candidate's model is loaded:
+        the dense reference (every answer token counts), stored next to exact match where the
+        answers are checkable, and the only reference where they are not."""
+        if not answers:
             return None
         scored = [item for item in items if item.id in answers]
 
