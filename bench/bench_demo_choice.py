@@ -34,7 +34,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,11 @@ class Site:
 
 
 def _settings_hash(settings: DemoSettings) -> str:
-    return hashlib.sha256(repr(settings).encode()).hexdigest()[:10]
+    """The settings that shape the candidates, responses and verdicts (the baseline does not)."""
+    shaping = ", ".join(
+        f"{f.name}={getattr(settings, f.name)!r}" for f in fields(settings) if f.name != "baseline"
+    )
+    return hashlib.sha256(f"DemoSettings({shaping})".encode()).hexdigest()[:10]
 
 
 def _site_config(folder: Path, site_seed: int, settings: DemoSettings) -> SiteConfig:
@@ -185,9 +189,10 @@ def run_seed(seed: int, args: argparse.Namespace, settings: DemoSettings) -> dic
     all_pairs = {(a, b): summed(Comparison(a, b)) for a in range(n) for b in range(a + 1, n)}
     ids = [config.id for config in space.configs]
     mean = {
-        metric: [statistics.fmean(s.references[i][metric] for s in sites) for i in ids]
+        metric: {i: statistics.fmean(s.references[i][metric] for s in sites) for i in ids}
         for metric in (EXACT_MATCH, ANSWER_NLL)
     }
+    nll, exact = list(mean[ANSWER_NLL].values()), list(mean[EXACT_MATCH].values())
     chosen = ids[procedure.best()]
     strengths = bradley_terry(n, procedure.comparisons)
     return {
@@ -195,15 +200,12 @@ def run_seed(seed: int, args: argparse.Namespace, settings: DemoSettings) -> dic
         "site_seeds": site_seeds,
         "chosen": chosen,
         "chosen_params": dict(space.configs[procedure.best()].params),
-        "rank_exact_match": rank_of(dict(zip(ids, mean[EXACT_MATCH])), chosen, True),
-        "rank_answer_nll": rank_of(dict(zip(ids, mean[ANSWER_NLL])), chosen, False),
-        "tau_answer_nll": tau(strengths, mean[ANSWER_NLL], False),
-        "tau_exact_match": tau(strengths, mean[EXACT_MATCH], True),
-        "tau_answer_nll_all_pairs": tau(
-            bradley_terry_with_covariance(n, all_pairs)[0], mean[ANSWER_NLL], False
-        ),
-        "exact_match": dict(zip(ids, mean[EXACT_MATCH])),
-        "answer_nll": dict(zip(ids, mean[ANSWER_NLL])),
+        "rank_exact_match": rank_of(mean[EXACT_MATCH], chosen, True),
+        "rank_answer_nll": rank_of(mean[ANSWER_NLL], chosen, False),
+        "tau_answer_nll": tau(strengths, nll, False),
+        "tau_exact_match": tau(strengths, exact, True),
+        "tau_answer_nll_all_pairs": tau(bradley_terry_with_covariance(n, all_pairs)[0], nll, False),
+        **mean,
         "seconds": time.monotonic() - started,
     }
 

@@ -116,6 +116,10 @@ class RunSettings:
     secure_aggregation: Literal[SECURE_AGGREGATION] = "required"
     """SecAgg+ for the tallies: `required` (stop with fewer than 3 sites), `when-possible`
     (tallies in the clear with fewer than 3 sites) or `off`."""
+    baseline: str = ""
+    """The default recipe to measure the choice against: a `[named.NAME]` config of the space
+    (the paper's grid names Alpaca's, `alpaca-baseline`) or a config id; checked against the
+    space where the coordinator reads federation.toml. Empty: no such comparison."""
 
     def __post_init__(self) -> None:
         if not self.budget > 0:

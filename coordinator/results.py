@@ -18,7 +18,15 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from common.tally import Tally
-from coordinator.db import FederatedRun, comparisons, judgments, node_label, site_names, sites
+from coordinator.db import (
+    FederatedRun,
+    baseline_comparison,
+    comparisons,
+    judgments,
+    node_label,
+    site_names,
+    sites,
+)
 from coordinator.selection import comparison_winner, describe_mode
 
 ParamValue = str | int | float
@@ -47,6 +55,11 @@ class RunResult:
     """How the tallies were summed (SecAgg+ or in the clear, and why)."""
     requested_mode: str = ""
     """The mode the operator set (`auto`, say); equal to `selection_mode` unless `auto` chose."""
+    baseline: int | None = None
+    """The run's baseline config, once the chosen one was measured against it (or is it)."""
+    versus_baseline: Tally | None = None
+    """Chosen vs baseline on every item, from the chosen config's side; None when the chosen
+    config is the baseline, or without a baseline."""
 
     @property
     def selection(self) -> str:
@@ -55,8 +68,7 @@ class RunResult:
 
     def __post_init__(self) -> None:
         indices = {i for a, b, _ in self.comparisons for i in (a, b)}
-        if self.best is not None:
-            indices.add(self.best)
+        indices |= {i for i in (self.best, self.baseline) if i is not None}
         if indices and not (min(indices) >= 0 and max(indices) < len(self.configs)):
             raise ValueError(f"config index out of range 0..{len(self.configs) - 1}")
 
@@ -166,6 +178,7 @@ def run_result(engine: Engine, run_key: str) -> RunResult:
 
     rows = comparisons(engine, run_key)
     run_sites = sites(engine, run_key)
+    versus = baseline_comparison(engine, run_key)
     started, finished = run.started, run.finished or run.started
     return RunResult(
         run_key=run.run_key,
@@ -179,4 +192,6 @@ def run_result(engine: Engine, run_key: str) -> RunResult:
         wall_seconds=(finished - started).total_seconds(),
         aggregation=run.aggregation,
         requested_mode=run.requested_selection_mode(),
+        baseline=None if versus is None else versus.baseline,
+        versus_baseline=None if versus is None or not versus.items else Tally.of(versus),
     )
