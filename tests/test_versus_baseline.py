@@ -236,3 +236,43 @@ def test_without_a_baseline_nothing_more_is_asked_or_shown(tmp_path: Path, sites
     assert outcome.baseline_index is None and outcome.versus_baseline is None
     assert len(_asked(transport)) == len(CONFIGS) - 1
     assert write_report(run_result(engine, "run-none"), tmp_path / "r")["versus_baseline"] is None
+
+
+# -- the demo ----------------------------------------------------------------------------------
+def test_the_demo_names_a_baseline_of_its_grid(tmp_path: Path) -> None:
+    """alpaca-lora's recipe in the demo's grid: AdamW, cosine, the lower learning rate, the most
+    epochs; one of the grid's configs (naming it adds none), accepted by the coordinator."""
+    from coordinator.config import load_federation_config
+    from demo.settings import DEMO
+
+    (tmp_path / "space.toml").write_text(DEMO.space_toml())
+    (tmp_path / "federation.toml").write_text(DEMO.federation_toml("paper", 3, "127.0.0.1:1"))
+    federation = load_federation_config(tmp_path / "federation.toml")
+    space = parse_space(DEMO.space_toml())
+    assert len(space.configs) == DEMO.configs
+    baseline = space.configs[space.index_of(federation.run.baseline)]
+    assert baseline.get("optimizer") == "adamw" and baseline.get("scheduler") == "cosine"
+    assert baseline.get("learning_rate") == min(DEMO.learning_rates)
+    assert baseline.get("epochs") == max(DEMO.epochs)
+
+
+def test_the_demo_averages_both_reference_metrics_over_its_sites(tmp_path: Path) -> None:
+    from agent.db import open_database as open_site_database
+    from agent.job_store import JobStore
+    from demo.launcher import demo_references
+
+    folders = [tmp_path / "site-1", tmp_path / "site-2"]
+    a, b = CONFIGS[0].id, CONFIGS[1].id
+    for folder, shift in zip(folders, (0.0, 1.0), strict=True):
+        folder.mkdir()
+        store = JobStore(open_site_database(f"sqlite:///{folder / 'agent.sqlite'}"))
+        for config_id, nll, exact in ((a, 2.0, 0.5), (b, 3.0, 0.0)):
+            store.store_reference("demo", config_id, "exact_match", exact + shift / 4, 8)
+            store.store_reference("demo", config_id, "answer_nll", nll + shift, 8)
+    dense, exact = demo_references(folders, "demo")
+    assert (dense.name, dense.higher_is_better, dict(dense.values)) == (
+        "answer_nll", False, {a: 2.5, b: 3.5},
+    )  # fmt: skip
+    assert (exact.name, exact.higher_is_better, dict(exact.values)) == (
+        "exact_match", True, {a: 0.625, b: 0.125},
+    )  # fmt: skip
