@@ -3,10 +3,11 @@
 A SuperLink over TLS that admits registered sites only (each site enrolled and registered under
 its name, as in a real deployment, so results name the sites), one agent per site (each with its
 own shard of the builtin data and its own validation items), LoRA candidates on the SmolLM2-135M
-base, the builtin judge and a reduced grid of the paper's shape (`DemoSettings`). Each site also
-checks its candidates against the known answers of its validation items (exact match), without
-the judge; the demo, which owns every site, averages that check into summary.json to show
-whether the judge's choice is right.
+base, the builtin judge and a reduced grid of the paper's shape (`DemoSettings`), which names a
+baseline (alpaca-lora's recipe) that the coordinator measures the choice against. Each site also
+checks its candidates against the known answers of its validation items without the judge (the
+answers' per-token NLL under each candidate, and exact match); the demo, which owns every site,
+averages those checks into summary.json to show whether the judge's choice is right.
 Everything stays under `--out`.
 """
 
