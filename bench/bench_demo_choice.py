@@ -1,7 +1,7 @@
 """Does the demo's judge choose well? The demo's candidates, responses and judge over N site-data
 seeds, checked against the sites' two judge-free references (issue 20's benchmark).
 
-    python bench/bench_demo_choice.py --seeds 5 [--sites 3] [--out DIR] [--threads 1]
+    python bench/bench_demo_choice.py --seeds 5 [--first-seed 1] [--sites 3] [--out DIR]
 
 No Flower: each seed is the demo's federation without the network. Seed k holds `--sites` sites
 with builtin data seeds (k-1)*sites+1 ... k*sites (seed 1 is `pandalm-coordinator demo`'s own
@@ -244,6 +244,9 @@ def print_target(rows: list[dict[str, Any]], n_configs: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--first-seed", type=int, default=1, help="start here (run seeds in parallel processes)"
+    )
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-demo-choice"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the worker: 1)")
@@ -254,11 +257,11 @@ def main() -> None:
     n_configs = DEMO.configs
     print(f"demo settings {_settings_hash(DEMO)}: {DEMO}", flush=True)
     rows = []
-    for seed in range(1, args.seeds + 1):
+    for seed in range(args.first_seed, args.seeds + 1):
         rows.append(run_seed(seed, args, DEMO))
         print_seed(rows[-1], n_configs)
     met = print_target(rows, n_configs)
-    out = args.out / _settings_hash(DEMO) / "results.json"
+    out = args.out / _settings_hash(DEMO) / f"results-{args.first_seed}-{args.seeds}.json"
     out.write_text(json.dumps({"settings": repr(DEMO), "seeds": rows, "met": met}, indent=2))
     print(f"results: {out}")
 
