@@ -18,8 +18,9 @@ Per seed it prints the chosen config's rank of 8 by each reference (1 = strictly
 configs with an equal value count against it, as in the demo's summary) and Kendall's tau-b
 between the judge's ranking (Bradley-Terry strengths over the procedure's comparisons, as the
 demo's report fits them) and the dense reference's ranking; with every pair judged too (a round
-robin, for comparison). Then the figures against the target: the chosen config ranks <= 2 by the
-dense reference in at least 4 of 5 seeds, and the median tau >= 0.4.
+robin, for comparison), and the chosen config against the demo's baseline (alpaca-lora's
+recipe), as the coordinator asks it. Then the figures against the target: the chosen config
+ranks <= 2 by the dense reference in at least 4 of 5 seeds, and the median tau >= 0.4.
 
 Everything a seed computes stays under `--out`/<settings hash>/seed-k (candidates, responses,
 the judgment cache, the references), so a rerun trains nothing it has trained and a changed
@@ -34,7 +35,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -193,18 +194,22 @@ def run_seed(seed: int, args: argparse.Namespace, settings: DemoSettings) -> dic
         for metric in (EXACT_MATCH, ANSWER_NLL)
     }
     nll, exact = list(mean[ANSWER_NLL].values()), list(mean[EXACT_MATCH].values())
-    chosen = ids[procedure.best()]
+    best, baseline = procedure.best(), space.index_of(settings.baseline)
+    chosen = ids[best]
     strengths = bradley_terry(n, procedure.comparisons)
+    versus = None if best == baseline else summed(Comparison(best, baseline))
     return {
         "seed": seed,
         "site_seeds": site_seeds,
         "chosen": chosen,
-        "chosen_params": dict(space.configs[procedure.best()].params),
+        "chosen_params": dict(space.configs[best].params),
         "rank_exact_match": rank_of(mean[EXACT_MATCH], chosen, True),
         "rank_answer_nll": rank_of(mean[ANSWER_NLL], chosen, False),
         "tau_answer_nll": tau(strengths, nll, False),
         "tau_exact_match": tau(strengths, exact, True),
         "tau_answer_nll_all_pairs": tau(bradley_terry_with_covariance(n, all_pairs)[0], nll, False),
+        "baseline": ids[baseline],
+        "versus_baseline": None if versus is None else asdict(versus),
         **mean,
         "seconds": time.monotonic() - started,
     }
@@ -222,6 +227,17 @@ def print_seed(row: dict[str, Any], n_configs: int) -> None:
         f"{_figure(row['tau_answer_nll'])} (all pairs judged: "
         f"{_figure(row['tau_answer_nll_all_pairs'])}), vs exact match "
         f"{_figure(row['tau_exact_match'])}; {row['seconds']:.0f} s",
+        flush=True,
+    )
+    versus, nll = row["versus_baseline"], row[ANSWER_NLL]
+    against = (
+        "the chosen config is the baseline"
+        if versus is None
+        else f"{versus['win']} wins, {versus['tie']} ties, {versus['loss']} losses"
+    )
+    print(
+        f"  chosen vs baseline {row['baseline']}: {against}; answer NLL "
+        f"{nll[row['chosen']]:.4f} vs {nll[row['baseline']]:.4f}",
         flush=True,
     )
 
