@@ -11,10 +11,19 @@ from dataclasses import asdict
 from sqlalchemy import Engine, delete
 from sqlmodel import Session, func, select
 
-from common.protocol import Comparison
+from common.protocol import MAX_ITEMS, Comparison
 from common.settings import RunSettings
 from common.tally import Tally
-from coordinator.db import ComparisonResult, FederatedRun, RoundLog, RunSite, comparisons, sites
+from coordinator.db import (
+    BaselineComparison,
+    ComparisonResult,
+    FederatedRun,
+    RoundLog,
+    RunSite,
+    baseline_comparison,
+    comparisons,
+    sites,
+)
 from dbschema.columns import utc_now
 
 log = logging.getLogger(__name__)
@@ -179,6 +188,32 @@ class RunStore:
         with Session(self.engine) as session:
             query = select(func.max(RoundLog.number)).where(RoundLog.run_key == self.run_key)
             return session.exec(query).one() or 0
+
+    # -- chosen vs baseline -----------------------------------------------------------------
+    def versus_baseline(self) -> BaselineComparison | None:
+        """The recorded comparison of the chosen config with the baseline, if it was asked."""
+        return baseline_comparison(self.engine, self.run_key)
+
+    def record_versus_baseline(
+        self, chosen: int, baseline: int, tally: Tally, sites: int, secure: bool, round_number: int
+    ) -> None:
+        """Record chosen vs baseline on all items, apart from the selection's comparisons (an
+        empty tally from no site where the chosen config is the baseline)."""
+        with Session(self.engine) as session:
+            session.add(
+                BaselineComparison(
+                    run_key=self.run_key,
+                    chosen=chosen,
+                    baseline=baseline,
+                    item_start=0,
+                    item_stop=MAX_ITEMS,
+                    **asdict(tally),
+                    sites=sites,
+                    secure=secure,
+                    round=round_number,
+                )
+            )
+            session.commit()
 
     def log_round(self, entry: RoundLog) -> None:
         """Record one exchange with the sites under this run's key."""

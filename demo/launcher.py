@@ -3,10 +3,11 @@
 A SuperLink over TLS that admits registered sites only (each site enrolled and registered under
 its name, as in a real deployment, so results name the sites), one agent per site (each with its
 own shard of the builtin data and its own validation items), LoRA candidates on the SmolLM2-135M
-base, the builtin judge and a reduced grid of the paper's shape (`DemoSettings`). Each site also
-checks its candidates against the known answers of its validation items (exact match), without
-the judge; the demo, which owns every site, averages that check into summary.json to show
-whether the judge's choice is right.
+base, the builtin judge and a reduced grid of the paper's shape (`DemoSettings`), which names a
+baseline (alpaca-lora's recipe) that the coordinator measures the choice against. Each site also
+checks its candidates against the known answers of its validation items without the judge (the
+answers' per-token NLL under each candidate, and exact match); the demo, which owns every site,
+averages those checks into summary.json to show whether the judge's choice is right.
 Everything stays under `--out`.
 """
 
@@ -36,7 +37,7 @@ from coordinator.results import run_result
 from coordinator.sites import register_site
 from demo.settings import DEMO, DemoSettings
 from trainer.generate import read_responses
-from trainer.reference import EXACT_MATCH
+from trainer.reference import ANSWER_NLL, EXACT_MATCH
 
 
 def enroll_demo_sites(federation: FederationConfig, site_configs: list[Path]) -> None:
@@ -51,22 +52,25 @@ def enroll_demo_sites(federation: FederationConfig, site_configs: list[Path]) ->
             register_site(federation, site.name, public_key)
 
 
-def demo_reference(site_dirs: list[Path], run_key: str) -> ReferenceMetric | None:
-    """The sites' reference metric per config, averaged over sites. Only the demo can do this:
-    it owns every site, whereas in a real federation each site keeps its own."""
-    values: dict[str, list[float]] = {}
-    names = set()
+def demo_references(site_dirs: list[Path], run_key: str) -> list[ReferenceMetric]:
+    """The sites' reference metrics per config, each averaged over sites: the dense answer NLL
+    first (every token of every reference answer counts), then exact match where the answers
+    are checkable. Only the demo can do this: it owns every site, whereas in a real federation
+    each site keeps its own."""
+    values: dict[str, dict[str, list[float]]] = {}
     for folder in site_dirs:
         engine = open_site_database(f"sqlite:///{folder / 'agent.sqlite'}")
         for row in reference_scores(engine, run_key):
-            values.setdefault(row.config_id, []).append(row.value)
-            names.add(row.metric)
+            values.setdefault(row.metric, {}).setdefault(row.config_id, []).append(row.value)
         engine.dispose()
-    if len(names) != 1:
-        return None
-    name = names.pop()
-    mean = {config_id: statistics.fmean(v) for config_id, v in values.items()}
-    return ReferenceMetric(name, mean, higher_is_better=name == EXACT_MATCH)
+    return [
+        ReferenceMetric(
+            name,
+            {config_id: statistics.fmean(v) for config_id, v in values[name].items()},
+            higher_is_better=name == EXACT_MATCH,
+        )
+        for name in sorted(values, key=lambda name: name != ANSWER_NLL)
+    ]
 
 
 def responses_differ(site_dirs: list[Path], comparisons: list[dict]) -> list[dict]:
@@ -134,9 +138,10 @@ def run_loopback_federation(
 
 
 def print_outcome(
-    console: Console, summary: dict[str, Any], reference: ReferenceMetric | None, out: Path
+    console: Console, summary: dict[str, Any], references: list[ReferenceMetric], out: Path
 ) -> None:
-    """The chosen config, how it fares against the sites' reference check, where the report is."""
+    """The chosen config, how it fares against the sites' reference checks and the baseline,
+    where the report is."""
     best = summary["best_config"]
     if not summary.get("decided", True):
         console.print(f"[yellow]{summary['conclusion']}[/yellow]")
@@ -145,19 +150,42 @@ def print_outcome(
         f"(decided by evidence in {best['decided_by_evidence']} of {best['comparisons']} "
         "comparisons)"
     )
-    if reference is not None:
-        tau = summary["kendall_tau"]
+    checks = [summary, *summary.get("other_reference_checks", [])] if references else []
+    for check in checks:
+        tau = check["kendall_tau"]
         agreement = (
             "undefined (the reference gives every config the same value)"
             if tau is None
             else f"{tau:.2f}"
         )
+        metric = check["reference_metric"]
         console.print(
-            f"reference check ({reference.name}): the chosen config ranks "
-            f"{summary['reference_rank_of_best']} of {len(reference.values)}; Kendall tau "
+            f"reference check ({metric['name']}): the chosen config ranks "
+            f"{check['reference_rank_of_best']} of {len(metric['values'])}; Kendall tau "
             f"between judge and reference rankings {agreement}"
         )
+    versus = summary.get("versus_baseline")
+    if versus is not None:
+        console.print(versus_baseline_text(versus))
     console.print(f"report: {out / 'report' / 'report.html'}; summary: {out / 'summary.json'}")
+
+
+def versus_baseline_text(versus: dict[str, Any]) -> str:
+    """The line `chosen vs baseline: W wins, T ties, L losses; reference X vs Y` from the
+    summary's `versus_baseline`, with each reference as chosen vs baseline."""
+    if versus["chosen_is_baseline"]:
+        return (
+            f"chosen vs baseline: the chosen config is the baseline ({versus['baseline']}), "
+            "no comparison needed"
+        )
+    line = (
+        f"chosen vs baseline: {versus['win']} wins, {versus['tie']} ties, {versus['loss']} "
+        f"losses (baseline {versus['baseline']}, {versus['items']} items, margin "
+        f"{versus['margin']:+.3f})"
+    )
+    for name, values in versus["reference"].items():
+        line += f"; reference {name} {values['chosen']:.4g} vs {values['baseline']:.4g}"
+    return line
 
 
 def run_demo(
@@ -175,14 +203,19 @@ def run_demo(
     console.print(
         f"demo: {n_sites} sites, {settings.configs} LoRA configs, {selection_mode} selection, "
         "tallies summed by SecAgg+ (in the clear below 3 sites); judge: builtin (a pointwise "
-        "Bradley-Terry-Davidson score on response measures); reference check: exact match on "
-        "the sites' checkable items"
+        "Bradley-Terry-Davidson score on response measures); reference checks: the reference "
+        "answers' NLL and exact match on the sites' checkable items"
     )
     flower_status = run_loopback_federation(federation, site_dirs, console)
     engine = open_database(federation.database_url)
     result = run_result(engine, federation.run.run_key)
-    reference = demo_reference(site_dirs, federation.run.run_key)
-    summary = write_report(result, out / "report", reference=reference)
+    references = demo_references(site_dirs, federation.run.run_key)
+    summary = write_report(
+        result,
+        out / "report",
+        reference=references[0] if references else None,
+        other_references=references[1:],
+    )
     differ = responses_differ(site_dirs, summary["comparisons"])
     summary = {
         **summary,
@@ -192,5 +225,5 @@ def run_demo(
         "flower_traffic": flower_status.get("network-traffic", {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print_outcome(console, summary, reference, out)
+    print_outcome(console, summary, references, out)
     return summary
