@@ -27,6 +27,7 @@ from agent.config import load_site_config
 from agent.db import open_database as open_site_database
 from agent.db import reference_scores
 from agent.identity import enroll
+from agent.results import site_result
 from common.processes import free_port, stop_process
 from coordinator.certs import init_certificates
 from coordinator.config import FederationConfig, load_federation_config
@@ -35,6 +36,7 @@ from coordinator.launch import run_federation, start_superlink
 from coordinator.report import ReferenceMetric, write_report
 from coordinator.results import run_result
 from coordinator.sites import register_site
+from demo.export_check import export_and_load
 from demo.settings import DEMO, DemoSettings
 from trainer.generate import read_responses
 from trainer.reference import ANSWER_NLL, EXACT_MATCH
@@ -167,6 +169,7 @@ def print_outcome(
     versus = summary.get("versus_baseline")
     if versus is not None:
         console.print(versus_baseline_text(versus))
+    print_sites_and_export(console, summary)
     console.print(f"report: {out / 'report' / 'report.html'}; summary: {out / 'summary.json'}")
 
 
@@ -221,9 +224,40 @@ def run_demo(
         **summary,
         "responses_differ": differ,
         "min_share_of_items_that_differ": min((d["differ"] for d in differ), default=None),
-        "wall_seconds": time.monotonic() - started,
         "flower_traffic": flower_status.get("network-traffic", {}),
     }
+    summary["sites_learned"] = sites_learned(site_dirs, federation.run.run_key)
+    summary["export"] = export_and_load(
+        site_dirs[0], federation.run.run_key, out / "export" / site_dirs[0].name
+    )
+    summary["wall_seconds"] = time.monotonic() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_outcome(console, summary, references, out)
     return summary
+
+
+def sites_learned(site_dirs: list[Path], run_key: str) -> dict[str, str | None]:
+    """Per site, the chosen config id its own database holds (what `pandalm-agent status`
+    shows there), or None where the result never arrived."""
+    learned: dict[str, str | None] = {}
+    for folder in site_dirs:
+        site = load_site_config(folder / "site.toml")
+        outcome = site_result(open_site_database(site.database_url), run_key)
+        learned[site.name] = None if outcome is None else outcome.best_id
+    return learned
+
+
+def print_sites_and_export(console: Console, summary: dict[str, Any]) -> None:
+    """Which sites learned the choice, and the exported model answering a validation prompt."""
+    learned = summary["sites_learned"]
+    told = [name for name, best in learned.items() if best == summary["best_config"]["id"]]
+    console.print(
+        f"the sites learned the choice: {len(told)} of {len(learned)} "
+        f"({', '.join(told) or 'none'}; `pandalm-agent status` shows it at each)"
+    )
+    export = summary["export"]
+    console.print(
+        f"export: {export['site']} wrote the chosen model ({export['form']}, "
+        f"{export['mib']} MiB) to {export['directory']}; transformers answers "
+        f"{export['transformers_answer']!r}, its GGUF in llama.cpp {export['llama_cpp_answer']!r}"
+    )
