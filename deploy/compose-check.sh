@@ -142,7 +142,10 @@ up() {
   command -v podman-compose >/dev/null || fail up "podman-compose is not installed"
   local dir="$WORK/trial" project=pandalm-compose-check n
   local compose=(podman-compose -p "$project" -f "$dir/compose.yaml" -f "$dir/images.yaml")
-  "${compose[@]}" down -v >/dev/null 2>&1
+  "${compose[@]}" down >/dev/null 2>&1
+  for n in coordinator-state site-1 site-2 site-3; do  # a trial starts from empty volumes
+    engine volume rm -f "${project}_$n" >/dev/null 2>&1
+  done
   rm -rf "$dir"
   write_config "$dir"
   for n in 1 2 3; do  # each site's key pair in its own volume; the public key to the coordinator
