@@ -34,6 +34,27 @@ class SiteRun(SpaceColumns, table=True):
     training_seconds: float = 0.0
     generation_seconds: float = 0.0
     epsilon_spent: float = 0.0
+    train_on_request: bool = False
+    """The space said so (`halving`): nothing is trained up front (the run is `ready` at once);
+    only the configs of its `TrainingJob`s are trained and generated."""
+    created: datetime = Field(default_factory=utc_now)
+
+
+class TrainingJob(SQLModel, table=True):
+    """A config whose checkpoint a `query.train` message asked for: its training run trained up
+    to its epoch and its validation responses generated (`done`)."""
+
+    __tablename__ = "training_job"
+    __table_args__ = (UniqueConstraint("run_key", "config_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_key: str = Field(index=True)
+    config_id: str
+    status: str = "pending"  # pending | done | failed
+    error_code: int = 0
+    epochs_trained: int = 0
+    """Epochs the trainer ran for this job: 0 where an earlier job had trained this far."""
+    training_seconds: float = 0.0
+    generation_seconds: float = 0.0
     created: datetime = Field(default_factory=utc_now)
 
 
@@ -95,7 +116,7 @@ class LedgerEntry(SQLModel, table=True):
     content: str  # JSON of the decoded payload
 
 
-TABLES = (SiteRun, ComparisonJob, ItemJudgment, ReferenceScore, LedgerEntry)
+TABLES = (SiteRun, ComparisonJob, ItemJudgment, ReferenceScore, LedgerEntry, TrainingJob)
 SCHEMA = Schema.of_package("agent database", __file__, TABLES, "agent")
 
 

@@ -20,6 +20,7 @@ from agent.db import (
     LedgerEntry,
     ReferenceScore,
     SiteRun,
+    TrainingJob,
     add_new,
     record_egress,
 )
@@ -114,6 +115,47 @@ class JobStore:
             ).first() or ReferenceScore(run_key=run_key, config_id=config_id)
             row.metric, row.value, row.items = metric, value, items
             session.add(row)
+            session.commit()
+
+    # -- training on request --------------------------------------------------------------
+    def training_to_do(self) -> tuple[str, list[str]] | None:
+        """The oldest pending training job's run and every config pending in that run, if any."""
+        with Session(self.engine) as session:
+            first = session.exec(
+                select(TrainingJob).where(TrainingJob.status == "pending").order_by(TrainingJob.id)
+            ).first()
+            if first is None:
+                return None
+            pending = session.exec(
+                select(TrainingJob.config_id)
+                .where(TrainingJob.run_key == first.run_key, TrainingJob.status == "pending")
+                .order_by(TrainingJob.id)
+            ).all()
+        return first.run_key, list(pending)
+
+    def finish_training(
+        self,
+        run_key: str,
+        config_ids: Sequence[str],
+        status: str,
+        epochs_trained: int = 0,
+        training_seconds: float = 0.0,
+        generation_seconds: float = 0.0,
+        error_code: Code = Code.NONE,
+    ) -> None:
+        """Close these pending training jobs; the epochs and time are booked on the first."""
+        with Session(self.engine) as session:
+            for position, config_id in enumerate(config_ids):
+                job = session.exec(
+                    select(TrainingJob).where(
+                        TrainingJob.run_key == run_key, TrainingJob.config_id == config_id
+                    )
+                ).one()
+                job.status, job.error_code = status, int(error_code)
+                if position == 0:
+                    job.epochs_trained = epochs_trained
+                    job.training_seconds = training_seconds
+                    job.generation_seconds = generation_seconds
             session.commit()
 
     # -- comparison jobs --------------------------------------------------------------------

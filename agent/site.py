@@ -17,10 +17,11 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from agent.db import ComparisonJob, SiteRun, add_new, record_egress
+from agent.db import ComparisonJob, SiteRun, TrainingJob, add_new, record_egress
 from common.protocol import (
     COMPARE_MESSAGE,
     SPACE_MESSAGE,
+    TRAIN_MESSAGE,
     Code,
     CompareMessage,
     ProtocolError,
@@ -28,6 +29,7 @@ from common.protocol import (
     Status,
     decode_compare,
     decode_space,
+    decode_train,
     encode_reply,
 )
 from common.space import CandidateConfig, SpaceError
@@ -61,6 +63,8 @@ def accept_space(engine: Engine, record: Mapping[str, Any], pointwise_judge: boo
                 params=json.dumps(list(message.params)),
                 validation_items=message.validation_items,
                 judge_mode=message.judge_mode,
+                train_on_request=message.train_on_request,
+                stage="ready" if message.train_on_request else "training",
             ),
         )
         session.commit()
@@ -82,6 +86,8 @@ def _jobs(
             raise ProtocolError(Code.UNKNOWN_RUN, "no space received for this run")
         ids = run.ids()
         message = decode_compare(record, n_configs=len(ids))
+        if run.train_on_request:
+            _check_trained(session, run, message)
         jobs = []
         for comparison in message.comparisons:
             stop = min(comparison.item_stop, run.validation_items)
@@ -117,6 +123,54 @@ def answer_compare(engine: Engine, record: Mapping[str, Any]) -> Reply:
     return Reply(Status.PENDING, progress=(preparation + 1000 * done // len(jobs)) // 2)
 
 
+def _check_trained(session: Session, run: SiteRun, message: CompareMessage) -> None:
+    """A run trained on request compares only configs a train request made ready: any other
+    has no responses to judge (NOT_READY, before a job for it is queued)."""
+    ids = run.ids()
+    asked = {ids[index] for c in message.comparisons for index in (c.a, c.b)}
+    done = set(
+        session.exec(
+            select(TrainingJob.config_id).where(
+                TrainingJob.run_key == run.run_key, TrainingJob.status == "done"
+            )
+        )
+    )
+    if not asked <= done:
+        raise ProtocolError(Code.NOT_READY, "a compared config has not been trained on request")
+
+
+def answer_train(engine: Engine, record: Mapping[str, Any]) -> Reply:
+    """Queue the requested configs' training (once each); `ok` once every one is trained and
+    its responses generated, `pending` with the permille done until then."""
+    run_key = record.get("run_key")
+    with Session(engine) as session:
+        run = session.get(SiteRun, run_key) if isinstance(run_key, str) else None
+        if run is None:
+            decode_train(record)  # a malformed message is refused as such first
+            raise ProtocolError(Code.UNKNOWN_RUN, "no space received for this run")
+        ids = run.ids()
+        message = decode_train(record, n_configs=len(ids))
+        if not run.train_on_request:
+            raise ProtocolError(Code.OUT_OF_RANGE, "this run's space trains every config")
+        wanted = [ids[index] for index in message.request.configs]
+        for config_id in wanted:
+            add_new(session, TrainingJob(run_key=run.run_key, config_id=config_id))
+        session.commit()
+        jobs = session.exec(
+            select(TrainingJob).where(
+                TrainingJob.run_key == run.run_key, TrainingJob.config_id.in_(wanted)
+            )
+        ).all()
+        statuses = [(job.status, job.error_code) for job in jobs]
+    failed = [code for status, code in statuses if status == "failed"]
+    if failed:
+        return Reply(Status.FAILED, Code(failed[0] or Code.TRAINING_FAILED))
+    done = sum(status == "done" for status, _ in statuses)
+    if done == len(statuses):
+        return Reply(Status.OK, progress=1000)
+    return Reply(Status.PENDING, progress=1000 * done // len(statuses))
+
+
 def secure_tallies(engine: Engine, record: Mapping[str, Any]) -> list[int]:
     """The flat tallies of a secure compare request, for SecAgg+ to mask; all must be judged."""
     message, _run, jobs = _jobs(engine, record)
@@ -137,6 +191,8 @@ def handle_message(
             reply = accept_space(engine, record, pointwise_judge)
         elif message_type == COMPARE_MESSAGE:
             reply = answer_compare(engine, record)
+        elif message_type == TRAIN_MESSAGE:
+            reply = answer_train(engine, record)
         else:
             raise ProtocolError(Code.UNKNOWN_MESSAGE, f"message type {message_type!r}")
     except ProtocolError as exc:

@@ -46,6 +46,7 @@ from trainer.reference import (
 )
 
 if TYPE_CHECKING:
+    from trainer.arguments import CandidateTrainingArguments
     from trainer.candidates import CandidateCheckpoint
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,8 @@ class SiteWorker:
                 time.sleep(poll_seconds)
 
     def step(self) -> bool:
-        """Do the next piece of work; False when there is none."""
+        """Do the next piece of work; False when there is none. Judging comes before training
+        on request: a comparison asked now is of configs already trained."""
         run_key = self.store.run_to_prepare()
         if run_key is not None:
             self._prepare(run_key)
@@ -150,30 +152,55 @@ class SiteWorker:
         if job_id is not None:
             self._judge(job_id)
             return True
+        training = self.store.training_to_do()
+        if training is not None:
+            self._train_requested(*training)
+            return True
         return False
+
+    def _training_arguments(self) -> CandidateTrainingArguments:
+        from trainer.candidates import CandidateTrainingArguments, resolve_base_model
+
+        model = self.config.model
+        return CandidateTrainingArguments(
+            output_dir=self.config.candidates_dir,
+            base_model=resolve_base_model(model.base),
+            max_length=model.max_length,
+            per_device_train_batch_size=model.batch_size,
+            max_steps_per_epoch=model.max_steps_per_epoch or None,
+            lora_top_layers=model.lora_top_layers or None,
+        )
+
+    def _generate(self, run_key: str, checkpoints: Sequence[CandidateCheckpoint]) -> None:
+        """The checkpoints' validation responses (cached: only new ones are generated) and the
+        reference scores that never leave the site."""
+        from trainer.generate import generate_responses
+
+        model = self.config.model
+        items = validation_items(self.config)
+        answers = reference_answers(self.config)
+        generate_responses(
+            checkpoints,
+            items,
+            self.config.responses_file,
+            max_new_tokens=model.max_new_tokens,
+            batch_size=model.generation_batch_size,
+            delete_weights=not model.keep_weights,
+            on_model=self._reference_nll(run_key, items, answers),
+        )
+        self._store_exact_match(run_key, [c.config.id for c in checkpoints], answers)
 
     def _prepare(self, run_key: str) -> None:
         """Train every config of the run's space, then generate their validation responses."""
         import torch
 
-        from trainer.candidates import CandidateTrainingArguments, resolve_base_model
         from trainer.candidates import train_candidates as train
-        from trainer.generate import generate_responses
 
         torch.set_num_threads(self.config.model.torch_threads)
         self._record_judge_endpoint(run_key)
         configs = self.store.run_configs(run_key)
         try:
-            model = self.config.model
-            args = CandidateTrainingArguments(
-                output_dir=self.config.candidates_dir,
-                base_model=resolve_base_model(model.base),
-                max_length=model.max_length,
-                per_device_train_batch_size=model.batch_size,
-                max_steps_per_epoch=model.max_steps_per_epoch or None,
-                lora_top_layers=model.lora_top_layers or None,
-            )
-
+            args = self._training_arguments()
             progress = _training_progress(self.store, run_key)
             records = training_records(self.config)
             started = time.monotonic()
@@ -185,24 +212,44 @@ class SiteWorker:
                 training_seconds=time.monotonic() - started,
             )
             started = time.monotonic()
-            items = validation_items(self.config)
-            answers = reference_answers(self.config)
-            generate_responses(
-                report.checkpoints,
-                items,
-                self.config.responses_file,
-                max_new_tokens=model.max_new_tokens,
-                batch_size=model.generation_batch_size,
-                delete_weights=not model.keep_weights,
-                on_model=self._reference_nll(run_key, items, answers),
-            )
-            self._store_exact_match(run_key, [c.config.id for c in report.checkpoints], answers)
+            self._generate(run_key, report.checkpoints)
         except Exception:
             log.exception("preparing run %s failed", run_key)
             self.store.update_run(run_key, stage="failed", error_code=int(Code.TRAINING_FAILED))
             return
         self.store.update_run(
             run_key, stage="ready", progress=1000, generation_seconds=time.monotonic() - started
+        )
+
+    def _train_requested(self, run_key: str, config_ids: list[str]) -> None:
+        """Train the runs of these configs up to their epochs (the runs planned from the whole
+        space, so each keeps its full schedule; a run resumes where an earlier request left
+        it), then generate the new checkpoints' responses."""
+        import torch
+
+        from trainer.candidates import train_candidates as train
+
+        torch.set_num_threads(self.config.model.torch_threads)
+        self._record_judge_endpoint(run_key)
+        configs = self.store.run_configs(run_key)
+        wanted = [config for config in configs if config.id in set(config_ids)]
+        try:
+            started = time.monotonic()
+            records, args = training_records(self.config), self._training_arguments()
+            report = train(configs, records, args, wanted=wanted)
+            trained = time.monotonic() - started
+            ready = [c for c in report.checkpoints if c.config.id in set(config_ids)]
+            if len(ready) != len(config_ids):
+                raise RuntimeError(f"no checkpoint for {len(config_ids) - len(ready)} configs")
+            self._generate(run_key, ready)
+        except Exception:
+            log.exception("training on request for run %s failed", run_key)
+            failed = Code.TRAINING_FAILED
+            self.store.finish_training(run_key, config_ids, "failed", error_code=failed)
+            return
+        generated = time.monotonic() - started - trained
+        self.store.finish_training(
+            run_key, config_ids, "done", report.epochs_trained, trained, generated
         )
 
     def _record_judge_endpoint(self, run_key: str) -> None:

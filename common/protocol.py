@@ -24,7 +24,8 @@ Coordinator -> site
 
 Site -> coordinator
 - a reply with `status` (ok, pending, refused, failed), a numeric `code`, `progress` in permille
-  (for `training`: of the requested configs trained and generated) and, for an answered `compare`, `tallies`: five integers per comparison (win, tie, loss,
+  (for `training`: of the requested configs trained and generated) and, for an answered
+  `compare`, `tallies`: five integers per comparison (win, tie, loss,
   invalid, items) from config a's point of view; empty when the request was `secure`.
 - a reply to `space` may carry the capability flag `pointwise_judge` (1: the site's judge scores
   each response on its own, so once every config's responses are scored any comparison costs no
