@@ -135,9 +135,14 @@ def test_an_initial_database_is_upgraded_to_head_with_every_row_intact(
         cache = JudgmentCache(urls["judge"])
     for name, schema in SCHEMAS.items():
         assert _revision(urls[name], schema) == dbschema.head(schema)
-        # by position: later revisions rename columns (coordinator 0003), keeping their order
+        # by position: later revisions rename columns (coordinator 0003), keeping their order,
+        # and add columns after the stored ones (agent 0002)
         after = _rows(urls[name], _reflected(urls[name], schema))
-        assert {table: after[table] for table in before[name]} == before[name], name
+        kept = {
+            table: [row[: len(rows[0])] for row in after[table]]
+            for table, rows in before[name].items()
+        }
+        assert kept == before[name], name
     said = [r.getMessage() for r in caplog.records]
     if made_before_alembic:
         assert len(said) == 3 and all("made before schema versioning" in m for m in said), said
@@ -203,14 +208,14 @@ def test_a_0002_coordinator_database_upgrades_to_run_key_and_selection_mode(
 
 NEW_COLUMN_REVISION = '''"""A column added after the initial schema (test only).
 
-Revision ID: 0002
+Revision ID: 9999
 Revises: 0001
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
+revision = "9999"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
@@ -227,26 +232,33 @@ def downgrade() -> None:
 '''
 
 
+def _initial_revision_only(folder: str, names: list[str]) -> list[str]:
+    """What copying the agent's scripts leaves out: caches and every revision after 0001."""
+    later = [n for n in names if Path(folder).name == "versions" and not n.startswith("0001")]
+    return [n for n in names if n == "__pycache__"] + later
+
+
 def test_a_new_column_is_one_revision_file(new_database_url, tmp_path: Path) -> None:
     """The mechanism for the next schema change: a revision file beside 0001 upgrades a
     filled database in place (SQLite copies the table in batch mode; PostgreSQL alters it)."""
     scripts = tmp_path / "migrations"
-    shutil.copytree(AGENT.scripts, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_note.py").write_text(NEW_COLUMN_REVISION)
+    shutil.copytree(AGENT.scripts, scripts, ignore=_initial_revision_only)
+    (scripts / "versions" / "9999_note.py").write_text(NEW_COLUMN_REVISION)
     schema = Schema(AGENT.name, scripts, AGENT.tables, AGENT.version_table)
     url = new_database_url("agent")
     dbschema.upgrade(dbschema.create_database_engine(url), schema, "0001")
     before = _fill(url, schema)
 
     outcome = dbschema.upgrade(dbschema.create_database_engine(url), schema)
-    assert (outcome.before, outcome.after) == ("0001", "0002")
+    assert (outcome.before, outcome.after) == ("0001", "9999")
     after = _rows(url, _reflected(url, schema))
     jobs = after.pop("comparison_job")
     assert after == {k: v for k, v in before.items() if k != "comparison_job"}
     assert [row[:-1] for row in jobs] == before["comparison_job"]
     assert [row[-1] for row in jobs] == ["none"] * 3
     # the code of 0001 refuses the database it can no longer read
-    with pytest.raises(SchemaError, match=r"revision 0002, which this version .* newest is 0001"):
+    newest = dbschema.head(AGENT)
+    with pytest.raises(SchemaError, match=rf"revision 9999, which this version .* is {newest}"):
         open_database(url)
 
 
@@ -302,7 +314,8 @@ def test_db_verbs_of_both_clis(new_database_url, tmp_path: Path) -> None:
 
     done = runner.invoke(agent_cli, ["db", "upgrade", "-c", str(site)])
     assert done.exit_code == 0, done.output
-    assert f"at schema revision {dbschema.head(AGENT)}" in done.output
+    (agent_line,) = [line for line in done.output.splitlines() if "agent database" in line]
+    assert agent_line.endswith(f" {dbschema.head(AGENT)}"), done.output  # at head now
 
     result = runner.invoke(coordinator_cli, ["db", "upgrade", "--database", coordinator_url])
     assert result.exit_code == 0 and "created at schema revision" in result.output, result.output
