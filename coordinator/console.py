@@ -86,6 +86,13 @@ def _header(run: FederatedRun, result: RunResult, last_round: RoundLog | None) -
     )
     if run.aggregation:
         header += f"\naggregation: {run.aggregation}"
+    if result.training is not None and result.training.requests:
+        cost = result.training
+        header += (
+            f"\ntraining: rung {cost.requests}, {cost.runs_alive} of {cost.runs} runs alive, "
+            f"{cost.epoch_trainings} of {cost.grid_epoch_trainings} epoch-trainings per site "
+            f"({cost.ratio_to_grid:.0%} of the grid)"
+        )
     if last_round is not None:
         header += (
             f"\nround {last_round.number}: {last_round.message_type}, "

@@ -18,8 +18,17 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from common.tally import Tally
-from coordinator.db import FederatedRun, comparisons, judgments, node_label, site_names, sites
-from coordinator.selection import comparison_winner, describe_mode
+from coordinator.db import (
+    FederatedRun,
+    comparisons,
+    judgments,
+    node_label,
+    site_names,
+    sites,
+    trainings,
+)
+from coordinator.selection import comparison_winner, describe_mode, trains_on_request
+from coordinator.training_cost import TrainingCost, training_cost
 
 ParamValue = str | int | float
 DecidedBy = Literal["evidence", "tie-break"]
@@ -47,6 +56,8 @@ class RunResult:
     """How the tallies were summed (SecAgg+ or in the clear, and why)."""
     requested_mode: str = ""
     """The mode the operator set (`auto`, say); equal to `selection_mode` unless `auto` chose."""
+    training: TrainingCost | None = None
+    """What the sites trained for the run (None where not known)."""
 
     @property
     def selection(self) -> str:
@@ -179,4 +190,16 @@ def run_result(engine: Engine, run_key: str) -> RunResult:
         wall_seconds=(finished - started).total_seconds(),
         aggregation=run.aggregation,
         requested_mode=run.requested_selection_mode(),
+        training=_training(engine, run),
     )
+
+
+def _training(engine: Engine, run: FederatedRun) -> TrainingCost | None:
+    """What the run's sites trained: its completed train requests (a mode that trains on
+    request), else the full grid; None for a space without epochs."""
+    params = run.param_list()
+    if not all("epochs" in p for p in params):
+        return None
+    if not trains_on_request(run.selection_mode):
+        return training_cost(params, None)
+    return training_cost(params, [row.indices() for row in trainings(engine, run.run_key)])

@@ -10,10 +10,19 @@ from dataclasses import asdict
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from common.protocol import Comparison
+from common.protocol import Comparison, TrainRequest
 from common.settings import RunSettings
 from common.tally import Tally
-from coordinator.db import ComparisonResult, FederatedRun, RoundLog, RunSite, comparisons, sites
+from coordinator.db import (
+    ComparisonResult,
+    FederatedRun,
+    RoundLog,
+    RunSite,
+    TrainingResult,
+    comparisons,
+    sites,
+    trainings,
+)
 from dbschema.columns import utc_now
 
 
@@ -122,6 +131,22 @@ class RunStore:
                     **asdict(tally),
                     sites=sites,
                     secure=secure,
+                    round=round_number,
+                )
+            )
+            session.commit()
+
+    def trainings(self) -> list[TrainRequest]:
+        """The completed train requests, in order."""
+        return [TrainRequest(tuple(row.indices())) for row in trainings(self.engine, self.run_key)]
+
+    def record_training(self, request: TrainRequest, sites: int, round_number: int) -> None:
+        with Session(self.engine) as session:
+            session.add(
+                TrainingResult(
+                    run_key=self.run_key,
+                    configs=json.dumps(list(request.configs)),
+                    sites=sites,
                     round=round_number,
                 )
             )

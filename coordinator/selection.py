@@ -533,7 +533,7 @@ class RacingProcedure(_Procedure):
         pairs = dict.fromkeys(itertools.combinations(self.survivors, 2), 1)
         capacity = sum(self._remaining(pair) for pair in pairs)
         others = sorted(
-            (i for i in range(self.n_configs) if i not in self.survivors),
+            (i for i in self._pool() if i not in self.survivors),
             key=lambda i: (-self._strengths[i], i),
         )
         for other in others:
@@ -544,6 +544,10 @@ class RacingProcedure(_Procedure):
                 pairs[pair] = 1
                 capacity += self._remaining(pair)
         return pairs
+
+    def _pool(self) -> Collection[int]:
+        """The configs racing may compare: all of them."""
+        return range(self.n_configs)
 
     def _matchings(self, count: int) -> dict[tuple[int, int], int]:
         """`count` random perfect matchings of the survivors (seeded by the batch number,
@@ -598,6 +602,10 @@ class HalvingProcedure(RacingProcedure):
         self._racing = n_configs == 1  # nothing to train: racing finishes at once
         self._rung_spent = 0
         super().__init__(n_configs, items_per_site, budget, **racing)  # type: ignore[arg-type]
+
+    def _pool(self) -> Collection[int]:
+        """Racing compares only configs trained."""
+        return self.trained
 
     def ranking(self) -> list[int]:
         """Racing's order among the configs trained, then the configs never trained."""
