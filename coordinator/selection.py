@@ -576,7 +576,7 @@ class HalvingProcedure(RacingProcedure):
         training_runs: Sequence[Sequence[int]] = (),
         budget: float = 1.0,
         eta: int = 2,
-        min_runs: int = 4,
+        finalists: float = 0.25,
         rung_share: float = 0.5,
         rung_opponents: int = 3,
         **racing: float,
@@ -584,12 +584,15 @@ class HalvingProcedure(RacingProcedure):
         self.runs = [tuple(run) for run in training_runs] or [(i,) for i in range(n_configs)]
         if sorted(i for run in self.runs for i in run) != list(range(n_configs)):
             raise ValueError("training_runs must hold every config index exactly once")
-        if eta < 2 or min_runs < 1 or not 0 <= rung_share <= 1 or rung_opponents < 1:
+        if eta < 2 or not 0 < finalists <= 1 or not 0 <= rung_share <= 1 or rung_opponents < 1:
             raise ValueError(
-                "need eta >= 2, min_runs >= 1, 0 <= rung_share <= 1 and rung_opponents >= 1, "
-                f"got {eta}, {min_runs}, {rung_share}, {rung_opponents}"
+                "need eta >= 2, 0 < finalists <= 1, 0 <= rung_share <= 1 and rung_opponents "
+                f">= 1, got {eta}, {finalists}, {rung_share}, {rung_opponents}"
             )
-        self.eta, self.min_runs = eta, min_runs
+        self.eta = eta
+        self.min_runs = max(2, math.ceil(finalists * len(self.runs)))
+        """Halving stops at this many runs (a `finalists` share, at least 2), which the next
+        rung trains to their last epoch."""
         self.rung_share, self.rung_opponents = rung_share, rung_opponents
         self.longest = max(len(run) for run in self.runs)
         self.rung = 0
