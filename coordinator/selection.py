@@ -1,4 +1,4 @@
-"""Choosing the best candidate config from pairwise judge tallies: four selection procedures.
+"""Choosing the best candidate config from pairwise judge tallies: five selection procedures.
 
 The coordinator never sees text, models or data: a procedure deals only in config indices and
 integer tallies. It is driven ask/tell: `pending()` lists the comparisons that can be asked now
@@ -68,6 +68,30 @@ a run's settings. A new mode is one class here plus its test:
   (the sites have no more) or when it reaches item `max_items` per site (default: no cap); the
   winner is then `comparison_winner` on the totals so far, exactly as in the paper mode.
   bench/bench_selection.py measures it against the paper mode.
+
+- "halving": a multi-fidelity mode that decides what the sites train as well as what they
+  judge: successive halving (Jamieson & Talwalkar, "Non-stochastic Best Arm Identification and
+  Hyperparameter Optimization", AISTATS 2016), the subroutine of Hyperband (Li et al., JMLR
+  18, 2018), run synchronously as in ASHA's rungs (Li et al., "A System for Massively Parallel
+  Hyperparameter Tuning", MLSys 2020), with the space's training runs as the arms and epochs as
+  the resource: the epoch-k checkpoint of a run is the config `epochs = k` (sites keep the
+  run's full schedule when they stop it early, docs/TRAINER.md), so every checkpoint trained
+  is a config of the space. It is also a `TrainingProcedure`: `training()` lists a
+  `TrainRequest` (config indices whose runs the sites train up to those epochs) that every
+  active site completes before `pending()` lists comparisons again. Rung 1 trains every run to
+  its first checkpoint; a rung's comparisons are `rung_opponents` random perfect matchings of
+  the runs' newest checkpoints plus each new checkpoint against its run's previous one, on
+  fresh item slices (the rungs share `rung_share` of the judging budget equally); the
+  Bradley-Terry strengths refitted on all tallies (racing's fit) rank the runs by their newest
+  checkpoint, and the best 1/`eta` go on to the next rung, at checkpoint position 1, eta,
+  eta^2, ...; once at most `finalists` of the runs (a quarter, at least 2) are left, the next
+  rung trains them to their last epoch (the checkpoints between included). Then racing (the
+  class above, reusing every tally) chooses among all checkpoints trained with the rest of the
+  budget. On the paper's 16 x 5 grid that is 16 + 8 + 4 x 3 = 36 epoch-trainings per site
+  instead of 80, in 3 train requests. State comes from the history as for the others: a
+  restarted coordinator feeds the recorded trainings and comparisons in order (a training
+  when the procedure asks for it). bench/bench_selection.py measures it under a learning-curve
+  model against racing on the same trials.
 
 `auto` is no procedure: the coordinator runs round robin when every active site's judge is
 pointwise (`auto_mode`; a comparison then costs no forward pass once both configs' responses are
