@@ -37,8 +37,22 @@ the coordinator sends them). With SecAgg+ each round adds four more (its stages)
 imply is rounds x 8 s in the clear, rounds x (8 + 25) s with SecAgg+ (the measured ~8 s per
 round and ~25 s per secure sum), judging time not included.
 
+Training (issue 24). Every row counts epoch-trainings per site: the modes that train up front
+train the paper grid whole (80: 16 runs x 5 epochs); `halving` trains each run up to the last
+checkpoint it asked for (a run resumes where it stopped, so no epoch twice). GPU hours assume
+EPOCH_GPU_HOURS (1.5) per epoch-training of a 7B LoRA run on the 52K Alpaca examples. The
+learning-curve section draws quality per run and epoch instead of per config (`CurveModel`: a
+run's best quality, its peak epoch, its gain from epoch 1 to the peak and its overfitting after
+it) on the paper grid, at several gain sds (`--curve-gain-sd`), each printed with the Spearman
+rank correlation between the runs' epoch-1 and best-epoch quality it implies, and runs paper,
+racing and halving on the same trials.
+
     python bench/bench_selection.py [--trials 200] [--round-robin-trials 40] [--seed 0]
-        [--json] [--testset FILE --predictions FILE [--predictions FILE ...] | --no-fitted]
+        [--curve-gain-sd 0.5 ...] [--json]
+        [--testset FILE --predictions FILE [--predictions FILE ...] | --no-fitted]
+
+`--json` rows carry `epoch_trainings` and `ratio_training_to_grid`; `learning_curves` holds each
+gain sd's rank correlation and rows.
 """
 
 from __future__ import annotations
