@@ -1,9 +1,10 @@
 """The site's side of the protocol: answers coordinator messages from the local database.
 
 Answers are quick: a compare request whose judgments are not finished yet is answered
-`pending` with progress, and the worker does the work. Whatever goes wrong, only a status code
-goes back; the details stay in the local log. Every reply is written to the egress ledger
-before it is returned.
+`pending` with progress, and the worker does the work; so is a train request (`query.train`,
+for a space sent with `train_on_request`) whose configs are not trained and generated yet.
+Whatever goes wrong, only a status code goes back; the details stay in the local log. Every
+reply is written to the egress ledger before it is returned.
 """
 
 from __future__ import annotations
