@@ -25,6 +25,7 @@ from agent.config import (
 )
 from agent.db import SCHEMA, ComparisonJob, ReferenceScore, SiteRun, ledger, open_database
 from common.cli import cli_app, user_errors
+from common.protocol import Code, code_meaning
 from dbschema import (
     Schema,
     SchemaError,
@@ -74,13 +75,50 @@ def enroll(config: ConfigOption) -> None:
     print(public.read_text().strip())
 
 
+def _preflight(site: SiteConfig) -> None:
+    """Preflight (agent/preflight.py): the disk estimate, then one `error:` line per problem
+    and exit status 2 if there is any."""
+    from agent.preflight import disk_estimate, site_problems
+
+    problems = site_problems(site)
+    estimate = disk_estimate(site)
+    if estimate is not None:
+        console.print(estimate.line(), highlight=False, soft_wrap=True)
+    for problem in problems:
+        console.print(f"[red]error:[/red] {escape(problem.text)}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(2)
+
+
 @app.command()
-def start(config: ConfigOption) -> None:
-    """Run the site: the job worker and the Flower SuperNode, restarted if they exit."""
+def check(config: ConfigOption) -> None:
+    """Check everything the site needs without starting anything: the config, every record of
+    its data files, the judge, the base model, that its data directory and databases can be
+    written, and the disk its checkpoints take (estimated). One line per problem, exit 2."""
+    with _site(config) as site:
+        _preflight(site)
+    console.print(f"site {site.name}: ready")
+
+
+@app.command()
+def start(
+    config: ConfigOption,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Job workers, each on one device (default: [site] workers)."),
+    ] = None,
+) -> None:
+    """Run the site: the job workers and the Flower SuperNode, restarted if they exit; the
+    checks of `check` come first, and nothing starts if one fails."""
+    from dataclasses import replace
+
     from agent.supervisor import supervise
 
-    with _site(config) as site, _schema_errors():
-        check_judge_endpoint(site)
+    with _site(config) as site:
+        if workers is not None:
+            site = replace(site, workers=workers)
+        _preflight(site)
+    with _schema_errors():
         for changed, line in _upgrade(site):
             if changed:
                 console.print(line, highlight=False, soft_wrap=True)
@@ -128,14 +166,17 @@ def db_current(config: ConfigOption) -> None:
 
 
 @app.command(hidden=True)
-def worker(config: ConfigOption) -> None:
-    """The job worker (started by `start`)."""
+def worker(
+    config: ConfigOption,
+    slot: Annotated[int, typer.Option(min=1, help="This worker's slot (its lease name).")] = 1,
+) -> None:
+    """A job worker (started by `start`, one per slot)."""
     from agent.worker import SiteWorker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with _site(config) as site:
         check_judge_endpoint(site)
-    SiteWorker(site).run_forever()
+    SiteWorker(site, slot=slot).run_forever()
 
 
 @app.command(hidden=True)
@@ -160,6 +201,7 @@ def status(config: ConfigOption) -> None:
     table = Table(title=f"site {site.name}")
     for column in ("run", "configs", "stage", "progress", "comparisons done", "pending"):
         table.add_column(column)
+    table.add_column("reason", overflow="fold")
     with Session(engine) as session:
         for run in session.exec(select(SiteRun).order_by(SiteRun.created)):
             counts = dict(
@@ -176,9 +218,54 @@ def status(config: ConfigOption) -> None:
                 f"{run.progress / 10:.0f}%",
                 str(counts.get("done", 0)),
                 str(counts.get("pending", 0)),
+                escape(_failure_reason(run)),
             )
     Console().print(table)
+    _print_results(engine)
     _print_reference_scores(engine)
+    _print_disk_use(site)
+
+
+def _print_results(engine: Engine) -> None:
+    """Each run's outcome as the coordinator sent it: the chosen config and its parameters."""
+    from agent.results import site_results
+
+    results = site_results(engine)
+    if not results:
+        return
+    table = Table(title="chosen configs (sent by the coordinator)")
+    for column in ("run", "chosen", "hyperparameters", "evidence", "versus baseline"):
+        table.add_column(column, overflow="fold")
+    for result in results:
+        table.add_row(
+            result.run_key,
+            result.best_id,
+            result.describe_params(),
+            result.describe_evidence(),
+            result.describe_baseline(),
+        )
+    Console().print(table)
+
+
+def _print_disk_use(site: SiteConfig) -> None:
+    from agent.results import disk_use
+
+    use = disk_use(site.candidates_dir)
+    Console().print(
+        f"candidates: {use.bytes / 2**20:.1f} MiB in {site.candidates_dir} "
+        f"({use.with_weights} checkpoints with weights, {use.without_weights} without)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _failure_reason(run: SiteRun) -> str:
+    """Why a run failed: the code sent to the coordinator, its meaning, and the text that
+    stays at the site (file, line and field)."""
+    if not run.error_code:
+        return ""
+    head = f"{Code(run.error_code).name}: {code_meaning(run.error_code)}"
+    return f"{head}\n{run.error}" if run.error else head
 
 
 def _print_reference_scores(engine) -> None:
@@ -195,6 +282,38 @@ def _print_reference_scores(engine) -> None:
     ):
         table.add_row(row.run_key, row.config_id, row.metric, f"{row.value:.3f}", str(row.items))
     Console().print(table)
+
+
+@app.command()
+def export(
+    config: ConfigOption,
+    run: Annotated[str, typer.Option(help="the run whose chosen config to export")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="a new (or empty) directory")],
+    merge: Annotated[
+        bool, typer.Option(help="merge a LoRA adapter into the base: a transformers model")
+    ] = False,
+    gguf: Annotated[
+        str | None, typer.Option(help="also write a GGUF for llama.cpp: f16, q8_0 or q4_k_m")
+    ] = None,
+) -> None:
+    """Write the model of the config the run chose, with a model card (README.md); a full
+    fine-tuning winner whose weights were deleted is trained again from the run's seed."""
+    from agent.export import ExportError, export_model
+    from common.records import InputError
+    from judge.models import ModelNotFoundError
+    from trainer.arguments import SettingsError
+
+    errors = (ExportError, InputError, ModelNotFoundError, SettingsError)
+    with _site(config) as site, user_errors(console, *errors):
+        report = export_model(site, run, out, merge=merge, gguf=gguf)
+    console.print(
+        f"wrote {report.out} ({report.form} of config {report.config_id}"
+        + (", retrained from the run's seed" if report.rebuilt else "")
+        + (f", {report.gguf.name}" if report.gguf else "")
+        + f"; {report.bytes / 2**20:.1f} MiB)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

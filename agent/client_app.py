@@ -37,7 +37,7 @@ from common.protocol import (
     Status,
     encode_reply,
 )
-from judge.backends import parse_spec
+from judge.backends import BACKENDS, check_spec_form
 
 log = logging.getLogger(__name__)
 FIT_CONFIG = "fitins.config"
@@ -52,8 +52,11 @@ def _site_engine(config_path: str) -> Engine:
 
 @cache
 def _pointwise_judge(config_path: str) -> bool:
-    """Whether the site's judge spec names a pointwise judge; read from the spec, not loaded."""
-    return parse_spec(load_site_config(Path(config_path)).judge.spec).pointwise
+    """Whether the site's judge spec names a pointwise judge; read from the spec's form, not
+    loaded: a judge model missing is the worker's to report (BAD_JUDGE, with its path in
+    `pandalm-agent status`), not a failure to answer the space."""
+    kind, _location, _options = check_spec_form(load_site_config(Path(config_path)).judge.spec)
+    return BACKENDS[kind].pointwise
 
 
 def _remember_run_key(context: Context, record: dict[str, Any]) -> str:

@@ -24,6 +24,8 @@ name = "site"
 data_dir = "site-data" # checkpoints, responses, judgments, ledger
 # database = "postgresql+psycopg://USER:PASSWORD@HOST/DB"  # default: SQLite in data_dir
 # judge_cache = "postgresql+psycopg://USER:PASSWORD@HOST/DB"  # the judgment cache, likewise
+workers = 1                       # job workers, each on its own GPU (or on the CPU)
+worker_lease = 120.0              # s after a dead worker's last heartbeat: its job is taken over
 
 [data]
 train = "builtin"                 # or an Alpaca-format JSON/JSONL file
@@ -40,7 +42,8 @@ max_steps_per_epoch = 0           # 0: whole epochs
 max_new_tokens = 64
 generation_batch_size = 8         # validation prompts decoded together
 torch_threads = 1
-keep_weights = false              # weights are deleted once their responses exist
+keep_weights = false              # full weights are deleted once their responses exist
+                                  # (adapters kept; export retrains a deleted winner)
 
 [judge]
 spec = "builtin"                  # rule:NAME | gguf:PATH | hf:PATH | openai:URL | reward:PATH|URL
@@ -103,7 +106,8 @@ class ModelSettings:
     prompt, whatever the training batch size."""
     torch_threads: int = 1
     keep_weights: bool = False
-    """Keep candidate weights after their responses exist (judging needs only responses)."""
+    """Keep full fine-tuning weights after their responses exist (judging needs only
+    responses; LoRA adapters are always kept; `export` trains a deleted winner again)."""
 
 
 @settings_table
@@ -148,6 +152,10 @@ class SiteConfig:
     """SQLAlchemy URL of the agent's state; empty: SQLite in the data directory."""
     judge_cache_database: str = ""
     """SQLAlchemy URL of the judgment cache; empty: SQLite in the data directory."""
+    workers: int = 1
+    """Job workers `pandalm-agent start` runs, each pinned to one device."""
+    worker_lease: float = 120.0
+    """Seconds a worker's claim on a job outlives its last heartbeat."""
     data: DataSettings = field(default_factory=DataSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
@@ -188,6 +196,17 @@ class SiteTable:
     """The agent database's SQLAlchemy URL; default: SQLite in data_dir."""
     judge_cache: str = ""
     """The judgment cache's URL; default: SQLite in data_dir."""
+    workers: int = 1
+    """Job workers, each pinned to one device (a GPU each, in turn; all on the CPU without)."""
+    worker_lease: float = 120.0
+    """Seconds after a worker's last heartbeat (every quarter lease) when another worker may
+    take its training or comparison job over: longer than any pause of a live worker."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers: must be at least 1, got {self.workers}")
+        if not self.worker_lease > 0:
+            raise ValueError(f"worker_lease: must be above 0, got {self.worker_lease}")
 
 
 SECTIONS = {
@@ -222,6 +241,8 @@ def load_site_config(path: Path) -> SiteConfig:
         data_dir=data_dir,
         database=site.database,
         judge_cache_database=site.judge_cache,
+        workers=site.workers,
+        worker_lease=site.worker_lease,
         source=path.resolve(),
         **parsed,
     )

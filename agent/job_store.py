@@ -20,7 +20,6 @@ from agent.db import (
     LedgerEntry,
     ReferenceScore,
     SiteRun,
-    TrainingJob,
     add_new,
     record_egress,
 )
@@ -71,13 +70,6 @@ class JobStore:
         self.engine = engine
 
     # -- runs -------------------------------------------------------------------------------
-    def run_to_prepare(self) -> str | None:
-        """A run still training or generating, if any: preparing comes before judging."""
-        with Session(self.engine) as session:
-            query = select(SiteRun).where(SiteRun.stage.in_(("training", "generating")))
-            run = session.exec(query).first()
-        return None if run is None else run.run_key
-
     def update_run(self, run_key: str, **values: object) -> None:
         """Set these columns of the run's row (stage, progress, timings, error code)."""
         with Session(self.engine) as session:
@@ -117,59 +109,7 @@ class JobStore:
             session.add(row)
             session.commit()
 
-    # -- training on request --------------------------------------------------------------
-    def training_to_do(self) -> tuple[str, list[str]] | None:
-        """The oldest pending training job's run and every config pending in that run, if any."""
-        with Session(self.engine) as session:
-            first = session.exec(
-                select(TrainingJob).where(TrainingJob.status == "pending").order_by(TrainingJob.id)
-            ).first()
-            if first is None:
-                return None
-            pending = session.exec(
-                select(TrainingJob.config_id)
-                .where(TrainingJob.run_key == first.run_key, TrainingJob.status == "pending")
-                .order_by(TrainingJob.id)
-            ).all()
-        return first.run_key, list(pending)
-
-    def finish_training(
-        self,
-        run_key: str,
-        config_ids: Sequence[str],
-        status: str,
-        epochs_trained: int = 0,
-        training_seconds: float = 0.0,
-        generation_seconds: float = 0.0,
-        error_code: Code = Code.NONE,
-    ) -> None:
-        """Close these pending training jobs; the epochs and time are booked on the first."""
-        with Session(self.engine) as session:
-            for position, config_id in enumerate(config_ids):
-                job = session.exec(
-                    select(TrainingJob).where(
-                        TrainingJob.run_key == run_key, TrainingJob.config_id == config_id
-                    )
-                ).one()
-                job.status, job.error_code = status, int(error_code)
-                if position == 0:
-                    job.epochs_trained = epochs_trained
-                    job.training_seconds = training_seconds
-                    job.generation_seconds = generation_seconds
-            session.commit()
-
     # -- comparison jobs --------------------------------------------------------------------
-    def next_job(self) -> int | None:
-        """The oldest pending job of a run that is ready to judge, if any."""
-        with Session(self.engine) as session:
-            job = session.exec(
-                select(ComparisonJob)
-                .join(SiteRun, SiteRun.run_key == ComparisonJob.run_key)
-                .where(ComparisonJob.status == "pending", SiteRun.stage == "ready")
-                .order_by(ComparisonJob.id)
-            ).first()
-        return None if job is None else job.id
-
     def job(self, job_id: int) -> JobToJudge:
         with Session(self.engine) as session:
             job = session.get(ComparisonJob, job_id)

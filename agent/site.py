@@ -15,12 +15,15 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlmodel import Session, select
 
-from agent.db import ComparisonJob, SiteRun, TrainingJob, add_new, record_egress
+from agent.claims import ask_training, epochs_ready
+from agent.db import ComparisonJob, SiteResult, SiteRun, add_new, record_egress
 from common.protocol import (
     COMPARE_MESSAGE,
+    NO_BASELINE,
+    RESULT_MESSAGE,
     SPACE_MESSAGE,
     TRAIN_MESSAGE,
     Code,
@@ -29,6 +32,7 @@ from common.protocol import (
     Reply,
     Status,
     decode_compare,
+    decode_result,
     decode_space,
     decode_train,
     encode_reply,
@@ -65,13 +69,37 @@ def accept_space(engine: Engine, record: Mapping[str, Any], pointwise_judge: boo
                 validation_items=message.validation_items,
                 judge_mode=message.judge_mode,
                 train_on_request=message.train_on_request,
-                stage="ready" if message.train_on_request else "training",
             ),
         )
         session.commit()
         if session.get(SiteRun, message.run_key).space_hash != space_hash:
             raise ProtocolError(Code.SPACE_CHANGED, f"run {message.run_key} changed space")
+    _retry_failed(engine, message.run_key)
     return Reply(Status.OK, pointwise_judge=int(pointwise_judge))
+
+
+def _retry_failed(engine: Engine, run_key: str) -> None:
+    """The space sent again (a coordinator resuming a failed or stopped run): a run whose
+    preparation failed is prepared again, and failed comparison jobs are judged again, after the
+    operator fixed the inputs. A job refused for the privacy budget stays refused."""
+    with Session(engine) as session:
+        reset = session.connection().execute(
+            update(SiteRun)
+            .where(SiteRun.run_key == run_key, SiteRun.stage == "failed")
+            .values(stage="training", progress=0, error_code=0, error="")
+        )
+        session.connection().execute(
+            update(ComparisonJob)
+            .where(
+                ComparisonJob.run_key == run_key,
+                ComparisonJob.status == "failed",
+                ComparisonJob.error_code != int(Code.PRIVACY_BUDGET),
+            )
+            .values(status="pending", error_code=0)
+        )
+        session.commit()
+    if reset.rowcount:
+        log.warning("run %s: preparing it again (it had failed)", run_key)
 
 
 def _jobs(
@@ -87,7 +115,7 @@ def _jobs(
             raise ProtocolError(Code.UNKNOWN_RUN, "no space received for this run")
         ids = run.ids()
         message = decode_compare(record, n_configs=len(ids))
-        if run.train_on_request:
+        if run.train_on_request and run.stage != "failed":
             _check_trained(session, run, message)
         jobs = []
         for comparison in message.comparisons:
@@ -129,20 +157,25 @@ def _check_trained(session: Session, run: SiteRun, message: CompareMessage) -> N
     has no responses to judge (NOT_READY, before a job for it is queued)."""
     ids = run.ids()
     asked = {ids[index] for c in message.comparisons for index in (c.a, c.b)}
-    done = set(
-        session.exec(
-            select(TrainingJob.config_id).where(
-                TrainingJob.run_key == run.run_key, TrainingJob.status == "done"
-            )
-        )
-    )
-    if not asked <= done:
+    if not asked <= _trained_configs(session, run.run_key):
         raise ProtocolError(Code.NOT_READY, "a compared config has not been trained on request")
 
 
+def _trained_configs(session: Session, run_key: str) -> set[str]:
+    """The site run's configs whose checkpoints are trained and their responses generated."""
+    return {
+        config.id
+        for run, ready in epochs_ready(session, run_key)
+        for config in run.configs
+        if config.params["epochs"] <= ready
+    }
+
+
 def answer_train(engine: Engine, record: Mapping[str, Any]) -> Reply:
-    """Queue the requested configs' training (once each); `ok` once every one is trained and
-    its responses generated, `pending` with the permille done until then."""
+    """Raise the training jobs of the requested configs' runs to those configs' epochs (the
+    worker trains them); `ok` once every config is trained and its responses generated,
+    `pending` with the permille of them done until then (and before the run's training jobs
+    are planned: the coordinator sends the request again)."""
     run_key = record.get("run_key")
     with Session(engine) as session:
         run = session.get(SiteRun, run_key) if isinstance(run_key, str) else None
@@ -153,23 +186,23 @@ def answer_train(engine: Engine, record: Mapping[str, Any]) -> Reply:
         message = decode_train(record, n_configs=len(ids))
         if not run.train_on_request:
             raise ProtocolError(Code.OUT_OF_RANGE, "this run's space trains every config")
-        wanted = [ids[index] for index in message.request.configs]
-        for config_id in wanted:
-            add_new(session, TrainingJob(run_key=run.run_key, config_id=config_id))
-        session.commit()
-        jobs = session.exec(
-            select(TrainingJob).where(
-                TrainingJob.run_key == run.run_key, TrainingJob.config_id.in_(wanted)
-            )
-        ).all()
-        statuses = [(job.status, job.error_code) for job in jobs]
-    failed = [code for status, code in statuses if status == "failed"]
-    if failed:
-        return Reply(Status.FAILED, Code(failed[0] or Code.TRAINING_FAILED))
-    done = sum(status == "done" for status, _ in statuses)
-    if done == len(statuses):
+        if run.stage == "failed":
+            return Reply(Status.FAILED, Code(run.error_code or Code.TRAINING_FAILED))
+        wanted = {ids[index] for index in message.request.configs}
+        jobs = epochs_ready(session, run.run_key)
+    targets: dict[str, int] = {}
+    for training_run, _ready in jobs:
+        for config in training_run.configs:
+            if config.id in wanted:
+                epoch = max(targets.get(training_run.id, 0), config.params["epochs"])
+                targets[training_run.id] = epoch
+    ask_training(engine, targets)
+    with Session(engine) as session:  # a failed job fails the site run: the next reply says so
+        trained = _trained_configs(session, run.run_key)
+    done = len(wanted & trained)
+    if done == len(wanted):
         return Reply(Status.OK, progress=1000)
-    return Reply(Status.PENDING, progress=1000 * done // len(statuses))
+    return Reply(Status.PENDING, progress=1000 * done // len(wanted))
 
 
 def secure_tallies(engine: Engine, record: Mapping[str, Any]) -> list[int]:
@@ -180,6 +213,35 @@ def secure_tallies(engine: Engine, record: Mapping[str, Any]) -> list[int]:
     if any(job.status != "done" for job in jobs):
         raise ProtocolError(Code.NOT_READY, "the comparisons are not judged yet")
     return [value for job in jobs for value in job.tally().values()]
+
+
+def accept_result(engine: Engine, record: Mapping[str, Any]) -> Reply:
+    """Store the run's outcome after checking it against the stored space; the `ok` reply is
+    the acknowledgement. The same result sent again is acknowledged again; another one for a
+    run that has one is refused (a coordinator's result does not change)."""
+    run_key = record.get("run_key")
+    with Session(engine) as session:
+        run = session.get(SiteRun, run_key) if isinstance(run_key, str) else None
+        if run is None:
+            decode_result(record)  # a malformed message is refused as such first
+            raise ProtocolError(Code.UNKNOWN_RUN, "no space received for this run")
+        ids = run.ids()
+        message = decode_result(record, n_configs=len(ids))
+        content = json.dumps(dict(record), sort_keys=True)
+        baseline = ids[message.baseline] if message.baseline != NO_BASELINE else None
+        add_new(  # a repeated (or concurrent) delivery finds the stored result
+            session,
+            SiteResult(
+                run_key=run.run_key,
+                best_id=ids[message.best],
+                baseline_id=baseline,
+                message=content,
+            ),
+        )
+        session.commit()
+        if session.get(SiteResult, run.run_key).message != content:
+            raise ProtocolError(Code.RESULT_CHANGED, f"run {run.run_key} has another result")
+    return Reply(Status.OK)
 
 
 def handle_message(
@@ -194,6 +256,8 @@ def handle_message(
             reply = answer_compare(engine, record)
         elif message_type == TRAIN_MESSAGE:
             reply = answer_train(engine, record)
+        elif message_type == RESULT_MESSAGE:
+            reply = accept_result(engine, record)
         else:
             raise ProtocolError(Code.UNKNOWN_MESSAGE, f"message type {message_type!r}")
     except ProtocolError as exc:

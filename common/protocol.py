@@ -21,6 +21,13 @@ Coordinator -> site
   trains nothing up front, and the coordinator compares only configs it asked to be trained.
   A config index, not a run index, so the message means the same whatever the site's
   schedule horizon groups into one run.
+- `result` (`query.result`): once the selection ended, the chosen config's index (`best`), the
+  standings as config indices (`ranking`), how many sites took part, the evidence (comparisons
+  decided by evidence and by the tie-break, the chosen config's record of comparisons won,
+  undecided and lost, and its tallies summed over its comparisons, from its point of view) and,
+  where the run named a baseline, its index and the chosen config's tally against it. The site
+  stores it and answers a plain `ok` (its acknowledgement); the coordinator sends it again
+  until every site acknowledged or the run's `result_timeout` passed.
 
 Site -> coordinator
 - a reply with `status` (ok, pending, refused, failed), a numeric `code`, `progress` in permille
@@ -49,11 +56,14 @@ SPACE_MESSAGE = "query.space"
 COMPARE_MESSAGE = "query.compare"
 TRAIN_MESSAGE = "query.train"
 TRAIN_ON_REQUEST_FIELD = "train_on_request"
+RESULT_MESSAGE = "query.result"
 RECORD_KEY = "pandalm"
 
 MAX_CONFIGS = 512
 MAX_COMPARISONS = 256
 MAX_ITEMS = 100_000
+MAX_SITES = 100_000
+NO_BASELINE = -1
 
 # SecAgg+ quantizes values in [-SECAGG_CLIP, SECAGG_CLIP] onto 2 * SECAGG_CLIP integer steps, so
 # integer tallies pass exactly; masks live modulo 2**32, which bounds the sites at 2**9 (512).
@@ -90,12 +100,63 @@ class Code(IntEnum):
     CONFIG_ID_MISMATCH = 19
     UNTRUSTED_APP = 20
     NOT_READY = 21
+    RESULT_CHANGED = 22
     TRAINING_FAILED = 30
     GENERATION_FAILED = 31
     JUDGING_FAILED = 32
     INTERNAL_ERROR = 39
     PRIVACY_BUDGET = 33
+    BAD_DATA = 34
+    BAD_JUDGE = 35
+    NO_DISK = 36
+    BAD_BASE_MODEL = 37
     IMPOSSIBLE_TALLY = 40
+
+
+CODE_MEANINGS: dict[Code, str] = {
+    Code.NONE: "no error",
+    Code.UNKNOWN_MESSAGE: "the site does not know this message type",
+    Code.UNKNOWN_FIELD: "a message carried a field the protocol does not have",
+    Code.MISSING_FIELD: "a message lacked a required field",
+    Code.WRONG_TYPE: "a message field had the wrong type",
+    Code.OUT_OF_RANGE: "a message field was out of range",
+    Code.TOO_LARGE: "a message was larger than the protocol allows",
+    Code.UNSUPPORTED_VERSION: "the two sides speak different protocol versions",
+    Code.UNKNOWN_RUN: "the site has not received this run's search space",
+    Code.SPACE_CHANGED: "the run's search space differs from the one the site accepted",
+    Code.CONFIG_ID_MISMATCH: "a config id does not match its parameters",
+    Code.UNTRUSTED_APP: "the site refused an app bundle it did not install",
+    Code.NOT_READY: "the site has not judged the comparisons yet",
+    Code.RESULT_CHANGED: "the run's result differs from the one the site stored",
+    Code.TRAINING_FAILED: "training the candidates failed at the site",
+    Code.GENERATION_FAILED: "generating the candidates' responses failed at the site",
+    Code.JUDGING_FAILED: "judging a comparison failed at the site",
+    Code.INTERNAL_ERROR: "an unexpected error at the site (see its logs)",
+    Code.PRIVACY_BUDGET: "the site's privacy budget for the run is spent",
+    Code.BAD_DATA: "the site's training or validation data is invalid",
+    Code.BAD_JUDGE: "the site's judge model or server is missing or unusable",
+    Code.NO_DISK: "the site cannot write its data directory or lacks disk space",
+    Code.BAD_BASE_MODEL: "the site's base model is missing or unusable",
+    Code.IMPOSSIBLE_TALLY: "the tallies sent are impossible for the request",
+}
+"""What each code means, in words: the coordinator's console and summary name it per site;
+the site keeps the detailed text (`pandalm-agent status`), which never crosses the wire."""
+
+
+def code_name(code: int) -> str:
+    """A code received as an integer, by name (an unknown one as its number)."""
+    try:
+        return Code(code).name
+    except ValueError:
+        return str(code)
+
+
+def code_meaning(code: int) -> str:
+    """The meaning of a code received as an integer (an unknown one is named as such)."""
+    try:
+        return CODE_MEANINGS[Code(code)]
+    except ValueError:
+        return f"unknown code {code}"
 
 
 class ProtocolError(ValueError):
@@ -163,6 +224,29 @@ class CompareMessage:
     run_key: str
     comparisons: tuple[Comparison, ...]
     secure: bool = False
+
+
+@dataclass(frozen=True)
+class ResultMessage:
+    """The run's outcome as each site learns it: config indices and integers only."""
+
+    run_key: str
+    best: int
+    ranking: tuple[int, ...]
+    sites: int
+    """Sites that took part to the end (those whose tallies make the final comparisons)."""
+    decided: int
+    """Comparisons decided by evidence (wins != losses)."""
+    tie_breaks: int
+    """Comparisons where the incumbent stayed by the tie-break alone."""
+    best_record: tuple[int, int, int]
+    """The chosen config's comparisons won, left undecided and lost."""
+    best_tally: Tally
+    """The chosen config's tallies summed over all its comparisons, from its point of view."""
+    baseline: int = NO_BASELINE
+    """The run's baseline config, or NO_BASELINE."""
+    versus_baseline: Tally | None = None
+    """The chosen config against the baseline (its point of view); None where not compared."""
 
 
 @dataclass(frozen=True)
@@ -417,3 +501,83 @@ def check_tallies(
             raise ProtocolError(Code.IMPOSSIBLE_TALLY, "more items than the slice holds")
         tallies.append(tally)
     return tuple(tallies)
+
+
+RESULT_FIELDS: dict[str, Any] = {
+    "version": int,
+    "run_key": str,
+    "best": int,
+    "ranking": [int],
+    "sites": int,
+    "decided": int,
+    "tie_breaks": int,
+    "best_record": [int],
+    "best_tally": [int],
+    "baseline": int,
+    "versus_baseline": [int],
+}
+
+
+def encode_result(message: ResultMessage) -> dict[str, Any]:
+    """The result as a record; checked by the decoder first, so a bad one never leaves."""
+    versus = message.versus_baseline
+    record = {
+        "version": PROTOCOL_VERSION,
+        "run_key": message.run_key,
+        "best": message.best,
+        "ranking": list(message.ranking),
+        "sites": message.sites,
+        "decided": message.decided,
+        "tie_breaks": message.tie_breaks,
+        "best_record": list(message.best_record),
+        "best_tally": list(message.best_tally.values()),
+        "baseline": message.baseline,
+        "versus_baseline": list(versus.values()) if versus is not None else [],
+    }
+    decode_result(record)
+    return record
+
+
+def _tally_field(name: str, values: list[int]) -> Tally:
+    if len(values) != len(TALLY_FIELDS):
+        raise ProtocolError(Code.IMPOSSIBLE_TALLY, f"{name} needs {len(TALLY_FIELDS)} values")
+    try:
+        return Tally(*values)
+    except ValueError as exc:
+        raise ProtocolError(Code.IMPOSSIBLE_TALLY, f"{name} does not add up ({exc})") from None
+
+
+def decode_result(record: Mapping[str, Any], n_configs: int | None = None) -> ResultMessage:
+    """Decode a result; with `n_configs`, every index is checked against the stored space."""
+    _check_version(record)
+    _check_fields(record, RESULT_FIELDS)
+    _check_run_key(record["run_key"])
+    limit = n_configs if n_configs is not None else MAX_CONFIGS
+    ranking, baseline = record["ranking"], record["baseline"]
+    if len(ranking) > limit:
+        raise ProtocolError(Code.TOO_LARGE, f"at most {limit} configs in the ranking")
+    indices = [record["best"], *ranking] + ([baseline] if baseline != NO_BASELINE else [])
+    if any(not 0 <= index < limit for index in indices) or len(set(ranking)) != len(ranking):
+        raise ProtocolError(Code.OUT_OF_RANGE, "config index out of range or repeated")
+    if not 1 <= record["sites"] <= MAX_SITES:
+        raise ProtocolError(Code.OUT_OF_RANGE, "sites out of range")
+    counts = (record["decided"], record["tie_breaks"], *record["best_record"])
+    if len(record["best_record"]) != 3 or min(counts) < 0:
+        raise ProtocolError(Code.OUT_OF_RANGE, "best_record needs 3 counts; no count below 0")
+    if sum(record["best_record"]) > record["decided"] + record["tie_breaks"]:
+        raise ProtocolError(Code.OUT_OF_RANGE, "best_record holds more comparisons than made")
+    versus = record["versus_baseline"]
+    if versus and baseline == NO_BASELINE:
+        raise ProtocolError(Code.OUT_OF_RANGE, "versus_baseline without a baseline")
+    return ResultMessage(
+        run_key=record["run_key"],
+        best=record["best"],
+        ranking=tuple(ranking),
+        sites=record["sites"],
+        decided=record["decided"],
+        tie_breaks=record["tie_breaks"],
+        best_record=tuple(record["best_record"]),  # type: ignore[arg-type]
+        best_tally=_tally_field("best_tally", record["best_tally"]),
+        baseline=baseline,
+        versus_baseline=_tally_field("versus_baseline", versus) if versus else None,
+    )

@@ -107,6 +107,12 @@ class RunSettings:
     """Pending sites are asked again after retry_seconds, doubling up to this while nothing
     changes: every message costs a site a fresh ClientApp process."""
     patience: int = 3
+    """Rounds a site must have missed (besides `site_timeout`) before it is left out, and the
+    secure sums that may fail in a row before the run stops."""
+    site_timeout: float = 600.0
+    """Seconds without a valid answer after which a site is left out (questions to a stopped
+    node come back at once, so rounds alone would drop it in seconds); one that answers again
+    before the run ends rejoins."""
     validation_items: int = 16
     judge_mode: Literal[JUDGE_MODES] = "score"
     blocks: int = 4
@@ -118,12 +124,17 @@ class RunSettings:
     secure_aggregation: Literal[SECURE_AGGREGATION] = "required"
     """SecAgg+ for the tallies: `required` (stop with fewer than 3 sites), `when-possible`
     (tallies in the clear with fewer than 3 sites) or `off`."""
+    result_timeout: float = 120.0
+    """Seconds the coordinator keeps sending the run's result to sites that have not
+    acknowledged it (offline and left-out sites get it when they answer again)."""
 
     def __post_init__(self) -> None:
         if not self.budget > 0:
             raise ValueError(f"budget: must be above 0, got {self.budget}")
         if self.eta < 2:
             raise ValueError(f"eta: must be at least 2, got {self.eta}")
+        if self.result_timeout < 0:
+            raise ValueError(f"result_timeout: must be 0 or more, got {self.result_timeout}")
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,20 @@ def _url(database: str) -> str:
 @app.command()
 def start(
     config: Annotated[Path, typer.Option("--config", "-c", help="federation.toml")],
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="run it over: delete the run's recorded comparisons first (the sites reuse "
+            "their checkpoints and judgments)",
+        ),
+    ] = False,
 ) -> None:
-    """Run the selection described by federation.toml (a restarted run resumes)."""
+    """Run the selection described by federation.toml. A run started before resumes, a failed
+    or stopped one too (its left-out sites are asked again); `--restart` runs it over."""
     with _user_errors():
         federation = load_federation_config(config)
-        run_federation(federation, console)
+        run_federation(federation, console, restart=restart)
     console.print(
         f"run {federation.run.run_key} finished; report: pandalm-coordinator report "
         f"{federation.run.run_key} --database {federation.database_url} --out DIR"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from rich.console import Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from sqlalchemy import Engine
@@ -22,9 +23,14 @@ from coordinator.results import (
     PairOutcome,
     Record,
     RunResult,
+    Summing,
+    aggregation_mix,
+    describe_summing,
     pair_outcomes,
+    pair_summing,
     run_result,
     standings,
+    summed_sites,
 )
 from dbschema.columns import utc_now
 
@@ -69,7 +75,7 @@ def render(engine: Engine, run_key: str) -> Panel:
     parts = (
         _header(run, result, last_round),
         _site_table(engine, run_key),
-        _comparison_table(pairs),
+        _comparison_table(pairs, pair_summing(result)),
         _leaderboard(ranked, ids, params),
         footer,
     )
@@ -85,7 +91,7 @@ def _header(run: FederatedRun, result: RunResult, last_round: RoundLog | None) -
         f"configs {len(result.configs)}  elapsed {(end - run.started).total_seconds():.0f}s"
     )
     if run.aggregation:
-        header += f"\naggregation: {run.aggregation}"
+        header += f"\naggregation: {aggregation_mix(result)} (now: {run.aggregation})"
     if result.training is not None and result.training.requests:
         cost = result.training
         header += (
@@ -93,6 +99,8 @@ def _header(run: FederatedRun, result: RunResult, last_round: RoundLog | None) -
             f"{cost.epoch_trainings} of {cost.grid_epoch_trainings} epoch-trainings per site "
             f"({cost.ratio_to_grid:.0%} of the grid)"
         )
+    if run.reason:
+        header += f"\n[bold]{run.status}: {escape(run.reason)}[/bold]"
     if last_round is not None:
         header += (
             f"\nround {last_round.number}: {last_round.message_type}, "
@@ -103,23 +111,34 @@ def _header(run: FederatedRun, result: RunResult, last_round: RoundLog | None) -
 
 
 def _site_table(engine: Engine, run_key: str) -> Table:
-    """The run's sites by name: status (with why one was left out), progress and last seen."""
+    """The run's sites by name: status (with why one was left out), progress, last seen and
+    when it acknowledged the run's result."""
     names = site_names(engine)
     table = Table(title="sites")
-    for column in ("site", "status", "progress", "last seen"):
+    for column in ("site", "status", "progress", "last seen", "result acknowledged"):
         table.add_column(column)
     for site in sites(engine, run_key):
         seen = site.last_seen.isoformat(timespec="seconds") if site.last_seen else "-"
-        status = site.status if not site.reason else f"{site.status}: {site.reason}"
+        told = site.result_acknowledged
+        status = site.status if not site.reason else f"{site.status}: {escape(site.reason)}"
         label = node_label(site.node_id, names)
-        table.add_row(label, status, f"{site.progress / 10:.0f}%", seen)
+        table.add_row(
+            label,
+            status,
+            f"{site.progress / 10:.0f}%",
+            seen,
+            told.isoformat(timespec="seconds") if told else "-",
+        )
     return table
 
 
-def _comparison_table(pairs: list[PairOutcome]) -> Table:
-    """The last 12 compared pairs, their summed tallies and winners."""
+def _comparison_table(
+    pairs: list[PairOutcome], summing: dict[tuple[int, int], list[Summing]]
+) -> Table:
+    """The last 12 compared pairs, their summed tallies and winners, and how each was summed
+    over which sites."""
     table = Table(title="comparisons (summed over sites and orientations)")
-    for column in ("a", "b", "win", "tie", "loss", "invalid", "items", "winner"):
+    for column in ("a", "b", "win", "tie", "loss", "invalid", "items", "winner", "summed"):
         table.add_column(column)
     for pair in pairs[-12:]:
         winner = "-" if pair.winner is None else f"#{pair.winner}"
@@ -127,7 +146,11 @@ def _comparison_table(pairs: list[PairOutcome]) -> Table:
             winner += " (tie-break)"
         t = pair.tally
         counts = (pair.a, pair.b, t.win, t.tie, t.loss, t.invalid, t.items)
-        table.add_row(*(str(v) for v in counts), winner)
+        ways = summing.get((pair.a, pair.b), [])
+        summed = describe_summing(ways)
+        if summed_sites(ways):
+            summed += f": {', '.join(summed_sites(ways))}"
+        table.add_row(*(str(v) for v in counts), winner, escape(summed))
     return table
 
 

@@ -24,7 +24,9 @@ class FederatedRun(SpaceColumns, table=True):
     selection_mode: str
     """The procedure run: the one set, or under `auto` the one chosen."""
     settings: str  # JSON of the run's settings
-    status: str = "running"  # running | done | failed
+    status: str = "running"  # running | done | failed | stopped
+    reason: str = ""
+    """Why a failed or stopped run ended (its finish time in `finished`); empty otherwise."""
     aggregation: str = ""  # how tallies are summed now: SecAgg+ or in the clear, and why
     best_index: int | None = None
     started: datetime = Field(default_factory=utc_now)
@@ -50,8 +52,13 @@ class RunSite(RunRow, table=True):
     node_id: str  # Flower's node ids are unsigned 64-bit: beyond SQL's BIGINT
     status: str = "active"  # active | left_out
     reason: str = ""
+    code: int = 0
+    """The protocol code of the refusal or failure that left the site out (common/protocol.py
+    CODE_MEANINGS says what it means); 0 when it was left out for silence, or is active."""
     progress: int = 0
     last_seen: datetime | None = None
+    result_acknowledged: datetime | None = None
+    """When the site acknowledged the run's result (`query.result`); None: not yet."""
 
 
 class ComparisonResult(RunRow, SliceTallyColumns, table=True):
@@ -63,8 +70,13 @@ class ComparisonResult(RunRow, SliceTallyColumns, table=True):
     b: int
     sites: int
     secure: bool = False  # summed by SecAgg+: the coordinator never saw one site's tally
+    contributors: str = "[]"
+    """JSON list of the node ids (as text) whose tallies are in the sum."""
     round: int
     recorded: datetime = Field(default_factory=utc_now)
+
+    def contributor_ids(self) -> list[str]:
+        return json.loads(self.contributors)
 
 
 class TrainingResult(RunRow, table=True):

@@ -5,8 +5,14 @@ The loop talks to sites through a small `Transport` (Flower's Grid in `server_ap
 everything in its database through a `RunStore` (run_store.py) so a restarted coordinator
 replays what was recorded and goes on, and tracks its sites in a `SitePool` (site_pool.py).
 Sites answer `pending` while they train, generate or judge; they are asked again after
-`retry_seconds`, doubling up to `max_retry_seconds`. A site that refuses, fails, or does not
-answer for `patience` rounds in a row is left out of the rest of the run and named in the result.
+`retry_seconds`, doubling up to `max_retry_seconds`. A site that refuses or fails is left out of
+the rest of the run and named in the result. A site that gives no valid answer for `site_timeout`
+seconds (and at least `patience` rounds) is left out too, but rejoins if it comes back before the
+run ends: once the transport lists it again it is offered the space, and after it accepts it is
+active and asked the comparisons in flight and every later one. The comparisons recorded while it
+was out stay as they were summed, over the sites that answered then (each row's `sites` says how
+many): the procedure has already acted on them, and under SecAgg+ one site's tally can never be
+added to a sum afterwards. Its answers from before it left were counted when they came.
 
 With `selection_mode = "auto"` the mode is chosen once the sites have accepted the space, from the
 capability flag of their replies: round robin when every active site's judge is pointwise (any
@@ -39,11 +45,13 @@ from common.protocol import (
     CompareMessage,
     Comparison,
     ProtocolError,
+    Reply,
     SpaceMessage,
     Status,
     TrainMessage,
     TrainRequest,
     check_tallies,
+    code_meaning,
     decode_reply,
     decode_space_reply,
     encode_compare,
@@ -53,6 +61,7 @@ from common.protocol import (
 from common.settings import AUTO, RunSettings
 from common.space import training_run_indices
 from common.tally import Tally
+from coordinator.announce import announce_run
 from coordinator.db import RoundLog, judgments
 from coordinator.run_store import RunStore
 from coordinator.secure_sum import SecureSum, aggregation
@@ -63,7 +72,7 @@ from coordinator.selection import (
     procedure_for_run,
     trains_on_request,
 )
-from coordinator.site_pool import SitePool
+from coordinator.site_pool import REJECTED, SitePool
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +111,12 @@ class RunOutcome:
     aggregation: str = ""
 
 
+def refusal(message_type: str, reply: Reply) -> str:
+    """Why a site's reply leaves it out: the message, status and code, and what the code means
+    (the site keeps the details: `pandalm-agent status`)."""
+    return f"{message_type} {reply.status.name} code {reply.code.name}: {code_meaning(reply.code)}"
+
+
 class Backoff:
     """The pause before asking again: `retry_seconds`, doubling after each wait up to
     `max_retry_seconds` (every message costs a site a fresh ClientApp process)."""
@@ -137,13 +152,14 @@ class FederatedSelection:
         self.params = params
         self.on_round = on_round or (lambda: None)
         self.store = RunStore(engine, settings.run_key)
-        self.sites = SitePool(self.store, settings.patience)
+        self.sites = SitePool(self.store, settings.patience, settings.site_timeout)
         self.selection_mode = settings.selection_mode
         """The procedure run: the setting, or under `auto` the one chosen once the sites
         answered."""
         self._procedure: SelectionProcedure | None = None
         self.round = 0
         self._outstanding: list[Comparison] = []  # handed out, not recorded yet
+        self._space: dict = {}  # the space message, offered again to a site that comes back
 
     @property
     def procedure(self) -> SelectionProcedure:
@@ -167,8 +183,11 @@ class FederatedSelection:
             request = Comparison(result.a, result.b, result.item_start, result.item_stop)
             self._replay_trainings(trained)
             self._replay(request, Tally.of(result))
-            self.round = max(self.round, result.round)
         self._replay_trainings(trained)
+        # the round log, not the last comparison: rounds that recorded nothing (sites pending,
+        # a halted secure sum, train requests) come after it, and a restart must not number
+        # them again
+        self.round = self.store.last_round()
 
     def _replay_trainings(self, trained: list[TrainRequest]) -> None:
         """Feed the procedure the recorded trainings it asks for next (a procedure that trains
@@ -191,8 +210,20 @@ class FederatedSelection:
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> RunOutcome:
+        """Run (or resume) the selection to its end; a run that fails is recorded `failed`
+        with the reason and time, and a later start resumes it."""
         started = time.monotonic()
         self._resume()
+        try:
+            self._select()
+        except Exception as exc:
+            self.store.end("failed", str(exc) or type(exc).__name__)
+            raise
+        outcome = self._finish(time.monotonic() - started)
+        announce_run(self.store, self.transport, self.settings, outcome.ranking, len(outcome.sites))
+        return outcome
+
+    def _select(self) -> None:
         self._join_sites()
         while not self.procedure.done:
             if self._train_requested():
@@ -205,7 +236,6 @@ class FederatedSelection:
             if not requests:
                 raise RuntimeError("the selection procedure is stuck: nothing to ask")
             self._compare(requests)
-        return self._finish(time.monotonic() - started)
 
     def _join_sites(self) -> None:
         """Wait for enough sites, then send the space to every new one."""
@@ -218,7 +248,7 @@ class FederatedSelection:
                 )
             time.sleep(1.0)
         self.sites.join(self.transport.node_ids())
-        space = encode_space(
+        self._space = space = encode_space(
             SpaceMessage(
                 run_key=self.settings.run_key,
                 config_ids=tuple(self.config_ids),
@@ -229,9 +259,8 @@ class FederatedSelection:
             )
         )
         todo = set(self.sites.active())
-        for _ in range(self.settings.patience):
-            if not todo:
-                break
+        backoff = Backoff(self.settings)
+        while todo := todo & set(self.sites.active()):  # a silent site leaves by site_timeout
             replies = self._exchange(SPACE_MESSAGE, {n: space for n in todo}, 0)
             for node_id, record in replies.items():
                 reply = self._decode(node_id, record, None)
@@ -240,12 +269,10 @@ class FederatedSelection:
                 if reply.status == Status.OK:
                     self.sites.pointwise[node_id] = bool(reply.pointwise_judge)
                 else:
-                    self.sites.leave_out(
-                        node_id, f"space {reply.status.name} code {reply.code.name}"
-                    )
+                    self.sites.leave_out(node_id, refusal("space", reply), int(reply.code))
                 todo.discard(node_id)
-        for node_id in todo & set(self.sites.active()):
-            self.sites.leave_out(node_id, "did not accept the space")
+            if todo:
+                backoff.wait()
         if len(self.sites.active()) < self.settings.min_sites:
             raise RuntimeError(f"fewer than {self.settings.min_sites} sites accepted the space")
         if self.selection_mode == AUTO:
@@ -295,7 +322,7 @@ class FederatedSelection:
     ):
         """A site's reply, or None; a report that breaks the protocol (impossible tallies, say)
         is rejected for this round and counts as no answer, so a site that keeps sending them
-        is left out after `patience` rounds. `train`: a reply to a train request."""
+        is left out after `site_timeout`. `train`: a reply to a train request."""
         if record is None:
             return None
         try:
@@ -307,7 +334,7 @@ class FederatedSelection:
                 reply = decode_reply(record, request, self.settings.validation_items)
         except ProtocolError as exc:
             log.warning("rejected the report of site %s this round: %s", node_id, exc.code.name)
-            self.sites.note(node_id, f"report rejected: {exc.code.name}")
+            self.sites.note(node_id, f"{REJECTED}: {exc.code.name}")
             self.sites.silent(node_id)
             return None
         self.sites.seen(node_id, reply.progress if reply.status == Status.PENDING else 1000)
@@ -391,7 +418,7 @@ class FederatedSelection:
             raise RuntimeError("every site has left the run")
         for comparison, total in zip(requests, totals, strict=True):
             self.procedure.record(comparison, total)
-            self.store.record_comparison(comparison, total, len(contributors), secure, self.round)
+            self.store.record_comparison(comparison, total, contributors, secure, self.round)
 
     def _collect(self, message: CompareMessage, record: dict) -> dict[int, tuple[Tally, ...]]:
         """Ask the active sites until each has answered `ok` (with its tallies, or, for a
@@ -399,6 +426,7 @@ class FederatedSelection:
         answers: dict[int, tuple[Tally, ...]] = {}
         backoff = Backoff(self.settings)
         while True:
+            self._welcome_back()
             waiting = [n for n in self.sites.active() if n not in answers]
             if not waiting:
                 return answers
@@ -413,9 +441,7 @@ class FederatedSelection:
                 if reply.status == Status.OK:
                     answers[node_id] = reply.tallies
                 elif reply.status != Status.PENDING:
-                    self.sites.leave_out(
-                        node_id, f"compare {reply.status.name} code {reply.code.name}"
-                    )
+                    self.sites.leave_out(node_id, refusal("compare", reply), int(reply.code))
                 else:
                     preparing |= reply.progress < PREPARED_PROGRESS
             if any(n not in answers for n in self.sites.active()):
@@ -424,6 +450,19 @@ class FederatedSelection:
                 # while the sites only judge (seconds)
                 if not preparing:
                     backoff.reset()
+
+    def _welcome_back(self) -> None:
+        """Offer the space again to the sites left out for silence that are back online; each
+        that accepts is active from now on, so it is asked the comparisons in flight."""
+        returning = self.sites.returning(self.transport.node_ids())
+        if not returning:
+            return
+        replies = self._exchange(SPACE_MESSAGE, {n: self._space for n in returning}, 0)
+        for node_id in returning:
+            reply = self._decode(node_id, replies.get(node_id), None)
+            if reply is not None and reply.status == Status.OK:
+                self.sites.pointwise[node_id] = bool(reply.pointwise_judge)
+                self.sites.rejoin(node_id)
 
     def _secure_sum(
         self, message: CompareMessage, record: dict

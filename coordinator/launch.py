@@ -22,6 +22,7 @@ from common.processes import stop_process
 from coordinator.config import FederationConfig, SuperLinkSettings
 from coordinator.console import render
 from coordinator.db import SCHEMA, open_database, run_finished
+from coordinator.run_store import RunStore
 from dbschema import create_database_engine, upgrade_line
 
 CONNECTION = "pandalm"
@@ -169,8 +170,9 @@ def follow_run(
             time.sleep(2)
 
 
-def run_federation(federation: FederationConfig, console: Console) -> dict:
-    """Start or reach the SuperLink, submit the run, follow it to the end."""
+def run_federation(federation: FederationConfig, console: Console, restart: bool = False) -> dict:
+    """Start or reach the SuperLink, submit the run, follow it to the end. A failed or stopped
+    run resumes; with `restart` its coordinator records are deleted first and it runs over."""
     superlink = None
     if federation.start_superlink and not port_open(federation.superlink.address):
         superlink = start_superlink(federation.superlink, federation.state_dir)
@@ -179,11 +181,28 @@ def run_federation(federation: FederationConfig, console: Console) -> dict:
         changed, line = upgrade_line(create_database_engine(federation.database_url), SCHEMA)
         if changed:
             console.print(line, highlight=False, soft_wrap=True)
+        store = RunStore(open_database(federation.database_url), federation.run.run_key)
+        if restart and store.forget():
+            console.print(f"run {federation.run.run_key}: its earlier comparisons are deleted")
         flower_run_id = submit_run(federation.state_dir, federation.run_config())
         console.print(f"submitted run {federation.run.run_key} (Flower run {flower_run_id})")
         status = follow_run(federation, flower_run_id, console=console)
     finally:
         stop_process(superlink)
     if status.get("status") != "finished:completed":
-        raise RuntimeError(f"the run ended {status.get('status')}: {status.get('status-details')}")
+        record_flower_end(store, status)
+        raise RuntimeError(
+            f"the run ended {status.get('status')}: {status.get('status-details')} (start it "
+            "again to resume it once the cause is fixed, or with --restart to run it over)"
+        )
     return status
+
+
+def record_flower_end(store: RunStore, status: dict) -> None:
+    """A run Flower ended without completing, as the coordinator database records it: a
+    ServerApp stopped (`flwr stop`) or killed writes nothing itself, so a run still `running`
+    there is marked `stopped` or `failed` with Flower's details (one that failed in the run loop
+    already says why)."""
+    flower_status = str(status.get("status", ""))
+    details = str(status.get("status-details") or flower_status or "no status from Flower")
+    store.end("stopped" if flower_status == "finished:stopped" else "failed", details)

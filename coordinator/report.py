@@ -47,11 +47,15 @@ from coordinator.results import (
     ParamValue,
     Record,
     RunResult,
+    aggregation_mix,
     config_records,
     decided_by,
+    describe_summing,
     pair_outcomes,
+    pair_summing,
     pair_tallies,
     standings,
+    summed_sites,
 )
 from coordinator.selection import bradley_terry_with_covariance
 
@@ -174,7 +178,11 @@ def _summary(result: RunResult, threshold: float, strengths: list[float]) -> dic
         **_deciding_summary(result),
         "sites": list(result.sites),
         "sites_left_out": list(result.sites_left_out),
-        "aggregation": result.aggregation,
+        "left_out": [site.as_json() for site in result.left_out],
+        "aggregation": aggregation_mix(result),
+        "aggregation_decision": result.aggregation,
+        "status": result.status,
+        "status_reason": result.reason,
         "judgments": result.judgments,
         "training": result.training.as_summary() if result.training else None,
         "wall_seconds": result.wall_seconds,
@@ -201,7 +209,9 @@ def _summary(result: RunResult, threshold: float, strengths: list[float]) -> dic
 
 
 def _comparisons_summary(result: RunResult) -> list[dict[str, Any]]:
-    """Each compared pair's summed tally, margin, winner and what decided it."""
+    """Each compared pair's summed tally, margin, winner and what decided it; how it was summed
+    (SecAgg+ or in the clear, over how many sites) and which sites it covers."""
+    summing = pair_summing(result)
     return [
         {
             "a": result.config_id(pair.a),
@@ -210,6 +220,8 @@ def _comparisons_summary(result: RunResult) -> list[dict[str, Any]]:
             "margin": pair.tally.margin,
             "winner": None if pair.winner is None else result.config_id(pair.winner),
             "decided_by": pair.decided_by,
+            "aggregation": describe_summing(summing.get((pair.a, pair.b), [])),
+            "sites": summed_sites(summing.get((pair.a, pair.b), [])),
         }
         for pair in pair_outcomes(result)
     ]

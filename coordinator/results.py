@@ -17,6 +17,7 @@ from typing import Literal
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from common.protocol import code_meaning, code_name
 from common.tally import Tally
 from coordinator.db import (
     FederatedRun,
@@ -39,6 +40,37 @@ CANNOT_TELL = (
 
 
 @dataclass(frozen=True)
+class Summing:
+    """How one recorded comparison was summed: by SecAgg+ or in the clear, over which sites."""
+
+    secure: bool
+    count: int
+    sites: tuple[str, ...] = ()
+    """The contributing sites' names; empty for comparisons recorded before they were kept."""
+
+    def describe(self) -> str:
+        """`SecAgg+ over 3 sites` or `in the clear over 2 sites`."""
+        return f"{'SecAgg+' if self.secure else 'in the clear'} over {self.count} sites"
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A site left out of the run: why, and the protocol code of its refusal (0: silence)."""
+
+    site: str
+    reason: str
+    code: int = 0
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "site": self.site,
+            "reason": self.reason,
+            "code": code_name(self.code) if self.code else None,
+            "meaning": code_meaning(self.code) if self.code else None,
+        }
+
+
+@dataclass(frozen=True)
 class RunResult:
     """What a finished (or stopped) run leaves for its report; comparisons may hold one entry
     per chunk of a pair."""
@@ -58,6 +90,12 @@ class RunResult:
     """The mode the operator set (`auto`, say); equal to `selection_mode` unless `auto` chose."""
     training: TrainingCost | None = None
     """What the sites trained for the run (None where not known)."""
+    summing: Sequence[Summing] = ()
+    """Per entry of `comparisons`, how it was summed (empty: not known)."""
+    left_out: Sequence[LeftOut] = ()
+    status: str = ""
+    """running, done, failed or stopped (`reason` says why a run failed or stopped)."""
+    reason: str = ""
 
     @property
     def selection(self) -> str:
@@ -65,6 +103,8 @@ class RunResult:
         return describe_mode(self.requested_mode or self.selection_mode, self.selection_mode)
 
     def __post_init__(self) -> None:
+        if self.summing and len(self.summing) != len(self.comparisons):
+            raise ValueError("one summing per comparison")
         indices = {i for a, b, _ in self.comparisons for i in (a, b)}
         if self.best is not None:
             indices.add(self.best)
@@ -113,6 +153,44 @@ def pair_tallies(result: RunResult) -> dict[tuple[int, int], Tally]:
         else:
             totals[a, b] = totals.get((a, b), Tally()) + tally
     return totals
+
+
+def pair_summing(result: RunResult) -> dict[tuple[int, int], list[Summing]]:
+    """Each compared pair (as `pair_tallies` orients it) and how its chunks were summed, each
+    different way once, in the order recorded."""
+    ways: dict[tuple[int, int], list[Summing]] = {}
+    if not result.summing:
+        return ways
+    for (a, b, _tally), summing in zip(result.comparisons, result.summing, strict=True):
+        pair = (b, a) if (b, a) in ways else (a, b)
+        if summing not in ways.setdefault(pair, []):
+            ways[pair].append(summing)
+    return ways
+
+
+def describe_summing(ways: Sequence[Summing]) -> str:
+    """How a pair was summed, e.g. `SecAgg+ over 3 sites` (ways joined by `; `)."""
+    return "; ".join(dict.fromkeys(way.describe() for way in ways)) or "-"
+
+
+def summed_sites(ways: Sequence[Summing]) -> list[str]:
+    """The sites whose tallies are in a pair's sum, by name."""
+    return sorted({site for way in ways for site in way.sites})
+
+
+def aggregation_mix(result: RunResult) -> str:
+    """How the run's comparisons were summed, all told: `SecAgg+ over 3 sites for 5
+    comparisons; in the clear over 2 sites for 2 comparisons`; the recorded decision when
+    nothing was compared (or the comparisons predate this record)."""
+    counts: dict[str, int] = {}
+    for ways in pair_summing(result).values():
+        described = describe_summing(ways)
+        counts[described] = counts.get(described, 0) + 1
+    if not counts:
+        return result.aggregation
+    return "; ".join(
+        f"{how} for {n} comparison{'s' if n != 1 else ''}" for how, n in counts.items()
+    )
 
 
 def decided_by(tally: Tally) -> DecidedBy:
@@ -177,6 +255,10 @@ def run_result(engine: Engine, run_key: str) -> RunResult:
 
     rows = comparisons(engine, run_key)
     run_sites = sites(engine, run_key)
+    summing = [
+        Summing(r.secure, r.sites, tuple(sorted(name(n) for n in r.contributor_ids())))
+        for r in rows
+    ]
     started, finished = run.started, run.finished or run.started
     return RunResult(
         run_key=run.run_key,
@@ -191,6 +273,12 @@ def run_result(engine: Engine, run_key: str) -> RunResult:
         aggregation=run.aggregation,
         requested_mode=run.requested_selection_mode(),
         training=_training(engine, run),
+        summing=summing,
+        left_out=[
+            LeftOut(name(s.node_id), s.reason, s.code) for s in run_sites if s.status == "left_out"
+        ],
+        status=run.status,
+        reason=run.reason,
     )
 
 

@@ -5,10 +5,11 @@ summed comparison results and the round log. The run loop (federation.py) and th
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 
-from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlalchemy import Engine, delete
+from sqlmodel import Session, func, select
 
 from common.protocol import Comparison, TrainRequest
 from common.settings import RunSettings
@@ -24,6 +25,11 @@ from coordinator.db import (
     trainings,
 )
 from dbschema.columns import utc_now
+
+log = logging.getLogger(__name__)
+
+ENDED_UNFINISHED = ("failed", "stopped")
+"""A run's statuses that a later start resumes (`done` runs keep their result)."""
 
 
 class RunStore:
@@ -56,7 +62,30 @@ class RunStore:
                     f"run {self.run_key!r} exists with another space or selection mode: "
                     "choose another run name"
                 )
+            if run.status in ENDED_UNFINISHED:
+                self._reopen(session, run)
             return run.selection_mode
+
+    def _reopen(self, session: Session, run: FederatedRun) -> None:
+        """Resume a failed or stopped run: running again, and every site left out is active
+        again (asked for the space again: its inputs may have been fixed)."""
+        log.warning("run %s %s (%s): resuming it", self.run_key, run.status, run.reason)
+        run.status, run.reason, run.finished = "running", "", None
+        for site in session.exec(select(RunSite).where(RunSite.run_key == self.run_key)):
+            site.status, site.reason, site.code = "active", "", 0
+        session.commit()
+
+    def forget(self) -> bool:
+        """Delete the run's rows (run, sites, comparisons, rounds) so that the next start runs
+        it over (`pandalm-coordinator start --restart`); whether there was such a run. The
+        sites keep theirs: checkpoints, responses and judgments are reused."""
+        with Session(self.engine) as session:
+            found = session.get(FederatedRun, self.run_key) is not None
+            for table in (RunSite, ComparisonResult, RoundLog):
+                session.exec(delete(table).where(table.run_key == self.run_key))
+            session.exec(delete(FederatedRun).where(FederatedRun.run_key == self.run_key))
+            session.commit()
+        return found
 
     def set_selection_mode(self, selection_mode: str) -> None:
         with Session(self.engine) as session:
@@ -72,6 +101,16 @@ class RunStore:
             run.aggregation = decision
             session.commit()
             return True
+
+    def end(self, status: str, reason: str) -> None:
+        """Record that the run ended without a result (`failed`, or `stopped` by the operator),
+        why, and when; a run already ended keeps its record."""
+        with Session(self.engine) as session:
+            run = session.get(FederatedRun, self.run_key)
+            if run is None or run.status != "running":
+                return
+            run.status, run.reason, run.finished = status, reason, utc_now()
+            session.commit()
 
     def finish(self, best: int | None) -> str:
         """Mark the run done with its best config; how its tallies were summed."""
@@ -118,8 +157,15 @@ class RunStore:
         return comparisons(self.engine, self.run_key)
 
     def record_comparison(
-        self, comparison: Comparison, tally: Tally, sites: int, secure: bool, round_number: int
+        self,
+        comparison: Comparison,
+        tally: Tally,
+        contributors: list[int],
+        secure: bool,
+        round_number: int,
     ) -> None:
+        """The comparison's tally summed over `contributors` (node ids), by SecAgg+ if
+        `secure`, recorded in `round_number`."""
         with Session(self.engine) as session:
             session.add(
                 ComparisonResult(
@@ -129,7 +175,8 @@ class RunStore:
                     item_start=comparison.item_start,
                     item_stop=comparison.item_stop,
                     **asdict(tally),
-                    sites=sites,
+                    sites=len(contributors),
+                    contributors=json.dumps([str(n) for n in sorted(contributors)]),
                     secure=secure,
                     round=round_number,
                 )
@@ -151,6 +198,12 @@ class RunStore:
                 )
             )
             session.commit()
+
+    def last_round(self) -> int:
+        """The number of the run's last logged round (0: none yet)."""
+        with Session(self.engine) as session:
+            query = select(func.max(RoundLog.number)).where(RoundLog.run_key == self.run_key)
+            return session.exec(query).one() or 0
 
     def log_round(self, entry: RoundLog) -> None:
         """Record one exchange with the sites under this run's key."""

@@ -59,9 +59,14 @@ def builtin_base_gguf() -> Path:
     )
 
 
+def builtin_base_hf_path() -> Path:
+    """Where the embedded model's transformers directory is (or will be, once converted)."""
+    return models_dir() / _HF_DIR_NAME
+
+
 def builtin_base_hf_dir() -> Path:
     """The embedded model as a transformers directory, converted once from the GGUF."""
-    target = models_dir() / _HF_DIR_NAME
+    target = builtin_base_hf_path()
     if (target / "config.json").is_file():
         return target
     gguf = builtin_base_gguf()

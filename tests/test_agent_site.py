@@ -252,11 +252,18 @@ def test_a_judge_spec_that_is_no_url_is_refused_at_load(tmp_path: Path) -> None:
         load_site_config(path)
 
 
-def test_the_ledger_names_the_judge_server_at_run_start(tmp_path: Path) -> None:
+def test_the_ledger_names_the_judge_server_at_run_start(
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The pairs go to the judge server: its host (and nothing else) is in the ledger once,
-    written when the run starts (here training then fails at once: no base model)."""
+    written when the run starts (here training then fails at once)."""
+
+    def fail(*_args, **_kwargs):
+        raise RuntimeError("training failed")
+
+    monkeypatch.setattr("trainer.candidates.train_candidates", fail)
     spec = "openai:http://127.0.0.1:8000/v1?model=judge"
-    config = load_site_config(_judge_site(tmp_path, spec, base=tmp_path / "none"))
+    config = load_site_config(_judge_site(tmp_path, spec, base=tiny_llama))
     engine = open_database(config.database_url)
     handle_message(engine, SPACE_MESSAGE, space_record())
     worker = SiteWorker(config)
@@ -306,6 +313,7 @@ def test_a_site_trains_on_request_only_what_it_is_asked(
     monkeypatch.setattr("trainer.generate.generate_responses", planting_generation(CONFIGS[1].id))
     worker = SiteWorker(config, judge_factory=planted_token_judge())
     assert handle_message(engine, SPACE_MESSAGE, space_record(train_on_request=True))["status"] == 0
+    assert worker.step(), "the run's training jobs are planned"
     assert not worker.step(), "nothing is trained up front"
     early = handle_message(engine, COMPARE_MESSAGE, compare_record((0, 2)))
     assert (early["status"], early["code"]) == (Status.REFUSED, Code.NOT_READY)
@@ -332,11 +340,10 @@ def test_a_site_trains_on_request_only_what_it_is_asked(
         pass
     assert handle_message(engine, TRAIN_MESSAGE, second)["status"] == Status.OK
     with Session(engine) as session:
-        jobs = {job.config_id: job for job in session.exec(select(TrainingJob))}
-    assert {c: jobs[c].status for c in jobs} == dict.fromkeys(
-        (CONFIGS[0].id, CONFIGS[1].id, CONFIGS[2].id), "done"
-    )
-    assert sum(job.epochs_trained for job in jobs.values()) == 3, "3 epochs, none twice"
+        jobs = list(session.exec(select(TrainingJob)))
+    assert [job.status for job in jobs] == ["done", "done"], "one job per training run"
+    assert sorted((job.until_epoch, job.epochs_ready) for job in jobs) == [(1, 1), (2, 2)]
+    assert sum(job.epochs_trained for job in jobs) == 3, "3 epochs, none twice"
     assert sorted(len(list(run.glob("checkpoint-*"))) for run in runs) == [1, 2]
 
     normal = handle_message(engine, SPACE_MESSAGE, space_record("run-2"))

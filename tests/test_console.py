@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 
 from rich.console import Console
 from sqlalchemy import Engine
@@ -110,7 +111,10 @@ def test_registered_sites_are_named_others_shown_by_node_id(new_database_url) ->
     with Session(engine) as session:
         for node_id, status in ((registered, "active"), (unregistered, "active"),
                                 (removed, "left_out")):  # fmt: skip
-            session.add(RunSite(run_key="planted", node_id=node_id, status=status))
+            told = datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC) if node_id == registered else None
+            session.add(
+                RunSite(run_key="planted", node_id=node_id, status=status, result_acknowledged=told)
+            )
         session.commit()
     record_registration(engine, registered, "hospital-a", "ecdsa-sha2-nistp384 AAAA site")
     record_registration(engine, removed, "clinic.b", "ecdsa-sha2-nistp384 BBBB site")
@@ -121,6 +125,7 @@ def test_registered_sites_are_named_others_shown_by_node_id(new_database_url) ->
     text = frame(engine)
     assert "hospital-a" in text and f"node-{unregistered}" in text and "clinic.b" in text
     assert registered not in text
+    assert "2026-05-04T03:02:01" in text  # when hospital-a acknowledged the result
 
 
 def test_console_and_report_show_the_same_standings(new_database_url, tmp_path) -> None:

@@ -4,6 +4,7 @@ resumes without asking again for what it recorded."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from agent.config import load_site_config
 from agent.db import open_database as open_site_database
 from agent.site import handle_message
 from agent.worker import SiteWorker
+from common.protocol import Code
 from common.settings import RunSettings
 from common.tally import Tally
 from coordinator.db import ComparisonResult, RunSite, TrainingResult
@@ -91,9 +93,11 @@ def _selection(
         round_timeout=1,
         retry_seconds=0,
         patience=2,
+        site_timeout=0,
         validation_items=6,
         blocks=2,
         chunk_items=3,
+        result_timeout=2,
     )
     return FederatedSelection(
         engine, transport, settings, [c.id for c in CONFIGS], [dict(c.params) for c in CONFIGS]
@@ -156,6 +160,118 @@ def test_a_silent_site_is_left_out_and_named(tmp_path: Path, sites: dict) -> Non
     assert outcome.aggregation == (
         "tallies in the clear: 2 sites, SecAgg+ needs 3 (secure_aggregation = when-possible)"
     )
+
+
+def test_every_site_learns_the_result_and_a_silent_one_when_it_answers_again(
+    tmp_path: Path, sites: dict
+) -> None:
+    """The result reaches the answering sites, is stored and acknowledged; a silent site gets
+    it from the restarted coordinator, which sends it to no site that acknowledged it; then
+    nothing is sent again."""
+    from agent.db import SiteResult, ledger
+
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    transport = LoopbackTransport(sites)
+    selection = _selection(engine, transport, "run-told", secure_aggregation="off")
+    original = transport.exchange
+
+    def site_13_silent_at_the_end(message_type, records, timeout):
+        if message_type == "query.result":
+            transport.silent.add(13)
+        return original(message_type, records, timeout)
+
+    transport.exchange = site_13_silent_at_the_end
+    assert selection.run().best_index == 2
+    sent = [records for t, records in transport.exchanges if t == "query.result"]
+    assert len(sent) >= 2 and set(sent[0]) == {11, 12, 13} and set(sent[-1]) == {13}
+    with Session(engine) as session:
+        rows = {int(s.node_id): s for s in session.exec(select(RunSite))}
+    assert rows[11].result_acknowledged and rows[12].result_acknowledged
+    assert rows[13].result_acknowledged is None
+    for node_id in (11, 12):
+        with Session(sites[node_id][0]) as session:
+            stored = session.get(SiteResult, "run-told")
+        assert stored.best_id == CONFIGS[2].id
+        (reply,) = [
+            e for e in ledger(sites[node_id][0], "run-told") if e.message_type == "query.result"
+        ]
+        assert json.loads(reply.content)["status"] == 0
+
+    for attempt in ("back", "all acknowledged"):
+        transport = LoopbackTransport(sites)
+        assert (
+            _selection(engine, transport, "run-told", secure_aggregation="off").run().best_index
+            == 2
+        )
+        sent = [set(records) for t, records in transport.exchanges if t == "query.result"]
+        assert sent == ([{13}] if attempt == "back" else [])
+    with Session(sites[13][0]) as session:
+        assert session.get(SiteResult, "run-told").best_id == CONFIGS[2].id
+
+
+def test_a_site_back_after_being_left_out_rejoins(tmp_path: Path, sites: dict) -> None:
+    """Site 13 is silent until it is left out and the first comparisons are recorded without
+    it; when it answers again it is offered the space, rejoins, and the later comparisons are
+    summed over all three sites."""
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    transport = LoopbackTransport(sites)
+    selection = _selection(engine, transport, "run-rejoin", secure_aggregation="when-possible")
+    original = transport.exchange
+    left_out_seen = []
+
+    def silent_until_a_comparison_is_recorded(message_type, records, timeout):
+        recorded = comparison_rows(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+        if message_type == "query.compare" and not recorded:
+            transport.silent.add(13)
+        elif recorded:
+            transport.silent.discard(13)
+        left_out_seen.append(13 in selection.sites.left_out())
+        return original(message_type, records, timeout)
+
+    transport.exchange = silent_until_a_comparison_is_recorded
+    outcome = selection.run()
+    assert any(left_out_seen), "site 13 was left out for a while"
+    assert outcome.best_index == 2
+    assert outcome.sites == [11, 12, 13] and outcome.left_out == {}
+    spaces_to_13 = [r for t, r in transport.exchanges if t == "query.space" and 13 in r]
+    assert len(spaces_to_13) >= 2, "the space at the start, offered again while it was out"
+    by_round = sorted(comparison_rows(f"sqlite:///{tmp_path / 'coordinator.sqlite'}"),
+                      key=lambda r: r.round)  # fmt: skip
+    assert by_round[0].sites == 2 and by_round[-1].sites == 3
+
+
+def test_silence_is_measured_in_time_not_rounds(tmp_path: Path) -> None:
+    """Fast-failing rounds do not leave a site out before `site_timeout` seconds; then it is
+    left out for silence and may rejoin, while a site that refused may not."""
+    from coordinator.run_store import RunStore
+    from coordinator.site_pool import SitePool
+
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    store = RunStore(engine, "run-clock")
+    now = [100.0]
+    pool = SitePool(store, patience=3, site_timeout=60.0, clock=lambda: now[0])
+    pool.join([1, 2])
+    pool.seen(1, 0)
+    for _ in range(20):  # 20 rounds whose questions came back at once, over 50 s
+        now[0] += 2.5
+        pool.silent(1)
+    assert pool.active() == [1, 2]
+    now[0] += 11.0
+    pool.silent(1)
+    assert pool.left_out() == {1: "no valid answer for 61 s (21 rounds)"}
+    pool.leave_out(2, "compare FAILED code INTERNAL_ERROR")
+    pool.join([3])
+    for _ in range(3):
+        now[0] += 30.0
+        pool.note(3, "report rejected: IMPOSSIBLE_TALLY")
+        pool.silent(3)
+    assert pool.left_out()[3].endswith("(last: report rejected: IMPOSSIBLE_TALLY)")
+    pool.note(1, "report rejected: IMPOSSIBLE_TALLY")  # a left-out site keeps its reason
+    assert pool.returning([1, 2, 3]) == [1] and pool.returning([2, 3]) == []
+    pool.rejoin(1)
+    assert pool.active() == [1] and pool.returning([1, 2]) == []
+    pool.silent(1)
+    assert pool.active() == [1], "a rejoined site's silence starts again"
 
 
 def test_a_restarted_coordinator_resumes(sites: dict, new_database_url) -> None:
@@ -396,3 +512,177 @@ def test_an_impossible_secure_sum_is_rejected_and_asked_again(tmp_path: Path, si
     assert outcome.best_index == 2
     with Session(engine) as session:
         assert all(row.items == 18 for row in session.exec(select(ComparisonResult)))
+
+
+def _bad_data_site(folder: Path, tiny_llama: Path) -> tuple:
+    """Site 14, whose validation file has invalid JSON on line 6 (its worker refuses the run
+    before training: BAD_DATA); `fix` rewrites the file."""
+    items = [json.dumps({"instruction": f"Task {i}.", "input": ""}) for i in range(8)]
+    validation = folder / "val.jsonl"
+    validation.write_text("\n".join([*items[:5], '{"instruction": "x",', *items[6:]]) + "\n")
+    path = write_site_config(
+        folder, tiny_llama, name="site-14", seed=14, settings={"data": {"validation": "val.jsonl"}}
+    )
+    config = load_site_config(path)
+    worker = SiteWorker(config, judge_factory=planted_token_judge())
+    return open_site_database(config.database_url), worker
+
+
+def _fix_validation(folder: Path) -> None:
+    items = [json.dumps({"instruction": f"Task {i}.", "input": ""}) for i in range(8)]
+    (folder / "val.jsonl").write_text("\n".join(items) + "\n")
+
+
+def test_summary_says_how_each_comparison_was_summed_and_why_a_site_left(
+    tmp_path: Path, sites: dict, tiny_llama: Path
+) -> None:
+    """Measured before: after a site left, `aggregation` said "tallies in the clear: 2 sites"
+    though the first comparisons were summed by SecAgg+ over 3; the comparisons carried
+    neither, nor the left-out site's reason. Site 14 fails (bad data), site 13 falls silent
+    after the first secure sum."""
+    from rich.console import Console
+
+    from coordinator.console import render
+    from coordinator.report import write_report
+    from coordinator.results import run_result
+
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    transport = LoopbackTransport({**sites, 14: _bad_data_site(tmp_path, tiny_llama)})
+    original = transport.secure_sum
+
+    def silence_13_after_the_first_sum(*args):
+        result = original(*args)
+        transport.silent.add(13)
+        return result
+
+    transport.secure_sum = silence_13_after_the_first_sum
+    selection = _selection(engine, transport, "run-mix", secure_aggregation="when-possible")
+    assert selection.run().best_index == 2
+    summary = write_report(run_result(engine, "run-mix"), tmp_path / "report")
+
+    secure = {"aggregation": "SecAgg+ over 3 sites", "sites": ["node-11", "node-12", "node-13"]}
+    clear = {"aggregation": "in the clear over 2 sites", "sites": ["node-11", "node-12"]}
+    ways = [{k: c[k] for k in ("aggregation", "sites")} for c in summary["comparisons"]]
+    assert ways == [secure, secure, clear]
+    assert summary["aggregation"] == (
+        "SecAgg+ over 3 sites for 2 comparisons; in the clear over 2 sites for 1 comparison"
+    )
+    left = {site["site"]: site for site in summary["left_out"]}
+    assert left["node-14"] == {
+        "site": "node-14",
+        "reason": "compare FAILED code BAD_DATA: the site's training or validation data is invalid",
+        "code": "BAD_DATA",
+        "meaning": "the site's training or validation data is invalid",
+    }
+    assert left["node-13"]["code"] is None and "no valid answer" in left["node-13"]["reason"]
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "SecAgg+ over 3 sites for 2 comparisons" in page
+    console = Console(width=250, record=True)
+    console.print(render(engine, "run-mix"))
+    frame = console.export_text()
+    assert "left_out: compare FAILED code BAD_DATA: the site's training or validation" in frame
+    assert "SecAgg+ over 3 sites: node-11, node-12, node-13" in frame
+    assert "in the clear over 2 sites: node-11, node-12" in frame
+    assert "<td>BAD_DATA</td><td>the site&#39;s training or validation data is invalid" in page
+
+
+def test_a_restarted_coordinator_numbers_each_round_once(tmp_path: Path, sites: dict) -> None:
+    """Measured before: round 13 twice in round_log after a restart. The resumed loop counted
+    from the last recorded comparison's round, not from the last round logged (a round of
+    pending answers comes after it)."""
+    from coordinator.db import RoundLog
+
+    url = f"sqlite:///{tmp_path / 'coordinator.sqlite'}"
+    transport = LoopbackTransport(sites)
+    original, after_a_record = transport.exchange, []
+
+    def killed_after_a_pending_round(message_type, records, timeout):
+        if comparison_rows(url):
+            after_a_record.append(message_type)
+            if len(after_a_record) == 2:
+                raise KeyboardInterrupt("coordinator killed")
+        return original(message_type, records, timeout)
+
+    transport.exchange = killed_after_a_pending_round
+    first = _selection(open_coordinator_database(url), transport, "run-rounds", "paper", "off")
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    last_recorded = max(row.round for row in comparison_rows(url))
+    engine = open_coordinator_database(url)
+    with Session(engine) as session:
+        before = [r.number for r in session.exec(select(RoundLog).order_by(RoundLog.id))]
+    assert before[-1] > last_recorded, "a round was logged after the last comparison"
+
+    _selection(engine, LoopbackTransport(sites), "run-rounds", "paper", "off").run()
+    with Session(engine) as session:
+        numbers = [r.number for r in session.exec(select(RoundLog).order_by(RoundLog.id))]
+    assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_a_failed_run_is_recorded_failed_and_resumes_after_the_fix(
+    tmp_path: Path, sites: dict, tiny_llama: Path
+) -> None:
+    """Measured before: the run stayed `running` with no finish time, and starting it again
+    failed again (the left-out site stayed out, its run stayed failed). Site 14's bad data
+    leaves two sites, too few for required SecAgg+: the run fails; once the file is fixed, the
+    same run resumes, site 14 prepares again and takes part."""
+    from coordinator.db import FederatedRun
+
+    url = f"sqlite:///{tmp_path / 'coordinator.sqlite'}"
+    transport = LoopbackTransport(
+        {11: sites[11], 12: sites[12], 14: _bad_data_site(tmp_path, tiny_llama)}
+    )
+    with pytest.raises(RuntimeError, match="secure_aggregation = required, but 2 sites"):
+        _selection(open_coordinator_database(url), transport, "run-fails").run()
+    engine = open_coordinator_database(url)
+    with Session(engine) as session:
+        run = session.get(FederatedRun, "run-fails")
+        assert run.status == "failed" and run.finished is not None
+        assert run.reason.startswith("secure_aggregation = required, but 2 sites are active")
+        site = session.exec(select(RunSite).where(RunSite.node_id == "14")).one()
+        assert (site.status, site.code) == ("left_out", Code.BAD_DATA)
+
+    _fix_validation(tmp_path)
+    outcome = _selection(engine, transport, "run-fails").run()
+    assert outcome.best_index == 2 and outcome.left_out == {}
+    with Session(engine) as session:
+        run = session.get(FederatedRun, "run-fails")
+        assert (run.status, run.reason) == ("done", "")
+        rows = session.exec(select(ComparisonResult)).all()
+        assert rows and all(r.secure and r.contributor_ids() == ["11", "12", "14"] for r in rows)
+
+
+def test_a_stopped_run_is_recorded_and_restart_forgets_the_run(tmp_path: Path, sites: dict) -> None:
+    """`flwr stop` kills the ServerApp, which writes nothing: `pandalm-coordinator start`
+    records the run `stopped` from Flower's status (a run already ended keeps its record); a
+    later start resumes it; `--restart` deletes the run's records so that it runs over."""
+    from coordinator.db import FederatedRun, RoundLog
+    from coordinator.launch import record_flower_end
+    from coordinator.run_store import RunStore
+
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    _selection(engine, LoopbackTransport(sites), "run-stop", "paper", "off").run()
+    store = RunStore(engine, "run-stop")
+    record_flower_end(store, {"status": "finished:failed", "status-details": "late"})
+    with Session(engine) as session:
+        assert session.get(FederatedRun, "run-stop").status == "done", "an ended run keeps it"
+        session.get(FederatedRun, "run-stop").status = "running"  # as if killed mid-run
+        session.commit()
+    record_flower_end(store, {"status": "finished:stopped", "status-details": "stopped by user"})
+    with Session(engine) as session:
+        run = session.get(FederatedRun, "run-stop")
+        assert (run.status, run.reason) == ("stopped", "stopped by user") and run.finished
+
+    outcome = _selection(engine, LoopbackTransport(sites), "run-stop", "paper", "off").run()
+    assert outcome.best_index == 2
+    with Session(engine) as session:
+        assert session.get(FederatedRun, "run-stop").status == "done"
+
+    assert store.forget() and not store.forget()
+    with Session(engine) as session:
+        assert session.get(FederatedRun, "run-stop") is None
+        for table in (RunSite, ComparisonResult, RoundLog):
+            assert not session.exec(select(table).where(table.run_key == "run-stop")).all()
+    transport = LoopbackTransport(sites)
+    assert _selection(engine, transport, "run-stop", "paper", "off").run().best_index == 2
+    assert [t for t, _ in transport.exchanges].count("query.compare") >= 2, "asked anew"

@@ -15,17 +15,19 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
 
 from agent.config import load_site_config
-from agent.db import ComparisonJob, ItemJudgment, ledger
+from agent.db import ComparisonJob, ItemJudgment, SiteRun, ledger
 from agent.db import open_database as open_site_database
 from agent.supervisor import guard_command, site_environment, supernode_command
 from common.appbundle import app_pyproject
 from common.processes import free_port, stop_process
+from common.protocol import Code
 from common.tally import Tally
 from coordinator.config import load_federation_config
 from coordinator.db import ComparisonResult, FederatedRun, RunSite
@@ -37,6 +39,7 @@ from coordinator.launch import (
     submit_run,
     write_connection,
 )
+from dbschema.columns import utc_now
 from judge.backends import parse_spec
 from tests.test_agent_site import CONFIGS, write_site_config
 
@@ -66,31 +69,42 @@ def _federation_toml(
     min_sites: int,
     secure_aggregation: str = "off",
     selection_mode: str = "paper",
+    round_timeout: float = 20.0,
 ) -> Path:
     """These runs check tallies in the clear (the wire against the ledger) and sites dropping
-    below three; test_flower_secure_aggregation.py runs SecAgg+."""
+    below three; test_flower_secure_aggregation.py runs SecAgg+ (so does the failed run)."""
     path = folder / f"{name}.toml"
     path.write_text(
         f'[run]\nname = "{name}"\nspace = "space.toml"\nstate_dir = "coordinator"\n'
         f'wire_log = "{name}-wire.jsonl"\n'
         f'[selection]\nselection_mode = "{selection_mode}"\nmin_sites = {min_sites}\n'
-        "round_timeout = 20.0\n"
+        f"round_timeout = {round_timeout}\n"
         f'secure_aggregation = "{secure_aggregation}"\n'
-        "retry_seconds = 0.5\nmax_retry_seconds = 4.0\npatience = 2\n"
-        "validation_items = 6\nblocks = 2\n"
+        "retry_seconds = 0.5\nmax_retry_seconds = 4.0\npatience = 2\nsite_timeout = 0.0\n"
+        "validation_items = 6\nblocks = 2\nresult_timeout = 10.0\n"
         f'[superlink]\naddress = "{superlink}"\ninsecure = true\n'
     )
     return path
 
 
 class Site:
-    def __init__(self, folder: Path, base: Path, index: int, superlink: str) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        base: Path,
+        index: int,
+        superlink: str,
+        more: dict[str, dict[str, object]] | None = None,
+    ) -> None:
+        """Site `site-INDEX`; `more` sets more of its site.toml, table by table."""
         settings: dict[str, dict[str, object]] = {
             "flower": {"superlink": superlink, "clientappio_port": free_port()}
         }
         if index == PAIRWISE_SITE:  # the worker judges with the double whatever the spec says
             (folder / "pairwise.gguf").write_bytes(b"GGUF")
             settings["judge"] = {"spec": f"gguf:{folder / 'pairwise.gguf'}"}
+        for table, values in (more or {}).items():
+            settings.setdefault(table, {}).update(values)
         path = write_site_config(folder, base, name=f"site-{index}", seed=index, settings=settings)
         self.config = load_site_config(path)
         self.env = site_environment(self.config)
@@ -195,6 +209,8 @@ def test_full_run_with_a_killed_worker_and_a_lost_supernode(federation) -> None:
         site_rows = session.exec(select(RunSite).where(RunSite.run_key == "run-one")).all()
         left_out = [s for s in site_rows if s.status == "left_out"]
         assert len(left_out) == 1 and "no valid answer" in left_out[0].reason
+        told = [s.status for s in site_rows if s.result_acknowledged is not None]
+        assert told == ["active", "active"], "the result reached the sites still up"
         results = session.exec(select(ComparisonResult)).all()
         assert results and all(r.sites in (2, 3) for r in results)
         assert results[-1].sites == 2
@@ -328,3 +344,65 @@ def test_a_site_refuses_an_app_bundle_it_did_not_install(federation, tmp_path: P
         ]  # fmt: skip
         assert refusals and json.loads(refusals[-1].content)["code"] == 20
         assert "refused an app bundle" in (site.config.data_dir / "logs" / "guard.log").read_text()
+
+
+def test_a_failed_run_is_recorded_failed_and_resumes_after_the_fix(federation) -> None:
+    """Measured before: a failed run stayed `running` in the coordinator database with no
+    finish time, and started again after the inputs were fixed it failed again (the left-out
+    site stayed out, its run stayed failed). Here site 2's judge model goes missing: its worker
+    refuses the run before training (BAD_JUDGE, the path kept at the site), the site is left out
+    with that code, two sites are too few for required SecAgg+ and the run is recorded failed.
+    With the model back, the same run started again resumes: site 2 is asked again, prepares
+    and is in every sum. `--restart` then runs it over with fresh comparisons."""
+    from rich.console import Console
+
+    from coordinator.launch import run_federation
+
+    folder, superlink, sites = federation
+    if sites[2].supernode.poll() is not None:  # the first test killed it
+        stop_process(sites[2].guard)
+        sites[2].start_supernode()
+    judge = folder / "pairwise.gguf"
+    judge.rename(folder / "pairwise.gguf.away")
+    toml = _federation_toml(  # each SecAgg+ stage starts a ClientApp per site: time for it
+        folder, "run-three", superlink, 3, secure_aggregation="required", round_timeout=60.0
+    )
+    config = load_federation_config(toml)
+    engine = open_coordinator_database(config.database_url)
+    status = follow_run(config, submit_run(config.state_dir, config.run_config()), live_view=False)
+    assert status["status"] == "finished:failed"
+    site_two = str(_node_id(sites[1]))
+    with Session(engine) as session:
+        run = session.get(FederatedRun, "run-three")
+        assert run.status == "failed" and run.finished is not None
+        assert run.reason.startswith("secure_aggregation = required, but 2 sites are active")
+        query = select(RunSite).where(RunSite.run_key == "run-three", RunSite.status == "left_out")
+        assert [(s.node_id, s.code) for s in session.exec(query)] == [(site_two, Code.BAD_JUDGE)]
+    with Session(open_site_database(sites[1].config.database_url)) as session:
+        site_run = session.get(SiteRun, "run-three")
+        assert (site_run.stage, site_run.error_code) == ("failed", Code.BAD_JUDGE)
+        assert f"no GGUF file at {judge}" in site_run.error
+
+    (folder / "pairwise.gguf.away").rename(judge)
+    status = follow_run(config, submit_run(config.state_dir, config.run_config()), live_view=False)
+    assert status["status"] == "finished:completed", status.get("status-details")
+    first = _secure_rows(engine, site_two)
+
+    restarted = utc_now().replace(tzinfo=None)  # SQLite gives naive UTC times back
+    run_federation(config, Console(quiet=True), restart=True)
+    again = _secure_rows(engine, site_two)
+    assert [key for key, _time in again] == [key for key, _time in first], "the same comparisons"
+    assert all(t.replace(tzinfo=None) >= restarted for _key, t in again), "recorded anew"
+
+
+def _secure_rows(engine, site: str) -> list[tuple[tuple[int, int, int, int], datetime]]:
+    """The run's comparisons, each summed by SecAgg+ over 3 sites including `site`; the run is
+    done with the planted best."""
+    with Session(engine) as session:
+        run = session.get(FederatedRun, "run-three")
+        assert (run.status, run.reason, run.best_index) == ("done", "", PLANTED)
+        rows = session.exec(
+            select(ComparisonResult).where(ComparisonResult.run_key == "run-three")
+        ).all()
+        assert rows and all(r.secure and site in r.contributor_ids() for r in rows)
+        return [((r.a, r.b, r.item_start, r.item_stop), r.recorded) for r in rows]

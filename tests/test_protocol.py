@@ -6,22 +6,26 @@ from hypothesis import strategies as st
 
 from common.protocol import (
     MAX_COMPARISONS,
+    NO_BASELINE,
     Code,
     CompareMessage,
     Comparison,
     ProtocolError,
     Reply,
+    ResultMessage,
     SpaceMessage,
     Status,
     TrainMessage,
     TrainRequest,
     decode_compare,
     decode_reply,
+    decode_result,
     decode_space,
     decode_space_reply,
     decode_train,
     encode_compare,
     encode_reply,
+    encode_result,
     encode_space,
     encode_train,
 )
@@ -168,6 +172,12 @@ wire_records = st.dictionaries(
             "progress",
             "tallies",
             "pointwise_judge",
+            "best",
+            "ranking",
+            "sites",
+            "baseline",
+            "best_tally",
+            "versus_baseline",
             "other",
         ]
     ),
@@ -186,6 +196,7 @@ def test_decoders_never_fail_other_than_with_a_protocol_error(record: dict) -> N
         decode_space_reply,
         lambda r: decode_reply(r, request),
         lambda r: decode_train(r, n_configs=4),
+        lambda r: decode_result(r, n_configs=4),
     ):
         try:
             decode(record)
@@ -270,6 +281,36 @@ def test_train_request_round_trip() -> None:
     assert decode_reply(encode_reply(Reply(Status.PENDING, progress=333))).progress == 333
 
 
+RESULT = ResultMessage(
+    run_key="run-1",
+    best=2,
+    ranking=(2, 0, 1, 3),
+    sites=3,
+    decided=4,
+    tie_breaks=1,
+    best_record=(3, 0, 0),
+    best_tally=Tally(30, 4, 2, 0, 36),
+    baseline=0,
+    versus_baseline=Tally(9, 2, 1, 0, 12),
+)
+
+
+def test_result_round_trip_with_and_without_a_baseline() -> None:
+    record = encode_result(RESULT)
+    assert set(record) == {
+        "version", "run_key", "best", "ranking", "sites", "decided", "tie_breaks",
+        "best_record", "best_tally", "baseline", "versus_baseline",
+    }  # fmt: skip
+    values = [v for k, v in record.items() if k != "run_key"]
+    flat = [x for v in values for x in (v if isinstance(v, list) else [v])]
+    assert all(type(x) is int for x in flat)
+    assert decode_result(record, n_configs=4) == RESULT
+    plain = ResultMessage("run-1", 1, (), 1, 0, 0, (0, 0, 0), Tally())
+    record = encode_result(plain)
+    assert record["baseline"] == NO_BASELINE and record["versus_baseline"] == []
+    assert decode_result(record, n_configs=2) == plain
+
+
 @pytest.mark.parametrize(
     ("change", "code"),
     [
@@ -300,4 +341,45 @@ def test_a_bad_train_request_is_refused_when_encoded_too() -> None:
             TrainRequest(configs)
     with pytest.raises(ProtocolError) as raised:
         encode_train(TrainMessage("Bad Key", TrainRequest((0,))))
+    assert raised.value.code == Code.OUT_OF_RANGE
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (lambda r: r.update(extra=1), Code.UNKNOWN_FIELD),
+        (lambda r: r.pop("best"), Code.MISSING_FIELD),
+        (lambda r: r.update(best="2"), Code.WRONG_TYPE),
+        (lambda r: r.update(best=True), Code.WRONG_TYPE),
+        (lambda r: r.update(ranking=[2, 0.5]), Code.WRONG_TYPE),
+        (lambda r: r.update(version=2), Code.UNSUPPORTED_VERSION),
+        (lambda r: r.update(best=4), Code.OUT_OF_RANGE),  # the space holds 4 configs
+        (lambda r: r.update(best=-1), Code.OUT_OF_RANGE),
+        (lambda r: r.update(ranking=[2, 2]), Code.OUT_OF_RANGE),
+        (lambda r: r.update(ranking=[0, 1, 2, 3, 0]), Code.TOO_LARGE),
+        (lambda r: r.update(baseline=7), Code.OUT_OF_RANGE),
+        (lambda r: r.update(baseline=-2), Code.OUT_OF_RANGE),
+        (lambda r: r.update(sites=0), Code.OUT_OF_RANGE),
+        (lambda r: r.update(decided=-1), Code.OUT_OF_RANGE),
+        (lambda r: r.update(best_record=[3, 0]), Code.OUT_OF_RANGE),
+        (lambda r: r.update(best_record=[9, 0, 0]), Code.OUT_OF_RANGE),
+        (lambda r: r.update(best_tally=[30, 4, 2, 0, 99]), Code.IMPOSSIBLE_TALLY),
+        (lambda r: r.update(best_tally=[1, 0, 0, 0]), Code.IMPOSSIBLE_TALLY),
+        (lambda r: r.update(versus_baseline=[-1, 1, 0, 0, 0]), Code.IMPOSSIBLE_TALLY),
+        (lambda r: r.update(baseline=NO_BASELINE), Code.OUT_OF_RANGE),  # a tally, no baseline
+        (lambda r: r.update(run_key="../etc"), Code.OUT_OF_RANGE),
+    ],
+)
+def test_bad_results_are_refused_with_a_code(change, code: Code) -> None:
+    record = encode_result(RESULT)
+    change(record)
+    with pytest.raises(ProtocolError) as raised:
+        decode_result(record, n_configs=4)
+    assert raised.value.code == code
+
+
+def test_a_result_that_breaks_the_protocol_is_not_encoded() -> None:
+    forged = ResultMessage("run-1", 1, (1, 1), 1, 0, 0, (0, 0, 0), Tally())
+    with pytest.raises(ProtocolError) as raised:
+        encode_result(forged)
     assert raised.value.code == Code.OUT_OF_RANGE

@@ -256,8 +256,8 @@ def test_tie_breaks_are_marked_and_never_count_as_wins(tmp_path: Path) -> None:
     assert evidence_only["conclusion"] == "Every comparison was decided by evidence (1 of 1)."
 
     page = (tmp_path / "report.html").read_text()
-    assert html_row(page, IDS[0], IDS[1]).endswith("<td>evidence</td>")
-    assert html_row(page, IDS[0], IDS[2]).endswith("<td>tie-break</td>")
+    assert html_row(page, IDS[0], IDS[1]).endswith("<td>evidence</td><td>-</td><td>-</td>")
+    assert html_row(page, IDS[0], IDS[2]).endswith("<td>tie-break</td><td>-</td><td>-</td>")
     assert "Decided by evidence in 1 of its 2 comparisons." in page
     assert "could not tell" not in page
     assert png_size(tmp_path / "hyperparameters.png")[0] > 100

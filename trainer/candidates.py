@@ -15,6 +15,7 @@ newest checkpoint keeps that state even when the run is finished.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -531,6 +532,34 @@ def find_checkpoints(output_dir: Path) -> list[CandidateCheckpoint]:
     return found
 
 
+def check_training_settings(
+    records: Sequence[InstructionRecord], args: CandidateTrainingArguments
+) -> None:
+    """Record (or check) the settings and data every run in `args.output_dir` is trained with;
+    done once before training runs are shared out, so workers never race to write the file."""
+    _check_settings(args, data_fingerprint(records))
+
+
+def train_one_run(
+    run: TrainingRun,
+    records: Sequence[InstructionRecord],
+    args: CandidateTrainingArguments,
+    callbacks: Sequence[TrainerCallback] = (),
+    until_epoch: int | None = None,
+) -> list[CandidateCheckpoint]:
+    """Train one run of a plan (`plan_candidate_runs`), resuming a killed one, and return the
+    checkpoints of its configs: the unit of work one of several workers claims. `until_epoch`
+    stops it after that epoch (`train_run`); only the configs trained so far have one."""
+    tokenizer = load_tokenizer(args.base_model)
+    data = tokenize_for_training(records, tokenizer, args.max_length)
+    if not data.examples:
+        raise SettingsError(f"no example fits max_length={args.max_length} tokens")
+    _check_settings(args, data_fingerprint(records))
+    train_run(run, data, tokenizer, args, callbacks, until_epoch)
+    wanted = {config.id for config in run.configs}
+    return [c for c in find_checkpoints(args.output_dir) if c.config.id in wanted]
+
+
 def train_candidates(
     configs: Sequence[CandidateConfig],
     records: Sequence[InstructionRecord],
@@ -582,3 +611,35 @@ def _targets(
         if epochs:
             targets[run.id] = max(epochs)
     return targets
+
+
+def rebuild_checkpoint(
+    config: CandidateConfig,
+    space: Sequence[CandidateConfig],
+    records: Sequence[InstructionRecord],
+    args: CandidateTrainingArguments,
+    rebuild_dir: Path,
+) -> CandidateCheckpoint:
+    """`config`'s model trained again in `rebuild_dir` (resumable there), when its checkpoint
+    in `args.output_dir` lost its weights: the same training run (the one stored there, else
+    the one `space` plans for it), the same settings, data and seed give the same weights. A
+    finished rebuild is reused. Refused if the output directory was trained with other
+    settings or data: the rebuild would be another model."""
+    recorded = args.output_dir / "settings.json"
+    wanted = {**args.fingerprint(), "data_sha256": data_fingerprint(records)}
+    if recorded.is_file() and _read_json(recorded) != wanted:
+        changed = sorted(k for k, v in _read_json(recorded).items() if wanted.get(k) != v)
+        raise SettingsError(
+            f"{args.output_dir} was trained with other settings or data ({', '.join(changed)}): "
+            f"config {config.id} cannot be trained again as it was"
+        )
+    runs = [r for r in plan_candidate_runs(space, args) if config.id in {c.id for c in r.configs}]
+    if not runs:
+        raise SettingsError(f"config {config.id} is not in the run's space")
+    rebuild_args = dataclasses.replace(args, output_dir=rebuild_dir)
+    tokenizer = load_tokenizer(args.base_model)
+    data = tokenize_for_training(records, tokenizer, args.max_length)
+    _check_settings(rebuild_args, data_fingerprint(records))
+    train_run(runs[0], data, tokenizer, rebuild_args)
+    found = {c.config.id: c for c in find_checkpoints(rebuild_dir)}
+    return found[config.id]

@@ -19,9 +19,11 @@ __all__ = [
     "ValidationItem",
     "alpaca_prompt",
     "data_fingerprint",
+    "instruction_record",
     "load_instruction_data",
     "load_validation_set",
     "tokenize_for_training",
+    "validation_item",
 ]
 
 IGNORE_INDEX = -100  # label of a token that carries no loss
@@ -94,33 +96,34 @@ def _read(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return records
 
 
+def instruction_record(where: str, record: dict[str, Any]) -> InstructionRecord:
+    """One training record, its fields checked (`where` names its file and line)."""
+    return InstructionRecord(
+        _non_empty(where, record, "instruction"),
+        _text_field(where, record, "input", default=""),
+        _non_empty(where, record, "output"),
+    )
+
+
+def validation_item(where: str, record: dict[str, Any]) -> ValidationItem:
+    """One validation task, its fields checked; a blank instruction is accepted when the input
+    says the task (the paper's own validation set has one such item)."""
+    item = ValidationItem(
+        _text_field(where, record, "instruction"), _text_field(where, record, "input", "")
+    )
+    if not (item.instruction.strip() or item.input.strip()):
+        raise InputError(f"{where}: fields 'instruction' and 'input' are both empty")
+    return item
+
+
 def load_instruction_data(path: Path) -> list[InstructionRecord]:
     """Every record of an Alpaca JSON array or JSONL file, all validated before any is used."""
-    return [
-        InstructionRecord(
-            _non_empty(where, record, "instruction"),
-            _text_field(where, record, "input", default=""),
-            _non_empty(where, record, "output"),
-        )
-        for where, record in _read(path)
-    ]
+    return [instruction_record(where, record) for where, record in _read(path)]
 
 
 def load_validation_set(path: Path) -> list[ValidationItem]:
-    """Validation tasks (`instruction`, optional `input`); other fields are ignored.
-
-    A blank instruction is accepted when the input says the task (the paper's own validation
-    set has one such item).
-    """
-    items = []
-    for where, record in _read(path):
-        item = ValidationItem(
-            _text_field(where, record, "instruction"), _text_field(where, record, "input", "")
-        )
-        if not (item.instruction.strip() or item.input.strip()):
-            raise InputError(f"{where}: fields 'instruction' and 'input' are both empty")
-        items.append(item)
-    return items
+    """Validation tasks (`instruction`, optional `input`); other fields are ignored."""
+    return [validation_item(where, record) for where, record in _read(path)]
 
 
 def data_fingerprint(records: Sequence[InstructionRecord]) -> str:

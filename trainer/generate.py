@@ -145,6 +145,12 @@ def _delete_weights(checkpoint: CandidateCheckpoint) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def _deletable(checkpoint: CandidateCheckpoint) -> bool:
+    """Full fine-tuning weights (hundreds of MB each) may go once their responses exist; a
+    LoRA or QLoRA adapter (megabytes) is always kept, so any candidate can be exported."""
+    return checkpoint.config.get("finetune") == "full" and checkpoint.has_weights
+
+
 def _append_responses(
     out: Path,
     checkpoint: CandidateCheckpoint,
@@ -178,10 +184,11 @@ def generate_responses(
 ) -> GenerationReport:
     """Greedy responses of every checkpoint to every item, appended to `out` (JSONL).
 
-    `delete_weights` removes the model of a finished run's checkpoint once all its responses
-    are stored, as judging needs only the responses; `on_progress(n)` counts responses done,
-    cached ones included; `on_model(checkpoint, model, tokenizer)` is called while a
-    checkpoint's model is loaded for generation (the reference NLL uses it).
+    `delete_weights` removes the full fine-tuning model of a finished run's checkpoint once all
+    its responses are stored, as judging needs only the responses (adapters are kept);
+    `on_progress(n)` counts responses done, cached ones included; `on_model(checkpoint, model,
+    tokenizer)` is called while a checkpoint's model is loaded for generation (the reference
+    NLL uses it).
     """
     done = {_key(record) for record in read_responses(out)}
     unique = list({item.id: item for item in items}.values())
@@ -214,7 +221,7 @@ def generate_responses(
             if lora_on_cpu:
                 shared.detach(model)
             del model
-        if delete_weights and checkpoint.run_finished and checkpoint.has_weights:
+        if delete_weights and checkpoint.run_finished and _deletable(checkpoint):
             _delete_weights(checkpoint)
             deleted += 1
     return GenerationReport(generated, cached, deleted)

@@ -38,19 +38,28 @@ def exact_match(response: str, answer: str) -> bool:
     return normalize_answer(response) == normalize_answer(answer)
 
 
+def reference_answer(where: str, record: dict[str, Any]) -> ReferenceAnswer | None:
+    """A validation record's `answer` (checkable) or `output` (a reference), if it has one."""
+    from common.records import InputError
+
+    for name, checkable in (("answer", True), ("output", False)):
+        if name in record:
+            if not isinstance(record[name], str):
+                raise InputError(f"{where}: field '{name}' must be a string")
+            return ReferenceAnswer(record[name], checkable)
+    return None
+
+
 def load_reference_answers(path: Path) -> dict[str, ReferenceAnswer]:
     """Answers of a validation file: `answer` (checkable) or `output` (a reference), per item."""
-    from common.records import InputError, read_records
+    from common.records import read_records
 
     answers = {}
     for where, record in read_records(path):
-        item = ValidationItem(str(record.get("instruction", "")), str(record.get("input", "")))
-        for name, checkable in (("answer", True), ("output", False)):
-            if name in record:
-                if not isinstance(record[name], str):
-                    raise InputError(f"{where}: field '{name}' must be a string")
-                answers[item.id] = ReferenceAnswer(record[name], checkable)
-                break
+        answer = reference_answer(where, record)
+        if answer is not None:
+            item = ValidationItem(str(record.get("instruction", "")), str(record.get("input", "")))
+            answers[item.id] = answer
     return answers
 
 

@@ -1,0 +1,112 @@
+"""What a site knows of its runs' outcomes: the result the coordinator sent (`query.result`,
+stored by agent/site.py), read back with the chosen config's parameters, and the disk its
+candidates take. `pandalm-agent status` and `pandalm-agent export` read them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from agent.db import SiteResult, SiteRun
+from common.protocol import ResultMessage, decode_result
+
+WEIGHT_FILES = ("model*.safetensors", "pytorch_model*.bin", "adapter_model.*")
+"""A checkpoint's weights or adapter (trainer.candidates.WEIGHT_FILES; that module loads torch,
+which `status` does not need)."""
+
+
+@dataclass(frozen=True)
+class SiteOutcome:
+    """A run's result at this site: the message as received, with the configs it names."""
+
+    run_key: str
+    message: ResultMessage
+    config_ids: list[str]
+    params: list[dict[str, Any]]
+
+    @property
+    def best_id(self) -> str:
+        return self.config_ids[self.message.best]
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        return self.params[self.message.best]
+
+    @property
+    def baseline_id(self) -> str | None:
+        baseline = self.message.baseline
+        return self.config_ids[baseline] if baseline >= 0 else None
+
+    def describe_params(self) -> str:
+        return ", ".join(f"{name}={value}" for name, value in sorted(self.best_params.items()))
+
+    def describe_evidence(self) -> str:
+        m = self.message
+        wins, ties, losses = m.best_record
+        tally = m.best_tally
+        return (
+            f"{m.decided} comparisons decided by evidence, {m.tie_breaks} by the tie-break; "
+            f"chosen: {wins} won, {ties} undecided, {losses} lost; items {tally.win} wins, "
+            f"{tally.tie} ties, {tally.loss} losses (margin {tally.margin:+.3f}); "
+            f"{m.sites} sites"
+        )
+
+    def describe_baseline(self) -> str:
+        versus = self.message.versus_baseline
+        if self.baseline_id is None:
+            return "no baseline"
+        if versus is None:
+            return f"baseline {self.baseline_id}: not compared"
+        return (
+            f"vs {self.baseline_id}: {versus.win} wins, {versus.tie} ties, {versus.loss} "
+            f"losses (margin {versus.margin:+.3f})"
+        )
+
+
+def _outcome(result: SiteResult, run: SiteRun) -> SiteOutcome:
+    ids = run.ids()
+    message = decode_result(json.loads(result.message), n_configs=len(ids))
+    return SiteOutcome(result.run_key, message, ids, run.param_list())
+
+
+def site_results(engine: Engine) -> list[SiteOutcome]:
+    """Every run's result this site received, oldest run first."""
+    with Session(engine) as session:
+        rows = session.exec(
+            select(SiteResult, SiteRun)
+            .join(SiteRun, SiteRun.run_key == SiteResult.run_key)  # type: ignore[arg-type]
+            .order_by(SiteRun.created)
+        ).all()
+    return [_outcome(result, run) for result, run in rows]
+
+
+def site_result(engine: Engine, run_key: str) -> SiteOutcome | None:
+    """The run's result, or None while the coordinator has not sent one."""
+    with Session(engine) as session:
+        result, run = session.get(SiteResult, run_key), session.get(SiteRun, run_key)
+    return _outcome(result, run) if result is not None and run is not None else None
+
+
+@dataclass(frozen=True)
+class DiskUse:
+    bytes: int
+    with_weights: int
+    without_weights: int
+
+
+def disk_use(candidates_dir: Path) -> DiskUse:
+    """Bytes under the candidates directory, and its checkpoints with and without weights (a
+    full fine-tuning candidate's are deleted once its responses exist, unless keep_weights)."""
+    if not candidates_dir.is_dir():
+        return DiskUse(0, 0, 0)
+    size = sum(p.stat().st_size for p in candidates_dir.rglob("*") if p.is_file())
+    checkpoints = [p for p in candidates_dir.glob("runs/*/checkpoint-*") if p.is_dir()]
+    weighted = sum(
+        any(any(checkpoint.glob(pattern)) for pattern in WEIGHT_FILES) for checkpoint in checkpoints
+    )
+    return DiskUse(size, weighted, len(checkpoints) - weighted)
