@@ -277,8 +277,9 @@ def _print_reference_scores(engine) -> None:
     table = Table(title="reference check (this site's validation items; never sent)")
     for column in ("run", "config", "metric", "value", "items"):
         table.add_column(column)
-    for row in sorted(
-        rows, key=lambda r: (r.run_key, -r.value if r.metric == "exact_match" else r.value)
+    for row in sorted(  # per run and metric, the best first
+        rows,
+        key=lambda r: (r.run_key, r.metric, -r.value if r.metric == "exact_match" else r.value),
     ):
         table.add_row(row.run_key, row.config_id, row.metric, f"{row.value:.3f}", str(row.items))
     Console().print(table)

@@ -118,10 +118,11 @@ class ItemJudgment(SQLModel, table=True):
 
 class ReferenceScore(SQLModel, table=True):
     """A config's reference metric on this site's validation items (trainer/reference.py): a
-    check of the candidates that does not use the judge. It never leaves the site."""
+    check of the candidates that does not use the judge, one row per metric (checkable answers
+    get exact match and the dense answer NLL). It never leaves the site."""
 
     __tablename__ = "reference_score"
-    __table_args__ = (UniqueConstraint("run_key", "config_id"),)
+    __table_args__ = (UniqueConstraint("run_key", "config_id", "metric"),)
     id: int | None = Field(default=None, primary_key=True)
     run_key: str = Field(index=True)
     config_id: str

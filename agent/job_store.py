@@ -98,14 +98,16 @@ class JobStore:
     def store_reference(
         self, run_key: str, config_id: str, metric: str, value: float, items: int
     ) -> None:
-        """Set the config's reference score (a retried run overwrites its earlier one)."""
+        """Set the config's score by `metric` (a retried run overwrites its earlier one)."""
         with Session(self.engine) as session:
             row = session.exec(
                 select(ReferenceScore).where(
-                    ReferenceScore.run_key == run_key, ReferenceScore.config_id == config_id
+                    ReferenceScore.run_key == run_key,
+                    ReferenceScore.config_id == config_id,
+                    ReferenceScore.metric == metric,
                 )
-            ).first() or ReferenceScore(run_key=run_key, config_id=config_id)
-            row.metric, row.value, row.items = metric, value, items
+            ).first() or ReferenceScore(run_key=run_key, config_id=config_id, metric=metric)
+            row.value, row.items = value, items
             session.add(row)
             session.commit()
 

@@ -41,6 +41,7 @@ from judge.cache import JudgmentCache
 from judge.engine import PairJudge, PairJudgment
 from judge.models import ModelNotFoundError
 from judge.prompt import Pair
+from trainer.arguments import CandidateTrainingArguments
 from trainer.data import (
     InstructionRecord,
     ValidationItem,
@@ -121,9 +122,9 @@ def reference_answers(config: SiteConfig) -> dict[str, ReferenceAnswer]:
 
 
 def candidate_arguments(config: SiteConfig) -> CandidateTrainingArguments:
-    """How this site trains its candidates (the worker; export's rebuild of a winner uses the
-    same, so the same run, data and seed give the same weights)."""
-    from trainer.arguments import CandidateTrainingArguments
+    """How this site trains its candidates, from site.toml's [model]: the worker's, export's
+    rebuild of a winner (the same run, data and seed give the same weights) and the demo-choice
+    bench's, so all three train the same candidates."""
     from trainer.candidates import resolve_base_model
 
     model = config.model
@@ -351,8 +352,10 @@ class SiteWorker:
         items: Sequence[ValidationItem],
         answers: dict[str, ReferenceAnswer],
     ) -> Callable[[CandidateCheckpoint, Any, Any], None] | None:
-        """The callback that scores reference outputs while a candidate's model is loaded."""
-        if metric_name(answers) != ANSWER_NLL:
+        """The callback that scores the reference answers while a candidate's model is loaded:
+        the dense reference (every answer token counts), stored next to exact match where the
+        answers are checkable, and the only reference where they are not."""
+        if not answers:
             return None
         scored = [item for item in items if item.id in answers]
 

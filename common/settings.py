@@ -127,6 +127,10 @@ class RunSettings:
     result_timeout: float = 120.0
     """Seconds the coordinator keeps sending the run's result to sites that have not
     acknowledged it (offline and left-out sites get it when they answer again)."""
+    baseline: str = ""
+    """The default recipe to measure the choice against: a `[named.NAME]` config of the space
+    (the paper's grid names Alpaca's, `alpaca-baseline`) or a config id; checked against the
+    space where the coordinator reads federation.toml. Empty: no such comparison."""
 
     def __post_init__(self) -> None:
         if not self.budget > 0:

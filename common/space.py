@@ -157,6 +157,16 @@ class SearchSpace:
             raise SpaceError(f"no config named {name!r} (named: {', '.join(self.names) or '-'})")
         return next(config for config in self.configs if config.id == self.names[name])
 
+    def index_of(self, name_or_id: str) -> int:
+        """The position of the config named `name_or_id`, or whose id it is (a federation's
+        baseline is written either way)."""
+        config_id = self.names.get(name_or_id, name_or_id)
+        for index, config in enumerate(self.configs):
+            if config.id == config_id:
+                return index
+        names = ", ".join(self.names) or "-"
+        raise SpaceError(f"{name_or_id!r} is no named config (named: {names}) and no config id")
+
 
 def _grid_configs(grid: Mapping[str, Any], where: str) -> list[CandidateConfig]:
     axes = {name: values if isinstance(values, list) else [values] for name, values in grid.items()}

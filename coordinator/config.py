@@ -12,6 +12,7 @@ from common.settings import (
     settings_table,
     typed_table,
 )
+from common.space import SpaceError, load_space
 from coordinator.selection import check_selection_mode
 
 
@@ -75,6 +76,21 @@ class SuperLinkTable(SuperLinkSettings):
     start: bool = True
 
 
+def _check_baseline(path: Path, baseline: str, space_file: Path | None) -> None:
+    """A baseline must name a config of the run's space (the paper's grid without a space
+    file): refused here, before any process starts, rather than after the selection."""
+    if not baseline:
+        return
+    try:
+        space = load_space(space_file)
+    except SpaceError as exc:
+        raise FederationConfigError(f"{path}: [run].space: {exc}") from None
+    try:
+        space.index_of(baseline)
+    except SpaceError as exc:
+        raise FederationConfigError(f"{path}: [selection].baseline: {exc}") from None
+
+
 def load_federation_config(path: Path) -> FederationConfig:
     """Read and validate a federation.toml: every table, key, type and allowed value."""
     document = read_toml(path, FederationConfigError)
@@ -97,6 +113,7 @@ def load_federation_config(path: Path) -> FederationConfig:
         check_selection_mode(settings.selection_mode)
     except ValueError as exc:
         raise FederationConfigError(f"{path}: [selection].selection_mode: {exc}") from None
+    _check_baseline(path, settings.baseline, base / run.space if run.space else None)
     link = typed_table(
         SuperLinkTable, document.get("superlink", {}), f"{path}: [superlink]", FederationConfigError
     )

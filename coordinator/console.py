@@ -72,6 +72,9 @@ def render(engine: Engine, run_key: str) -> Panel:
     )
     if pairs and not any(record.decided for _, record in ranked):
         footer = f"[bold]{CANNOT_TELL}[/bold]\n{footer}"
+    versus = versus_baseline_line(result)
+    if versus is not None:
+        footer += f"\n{versus}"
     parts = (
         _header(run, result, last_round),
         _site_table(engine, run_key),
@@ -80,6 +83,20 @@ def render(engine: Engine, run_key: str) -> Panel:
         footer,
     )
     return Panel(Group(*parts), title="pandalm-fed")
+
+
+def versus_baseline_line(result: RunResult) -> str | None:
+    """How the chosen config fared against the run's baseline, once it was asked."""
+    if result.baseline is None or result.best is None:
+        return None
+    baseline = f"#{result.baseline} {result.config_id(result.baseline)[:8]}"
+    tally = result.versus_baseline
+    if tally is None:
+        return f"chosen vs baseline {baseline}: the baseline was chosen (no comparison needed)"
+    return (
+        f"chosen vs baseline {baseline}: {tally.win} wins, {tally.tie} ties, {tally.loss} "
+        f"losses, {tally.invalid} invalid of {tally.items} items (margin {tally.margin:+.3f})"
+    )
 
 
 def _header(run: FederatedRun, result: RunResult, last_round: RoundLog | None) -> str:

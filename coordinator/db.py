@@ -160,7 +160,41 @@ def node_label(node_id: str | int, names: dict[str, str]) -> str:
 
 # --- end of the site registry ---------------------------------------------------------------
 
-TABLES = (FederatedRun, RunSite, ComparisonResult, RoundLog, RegisteredSite, TrainingResult)
+
+# --- Chosen vs baseline (issue 20). Schema change: the table `baseline_comparison` is new. ---
+class BaselineComparison(RunRow, SliceTallyColumns, table=True):
+    """The chosen config against the run's baseline (federation.toml's `[selection] baseline`),
+    asked once the selection named its best, with its tally summed over the sites from the
+    chosen config's side. Kept apart from comparison_result: it is no step of the selection, so
+    a resumed run's replay never feeds it to the procedure, and finds it asked already."""
+
+    __tablename__ = "baseline_comparison"
+    __table_args__ = (UniqueConstraint("run_key"),)
+    chosen: int
+    baseline: int
+    sites: int
+    secure: bool = False
+    round: int
+    recorded: datetime = Field(default_factory=utc_now)
+
+
+def baseline_comparison(engine: Engine, run_key: str) -> BaselineComparison | None:
+    with Session(engine) as session:
+        query = select(BaselineComparison).where(BaselineComparison.run_key == run_key)
+        return session.exec(query).first()
+
+
+# --- end of chosen vs baseline -------------------------------------------------------------
+
+TABLES = (
+    FederatedRun,
+    RunSite,
+    ComparisonResult,
+    RoundLog,
+    RegisteredSite,
+    TrainingResult,
+    BaselineComparison,
+)
 
 
 SCHEMA = Schema.of_package("coordinator database", __file__, TABLES, "coordinator")

@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from sqlalchemy import Engine
@@ -109,6 +109,11 @@ class RunOutcome:
     judgments: int
     wall_seconds: float
     aggregation: str = ""
+    baseline_index: int | None = None
+    """The run's baseline config (federation.toml's `[selection] baseline`), if it names one."""
+    versus_baseline: Tally | None = None
+    """The chosen config against the baseline on every validation item of every site, from
+    the chosen config's side; None without a baseline, or when the baseline was chosen."""
 
 
 def refusal(message_type: str, reply: Reply) -> str:
@@ -145,8 +150,11 @@ class FederatedSelection:
         config_ids: list[str],
         params: list[dict[str, Any]],
         on_round: Callable[[], None] | None = None,
+        baseline: int | None = None,
     ) -> None:
         self.transport = transport
+        self.baseline = baseline
+        """The index of the run's baseline config, which the chosen one is compared with."""
         self.settings = settings
         self.config_ids = config_ids
         self.params = params
@@ -216,11 +224,19 @@ class FederatedSelection:
         self._resume()
         try:
             self._select()
+            versus_baseline = self._compare_with_baseline()
         except Exception as exc:
             self.store.end("failed", str(exc) or type(exc).__name__)
             raise
-        outcome = self._finish(time.monotonic() - started)
-        announce_run(self.store, self.transport, self.settings, outcome.ranking, len(outcome.sites))
+        outcome = replace(
+            self._finish(time.monotonic() - started),
+            baseline_index=self.baseline,
+            versus_baseline=versus_baseline,
+        )
+        announce_run(
+            self.store, self.transport, self.settings, outcome.ranking, len(outcome.sites),
+            baseline=self.baseline, versus_baseline=versus_baseline,
+        )  # fmt: skip
         return outcome
 
     def _select(self) -> None:
@@ -388,8 +404,44 @@ class FederatedSelection:
         return secure
 
     def _compare(self, requests: list[Comparison]) -> None:
+        """The summed tallies of these comparisons, recorded and fed to the procedure."""
+        contributors, totals, secure = self._sum_over_sites(requests)
+        for comparison, total in zip(requests, totals, strict=True):
+            self.procedure.record(comparison, total)
+            self.store.record_comparison(comparison, total, contributors, secure, self.round)
+
+    def _compare_with_baseline(self) -> Tally | None:
+        """Chosen vs baseline on every validation item, asked like any comparison (both orders
+        at every site, summed in the clear or by SecAgg+) once the procedure named its best, and
+        recorded apart from the selection's comparisons; asked once, even across restarts.
+        None without a baseline, or when the best is the baseline (recorded with no items:
+        there is nothing to compare)."""
+        best = self.procedure.best()
+        if self.baseline is None or best is None:
+            return None
+        recorded = self.store.versus_baseline()
+        if recorded is None:
+            if best == self.baseline:
+                self.store.record_versus_baseline(best, best, Tally(), 0, False, self.round)
+                return None
+            request = Comparison(best, self.baseline)
+            contributors, (total,), secure = self._sum_over_sites([request])
+            self.store.record_versus_baseline(
+                best, self.baseline, total, len(contributors), secure, self.round
+            )
+            log.warning("chosen vs baseline: %s", total)
+            return total
+        if (recorded.chosen, recorded.baseline) != (best, self.baseline):
+            raise ValueError(
+                f"run {self.settings.run_key!r} compared config {recorded.chosen} with baseline "
+                f"{recorded.baseline}, not {best} with {self.baseline}: choose another run name"
+            )
+        return None if best == self.baseline else Tally.of(recorded)
+
+    def _sum_over_sites(self, requests: list[Comparison]) -> tuple[list[int], list[Tally], bool]:
         """Ask every active site for these comparisons until each has answered or is left out,
-        then sum their tallies (in the clear, or through SecAgg+)."""
+        then sum their tallies (in the clear, or through SecAgg+): the contributing sites, the
+        totals in request order, and whether SecAgg+ summed them."""
         backoff = Backoff(self.settings)
         failed_sums = 0
         while True:
@@ -416,9 +468,7 @@ class FederatedSelection:
             backoff.wait()
         if not contributors:
             raise RuntimeError("every site has left the run")
-        for comparison, total in zip(requests, totals, strict=True):
-            self.procedure.record(comparison, total)
-            self.store.record_comparison(comparison, total, contributors, secure, self.round)
+        return contributors, totals, secure
 
     def _collect(self, message: CompareMessage, record: dict) -> dict[int, tuple[Tally, ...]]:
         """Ask the active sites until each has answered `ok` (with its tallies, or, for a

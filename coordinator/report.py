@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -137,21 +137,58 @@ def write_report(
     threshold: float = 0.1,
     *,
     reference: ReferenceMetric | None = None,
+    other_references: Sequence[ReferenceMetric] = (),
 ) -> dict[str, Any]:
     """Write report.html, the figures and summary.json into `out_dir`; return the summary. With a
-    `reference`, also check the judge against it and draw reference.png."""
+    `reference`, also check the judge against it and draw reference.png; `other_references`
+    are checked the same way, in `other_reference_checks`, without a figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     strengths = judge_strengths(result)
     summary = _summary(result, threshold, strengths)
+    every_reference = [*([reference] if reference else []), *other_references]
+    summary["versus_baseline"] = versus_baseline_summary(result, every_reference)
     if reference is not None:
         summary |= _reference_summary(result, reference, strengths)
         _save(_reference_figure(result, reference, strengths), out_dir / REFERENCE_FIGURE)
+    if other_references:
+        summary["other_reference_checks"] = [
+            _reference_summary(result, other, strengths) for other in other_references
+        ]
     _save(_matrix_figure(result), out_dir / "matrix.png")
     _save(_superiority_figure(result, threshold), out_dir / "superiority.png")
     _save(_hyperparameter_figure(result), out_dir / "hyperparameters.png")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "report.html").write_text(_html(result, summary))
     return summary
+
+
+def versus_baseline_summary(
+    result: RunResult, references: Sequence[ReferenceMetric] = ()
+) -> dict[str, Any] | None:
+    """The chosen config against the run's baseline, from the chosen config's side: the
+    baseline, the summed tally and its margin ((wins - losses) / items), and each reference's
+    value for both configs where it has both. None when the run has no baseline (or has not
+    finished); `chosen_is_baseline` with no counts when the selection chose the baseline."""
+    if result.baseline is None or result.best is None:
+        return None
+    chosen, baseline = result.config_id(result.best), result.config_id(result.baseline)
+    tally = result.versus_baseline
+    return {
+        "baseline": baseline,
+        "baseline_params": dict(result.configs[result.baseline][1]),
+        "chosen": chosen,
+        "chosen_is_baseline": result.best == result.baseline,
+        **({} if tally is None else {**asdict(tally), "margin": tally.margin}),
+        "reference": {
+            metric.name: {
+                "chosen": metric.values[chosen],
+                "baseline": metric.values[baseline],
+                "higher_is_better": metric.higher_is_better,
+            }
+            for metric in references
+            if chosen in metric.values and baseline in metric.values
+        },
+    }
 
 
 def _value_order(item: tuple[ParamValue, Record]) -> tuple[bool, Any]:

@@ -21,6 +21,7 @@ from common.protocol import code_meaning, code_name
 from common.tally import Tally
 from coordinator.db import (
     FederatedRun,
+    baseline_comparison,
     comparisons,
     judgments,
     node_label,
@@ -96,6 +97,11 @@ class RunResult:
     status: str = ""
     """running, done, failed or stopped (`reason` says why a run failed or stopped)."""
     reason: str = ""
+    baseline: int | None = None
+    """The run's baseline config, once the chosen one was measured against it (or is it)."""
+    versus_baseline: Tally | None = None
+    """Chosen vs baseline on every item, from the chosen config's side; None when the chosen
+    config is the baseline, or without a baseline."""
 
     @property
     def selection(self) -> str:
@@ -106,8 +112,7 @@ class RunResult:
         if self.summing and len(self.summing) != len(self.comparisons):
             raise ValueError("one summing per comparison")
         indices = {i for a, b, _ in self.comparisons for i in (a, b)}
-        if self.best is not None:
-            indices.add(self.best)
+        indices |= {i for i in (self.best, self.baseline) if i is not None}
         if indices and not (min(indices) >= 0 and max(indices) < len(self.configs)):
             raise ValueError(f"config index out of range 0..{len(self.configs) - 1}")
 
@@ -259,6 +264,7 @@ def run_result(engine: Engine, run_key: str) -> RunResult:
         Summing(r.secure, r.sites, tuple(sorted(name(n) for n in r.contributor_ids())))
         for r in rows
     ]
+    versus = baseline_comparison(engine, run_key)
     started, finished = run.started, run.finished or run.started
     return RunResult(
         run_key=run.run_key,
@@ -279,6 +285,8 @@ def run_result(engine: Engine, run_key: str) -> RunResult:
         ],
         status=run.status,
         reason=run.reason,
+        baseline=None if versus is None else versus.baseline,
+        versus_baseline=None if versus is None or not versus.items else Tally.of(versus),
     )
 
 

@@ -11,15 +11,17 @@ from dataclasses import asdict
 from sqlalchemy import Engine, delete
 from sqlmodel import Session, func, select
 
-from common.protocol import Comparison, TrainRequest
+from common.protocol import MAX_ITEMS, Comparison, TrainRequest
 from common.settings import RunSettings
 from common.tally import Tally
 from coordinator.db import (
+    BaselineComparison,
     ComparisonResult,
     FederatedRun,
     RoundLog,
     RunSite,
     TrainingResult,
+    baseline_comparison,
     comparisons,
     sites,
     trainings,
@@ -204,6 +206,32 @@ class RunStore:
         with Session(self.engine) as session:
             query = select(func.max(RoundLog.number)).where(RoundLog.run_key == self.run_key)
             return session.exec(query).one() or 0
+
+    # -- chosen vs baseline -----------------------------------------------------------------
+    def versus_baseline(self) -> BaselineComparison | None:
+        """The recorded comparison of the chosen config with the baseline, if it was asked."""
+        return baseline_comparison(self.engine, self.run_key)
+
+    def record_versus_baseline(
+        self, chosen: int, baseline: int, tally: Tally, sites: int, secure: bool, round_number: int
+    ) -> None:
+        """Record chosen vs baseline on all items, apart from the selection's comparisons (an
+        empty tally from no site where the chosen config is the baseline)."""
+        with Session(self.engine) as session:
+            session.add(
+                BaselineComparison(
+                    run_key=self.run_key,
+                    chosen=chosen,
+                    baseline=baseline,
+                    item_start=0,
+                    item_stop=MAX_ITEMS,
+                    **asdict(tally),
+                    sites=sites,
+                    secure=secure,
+                    round=round_number,
+                )
+            )
+            session.commit()
 
     def log_round(self, entry: RoundLog) -> None:
         """Record one exchange with the sites under this run's key."""

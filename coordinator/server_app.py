@@ -122,6 +122,7 @@ def main(grid: Grid, context: Context) -> None:
         run.settings,
         [c.id for c in space.configs],
         [dict(c.params) for c in space.configs],
+        baseline=space.index_of(run.settings.baseline) if run.settings.baseline else None,
     )
     outcome = selection.run()
     best = space.configs[outcome.best_index] if outcome.best_index is not None else None

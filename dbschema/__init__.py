@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,21 +183,18 @@ def _check_known(revision: str | None, schema: Schema, url: str) -> None:
 
 
 @contextmanager
-def _migration_lock(connection: Connection, schema: Schema) -> Iterator[None]:
-    """One process migrates at a time: PostgreSQL's advisory lock for the transaction, a lock
-    file beside a SQLite file; the revision is read again once the lock is held."""
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
-                           {"name": schema.version_table})  # fmt: skip
-        yield
-        return
-    sqlite_file = _sqlite_file(connection.engine.url)
-    if sqlite_file:
-        with FileLock(f"{sqlite_file}.migrate.lock"):
-            yield
-        return
-    yield
+def _migrating(engine: Engine, schema: Schema) -> Iterator[Connection]:
+    """A transaction in which one process at a time migrates: PostgreSQL's advisory lock for
+    the transaction, or a lock file beside a SQLite file held until the transaction has
+    committed (released before the commit, a second process would read the old revision and
+    build tables the first one had made); the revision is read again once the lock is held."""
+    sqlite_file = _sqlite_file(engine.url)
+    lock = FileLock(f"{sqlite_file}.migrate.lock") if sqlite_file else nullcontext()
+    with lock, engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
+                               {"name": schema.version_table})  # fmt: skip
+        yield connection
 
 
 def upgrade(engine: Engine, schema: Schema, revision: str = "head") -> Upgrade:
@@ -209,7 +206,7 @@ def upgrade(engine: Engine, schema: Schema, revision: str = "head") -> Upgrade:
     target = head(schema) if revision == "head" else revision
     if before == target and not legacy:
         return Upgrade(before, target)
-    with engine.begin() as connection, _migration_lock(connection, schema):
+    with _migrating(engine, schema) as connection:
         before, legacy = stored_revision(connection, schema)
         _check_known(before, schema, url)
         if before != target or legacy:

@@ -3,10 +3,11 @@
 A SuperLink over TLS that admits registered sites only (each site enrolled and registered under
 its name, as in a real deployment, so results name the sites), one agent per site (each with its
 own shard of the builtin data and its own validation items), LoRA candidates on the SmolLM2-135M
-base, the builtin judge and a reduced grid of the paper's shape (`DemoSettings`). Each site also
-checks its candidates against the known answers of its validation items (exact match), without
-the judge; the demo, which owns every site, averages that check into summary.json to show
-whether the judge's choice is right.
+base, the builtin judge and a reduced grid of the paper's shape (`DemoSettings`), which names a
+baseline (alpaca-lora's recipe) that the coordinator measures the choice against. Each site also
+checks its candidates against the known answers of its validation items without the judge (the
+answers' per-token NLL under each candidate, and exact match); the demo, which owns every site,
+averages those checks into summary.json to show whether the judge's choice is right.
 Everything stays under `--out`.
 """
 
@@ -26,6 +27,7 @@ from agent.config import load_site_config
 from agent.db import open_database as open_site_database
 from agent.db import reference_scores
 from agent.identity import enroll
+from agent.results import site_result
 from common.processes import free_port, stop_process
 from coordinator.certs import init_certificates
 from coordinator.config import FederationConfig, load_federation_config
@@ -34,9 +36,10 @@ from coordinator.launch import run_federation, start_superlink
 from coordinator.report import ReferenceMetric, write_report
 from coordinator.results import run_result
 from coordinator.sites import register_site
+from demo.export_check import export_and_load
 from demo.settings import DEMO, DemoSettings
 from trainer.generate import read_responses
-from trainer.reference import EXACT_MATCH
+from trainer.reference import ANSWER_NLL, EXACT_MATCH
 
 
 def enroll_demo_sites(federation: FederationConfig, site_configs: list[Path]) -> None:
@@ -51,22 +54,25 @@ def enroll_demo_sites(federation: FederationConfig, site_configs: list[Path]) ->
             register_site(federation, site.name, public_key)
 
 
-def demo_reference(site_dirs: list[Path], run_key: str) -> ReferenceMetric | None:
-    """The sites' reference metric per config, averaged over sites. Only the demo can do this:
-    it owns every site, whereas in a real federation each site keeps its own."""
-    values: dict[str, list[float]] = {}
-    names = set()
+def demo_references(site_dirs: list[Path], run_key: str) -> list[ReferenceMetric]:
+    """The sites' reference metrics per config, each averaged over sites: the dense answer NLL
+    first (every token of every reference answer counts), then exact match where the answers
+    are checkable. Only the demo can do this: it owns every site, whereas in a real federation
+    each site keeps its own."""
+    values: dict[str, dict[str, list[float]]] = {}
     for folder in site_dirs:
         engine = open_site_database(f"sqlite:///{folder / 'agent.sqlite'}")
         for row in reference_scores(engine, run_key):
-            values.setdefault(row.config_id, []).append(row.value)
-            names.add(row.metric)
+            values.setdefault(row.metric, {}).setdefault(row.config_id, []).append(row.value)
         engine.dispose()
-    if len(names) != 1:
-        return None
-    name = names.pop()
-    mean = {config_id: statistics.fmean(v) for config_id, v in values.items()}
-    return ReferenceMetric(name, mean, higher_is_better=name == EXACT_MATCH)
+    return [
+        ReferenceMetric(
+            name,
+            {config_id: statistics.fmean(v) for config_id, v in values[name].items()},
+            higher_is_better=name == EXACT_MATCH,
+        )
+        for name in sorted(values, key=lambda name: name != ANSWER_NLL)
+    ]
 
 
 def responses_differ(site_dirs: list[Path], comparisons: list[dict]) -> list[dict]:
@@ -134,9 +140,10 @@ def run_loopback_federation(
 
 
 def print_outcome(
-    console: Console, summary: dict[str, Any], reference: ReferenceMetric | None, out: Path
+    console: Console, summary: dict[str, Any], references: list[ReferenceMetric], out: Path
 ) -> None:
-    """The chosen config, how it fares against the sites' reference check, where the report is."""
+    """The chosen config, how it fares against the sites' reference checks and the baseline,
+    where the report is."""
     best = summary["best_config"]
     if not summary.get("decided", True):
         console.print(f"[yellow]{summary['conclusion']}[/yellow]")
@@ -145,19 +152,43 @@ def print_outcome(
         f"(decided by evidence in {best['decided_by_evidence']} of {best['comparisons']} "
         "comparisons)"
     )
-    if reference is not None:
-        tau = summary["kendall_tau"]
+    checks = [summary, *summary.get("other_reference_checks", [])] if references else []
+    for check in checks:
+        tau = check["kendall_tau"]
         agreement = (
             "undefined (the reference gives every config the same value)"
             if tau is None
             else f"{tau:.2f}"
         )
+        metric = check["reference_metric"]
         console.print(
-            f"reference check ({reference.name}): the chosen config ranks "
-            f"{summary['reference_rank_of_best']} of {len(reference.values)}; Kendall tau "
+            f"reference check ({metric['name']}): the chosen config ranks "
+            f"{check['reference_rank_of_best']} of {len(metric['values'])}; Kendall tau "
             f"between judge and reference rankings {agreement}"
         )
+    versus = summary.get("versus_baseline")
+    if versus is not None:
+        console.print(versus_baseline_text(versus))
+    print_sites_and_export(console, summary)
     console.print(f"report: {out / 'report' / 'report.html'}; summary: {out / 'summary.json'}")
+
+
+def versus_baseline_text(versus: dict[str, Any]) -> str:
+    """The line `chosen vs baseline: W wins, T ties, L losses; reference X vs Y` from the
+    summary's `versus_baseline`, with each reference as chosen vs baseline."""
+    if versus["chosen_is_baseline"]:
+        return (
+            f"chosen vs baseline: the chosen config is the baseline ({versus['baseline']}), "
+            "no comparison needed"
+        )
+    line = (
+        f"chosen vs baseline: {versus['win']} wins, {versus['tie']} ties, {versus['loss']} "
+        f"losses (baseline {versus['baseline']}, {versus['items']} items, margin "
+        f"{versus['margin']:+.3f})"
+    )
+    for name, values in versus["reference"].items():
+        line += f"; reference {name} {values['chosen']:.4g} vs {values['baseline']:.4g}"
+    return line
 
 
 def run_demo(
@@ -175,22 +206,58 @@ def run_demo(
     console.print(
         f"demo: {n_sites} sites, {settings.configs} LoRA configs, {selection_mode} selection, "
         "tallies summed by SecAgg+ (in the clear below 3 sites); judge: builtin (a pointwise "
-        "Bradley-Terry-Davidson score on response measures); reference check: exact match on "
-        "the sites' checkable items"
+        "Bradley-Terry-Davidson score on response measures); reference checks: the reference "
+        "answers' NLL and exact match on the sites' checkable items"
     )
     flower_status = run_loopback_federation(federation, site_dirs, console)
     engine = open_database(federation.database_url)
     result = run_result(engine, federation.run.run_key)
-    reference = demo_reference(site_dirs, federation.run.run_key)
-    summary = write_report(result, out / "report", reference=reference)
+    references = demo_references(site_dirs, federation.run.run_key)
+    summary = write_report(
+        result,
+        out / "report",
+        reference=references[0] if references else None,
+        other_references=references[1:],
+    )
     differ = responses_differ(site_dirs, summary["comparisons"])
     summary = {
         **summary,
         "responses_differ": differ,
         "min_share_of_items_that_differ": min((d["differ"] for d in differ), default=None),
-        "wall_seconds": time.monotonic() - started,
         "flower_traffic": flower_status.get("network-traffic", {}),
     }
+    summary["sites_learned"] = sites_learned(site_dirs, federation.run.run_key)
+    summary["export"] = export_and_load(
+        site_dirs[0], federation.run.run_key, out / "export" / site_dirs[0].name
+    )
+    summary["wall_seconds"] = time.monotonic() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print_outcome(console, summary, reference, out)
+    print_outcome(console, summary, references, out)
     return summary
+
+
+def sites_learned(site_dirs: list[Path], run_key: str) -> dict[str, str | None]:
+    """Per site, the chosen config id its own database holds (what `pandalm-agent status`
+    shows there), or None where the result never arrived."""
+    learned: dict[str, str | None] = {}
+    for folder in site_dirs:
+        site = load_site_config(folder / "site.toml")
+        outcome = site_result(open_site_database(site.database_url), run_key)
+        learned[site.name] = None if outcome is None else outcome.best_id
+    return learned
+
+
+def print_sites_and_export(console: Console, summary: dict[str, Any]) -> None:
+    """Which sites learned the choice, and the exported model answering a validation prompt."""
+    learned = summary["sites_learned"]
+    told = [name for name, best in learned.items() if best == summary["best_config"]["id"]]
+    console.print(
+        f"the sites learned the choice: {len(told)} of {len(learned)} "
+        f"({', '.join(told) or 'none'}; `pandalm-agent status` shows it at each)"
+    )
+    export = summary["export"]
+    console.print(
+        f"export: {export['site']} wrote the chosen model ({export['form']}, "
+        f"{export['mib']} MiB) to {export['directory']}; transformers answers "
+        f"{export['transformers_answer']!r}, its GGUF in llama.cpp {export['llama_cpp_answer']!r}"
+    )

@@ -36,6 +36,21 @@ class DemoSettings:
     max_new_tokens: int = 12
     blocks: int = 2
     chunk_items: int = 4
+    baseline: str = "alpaca-lora"
+    """The default recipe the choice is measured against, a config of the grid: the demo's
+    counterpart of Alpaca's recipe (the paper grid's `alpaca-baseline`, AdamW with cosine decay
+    for 3 epochs) for LoRA is alpaca-lora's: AdamW at 3e-4, the lower of the grid's learning
+    rates, for the most epochs the grid has (2, the nearest to 3)."""
+
+    def baseline_params(self) -> dict[str, object]:
+        return {
+            "optimizer": "adamw",
+            "learning_rate": min(self.learning_rates),
+            "scheduler": "cosine",
+            "epochs": max(self.epochs),
+            "finetune": "lora",
+            "lora_rank": self.lora_rank,
+        }
 
     @property
     def configs(self) -> int:
@@ -54,7 +69,8 @@ class DemoSettings:
                     "scheduler": list(self.schedulers),
                     "finetune": ["lora"],
                     "lora_rank": [self.lora_rank],
-                }
+                },
+                "named": {self.baseline: self.baseline_params()},
             }
         )
 
@@ -108,6 +124,7 @@ class DemoSettings:
                     "blocks": self.blocks,
                     "chunk_items": self.chunk_items,
                     "secure_aggregation": "when-possible",
+                    "baseline": self.baseline,
                 },
                 "superlink": {"address": superlink, "certificates": "certs"},
             }

@@ -182,3 +182,23 @@ def test_the_judge_double_catches_a_swap_bug(
         pass
     answer = handle_message(engine, COMPARE_MESSAGE, REQUEST)
     assert (answer["status"], answer["tallies"]) == (Status.OK, tallies)
+
+
+def test_a_config_keeps_one_reference_score_per_metric(new_database_url) -> None:
+    """Exact match and the dense answer NLL of one config are two rows under the unique key
+    (run, config, metric); storing a metric again replaces that metric's row only."""
+    from agent.db import reference_scores
+    from agent.job_store import JobStore
+
+    engine = open_database(new_database_url("agent"))
+    store = JobStore(engine)
+    config_id = CONFIGS[0].id
+    store.store_reference("run-1", config_id, "exact_match", 0.25, 8)
+    store.store_reference("run-1", config_id, "answer_nll", 2.5, 8)
+    store.store_reference("run-1", config_id, "answer_nll", 2.25, 8)  # a retried run
+    store.store_reference("run-2", config_id, "answer_nll", 9.0, 8)
+    rows = reference_scores(engine, "run-1")
+    assert sorted((r.config_id, r.metric, r.value) for r in rows) == [
+        (config_id, "answer_nll", 2.25),
+        (config_id, "exact_match", 0.25),
+    ]

@@ -146,15 +146,24 @@ def test_site_answers_from_its_database(
     responses = [json.loads(line) for line in config.responses_file.open()]
     assert len({r["config_id"] for r in responses}) == 4
 
-    # The judge-free reference check: exact match on the builtin tasks' answers, per config,
-    # kept in the site's database (it is no tally and never leaves the site).
+    # The judge-free reference checks, per config, kept in the site's database (no tally, they
+    # never leave the site): exact match on the builtin tasks' answers, and the dense one, the
+    # answers' mean per-token NLL under the candidate, scored while its model was loaded.
     answers = reference_answers(config)
-    scores = {row.config_id: row for row in reference_scores(engine, "run-1")}
-    assert set(scores) == {c.id for c in CONFIGS}
-    for config_id, row in scores.items():
+    rows = reference_scores(engine, "run-1")
+    scores = {(row.config_id, row.metric): row for row in rows}
+    assert len(rows) == len(scores) == 2 * len(CONFIGS)
+    assert {metric for _, metric in scores} == {"exact_match", "answer_nll"}
+    for config_id in (c.id for c in CONFIGS):
         mine = {r["item_id"]: r["response"] for r in responses if r["config_id"] == config_id}
         expected = sum(exact_match(mine[i], a.text) for i, a in answers.items()) / len(answers)
-        assert (row.metric, row.items, row.value) == ("exact_match", 6, expected)
+        row = scores[config_id, "exact_match"]
+        assert (row.items, row.value) == (6, expected)
+        nll = scores[config_id, "answer_nll"]
+        assert nll.items == 6 and 0 < nll.value < 30
+    assert len({round(scores[c.id, "answer_nll"].value, 6) for c in CONFIGS}) > 1, (
+        "the candidates differ, and so do their NLLs"
+    )
 
     answer = handle_message(engine, COMPARE_MESSAGE, request)
     assert answer["status"] == Status.OK

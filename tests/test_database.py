@@ -206,17 +206,17 @@ def test_a_0002_coordinator_database_upgrades_to_run_key_and_selection_mode(
     assert [row.round for row in store.recorded()] == [3]
 
 
-NEW_COLUMN_REVISION = '''"""A column added after the initial schema (test only).
+NEW_COLUMN_REVISION = '''"""A column added after the schema's head (test only).
 
-Revision ID: 9001
-Revises: 0001
+Revision ID: {revision}
+Revises: {down_revision}
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "9001"
-down_revision = "0001"
+revision = "{revision}"
+down_revision = "{down_revision}"
 branch_labels = None
 depends_on = None
 
@@ -239,27 +239,29 @@ def _initial_revision_only(folder: str, names: list[str]) -> list[str]:
 
 
 def test_a_new_column_is_one_revision_file(new_database_url, tmp_path: Path) -> None:
-    """The mechanism for the next schema change: a revision file beside 0001 upgrades a
-    filled database in place (SQLite copies the table in batch mode; PostgreSQL alters it).
-    Only 0001 is copied: the real later revisions stay out of this one's way."""
+    """The mechanism for the next schema change: a revision file beside the head upgrades a
+    filled database in place (SQLite copies the table in batch mode; PostgreSQL alters it)."""
+    head = dbschema.head(AGENT)
+    revision = f"{int(head) + 1:04d}"
     scripts = tmp_path / "migrations"
-    later = [p.name for p in (AGENT.scripts / "versions").glob("*.py") if p.name[:4] != "0001"]
-    shutil.copytree(AGENT.scripts, scripts, ignore=shutil.ignore_patterns("__pycache__", *later))
-    (scripts / "versions" / "9001_note.py").write_text(NEW_COLUMN_REVISION)
+    shutil.copytree(AGENT.scripts, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / f"{revision}_note.py").write_text(
+        NEW_COLUMN_REVISION.format(revision=revision, down_revision=head)
+    )
     schema = Schema(AGENT.name, scripts, AGENT.tables, AGENT.version_table)
     url = new_database_url("agent")
-    dbschema.upgrade(dbschema.create_database_engine(url), schema, "0001")
+    dbschema.upgrade(dbschema.create_database_engine(url), schema, head)
     before = _fill(url, schema)
 
     outcome = dbschema.upgrade(dbschema.create_database_engine(url), schema)
-    assert (outcome.before, outcome.after) == ("0001", "9001")
+    assert (outcome.before, outcome.after) == (head, revision)
     after = _rows(url, _reflected(url, schema))
     jobs = after.pop("comparison_job")
     assert after == {k: v for k, v in before.items() if k != "comparison_job"}
     assert [row[:-1] for row in jobs] == before["comparison_job"]
     assert [row[-1] for row in jobs] == ["none"] * 3
     # the code of 0001 refuses the database it can no longer read
-    with pytest.raises(SchemaError, match=r"revision 9001, which this version .* newest is"):
+    with pytest.raises(SchemaError, match=rf"revision {revision}, which .* newest is {head}"):
         open_database(url)
 
 
@@ -315,8 +317,11 @@ def test_db_verbs_of_both_clis(new_database_url, tmp_path: Path) -> None:
 
     done = runner.invoke(agent_cli, ["db", "upgrade", "-c", str(site)])
     assert done.exit_code == 0, done.output
-    head = dbschema.head(AGENT)  # upgraded from 0001 (or, at 0001 still, found there)
-    assert f"to {head}" in done.output or f"at schema revision {head}" in done.output
+    head = dbschema.head(AGENT)
+    upgraded = f"from schema revision {AGENT.initial} to {head}"
+    assert (f"at schema revision {head}" if head == AGENT.initial else upgraded) in " ".join(
+        done.output.split()
+    )
 
     result = runner.invoke(coordinator_cli, ["db", "upgrade", "--database", coordinator_url])
     assert result.exit_code == 0 and "created at schema revision" in result.output, result.output

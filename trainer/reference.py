@@ -1,9 +1,11 @@
 """A reference check of the candidates that does not use the judge.
 
 Where a validation item's answer is checkable (the builtin demo tasks; an `answer` field in a
-validation file) the metric is exact-match accuracy of the greedy response; otherwise, where an
-item has a reference `output`, it is the mean per-token negative log-likelihood of that
-reference under the candidate. Each site computes it on its own items; it stays at the site.
+validation file) there are two metrics: exact-match accuracy of the greedy response, and the
+dense one, the mean per-token negative log-likelihood of the answer under the candidate (every
+answer token counts, so candidates that all miss the exact answer still differ). Otherwise,
+where an item has a reference `output`, the metric is that reference's NLL. Each site computes
+them on its own items; they stay at the site.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def load_reference_answers(path: Path) -> dict[str, ReferenceAnswer]:
 
 
 def metric_name(answers: Mapping[str, ReferenceAnswer]) -> str | None:
-    """Exact match when every answer is checkable, NLL when some are references, else None."""
+    """Exact match when every answer is checkable (the NLL is computed next to it), NLL when
+    some are references, else None."""
     if not answers:
         return None
     return EXACT_MATCH if all(a.checkable for a in answers.values()) else ANSWER_NLL

@@ -1,4 +1,4 @@
-"""Training on request (revision 0005, 2026-12-05).
+"""Training on request (revision 0006, 2026-12-05).
 
 The `halving` selection mode: site_run.train_on_request (false for every run stored before) and,
 on each training job, the epoch a `query.train` asked it to reach (until_epoch; NULL: the run's
@@ -9,7 +9,7 @@ trainer ran.
 import sqlalchemy as sa
 from alembic import op
 
-revision, down_revision = "0005", "0004"
+revision, down_revision = "0006", "0005"
 
 
 def upgrade() -> None:

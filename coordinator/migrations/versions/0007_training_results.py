@@ -1,10 +1,10 @@
-"""Training results (revision 0006, 2026-12-05): the table training_result, one row per train
+"""Training results (revision 0007, 2026-12-05): the table training_result, one row per train
 request of the `halving` selection mode that every active site completed."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision, down_revision = "0006", "0005"
+revision, down_revision = "0007", "0006"
 
 
 def upgrade() -> None:
