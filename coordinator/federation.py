@@ -424,6 +424,7 @@ class FederatedSelection:
             if best == self.baseline:
                 self.store.record_versus_baseline(best, best, Tally(), 0, False, self.round)
                 return None
+            self._train_baseline()
             request = Comparison(best, self.baseline)
             contributors, (total,), secure = self._sum_over_sites([request])
             self.store.record_versus_baseline(
@@ -437,6 +438,20 @@ class FederatedSelection:
                 f"{recorded.baseline}, not {best} with {self.baseline}: choose another run name"
             )
         return None if best == self.baseline else Tally.of(recorded)
+
+    def _train_baseline(self) -> None:
+        """A mode that trains on request may have left the baseline untrained (its run stopped
+        before the baseline's epoch): the sites train it first, recorded like a rung so the
+        run's training cost counts it. One the selection trained is not asked again."""
+        if self.baseline is None or not trains_on_request(self.selection_mode):
+            return
+        if any(self.baseline in request.configs for request in self.store.trainings()):
+            return
+        request = TrainRequest((self.baseline,))
+        contributors = self._train(request)
+        if not contributors:
+            raise RuntimeError("every site has left the run")
+        self.store.record_training(request, len(contributors), self.round)
 
     def _sum_over_sites(self, requests: list[Comparison]) -> tuple[list[int], list[Tally], bool]:
         """Ask every active site for these comparisons until each has answered or is left out,
