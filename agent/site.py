@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Engine, update
@@ -102,17 +102,26 @@ def _retry_failed(engine: Engine, run_key: str) -> None:
         log.warning("run %s: preparing it again (it had failed)", run_key)
 
 
+def _known_run(
+    session: Session, record: Mapping[str, Any], decode: Callable[[Mapping[str, Any]], object]
+) -> SiteRun:
+    """The run a message names; a malformed message is refused as such (by `decode`) before
+    an unknown run is refused as UNKNOWN_RUN."""
+    run_key = record.get("run_key")
+    run = session.get(SiteRun, run_key) if isinstance(run_key, str) else None
+    if run is None:
+        decode(record)
+        raise ProtocolError(Code.UNKNOWN_RUN, "no space received for this run")
+    return run
+
+
 def _jobs(
     engine: Engine, record: Mapping[str, Any]
 ) -> tuple[CompareMessage, SiteRun, list[ComparisonJob]]:
     """The decoded request, its run and its judging jobs (queued where new), read for use
     after the session; refused for an unknown run."""
-    run_key = record.get("run_key")
     with Session(engine) as session:
-        run = session.get(SiteRun, run_key) if isinstance(run_key, str) else None
-        if run is None:
-            decode_compare(record)  # a malformed message is refused as such first
-            raise ProtocolError(Code.UNKNOWN_RUN, "no space received for this run")
+        run = _known_run(session, record, decode_compare)
         ids = run.ids()
         message = decode_compare(record, n_configs=len(ids))
         if run.train_on_request and run.stage != "failed":
@@ -219,12 +228,8 @@ def accept_result(engine: Engine, record: Mapping[str, Any]) -> Reply:
     """Store the run's outcome after checking it against the stored space; the `ok` reply is
     the acknowledgement. The same result sent again is acknowledged again; another one for a
     run that has one is refused (a coordinator's result does not change)."""
-    run_key = record.get("run_key")
     with Session(engine) as session:
-        run = session.get(SiteRun, run_key) if isinstance(run_key, str) else None
-        if run is None:
-            decode_result(record)  # a malformed message is refused as such first
-            raise ProtocolError(Code.UNKNOWN_RUN, "no space received for this run")
+        run = _known_run(session, record, decode_result)
         ids = run.ids()
         message = decode_result(record, n_configs=len(ids))
         content = json.dumps(dict(record), sort_keys=True)
