@@ -185,12 +185,8 @@ def answer_train(engine: Engine, record: Mapping[str, Any]) -> Reply:
     worker trains them); `ok` once every config is trained and its responses generated,
     `pending` with the permille of them done until then (and before the run's training jobs
     are planned: the coordinator sends the request again)."""
-    run_key = record.get("run_key")
     with Session(engine) as session:
-        run = session.get(SiteRun, run_key) if isinstance(run_key, str) else None
-        if run is None:
-            decode_train(record)  # a malformed message is refused as such first
-            raise ProtocolError(Code.UNKNOWN_RUN, "no space received for this run")
+        run = _known_run(session, record, decode_train)
         ids = run.ids()
         message = decode_train(record, n_configs=len(ids))
         if not run.train_on_request:
