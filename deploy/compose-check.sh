@@ -142,7 +142,10 @@ up() {
   command -v podman-compose >/dev/null || fail up "podman-compose is not installed"
   local dir="$WORK/trial" project=pandalm-compose-check n
   local compose=(podman-compose -p "$project" -f "$dir/compose.yaml" -f "$dir/images.yaml")
-  "${compose[@]}" down -v >/dev/null 2>&1
+  "${compose[@]}" down >/dev/null 2>&1
+  for n in coordinator-state site-1 site-2 site-3; do  # a trial starts from empty volumes
+    engine volume rm -f "${project}_$n" >/dev/null 2>&1
+  done
   rm -rf "$dir"
   write_config "$dir"
   for n in 1 2 3; do  # each site's key pair in its own volume; the public key to the coordinator
@@ -156,9 +159,12 @@ up() {
   "${compose[@]}" up -d --no-build coordinator site-1 site-2 site-3 >"$WORK/up.log" 2>&1 \
     || fail up "$(last_error "$WORK/up.log")"
   local coordinator="${project}_coordinator_1"
+  # The coordinator may exit before its SuperLink listens (podman's DNS answering late for its
+  # own name: "gaierror: [Errno -3] Temporary failure in name resolution"): start it again.
   for n in 1 2 3; do
     timeout 300 bash -c "until $ENGINE exec $coordinator pandalm-coordinator sites add site-$n \
-      /etc/pandalm/site-$n.pub --config /etc/pandalm/federation.toml; do sleep 5; done" \
+      /etc/pandalm/site-$n.pub --config /etc/pandalm/federation.toml; do
+      $ENGINE start $coordinator >/dev/null; sleep 10; done" \
       >"$WORK/sites-add.log" 2>&1 || fail up "sites add site-$n: $(last_error "$WORK/sites-add.log")"
   done
   timeout "${COMPOSE_CHECK_RUN_SECONDS:-1800}" "$ENGINE" wait "$coordinator" >"$WORK/wait.log" 2>&1 \
