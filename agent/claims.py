@@ -33,6 +33,13 @@ PREPARING = ("training", "generating")
 """Site-run stages before `ready` (`generating`: a run left by an older worker mid-way)."""
 
 
+def _training_wanted() -> Any:
+    """The site runs whose training jobs may be trained now: those preparing, and those
+    trained on request once ready (each `query.train` gives them more to train)."""
+    on_request = and_(SiteRun.train_on_request.is_(True), SiteRun.stage == "ready")
+    return or_(SiteRun.stage.in_(PREPARING), on_request)
+
+
 def run_to_json(run: TrainingRun) -> str:
     configs = [{"id": c.id, "params": dict(c.params)} for c in run.configs]
     return json.dumps({"params": dict(run.params), "epochs": run.epochs, "configs": configs})
@@ -42,6 +49,41 @@ def run_from_json(training_run_id: str, text: str) -> TrainingRun:
     data = json.loads(text)
     configs = tuple(CandidateConfig(c["id"], c["params"]) for c in data["configs"])
     return TrainingRun(training_run_id, data["params"], data["epochs"], configs)
+
+
+def ask_training(engine: Engine, epochs: dict[str, int]) -> None:
+    """A `query.train` asked for these training runs up to these epochs: a job whose
+    `until_epoch` rises is pending again (one being trained finds out when it finishes); a job
+    asked for no more than it has, or wanted to its last epoch, stays as it is."""
+    with Session(engine) as session:
+        for training_run_id, epoch in epochs.items():
+            job = TrainingJob.training_run_id == training_run_id
+            rises = and_(TrainingJob.until_epoch.isnot(None), TrainingJob.until_epoch < epoch)
+            session.connection().execute(
+                update(TrainingJob)
+                .where(job, rises, TrainingJob.status == "done")
+                .values(until_epoch=epoch, status="pending", worker="")
+            )
+            session.connection().execute(
+                update(TrainingJob).where(job, rises).values(until_epoch=epoch)
+            )
+        session.commit()
+
+
+def epochs_ready(session: Session, run_key: str) -> list[tuple[TrainingRun, int]]:
+    """Per training run of the site run: the run and how many of its epochs are trained and
+    generated."""
+    query = (
+        select(TrainingJob)
+        .join(RunTraining, RunTraining.training_run_id == TrainingJob.training_run_id)
+        .where(RunTraining.run_key == run_key)
+    )
+    found = []
+    for job in session.execute(query).scalars():
+        run = run_from_json(job.training_run_id, job.run)
+        whole = job.status == "done" and job.until_epoch is None
+        found.append((run, run.epochs if whole else job.epochs_ready))
+    return found
 
 
 class ClaimStore:
@@ -72,7 +114,9 @@ class ClaimStore:
         """Record the site run's training jobs, unless another worker planned it first: the
         claim and the jobs are one transaction. A job another site run already has is shared;
         one that ended there is done again (a trained run is not trained twice, but this site's
-        validation set may have new items to generate; one that failed is tried again)."""
+        validation set may have new items to generate; one that failed is tried again). A run
+        trained on request adds its new jobs with nothing to train (`until_epoch` 0, done);
+        any other run wants every job to its last epoch."""
         with Session(self.engine) as session:
             claimed = session.connection().execute(
                 update(SiteRun)
@@ -81,18 +125,29 @@ class ClaimStore:
             )
             if claimed.rowcount == 0:
                 return False
+            on_request = session.get(SiteRun, run_key).train_on_request
             for run in runs:
-                add_new(session, TrainingJob(training_run_id=run.id, run=run_to_json(run)))
+                job = TrainingJob(training_run_id=run.id, run=run_to_json(run))
+                if on_request:
+                    job.until_epoch, job.status = 0, "done"
+                add_new(session, job)
                 add_new(session, RunTraining(run_key=run_key, training_run_id=run.id))
             ids = [run.id for run in runs]
+            if not on_request:  # a job a run trained on request stopped early goes on
+                session.connection().execute(
+                    update(TrainingJob)
+                    .where(TrainingJob.training_run_id.in_(ids))
+                    .values(until_epoch=None)
+                )
             session.connection().execute(
                 update(TrainingJob)
                 .where(TrainingJob.training_run_id.in_(ids))
                 .where(TrainingJob.status.in_(("done", "failed")))
+                .where(or_(TrainingJob.until_epoch.is_(None), TrainingJob.until_epoch > 0))
                 .values(status="pending", worker="", error_code=0)
             )
             session.commit()
-        self.settle(run_key)  # a run of no training job is ready at once
+        self.settle(run_key)  # a run of no training job (or none to train yet) is ready at once
         return True
 
     # -- training jobs ----------------------------------------------------------------------
@@ -101,7 +156,7 @@ class ClaimStore:
         needed = select(RunTraining.training_run_id).join(
             SiteRun, SiteRun.run_key == RunTraining.run_key
         )
-        needed = needed.where(SiteRun.stage.in_(PREPARING))
+        needed = needed.where(_training_wanted())
         free = and_(
             TrainingJob.training_run_id.in_(needed),
             TrainingJob.status.in_(("pending", "claimed")),
@@ -131,25 +186,54 @@ class ClaimStore:
                     return run_from_json(job.training_run_id, job.run)
         return None
 
+    def until_epoch(self, training_run_id: str) -> int | None:
+        """The epoch the job is to be trained to now (None: the run's last)."""
+        with Session(self.engine) as session:
+            query = select(TrainingJob.until_epoch).where(
+                TrainingJob.training_run_id == training_run_id
+            )
+            return session.execute(query).scalar_one()
+
     def run_keys_of(self, training_run_id: str) -> list[str]:
-        """The preparing site runs that need this training run."""
+        """The site runs that need this training run now (preparing, or trained on request)."""
         with Session(self.engine) as session:
             query = (
                 select(RunTraining.run_key)
                 .join(SiteRun, SiteRun.run_key == RunTraining.run_key)
                 .where(RunTraining.training_run_id == training_run_id)
-                .where(SiteRun.stage.in_(PREPARING))
+                .where(_training_wanted())
             )
             return list(session.execute(query).scalars())
 
-    def finish_training(self, training_run_id: str, seconds: float) -> None:
-        """The job is trained and generated; each site run whose jobs are all done is ready."""
+    def finish_training(
+        self,
+        training_run_id: str,
+        seconds: float,
+        reached: tuple[int, int] | None = None,
+        trained: int = 0,
+    ) -> None:
+        """The job is trained and generated, `reached` (epoch, of the run's epochs) the epoch
+        trained to, `trained` epochs of it by this worker; each site run whose jobs are all
+        done is ready. A job asked for more meanwhile (`until_epoch` above the epoch reached)
+        is pending again."""
+        job = TrainingJob.training_run_id == training_run_id
+        values: dict[str, Any] = {
+            "status": "done",
+            "seconds": TrainingJob.seconds + seconds,
+            "epochs_trained": TrainingJob.epochs_trained + trained,
+        }
         with Session(self.engine) as session:
-            session.connection().execute(
-                update(TrainingJob)
-                .where(TrainingJob.training_run_id == training_run_id)
-                .values(status="done", seconds=seconds)
-            )
+            if reached is not None:
+                epoch, last = reached
+                values["epochs_ready"] = epoch
+                more = TrainingJob.until_epoch > epoch
+                if epoch < last:
+                    more = or_(TrainingJob.until_epoch.is_(None), more)
+            session.connection().execute(update(TrainingJob).where(job).values(**values))
+            if reached is not None:
+                session.connection().execute(
+                    update(TrainingJob).where(job, more).values(status="pending", worker="")
+                )
             session.commit()
         for run_key in self.run_keys_of(training_run_id):
             self.settle(run_key)

@@ -39,6 +39,9 @@ class SiteRun(SpaceColumns, table=True):
     epsilon_spent: float = 0.0
     planned: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
     """Whether its training jobs were planned (once, by the worker that claimed the planning)."""
+    train_on_request: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
+    """The space said so (`halving`): its training jobs are planned with nothing to train, and
+    each `query.train` message raises their `until_epoch`."""
     created: datetime = Field(default_factory=utc_now)
 
 
@@ -80,6 +83,13 @@ class TrainingJob(SQLModel, table=True):
     attempts: int = 0
     error_code: int = 0
     seconds: float = 0.0
+    until_epoch: int | None = None
+    """The epoch to train the run to: None its last; 0 none yet (a run trained on request,
+    before a `query.train` asked for one of its configs). Raising it sets the job pending."""
+    epochs_ready: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """The epochs whose checkpoints are trained and generated, as of the job's last finish."""
+    epochs_trained: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """Epochs the trainer ran for this job in all (an epoch trained before is not counted)."""
 
 
 class RunTraining(SQLModel, table=True):

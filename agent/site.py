@@ -1,9 +1,10 @@
 """The site's side of the protocol: answers coordinator messages from the local database.
 
 Answers are quick: a compare request whose judgments are not finished yet is answered
-`pending` with progress, and the worker does the work. Whatever goes wrong, only a status code
-goes back; the details stay in the local log. Every reply is written to the egress ledger
-before it is returned.
+`pending` with progress, and the worker does the work; so is a train request (`query.train`,
+for a space sent with `train_on_request`) whose configs are not trained and generated yet.
+Whatever goes wrong, only a status code goes back; the details stay in the local log. Every
+reply is written to the egress ledger before it is returned.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, select
 
+from agent.claims import ask_training, epochs_ready
 from agent.db import ComparisonJob, SiteResult, SiteRun, add_new, record_egress
 from common.protocol import (
     COMPARE_MESSAGE,
     NO_BASELINE,
     RESULT_MESSAGE,
     SPACE_MESSAGE,
+    TRAIN_MESSAGE,
     Code,
     CompareMessage,
     ProtocolError,
@@ -31,6 +34,7 @@ from common.protocol import (
     decode_compare,
     decode_result,
     decode_space,
+    decode_train,
     encode_reply,
 )
 from common.space import CandidateConfig, SpaceError
@@ -64,6 +68,7 @@ def accept_space(engine: Engine, record: Mapping[str, Any], pointwise_judge: boo
                 params=json.dumps(list(message.params)),
                 validation_items=message.validation_items,
                 judge_mode=message.judge_mode,
+                train_on_request=message.train_on_request,
             ),
         )
         session.commit()
@@ -119,6 +124,8 @@ def _jobs(
         run = _known_run(session, record, decode_compare)
         ids = run.ids()
         message = decode_compare(record, n_configs=len(ids))
+        if run.train_on_request and run.stage != "failed":
+            _check_trained(session, run, message)
         jobs = []
         for comparison in message.comparisons:
             stop = min(comparison.item_stop, run.validation_items)
@@ -152,6 +159,55 @@ def answer_compare(engine: Engine, record: Mapping[str, Any]) -> Reply:
         return Reply(Status.OK, tallies=() if message.secure else tuple(j.tally() for j in jobs))
     preparation = run.progress if run.stage != "ready" else 1000
     return Reply(Status.PENDING, progress=(preparation + 1000 * done // len(jobs)) // 2)
+
+
+def _check_trained(session: Session, run: SiteRun, message: CompareMessage) -> None:
+    """A run trained on request compares only configs a train request made ready: any other
+    has no responses to judge (NOT_READY, before a job for it is queued)."""
+    ids = run.ids()
+    asked = {ids[index] for c in message.comparisons for index in (c.a, c.b)}
+    if not asked <= _trained_configs(session, run.run_key):
+        raise ProtocolError(Code.NOT_READY, "a compared config has not been trained on request")
+
+
+def _trained_configs(session: Session, run_key: str) -> set[str]:
+    """The site run's configs whose checkpoints are trained and their responses generated."""
+    return {
+        config.id
+        for run, ready in epochs_ready(session, run_key)
+        for config in run.configs
+        if config.params["epochs"] <= ready
+    }
+
+
+def answer_train(engine: Engine, record: Mapping[str, Any]) -> Reply:
+    """Raise the training jobs of the requested configs' runs to those configs' epochs (the
+    worker trains them); `ok` once every config is trained and its responses generated,
+    `pending` with the permille of them done until then (and before the run's training jobs
+    are planned: the coordinator sends the request again)."""
+    with Session(engine) as session:
+        run = _known_run(session, record, decode_train)
+        ids = run.ids()
+        message = decode_train(record, n_configs=len(ids))
+        if not run.train_on_request:
+            raise ProtocolError(Code.OUT_OF_RANGE, "this run's space trains every config")
+        if run.stage == "failed":
+            return Reply(Status.FAILED, Code(run.error_code or Code.TRAINING_FAILED))
+        wanted = {ids[index] for index in message.request.configs}
+        jobs = epochs_ready(session, run.run_key)
+    targets: dict[str, int] = {}
+    for training_run, _ready in jobs:
+        for config in training_run.configs:
+            if config.id in wanted:
+                epoch = max(targets.get(training_run.id, 0), config.params["epochs"])
+                targets[training_run.id] = epoch
+    ask_training(engine, targets)
+    with Session(engine) as session:  # a failed job fails the site run: the next reply says so
+        trained = _trained_configs(session, run.run_key)
+    done = len(wanted & trained)
+    if done == len(wanted):
+        return Reply(Status.OK, progress=1000)
+    return Reply(Status.PENDING, progress=1000 * done // len(wanted))
 
 
 def secure_tallies(engine: Engine, record: Mapping[str, Any]) -> list[int]:
@@ -199,6 +255,8 @@ def handle_message(
             reply = accept_space(engine, record, pointwise_judge)
         elif message_type == COMPARE_MESSAGE:
             reply = answer_compare(engine, record)
+        elif message_type == TRAIN_MESSAGE:
+            reply = answer_train(engine, record)
         elif message_type == RESULT_MESSAGE:
             reply = accept_result(engine, record)
         else:

@@ -215,8 +215,9 @@ class SiteWorker:
                 time.sleep(poll_seconds)
 
     def step(self) -> bool:
-        """Do the next piece of work: plan a new run, train a training run, or judge a
-        comparison job; False when there is none."""
+        """Do the next piece of work: plan a new run, train a training run (to its last epoch,
+        or to the epoch a `query.train` asked for), or judge a comparison job; False when there
+        is none."""
         run_key = self.claims.run_to_plan()
         if run_key is not None:
             self._prepare(run_key)
@@ -257,22 +258,27 @@ class SiteWorker:
             log.info("run %s: %d training runs to share out", run_key, len(runs))
 
     def _train(self, run: TrainingRun) -> None:
-        """Train one training run and generate its configs' responses, under its lease."""
+        """Train one training run (up to its job's `until_epoch`) and generate the responses of
+        its configs trained so far, under its lease."""
         started = time.monotonic()
+        until = self.claims.until_epoch(run.id)
         with self.claims.holding(TrainingJob, run.id):
             try:
-                self._train_and_generate(run)
+                trained = self._train_and_generate(run, until)
             except Exception as exc:
                 log.exception("training run %s failed", run.id)
                 code = failure_code(exc, self._failure)
                 self.claims.fail_training(run.id, code, str(exc))
                 return
-        self.claims.finish_training(run.id, time.monotonic() - started)
+        reached = run.epochs if until is None else min(until, run.epochs)
+        seconds = time.monotonic() - started
+        self.claims.finish_training(run.id, seconds, (reached, run.epochs), trained)
 
-    def _train_and_generate(self, run: TrainingRun) -> None:
+    def _train_and_generate(self, run: TrainingRun, until: int | None) -> int:
+        """The epochs trained now (an epoch a killed worker had finished is not counted)."""
         import torch
 
-        from trainer.candidates import train_one_run
+        from trainer.candidates import train_one_run, trained_epochs
         from trainer.generate import generate_responses
 
         torch.set_num_threads(self.config.model.torch_threads)
@@ -281,7 +287,10 @@ class SiteWorker:
         started = time.monotonic()
         args = self._training_arguments()
         self._failure = Code.TRAINING_FAILED
-        checkpoints = train_one_run(run, training_records(self.config), args, [progress])
+        before = trained_epochs(args.output_dir, run)
+        records = training_records(self.config)
+        checkpoints = train_one_run(run, records, args, [progress], until_epoch=until)
+        trained = max(0, trained_epochs(args.output_dir, run) - before)
         self._add_seconds(run_keys, "training_seconds", time.monotonic() - started)
         started, self._failure = time.monotonic(), Code.GENERATION_FAILED
         items = validation_items(self.config)
@@ -304,8 +313,9 @@ class SiteWorker:
             _merge_responses(private, shared)
         private.unlink()
         for run_key in run_keys:
-            self._store_exact_match(run_key, [c.id for c in run.configs], answers)
+            self._store_exact_match(run_key, [c.config.id for c in checkpoints], answers)
         self._add_seconds(run_keys, "generation_seconds", time.monotonic() - started)
+        return trained
 
     def _add_seconds(self, run_keys: list[str], column: str, seconds: float) -> None:
         from agent.db import SiteRun

@@ -37,8 +37,22 @@ the coordinator sends them). With SecAgg+ each round adds four more (its stages)
 imply is rounds x 8 s in the clear, rounds x (8 + 25) s with SecAgg+ (the measured ~8 s per
 round and ~25 s per secure sum), judging time not included.
 
+Training (issue 24). Every row counts epoch-trainings per site: the modes that train up front
+train the paper grid whole (80: 16 runs x 5 epochs); `halving` trains each run up to the last
+checkpoint it asked for (a run resumes where it stopped, so no epoch twice). GPU hours assume
+EPOCH_GPU_HOURS (1.5) per epoch-training of a 7B LoRA run on the 52K Alpaca examples. The
+learning-curve section draws quality per run and epoch instead of per config (`CurveModel`: a
+run's best quality, its peak epoch, its gain from epoch 1 to the peak and its overfitting after
+it) on the paper grid, at several gain sds (`--curve-gain-sd`), each printed with the Spearman
+rank correlation between the runs' epoch-1 and best-epoch quality it implies, and runs paper,
+racing and halving on the same trials.
+
     python bench/bench_selection.py [--trials 200] [--round-robin-trials 40] [--seed 0]
-        [--json] [--testset FILE --predictions FILE [--predictions FILE ...] | --no-fitted]
+        [--curve-gain-sd 0.5 ...] [--json]
+        [--testset FILE --predictions FILE [--predictions FILE ...] | --no-fitted]
+
+`--json` rows carry `epoch_trainings` and `ratio_training_to_grid`; `learning_curves` holds each
+gain sd's rank correlation and rows.
 """
 
 from __future__ import annotations
@@ -54,7 +68,8 @@ from pathlib import Path
 import numpy as np
 
 from common.protocol import MAX_COMPARISONS, Comparison
-from coordinator.selection import Tally, make_procedure
+from common.space import load_space, training_run_indices
+from coordinator.selection import Tally, TrainingProcedure, make_procedure
 from judge.io import read_predictions, read_testset
 from judge.verdict import INVALID, Verdict, combine_verdicts
 
@@ -67,6 +82,14 @@ SECONDS_PER_ROUND = 8.0
 SECONDS_PER_SECURE_SUM = 25.0
 SECAGG_STAGES = 4
 RACING_BUDGETS = (0.25, 0.5, 1.0)
+EPOCH_GPU_HOURS = 1.5
+"""GPU hours per epoch-training of a 7B LoRA run on the 52K Alpaca examples (about 14M tokens
+at ~270 a record; ~4 x 7e9 FLOPs a token with frozen base weights: 3.9e17 FLOPs, 0.9 h on one
+A100 at 40% of its 312 bf16 TFLOP/s, ~1.5 h with padding, evaluation and checkpointing): an
+assumption the bench states, not a measurement."""
+CURVE_GAIN_SDS = (0.25, 0.5, 1.0)
+"""Learning-curve model settings shown: the sd of the quality a run gains from epoch 1 to its
+best epoch (larger: the epoch-1 order says less about the best one)."""
 
 
 COLUMN_VERDICT: tuple[Verdict, ...] = ("1", "Tie", "2", INVALID)
@@ -215,19 +238,32 @@ class Federation:
         return int(self.scored.sum())
 
 
-def run_selection(mode: str, federation: Federation, settings: dict) -> tuple[int, int]:
-    """Drive a procedure to its end against the federation: the config it selects and the
-    message rounds it took."""
+def run_selection(
+    mode: str, federation: Federation, settings: dict
+) -> tuple[int, int, set[int] | None]:
+    """Drive a procedure to its end against the federation: the config it selects, the message
+    rounds it took (a train request is one) and, for a procedure that asks for training, the
+    configs it had trained (None: every config, trained up front)."""
     procedure = make_procedure(mode, len(federation.quality), **settings)
     rounds = 0
+    trained: set[int] | None = None
     while not procedure.done:
+        if isinstance(procedure, TrainingProcedure):
+            trained = trained or set()
+            trainings = procedure.training()
+            for request in trainings:
+                rounds += 1
+                trained.update(request.configs)
+                procedure.record_training(request)
+            if trainings:
+                continue
         requests = procedure.pending()
         rounds += math.ceil(len(requests) / MAX_COMPARISONS)
         for request in requests:
             procedure.record(request, federation.answer(request))
     best = procedure.best()
     assert best is not None
-    return best, rounds
+    return best, rounds, trained
 
 
 @dataclass
@@ -239,6 +275,7 @@ class ModeResult:
     judgments: np.ndarray
     rounds: np.ndarray
     forward_passes: np.ndarray
+    epoch_trainings: np.ndarray
 
     @property
     def p_best(self) -> float:
@@ -257,19 +294,94 @@ def simulate(
     args: argparse.Namespace,
     judge: JudgeModel,
     site_items: list[int],
+    space: Grid | None = None,
 ) -> ModeResult:
-    hits, top3, judgments, rounds, passes = [], [], [], [], []
+    """`trials` selections; quality drawn per config (iid) or, with `space`, from its
+    learning-curve model (then epoch-trainings count what the mode had trained)."""
+    hits, top3, judgments, rounds, passes, epochs = [], [], [], [], [], []
     for trial in range(trials):
-        quality = np.random.default_rng([args.seed, trial]).normal(0, args.quality_sd, args.configs)
+        rng = np.random.default_rng([args.seed, trial])
+        if space is None:
+            quality = rng.normal(0, args.quality_sd, args.configs)
+        else:
+            quality = space.curve.draw(rng, space.runs, args.quality_sd)
         federation = Federation(quality, site_items, judge, [args.seed, trial])
-        picked, trial_rounds = run_selection(mode, federation, settings)
+        picked, trial_rounds, trained = run_selection(mode, federation, settings)
         rank = int((quality > quality[picked]).sum())
         hits.append(rank == 0)
         top3.append(rank < 3)
         judgments.append(federation.judgments)
         rounds.append(trial_rounds)
         passes.append(federation.forward_passes)
-    return ModeResult(mode, budget, *(np.array(v) for v in (hits, top3, judgments, rounds, passes)))
+        epochs.append(epoch_trainings(space.runs, trained) if space else args.configs)
+    columns = (hits, top3, judgments, rounds, passes, epochs)
+    return ModeResult(mode, budget, *(np.array(v) for v in columns))
+
+
+@dataclass(frozen=True)
+class CurveModel:
+    """Quality across a run's epochs. Each run has a best quality y ~ N(0, sd) at a peak epoch
+    drawn uniformly from its epochs; epoch 1 sits `gain` below it (gain = |N(0, gain_sd)|, 0
+    when the peak is epoch 1), the epochs between rise linearly, and after the peak the run
+    overfits, losing |N(0, overfit_sd)| a epoch. Some runs thus gain a lot after epoch 1 and
+    some peak early, and the epoch-1 order shows the best epochs' order only in part
+    (`rank_correlation` measures how much)."""
+
+    gain_sd: float
+    overfit_sd: float = 0.1
+
+    def draw(self, rng: np.random.Generator, runs: list[list[int]], sd: float) -> np.ndarray:
+        quality = np.zeros(sum(len(run) for run in runs))
+        for run in runs:
+            best = rng.normal(0, sd)
+            peak = int(rng.integers(len(run)))  # position of the best epoch
+            gain = abs(rng.normal(0, self.gain_sd)) if peak else 0.0
+            overfit = abs(rng.normal(0, self.overfit_sd))
+            for position, config in enumerate(run):
+                if position <= peak:
+                    rise = position / peak if peak else 1.0
+                    quality[config] = best - gain * (1 - rise)
+                else:
+                    quality[config] = best - overfit * (position - peak)
+        return quality
+
+    def rank_correlation(self, runs: list[list[int]], sd: float, draws: int = 2000) -> float:
+        """Mean Spearman correlation over runs between epoch 1's quality and the best epoch's."""
+        values = []
+        for draw in range(draws):
+            quality = self.draw(np.random.default_rng([7, draw]), runs, sd)
+            first = [quality[run[0]] for run in runs]
+            best = [max(quality[i] for i in run) for run in runs]
+            values.append(np.corrcoef(_ranks(first), _ranks(best))[0, 1])
+        return float(np.mean(values))
+
+
+def _ranks(values: Sequence[float]) -> np.ndarray:
+    return np.argsort(np.argsort(values)).astype(float)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The paper's grid (16 runs x 5 epochs) as config indices by run, with a curve model."""
+
+    runs: list[list[int]]
+    curve: CurveModel
+
+    @property
+    def epochs(self) -> int:
+        return sum(len(run) for run in self.runs)
+
+
+def paper_runs() -> list[list[int]]:
+    return training_run_indices([dict(c.params) for c in load_space().configs])
+
+
+def epoch_trainings(runs: list[list[int]], trained: set[int] | None) -> int:
+    """Epochs a site trains: per run up to its last checkpoint asked for (all without a set),
+    each epoch once (a run resumes where it stopped)."""
+    if trained is None:
+        return sum(len(run) for run in runs)
+    return sum(max((p + 1 for p, i in enumerate(run) if i in trained), default=0) for run in runs)
 
 
 def split_items(total: int, sites: int) -> list[int]:
@@ -287,10 +399,17 @@ class Row:
     rounds: float
     trials: int
     top3: float
+    epoch_trainings: float
+    ratio_training_to_grid: float
 
 
 def _row(
-    label: str, budget: float | None, r: ModeResult, cost: np.ndarray, paper_cost: np.ndarray
+    label: str,
+    budget: float | None,
+    r: ModeResult,
+    cost: np.ndarray,
+    paper_cost: np.ndarray,
+    grid_epochs: int,
 ) -> Row:
     """One table row for a mode's trials; `cost` per trial (judgments or forward passes)."""
     return Row(
@@ -303,6 +422,8 @@ def _row(
         float(r.rounds.mean()),
         len(r.best_hits),
         float(r.top3_hits.mean()),
+        float(r.epoch_trainings.mean()),
+        float(r.epoch_trainings.mean() / grid_epochs),
     )
 
 
@@ -325,12 +446,14 @@ def bench_judge(args: argparse.Namespace, judge: JudgeModel) -> tuple[list[Row],
             "round-robin", None, {}, args.round_robin_trials, args, judge, site_items
         )
     paper = run["paper"]
-    rows = [_row(r.mode, r.budget, r, r.judgments, paper.judgments) for r in run.values()]
+    rows = [
+        _row(r.mode, r.budget, r, r.judgments, paper.judgments, args.configs) for r in run.values()
+    ]
     pointwise = [("paper (pointwise judge)", paper)]
     if "round-robin" in run:
         pointwise.append(("round-robin (pointwise judge)", run["round-robin"]))
     for label, r in pointwise:  # costed in forward passes
-        rows.append(_row(label, None, r, r.forward_passes, paper.forward_passes))
+        rows.append(_row(label, None, r, r.forward_passes, paper.forward_passes, args.configs))
     lines = []
     for key, result in run.items():
         if key == "paper" or len(result.best_hits) != len(paper.best_hits):
@@ -345,6 +468,69 @@ def bench_judge(args: argparse.Namespace, judge: JudgeModel) -> tuple[list[Row],
             f"({larger} than the standard error)"
         )
     return rows, lines
+
+
+CURVE_MODES = (
+    ("paper", 1.0, "paper"),
+    ("racing", 1.0, "racing 1.0"),
+    ("halving", 1.0, "halving 1.0"),
+    ("halving", 0.5, "halving 0.5"),
+)
+
+
+def bench_curves(
+    args: argparse.Namespace, judge: JudgeModel, gain_sd: float
+) -> tuple[float, list[Row], list[str]]:
+    """Paper, racing and halving on the paper grid with quality from the learning-curve model:
+    the rank correlation it implies, its rows, and halving against racing trial by trial."""
+    grid = Grid(paper_runs(), CurveModel(gain_sd))
+    site_items = split_items(args.items, args.sites)
+    per_site = max(site_items)
+    run = {}
+    for mode, budget, label in CURVE_MODES:
+        settings = {} if mode == "paper" else {"items_per_site": per_site, "budget": budget}
+        if mode == "halving":
+            settings["training_runs"] = grid.runs
+        run[label] = simulate(mode, budget, settings, args.trials, args, judge, site_items, grid)
+    paper = run["paper"]
+    rows = [
+        _row(label, r.budget, r, r.judgments, paper.judgments, grid.epochs)
+        for label, r in run.items()
+    ]
+    racing = run["racing 1.0"]
+    lines = []
+    for label in ("halving 1.0", "halving 0.5"):
+        difference = run[label].best_hits.astype(float) - racing.best_hits.astype(float)
+        stderr = difference.std(ddof=1) / math.sqrt(len(difference))
+        lines.append(
+            f"{label:<14} vs racing 1.0, same trials: found the true best where racing missed "
+            f"it in {(difference > 0).sum():>3}, missed it where racing found it in "
+            f"{(difference < 0).sum():>3}; P(best) {difference.mean():+.3f} ± {stderr:.3f}"
+        )
+    correlation = grid.curve.rank_correlation(grid.runs, args.quality_sd)
+    return correlation, rows, lines
+
+
+def halving_target_lines(rows: Sequence[Row]) -> list[str]:
+    """The halving issue's targets on one learning-curve setting's rows."""
+    by_mode = {row.mode: row for row in rows}
+    racing, halving = by_mode["racing 1.0"], by_mode["halving 1.0"]
+    gap = halving.p_best - racing.p_best
+    p_ok = gap >= 0
+    cost_ok = halving.ratio_training_to_grid <= 0.5 and halving.ratio_to_paper <= 1.0
+    moon = halving.ratio_training_to_grid <= 0.35
+    rounds_ok = halving.rounds <= 2 * racing.rounds
+    return [
+        f"target P(best) >= racing 1x's with <= 0.5x the grid's training and <= 1x the paper's "
+        f"judgments: {'met' if p_ok and cost_ok else 'NOT met'}: {halving.p_best:.3f} ± "
+        f"{halving.se:.3f} against {racing.p_best:.3f} ± {racing.se:.3f}, "
+        f"{halving.ratio_training_to_grid:.3f}x the training, "
+        f"{halving.ratio_to_paper:.3f}x the judgments",
+        f"moonshot <= 0.35x the training at that P(best): "
+        f"{'met' if moon and p_ok else 'NOT met'} ({halving.ratio_training_to_grid:.3f}x)",
+        f"target rounds <= 2x racing's: {'met' if rounds_ok else 'NOT met'}: "
+        f"{halving.rounds:.1f} against {racing.rounds:.1f}",
+    ]
 
 
 def target_lines(rows: Sequence[Row]) -> list[str]:
@@ -386,6 +572,7 @@ def print_table(judge: JudgeModel, rows: Sequence[Row], lines: Sequence[str]) ->
     header = (
         f"{'mode':<30}{'budget':>7}{'trials':>7}{'P(best)':>15}{'P(top-3)':>9}"
         f"{'judgments':>11}{'ratio':>7}{'rounds':>8}{'wall':>8}{'SecAgg+':>9}"
+        f"{'epochs':>8}{'train':>7}{'GPU h':>7}"
     )
     print(header)
     for row in rows:
@@ -396,6 +583,8 @@ def print_table(judge: JudgeModel, rows: Sequence[Row], lines: Sequence[str]) ->
             f"{row.mode:<30}{budget:>7}{row.trials:>7}{row.p_best:>8.3f} ±{row.se:.3f}"
             f"{row.top3:>9.3f}{row.judgments:>11.0f}{row.ratio_to_paper:>7.3f}"
             f"{row.rounds:>8.1f}{clear:>6.1f}m{secure:>8.1f}m"
+            f"{row.epoch_trainings:>8.1f}{row.ratio_training_to_grid:>7.3f}"
+            f"{row.epoch_trainings * EPOCH_GPU_HOURS:>7.0f}"
         )
     for line in lines:
         print(line)
@@ -410,6 +599,8 @@ def row_json(row: Row) -> dict:
         "judgments": round(row.judgments, 1),
         "ratio_to_paper": round(row.ratio_to_paper, 4),
         "rounds": round(row.rounds, 2),
+        "epoch_trainings": round(row.epoch_trainings, 2),
+        "ratio_training_to_grid": round(row.ratio_training_to_grid, 4),
     }
 
 
@@ -435,12 +626,20 @@ def parse_arguments() -> argparse.Namespace:
         "dev predictions in ../shared when present)",
     )
     parser.add_argument("--no-fitted", action="store_true", help="only the synthetic judge")
+    parser.add_argument(
+        "--curve-gain-sd",
+        type=float,
+        action="append",
+        help="learning-curve model: sd of a run's gain from epoch 1 to its best epoch "
+        f"(repeatable; default {', '.join(map(str, CURVE_GAIN_SDS))})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_arguments()
+    args.curve_gain_sd = args.curve_gain_sd or list(CURVE_GAIN_SDS)
     predictions = args.predictions
     if predictions is None:
         default = SHARED / "pandalm-7b-predictions-dev.json"
@@ -455,8 +654,18 @@ def main() -> None:
     for path in predictions:
         judge = fit_judge_model(args.testset, path)
         fitted.append((judge, *bench_judge(args, judge)))
+    curves = [(gain_sd, *bench_curves(args, synthetic, gain_sd)) for gain_sd in args.curve_gain_sd]
     if args.json:
         document: dict = {"rows": [row_json(row) for row in rows]}
+        document["learning_curves"] = [
+            {
+                "gain_sd": gain_sd,
+                "rank_correlation": round(correlation, 3),
+                "epoch_gpu_hours": EPOCH_GPU_HOURS,
+                "rows": [row_json(row) for row in curve_rows],
+            }
+            for gain_sd, correlation, curve_rows, _ in curves
+        ]
         if fitted:
             document["fitted_judges"] = [
                 {
@@ -481,6 +690,15 @@ def main() -> None:
     for judge, judge_rows, judge_lines in fitted:
         print_table(judge, judge_rows, judge_lines)
         for line in target_lines(judge_rows):
+            print(line)
+    for gain_sd, correlation, curve_rows, curve_lines in curves:
+        print(
+            f"\nlearning curves, paper grid (16 runs x 5 epochs), gain sd {gain_sd:g}: Spearman "
+            f"rank correlation of epoch 1 and the best epoch over runs {correlation:.2f}; "
+            f"GPU h at {EPOCH_GPU_HOURS:g} h a 7B LoRA epoch-training, per site"
+        )
+        print_table(synthetic, curve_rows, curve_lines)
+        for line in halving_target_lines(curve_rows):
             print(line)
     print(f"{time.perf_counter() - start:.1f} s")
 

@@ -13,6 +13,14 @@ Coordinator -> site
   and `secure` (1: the tallies will be collected by secure aggregation, not in this reply).
 - `train` (Flower's SecAgg+ stages): the same compare fields as the fit config; in its masked
   vectors a site sends the tallies of that request (see `coordinator/secure_sum.py`).
+- `training` (`query.train`; not Flower's `train`, which carries SecAgg+): the indices of the
+  configs whose checkpoints the coordinator wants now (a `TrainRequest`). The site trains each
+  config's training run up to that config's epoch (resuming from its last finished epoch, the
+  schedule still spanning the run's epochs) and generates those checkpoints' responses. Only
+  for a space sent with `train_on_request` = 1 (the `halving` selection mode): such a site
+  trains nothing up front, and the coordinator compares only configs it asked to be trained.
+  A config index, not a run index, so the message means the same whatever the site's
+  schedule horizon groups into one run.
 - `result` (`query.result`): once the selection ended, the chosen config's index (`best`), the
   standings as config indices (`ranking`), how many sites took part, the evidence (comparisons
   decided by evidence and by the tie-break, the chosen config's record of comparisons won,
@@ -23,7 +31,8 @@ Coordinator -> site
 
 Site -> coordinator
 - a reply with `status` (ok, pending, refused, failed), a numeric `code`, `progress` in permille
-  and, for an answered `compare`, `tallies`: five integers per comparison (win, tie, loss,
+  (for `training`: of the requested configs trained and generated) and, for an answered
+  `compare`, `tallies`: five integers per comparison (win, tie, loss,
   invalid, items) from config a's point of view; empty when the request was `secure`.
 - a reply to `space` may carry the capability flag `pointwise_judge` (1: the site's judge scores
   each response on its own, so once every config's responses are scored any comparison costs no
@@ -45,6 +54,8 @@ from common.tally import TALLY_FIELDS, Tally
 PROTOCOL_VERSION = 1
 SPACE_MESSAGE = "query.space"
 COMPARE_MESSAGE = "query.compare"
+TRAIN_MESSAGE = "query.train"
+TRAIN_ON_REQUEST_FIELD = "train_on_request"
 RESULT_MESSAGE = "query.result"
 RECORD_KEY = "pandalm"
 
@@ -116,6 +127,7 @@ CODE_MEANINGS: dict[Code, str] = {
     Code.CONFIG_ID_MISMATCH: "a config id does not match its parameters",
     Code.UNTRUSTED_APP: "the site refused an app bundle it did not install",
     Code.NOT_READY: "the site has not judged the comparisons yet",
+    Code.RESULT_CHANGED: "the run's result differs from the one the site stored",
     Code.TRAINING_FAILED: "training the candidates failed at the site",
     Code.GENERATION_FAILED: "generating the candidates' responses failed at the site",
     Code.JUDGING_FAILED: "judging a comparison failed at the site",
@@ -162,6 +174,30 @@ class SpaceMessage:
     params: tuple[dict[str, Any], ...]
     validation_items: int
     judge_mode: str
+    train_on_request: bool = False
+    """True: train nothing up front, only the configs that `query.train` messages ask for.
+    On the wire only when set (absent counts as 0), so other modes' messages are unchanged."""
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Config indices whose checkpoints are wanted (each config's run trained up to its epoch),
+    distinct and ascending. The one form in a train message, in the `halving` procedure and in
+    the coordinator's database."""
+
+    configs: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.configs or min(self.configs) < 0:
+            raise ProtocolError(Code.OUT_OF_RANGE, f"config indices needed, got {self.configs}")
+        if list(self.configs) != sorted(set(self.configs)):
+            raise ProtocolError(Code.OUT_OF_RANGE, "config indices must be distinct, ascending")
+
+
+@dataclass(frozen=True)
+class TrainMessage:
+    run_key: str
+    request: TrainRequest
 
 
 @dataclass(frozen=True)
@@ -265,6 +301,8 @@ def encode_space(message: SpaceMessage) -> dict[str, Any]:
         "validation_items": message.validation_items,
         "judge_mode": JUDGE_MODES.index(message.judge_mode),
     }
+    if message.train_on_request:
+        record[TRAIN_ON_REQUEST_FIELD] = 1
     # a column per parameter of common.space.PARAMETERS; its `unset` value stands for "not set"
     for name, parameter in PARAMETERS.items():
         record[f"param.{name}"] = [
@@ -274,7 +312,11 @@ def encode_space(message: SpaceMessage) -> dict[str, Any]:
 
 
 def decode_space(record: Mapping[str, Any]) -> SpaceMessage:
+    """Decode a space; the optional flag `train_on_request` must be the integer 0 or 1."""
     _check_version(record)
+    on_request = TRAIN_ON_REQUEST_FIELD in record
+    flag = record.get(TRAIN_ON_REQUEST_FIELD, 0)
+    record = {k: v for k, v in record.items() if k != TRAIN_ON_REQUEST_FIELD}
     fields: dict[str, Any] = {
         "version": int,
         "run_key": str,
@@ -306,13 +348,49 @@ def decode_space(record: Mapping[str, Any]) -> SpaceMessage:
                 raise ProtocolError(Code.OUT_OF_RANGE, f"param.{name} value out of range")
             if value != parameter.unset:
                 row[name] = parameter.kind(value)
+    if on_request:
+        _check_flag(TRAIN_ON_REQUEST_FIELD, flag)
     return SpaceMessage(
         run_key=record["run_key"],
         config_ids=tuple(ids),
         params=tuple(params),
         validation_items=record["validation_items"],
         judge_mode=JUDGE_MODES[record["judge_mode"]],
+        train_on_request=bool(flag),
     )
+
+
+def _check_flag(name: str, value: Any) -> int:
+    _check_type(name, value, int)
+    if value not in (0, 1):
+        raise ProtocolError(Code.OUT_OF_RANGE, f"{name} must be 0 or 1")
+    return value
+
+
+def encode_train(message: TrainMessage) -> dict[str, Any]:
+    _check_run_key(message.run_key)
+    if len(message.request.configs) > MAX_CONFIGS:
+        raise ProtocolError(Code.TOO_LARGE, f"at most {MAX_CONFIGS} configs")
+    return {
+        "version": PROTOCOL_VERSION,
+        "run_key": message.run_key,
+        "configs": list(message.request.configs),
+    }
+
+
+def decode_train(record: Mapping[str, Any], n_configs: int | None = None) -> TrainMessage:
+    """Decode a train request; with `n_configs`, indices are checked against the space."""
+    _check_version(record)
+    _check_fields(record, {"version": int, "run_key": str, "configs": [int]})
+    _check_run_key(record["run_key"])
+    configs = record["configs"]
+    if not 1 <= len(configs) <= MAX_CONFIGS:
+        raise ProtocolError(Code.TOO_LARGE, f"1 to {MAX_CONFIGS} configs, got {len(configs)}")
+    limit = n_configs if n_configs is not None else MAX_CONFIGS
+    if max(configs) >= limit:
+        raise ProtocolError(Code.OUT_OF_RANGE, "config index out of range")
+    # TrainRequest refuses negative, repeated or unordered indices as OUT_OF_RANGE
+    return TrainMessage(record["run_key"], TrainRequest(tuple(configs)))
 
 
 def encode_compare(message: CompareMessage) -> dict[str, Any]:

@@ -118,7 +118,9 @@ class RunSettings:
     blocks: int = 4
     chunk_items: int = 8
     budget: float = 1.0
-    """racing: judgments to spend, as a multiple of the paper procedure's."""
+    """racing and halving: judgments to spend, as a multiple of the paper procedure's."""
+    eta: int = 2
+    """halving: each rung trains on only the best 1/eta of the runs it judged."""
     secure_aggregation: Literal[SECURE_AGGREGATION] = "required"
     """SecAgg+ for the tallies: `required` (stop with fewer than 3 sites), `when-possible`
     (tallies in the clear with fewer than 3 sites) or `off`."""
@@ -133,6 +135,8 @@ class RunSettings:
     def __post_init__(self) -> None:
         if not self.budget > 0:
             raise ValueError(f"budget: must be above 0, got {self.budget}")
+        if self.eta < 2:
+            raise ValueError(f"eta: must be at least 2, got {self.eta}")
         if self.result_timeout < 0:
             raise ValueError(f"result_timeout: must be 0 or more, got {self.result_timeout}")
 

@@ -11,7 +11,7 @@ import itertools
 import json
 import math
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -281,3 +281,15 @@ def plan_training_runs(
         training_run_id = params_id({**shared, "epochs": served})
         runs.append(TrainingRun(training_run_id, shared, served[-1], tuple(members)))
     return runs
+
+
+def training_run_indices(params: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+    """The space's training runs (horizon `run`) as lists of config indices by epochs: configs
+    that differ only in `epochs`, in the order each run first appears. The coordinator's view,
+    which sees parameters and no trainer: a multi-fidelity selection trains a run epoch by epoch
+    and the epoch-k checkpoint is the config `epochs = k`."""
+    runs: dict[str, list[int]] = {}
+    for index, config in enumerate(params):
+        shared = {k: v for k, v in config.items() if k != "epochs"}
+        runs.setdefault(params_id(shared), []).append(index)
+    return [sorted(run, key=lambda i: params[i]["epochs"]) for run in runs.values()]

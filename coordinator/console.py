@@ -109,6 +109,13 @@ def _header(run: FederatedRun, result: RunResult, last_round: RoundLog | None) -
     )
     if run.aggregation:
         header += f"\naggregation: {aggregation_mix(result)} (now: {run.aggregation})"
+    if result.training is not None and result.training.requests:
+        cost = result.training
+        header += (
+            f"\ntraining: rung {cost.requests}, {cost.runs_alive} of {cost.runs} runs alive, "
+            f"{cost.epoch_trainings} of {cost.grid_epoch_trainings} epoch-trainings per site "
+            f"({cost.ratio_to_grid:.0%} of the grid)"
+        )
     if run.reason:
         header += f"\n[bold]{run.status}: {escape(run.reason)}[/bold]"
     if last_round is not None:

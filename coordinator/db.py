@@ -79,6 +79,20 @@ class ComparisonResult(RunRow, SliceTallyColumns, table=True):
         return json.loads(self.contributors)
 
 
+class TrainingResult(RunRow, table=True):
+    """A train request (`halving`) that every active site answered `ok`: its configs trained
+    and their responses generated there, in the order the requests were completed."""
+
+    __tablename__ = "training_result"
+    configs: str  # JSON list of config indices, ascending
+    sites: int
+    round: int
+    recorded: datetime = Field(default_factory=utc_now)
+
+    def indices(self) -> list[int]:
+        return json.loads(self.configs)
+
+
 class RoundLog(RunRow, table=True):
     """One exchange with the sites: what was asked and how long it took."""
 
@@ -172,7 +186,15 @@ def baseline_comparison(engine: Engine, run_key: str) -> BaselineComparison | No
 
 # --- end of chosen vs baseline -------------------------------------------------------------
 
-TABLES = (FederatedRun, RunSite, ComparisonResult, RoundLog, RegisteredSite, BaselineComparison)
+TABLES = (
+    FederatedRun,
+    RunSite,
+    ComparisonResult,
+    RoundLog,
+    RegisteredSite,
+    TrainingResult,
+    BaselineComparison,
+)
 
 
 SCHEMA = Schema.of_package("coordinator database", __file__, TABLES, "coordinator")
@@ -206,3 +228,10 @@ def run_finished(engine: Engine, run_key: str) -> bool:
     with Session(engine) as session:
         run = session.get(FederatedRun, run_key)
         return run is not None and run.status != "running"
+
+
+def trainings(engine: Engine, run_key: str) -> list[TrainingResult]:
+    """The run's completed train requests, in the order they were completed."""
+    with Session(engine) as session:
+        query = select(TrainingResult).where(TrainingResult.run_key == run_key)
+        return list(session.exec(query.order_by(TrainingResult.id)))

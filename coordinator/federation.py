@@ -41,26 +41,37 @@ from common.protocol import (
     MAX_COMPARISONS,
     SECAGG_MIN_SITES,
     SPACE_MESSAGE,
+    TRAIN_MESSAGE,
     CompareMessage,
     Comparison,
     ProtocolError,
     Reply,
     SpaceMessage,
     Status,
+    TrainMessage,
+    TrainRequest,
     check_tallies,
     code_meaning,
     decode_reply,
     decode_space_reply,
     encode_compare,
     encode_space,
+    encode_train,
 )
 from common.settings import AUTO, RunSettings
+from common.space import training_run_indices
 from common.tally import Tally
 from coordinator.announce import announce_run
 from coordinator.db import RoundLog, judgments
 from coordinator.run_store import RunStore
 from coordinator.secure_sum import SecureSum, aggregation
-from coordinator.selection import SelectionProcedure, auto_mode, procedure_for_run
+from coordinator.selection import (
+    SelectionProcedure,
+    TrainingProcedure,
+    auto_mode,
+    procedure_for_run,
+    trains_on_request,
+)
 from coordinator.site_pool import REJECTED, SitePool
 
 log = logging.getLogger(__name__)
@@ -162,7 +173,10 @@ class FederatedSelection:
     def procedure(self) -> SelectionProcedure:
         if self._procedure is None:
             self._procedure = procedure_for_run(
-                self.selection_mode, len(self.config_ids), self.settings
+                self.selection_mode,
+                len(self.config_ids),
+                self.settings,
+                training_run_indices(self.params),
             )
         return self._procedure
 
@@ -172,12 +186,27 @@ class FederatedSelection:
         self.selection_mode = self.store.open(self.settings, self.config_ids, self.params)
         if self.selection_mode == AUTO:
             return  # nothing was compared before the mode was chosen
+        trained = self.store.trainings()
         for result in self.store.recorded():
             request = Comparison(result.a, result.b, result.item_start, result.item_stop)
+            self._replay_trainings(trained)
             self._replay(request, Tally.of(result))
+        self._replay_trainings(trained)
         # the round log, not the last comparison: rounds that recorded nothing (sites pending,
-        # a halted secure sum) come after it, and a restart must not number them again
+        # a halted secure sum, train requests) come after it, and a restart must not number
+        # them again
         self.round = self.store.last_round()
+
+    def _replay_trainings(self, trained: list[TrainRequest]) -> None:
+        """Feed the procedure the recorded trainings it asks for next (a procedure that trains
+        asks for a training before the comparisons that need it, in a fixed order)."""
+        while isinstance(self.procedure, TrainingProcedure):
+            wanted = [request for request in self.procedure.training() if request in trained]
+            if not wanted:
+                return
+            for request in wanted:
+                trained.remove(request)
+                self.procedure.record_training(request)
 
     def _replay(self, request: Comparison, tally: Tally) -> None:
         if request not in self._outstanding:
@@ -213,6 +242,8 @@ class FederatedSelection:
     def _select(self) -> None:
         self._join_sites()
         while not self.procedure.done:
+            if self._train_requested():
+                continue
             self._outstanding.extend(self.procedure.pending())
             requests, self._outstanding = (
                 self._outstanding[:MAX_COMPARISONS],
@@ -240,6 +271,7 @@ class FederatedSelection:
                 params=tuple(self.params),
                 validation_items=self.settings.validation_items,
                 judge_mode=self.settings.judge_mode,
+                train_on_request=trains_on_request(self.selection_mode),
             )
         )
         todo = set(self.sites.active())
@@ -297,14 +329,22 @@ class FederatedSelection:
         self.on_round()
         return replies
 
-    def _decode(self, node_id: int, record: dict | None, request: CompareMessage | None):
+    def _decode(
+        self,
+        node_id: int,
+        record: dict | None,
+        request: CompareMessage | None,
+        train: bool = False,
+    ):
         """A site's reply, or None; a report that breaks the protocol (impossible tallies, say)
         is rejected for this round and counts as no answer, so a site that keeps sending them
-        is left out after `site_timeout`."""
+        is left out after `site_timeout`. `train`: a reply to a train request."""
         if record is None:
             return None
         try:
-            if request is None:
+            if train:
+                reply = decode_reply(record)
+            elif request is None:
                 reply = decode_space_reply(record)
             else:
                 reply = decode_reply(record, request, self.settings.validation_items)
@@ -315,6 +355,46 @@ class FederatedSelection:
             return None
         self.sites.seen(node_id, reply.progress if reply.status == Status.PENDING else 1000)
         return reply
+
+    def _train_requested(self) -> bool:
+        """Have every active site complete the trainings the procedure asks for now (a mode
+        that trains on request); whether there were any."""
+        procedure = self.procedure
+        if not isinstance(procedure, TrainingProcedure):
+            return False
+        requests = procedure.training()
+        for request in requests:
+            contributors = self._train(request)
+            if not contributors:
+                raise RuntimeError("every site has left the run")
+            procedure.record_training(request)
+            self.store.record_training(request, len(contributors), self.round)
+        return bool(requests)
+
+    def _train(self, request: TrainRequest) -> list[int]:
+        """Ask the active sites to train `request` until each has answered `ok` (trained and
+        generated) or is left out; the sites that did. Training takes minutes to hours, so the
+        pause between asks keeps doubling up to `max_retry_seconds`."""
+        record = encode_train(TrainMessage(self.settings.run_key, request))
+        done: set[int] = set()
+        backoff = Backoff(self.settings)
+        while True:
+            waiting = [n for n in self.sites.active() if n not in done]
+            if not waiting:
+                return [n for n in self.sites.active() if n in done]
+            replies = self._exchange(TRAIN_MESSAGE, {n: record for n in waiting}, 0)
+            for node_id in waiting:
+                reply = self._decode(node_id, replies.get(node_id), None, train=True)
+                if reply is None:
+                    continue
+                if reply.status == Status.OK:
+                    done.add(node_id)
+                elif reply.status != Status.PENDING:
+                    self.sites.leave_out(
+                        node_id, f"train {reply.status.name} code {reply.code.name}"
+                    )
+            if any(n not in done for n in self.sites.active()):
+                backoff.wait()
 
     def _use_secure_aggregation(self) -> bool:
         """Whether this round's tallies go through SecAgg+; records the decision on the run."""
@@ -344,6 +424,7 @@ class FederatedSelection:
             if best == self.baseline:
                 self.store.record_versus_baseline(best, best, Tally(), 0, False, self.round)
                 return None
+            self._train_baseline()
             request = Comparison(best, self.baseline)
             contributors, (total,), secure = self._sum_over_sites([request])
             self.store.record_versus_baseline(
@@ -357,6 +438,20 @@ class FederatedSelection:
                 f"{recorded.baseline}, not {best} with {self.baseline}: choose another run name"
             )
         return None if best == self.baseline else Tally.of(recorded)
+
+    def _train_baseline(self) -> None:
+        """A mode that trains on request may have left the baseline untrained (its run stopped
+        before the baseline's epoch): the sites train it first, recorded like a rung so the
+        run's training cost counts it. One the selection trained is not asked again."""
+        if self.baseline is None or not trains_on_request(self.selection_mode):
+            return
+        if any(self.baseline in request.configs for request in self.store.trainings()):
+            return
+        request = TrainRequest((self.baseline,))
+        contributors = self._train(request)
+        if not contributors:
+            raise RuntimeError("every site has left the run")
+        self.store.record_training(request, len(contributors), self.round)
 
     def _sum_over_sites(self, requests: list[Comparison]) -> tuple[list[int], list[Tally], bool]:
         """Ask every active site for these comparisons until each has answered or is left out,

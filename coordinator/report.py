@@ -221,6 +221,7 @@ def _summary(result: RunResult, threshold: float, strengths: list[float]) -> dic
         "status": result.status,
         "status_reason": result.reason,
         "judgments": result.judgments,
+        "training": result.training.as_summary() if result.training else None,
         "wall_seconds": result.wall_seconds,
         "tie_share": sum(tally.tie for tally in totals.values()) / items if items else None,
         "superiority_threshold": threshold,

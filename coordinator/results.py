@@ -27,8 +27,10 @@ from coordinator.db import (
     node_label,
     site_names,
     sites,
+    trainings,
 )
-from coordinator.selection import comparison_winner, describe_mode
+from coordinator.selection import comparison_winner, describe_mode, trains_on_request
+from coordinator.training_cost import TrainingCost, training_cost
 
 ParamValue = str | int | float
 DecidedBy = Literal["evidence", "tie-break"]
@@ -87,6 +89,8 @@ class RunResult:
     """How the tallies were summed (SecAgg+ or in the clear, and why)."""
     requested_mode: str = ""
     """The mode the operator set (`auto`, say); equal to `selection_mode` unless `auto` chose."""
+    training: TrainingCost | None = None
+    """What the sites trained for the run (None where not known)."""
     summing: Sequence[Summing] = ()
     """Per entry of `comparisons`, how it was summed (empty: not known)."""
     left_out: Sequence[LeftOut] = ()
@@ -274,6 +278,7 @@ def run_result(engine: Engine, run_key: str) -> RunResult:
         wall_seconds=(finished - started).total_seconds(),
         aggregation=run.aggregation,
         requested_mode=run.requested_selection_mode(),
+        training=_training(engine, run),
         summing=summing,
         left_out=[
             LeftOut(name(s.node_id), s.reason, s.code) for s in run_sites if s.status == "left_out"
@@ -283,3 +288,14 @@ def run_result(engine: Engine, run_key: str) -> RunResult:
         baseline=None if versus is None else versus.baseline,
         versus_baseline=None if versus is None or not versus.items else Tally.of(versus),
     )
+
+
+def _training(engine: Engine, run: FederatedRun) -> TrainingCost | None:
+    """What the run's sites trained: its completed train requests (a mode that trains on
+    request), else the full grid; None for a space without epochs."""
+    params = run.param_list()
+    if not all("epochs" in p for p in params):
+        return None
+    if not trains_on_request(run.selection_mode):
+        return training_cost(params, None)
+    return training_cost(params, [row.indices() for row in trainings(engine, run.run_key)])

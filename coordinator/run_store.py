@@ -11,7 +11,7 @@ from dataclasses import asdict
 from sqlalchemy import Engine, delete
 from sqlmodel import Session, func, select
 
-from common.protocol import MAX_ITEMS, Comparison
+from common.protocol import MAX_ITEMS, Comparison, TrainRequest
 from common.settings import RunSettings
 from common.tally import Tally
 from coordinator.db import (
@@ -20,9 +20,11 @@ from coordinator.db import (
     FederatedRun,
     RoundLog,
     RunSite,
+    TrainingResult,
     baseline_comparison,
     comparisons,
     sites,
+    trainings,
 )
 from dbschema.columns import utc_now
 
@@ -178,6 +180,22 @@ class RunStore:
                     sites=len(contributors),
                     contributors=json.dumps([str(n) for n in sorted(contributors)]),
                     secure=secure,
+                    round=round_number,
+                )
+            )
+            session.commit()
+
+    def trainings(self) -> list[TrainRequest]:
+        """The completed train requests, in order."""
+        return [TrainRequest(tuple(row.indices())) for row in trainings(self.engine, self.run_key)]
+
+    def record_training(self, request: TrainRequest, sites: int, round_number: int) -> None:
+        with Session(self.engine) as session:
+            session.add(
+                TrainingResult(
+                    run_key=self.run_key,
+                    configs=json.dumps(list(request.configs)),
+                    sites=sites,
                     round=round_number,
                 )
             )

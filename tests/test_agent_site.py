@@ -12,19 +12,30 @@ import pytest
 from sqlmodel import Session, select
 
 from agent.config import load_site_config, site_toml
-from agent.db import ComparisonJob, ItemJudgment, ledger, open_database, reference_scores
+from agent.db import (
+    ComparisonJob,
+    ItemJudgment,
+    TrainingJob,
+    ledger,
+    open_database,
+    reference_scores,
+)
 from agent.site import handle_message
 from agent.worker import SiteWorker, reference_answers
 from common.protocol import (
     COMPARE_MESSAGE,
     SPACE_MESSAGE,
+    TRAIN_MESSAGE,
     Code,
     CompareMessage,
     Comparison,
     SpaceMessage,
     Status,
+    TrainMessage,
+    TrainRequest,
     encode_compare,
     encode_space,
+    encode_train,
 )
 from common.space import CandidateConfig
 from common.tally import Tally
@@ -64,7 +75,7 @@ def write_site_config(
     return path
 
 
-def space_record(run_key: str = "run-1", configs=CONFIGS) -> dict:
+def space_record(run_key: str = "run-1", configs=CONFIGS, train_on_request=False) -> dict:
     return encode_space(
         SpaceMessage(
             run_key=run_key,
@@ -72,8 +83,13 @@ def space_record(run_key: str = "run-1", configs=CONFIGS) -> dict:
             params=tuple(dict(c.params) for c in configs),
             validation_items=6,
             judge_mode="score",
+            train_on_request=train_on_request,
         )
     )
+
+
+def train_record(*configs: int, run_key: str = "run-1") -> dict:
+    return encode_train(TrainMessage(run_key, TrainRequest(configs)))
 
 
 def compare_record(*pairs: tuple[int, int]) -> dict:
@@ -291,3 +307,57 @@ def test_site_config_refuses_typos_and_wrong_types(tmp_path: Path, tables: str, 
     path.write_text(f"{site}{tables}\n")
     with pytest.raises(SiteConfigError, match=rf"^{path}: {error}"):
         load_site_config(path)
+
+
+def test_a_site_trains_on_request_only_what_it_is_asked(
+    tmp_path: Path, tiny_llama: Path, new_database_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A space sent with train_on_request trains nothing up front; `query.train` trains each
+    asked config's run up to its epoch and generates those responses; a later request goes on
+    from the last epoch trained and never trains an epoch twice."""
+    config = load_site_config(
+        write_site_config(tmp_path, tiny_llama, database=new_database_url("agent"))
+    )
+    engine = open_database(config.database_url)
+    monkeypatch.setattr("trainer.generate.generate_responses", planting_generation(CONFIGS[1].id))
+    worker = SiteWorker(config, judge_factory=planted_token_judge())
+    assert handle_message(engine, SPACE_MESSAGE, space_record(train_on_request=True))["status"] == 0
+    assert worker.step(), "the run's training jobs are planned"
+    assert not worker.step(), "nothing is trained up front"
+    early = handle_message(engine, COMPARE_MESSAGE, compare_record((0, 2)))
+    assert (early["status"], early["code"]) == (Status.REFUSED, Code.NOT_READY)
+
+    first = train_record(0, 2)  # epoch 1 of both runs
+    assert handle_message(engine, TRAIN_MESSAGE, first) == {
+        "status": Status.PENDING, "code": 0, "progress": 0, "tallies": []
+    }  # fmt: skip
+    while worker.step():
+        pass
+    assert handle_message(engine, TRAIN_MESSAGE, first)["status"] == Status.OK
+    responses = {json.loads(line)["config_id"] for line in config.responses_file.open()}
+    assert responses == {CONFIGS[0].id, CONFIGS[2].id}
+    runs = sorted((config.candidates_dir / "runs").iterdir())
+    assert all(len(list(run.glob("checkpoint-*"))) == 1 for run in runs)
+    assert handle_message(engine, COMPARE_MESSAGE, compare_record((0, 2)))["status"] == 1
+    while worker.step():
+        pass
+    assert handle_message(engine, COMPARE_MESSAGE, compare_record((0, 2)))["status"] == 0
+
+    second = train_record(0, 1)  # config 0 is trained; config 1 continues run 0 to epoch 2
+    assert handle_message(engine, TRAIN_MESSAGE, second)["progress"] == 500
+    while worker.step():
+        pass
+    assert handle_message(engine, TRAIN_MESSAGE, second)["status"] == Status.OK
+    with Session(engine) as session:
+        jobs = list(session.exec(select(TrainingJob)))
+    assert [job.status for job in jobs] == ["done", "done"], "one job per training run"
+    assert sorted((job.until_epoch, job.epochs_ready) for job in jobs) == [(1, 1), (2, 2)]
+    assert sum(job.epochs_trained for job in jobs) == 3, "3 epochs, none twice"
+    assert sorted(len(list(run.glob("checkpoint-*"))) for run in runs) == [1, 2]
+
+    normal = handle_message(engine, SPACE_MESSAGE, space_record("run-2"))
+    assert normal["status"] == Status.OK
+    refused = handle_message(engine, TRAIN_MESSAGE, train_record(0, run_key="run-2"))
+    assert (refused["status"], refused["code"]) == (Status.REFUSED, Code.OUT_OF_RANGE)
+    bad = handle_message(engine, TRAIN_MESSAGE, {**first, "configs": [2, 0]})
+    assert (bad["status"], bad["code"]) == (Status.REFUSED, Code.OUT_OF_RANGE)

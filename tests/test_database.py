@@ -232,6 +232,12 @@ def downgrade() -> None:
 '''
 
 
+def _initial_revision_only(folder: str, names: list[str]) -> list[str]:
+    """What copying the agent's scripts leaves out: caches and every revision after 0001."""
+    later = [n for n in names if Path(folder).name == "versions" and not n.startswith("0001")]
+    return [n for n in names if n == "__pycache__"] + later
+
+
 def test_a_new_column_is_one_revision_file(new_database_url, tmp_path: Path) -> None:
     """The mechanism for the next schema change: a revision file beside the head upgrades a
     filled database in place (SQLite copies the table in batch mode; PostgreSQL alters it)."""

@@ -18,7 +18,7 @@ from agent.worker import SiteWorker
 from common.protocol import Code
 from common.settings import RunSettings
 from common.tally import Tally
-from coordinator.db import ComparisonResult, RunSite
+from coordinator.db import ComparisonResult, RunSite, TrainingResult
 from coordinator.db import open_database as open_coordinator_database
 from coordinator.federation import FederatedSelection
 from coordinator.secure_sum import SecureSum, secure_sum
@@ -104,7 +104,7 @@ def _selection(
     )
 
 
-@pytest.mark.parametrize("mode", ["paper", "round-robin", "adaptive", "racing"])
+@pytest.mark.parametrize("mode", ["paper", "round-robin", "adaptive", "racing", "halving"])
 def test_every_mode_finds_the_planted_best(tmp_path: Path, sites: dict, mode: str) -> None:
     engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
     outcome = _selection(engine, LoopbackTransport(sites), f"run-{mode}", mode).run()
@@ -306,6 +306,43 @@ def test_a_restarted_coordinator_resumes(sites: dict, new_database_url) -> None:
         for a, b in zip(record["a"], record["b"], strict=True)
     }
     assert asked == {(keys[2][0], keys[2][1])}, "only the final was asked after the restart"
+
+
+def test_halving_trains_on_request_and_a_restart_asks_no_training_again(
+    sites: dict, new_database_url
+) -> None:
+    """The space goes out with train_on_request; the loop completes each train request on every
+    site before comparing; a coordinator killed after its first training resumes without
+    sending that request again."""
+    url, name = new_database_url("coordinator"), f"run-halving-{new_database_url.backend}"
+    first = _selection(open_coordinator_database(url), LoopbackTransport(sites), name, "halving")
+
+    def crash_at_the_first_comparison(requests):
+        raise KeyboardInterrupt("coordinator killed")
+
+    first._compare = crash_at_the_first_comparison
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    with Session(open_coordinator_database(url)) as session:
+        (trained,) = session.exec(select(TrainingResult)).all()
+    assert [CONFIGS[i].params["epochs"] for i in trained.indices()] == [1, 1]
+    assert trained.sites == 3
+
+    transport = LoopbackTransport(sites)
+    outcome = _selection(open_coordinator_database(url), transport, name, "halving").run()
+    assert outcome.best_index == 2
+    spaces = [r for t, rs in transport.exchanges if t == "query.space" for r in rs.values()]
+    assert spaces and all(record["train_on_request"] == 1 for record in spaces)
+    asked = [
+        tuple(record["configs"])
+        for message_type, records in transport.exchanges
+        if message_type == "query.train"
+        for record in records.values()
+    ]
+    assert tuple(trained.indices()) not in asked, "the recorded training is not asked again"
+    with Session(open_coordinator_database(url)) as session:
+        requests = [row.indices() for row in session.exec(select(TrainingResult))]
+    assert len(requests) == 2 and sorted(i for r in requests for i in r) == [0, 1, 2, 3]
 
 
 def comparison_rows(url: str) -> list[ComparisonResult]:

@@ -15,15 +15,19 @@ from common.protocol import (
     ResultMessage,
     SpaceMessage,
     Status,
+    TrainMessage,
+    TrainRequest,
     decode_compare,
     decode_reply,
     decode_result,
     decode_space,
     decode_space_reply,
+    decode_train,
     encode_compare,
     encode_reply,
     encode_result,
     encode_space,
+    encode_train,
 )
 from common.space import CandidateConfig
 from common.tally import Tally
@@ -159,6 +163,8 @@ wire_records = st.dictionaries(
             "config_ids",
             "validation_items",
             "judge_mode",
+            "train_on_request",
+            "configs",
             "param.optimizer",
             "param.epochs",
             "status",
@@ -189,6 +195,7 @@ def test_decoders_never_fail_other_than_with_a_protocol_error(record: dict) -> N
         decode_space,
         decode_space_reply,
         lambda r: decode_reply(r, request),
+        lambda r: decode_train(r, n_configs=4),
         lambda r: decode_result(r, n_configs=4),
     ):
         try:
@@ -254,6 +261,26 @@ def test_a_secure_request_is_answered_without_tallies() -> None:
     assert raised.value.code == Code.IMPOSSIBLE_TALLY
 
 
+def test_train_on_request_travels_on_the_space_only_when_set() -> None:
+    plain = encode_space(_space())
+    assert "train_on_request" not in plain and not decode_space(plain).train_on_request
+    flagged = SpaceMessage(**{**_space().__dict__, "train_on_request": True})
+    record = encode_space(flagged)
+    assert record["train_on_request"] == 1 and decode_space(record) == flagged
+    for value, code in ((2, Code.OUT_OF_RANGE), (True, Code.WRONG_TYPE), ("1", Code.WRONG_TYPE)):
+        with pytest.raises(ProtocolError) as raised:
+            decode_space({**plain, "train_on_request": value})
+        assert raised.value.code == code
+
+
+def test_train_request_round_trip() -> None:
+    message = TrainMessage("run-1", TrainRequest((0, 2, 3)))
+    record = encode_train(message)
+    assert record == {"version": 1, "run_key": "run-1", "configs": [0, 2, 3]}
+    assert decode_train(record, n_configs=4) == message
+    assert decode_reply(encode_reply(Reply(Status.PENDING, progress=333))).progress == 333
+
+
 RESULT = ResultMessage(
     run_key="run-1",
     best=2,
@@ -282,6 +309,39 @@ def test_result_round_trip_with_and_without_a_baseline() -> None:
     record = encode_result(plain)
     assert record["baseline"] == NO_BASELINE and record["versus_baseline"] == []
     assert decode_result(record, n_configs=2) == plain
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (lambda r: r.update(extra=1), Code.UNKNOWN_FIELD),
+        (lambda r: r.pop("configs"), Code.MISSING_FIELD),
+        (lambda r: r.update(configs=["0"]), Code.WRONG_TYPE),
+        (lambda r: r.update(configs=[True]), Code.WRONG_TYPE),
+        (lambda r: r.update(configs=[4]), Code.OUT_OF_RANGE),
+        (lambda r: r.update(configs=[-1, 0]), Code.OUT_OF_RANGE),
+        (lambda r: r.update(configs=[1, 1]), Code.OUT_OF_RANGE),
+        (lambda r: r.update(configs=[2, 1]), Code.OUT_OF_RANGE),
+        (lambda r: r.update(configs=[]), Code.TOO_LARGE),
+        (lambda r: r.update(run_key="Robert'); DROP"), Code.OUT_OF_RANGE),
+        (lambda r: r.update(version=2), Code.UNSUPPORTED_VERSION),
+    ],
+)
+def test_bad_train_requests_are_refused_with_a_code(change, code: Code) -> None:
+    record = encode_train(TrainMessage("run-1", TrainRequest((0, 1))))
+    change(record)
+    with pytest.raises(ProtocolError) as raised:
+        decode_train(record, n_configs=4)
+    assert raised.value.code == code
+
+
+def test_a_bad_train_request_is_refused_when_encoded_too() -> None:
+    for configs in ((), (1, 0), (0, 0), (-1,)):
+        with pytest.raises(ProtocolError):
+            TrainRequest(configs)
+    with pytest.raises(ProtocolError) as raised:
+        encode_train(TrainMessage("Bad Key", TrainRequest((0,))))
+    assert raised.value.code == Code.OUT_OF_RANGE
 
 
 @pytest.mark.parametrize(

@@ -15,15 +15,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 
-from common.protocol import MAX_ITEMS, Comparison
+from common.protocol import MAX_ITEMS, Comparison, TrainRequest
 from common.settings import RunSettings
+from common.space import load_space, training_run_indices
 from coordinator.selection import (
     SELECTION_MODES,
     AdaptiveProcedure,
     DecidedComparison,
+    HalvingProcedure,
     RacingProcedure,
     SelectionProcedure,
     Tally,
+    TrainingProcedure,
     auto_mode,
     bradley_terry,
     bradley_terry_with_covariance,
@@ -33,11 +36,15 @@ from coordinator.selection import (
     implements,
     make_procedure,
     procedure_for_run,
+    trains_on_request,
 )
 
 ITEMS_PER_SITE = 20
 SITES = 3
-REQUIRED = {"racing": {"items_per_site": ITEMS_PER_SITE}}
+REQUIRED = {
+    "racing": {"items_per_site": ITEMS_PER_SITE},
+    "halving": {"items_per_site": ITEMS_PER_SITE},
+}
 """Settings a mode cannot do without."""
 
 
@@ -60,11 +67,22 @@ def random_tally(request: Comparison, rng: random.Random) -> Tally:
     return Tally(*counts, items=sum(counts))
 
 
+def train_asked(procedure: SelectionProcedure) -> list[TrainRequest]:
+    """Complete the trainings a procedure that trains asks for now (none for the others)."""
+    done = []
+    while isinstance(procedure, TrainingProcedure) and procedure.training():
+        for request in procedure.training():
+            procedure.record_training(request)
+            done.append(request)
+    return done
+
+
 def run_to_end(
     procedure: SelectionProcedure, answer: Callable[[Comparison], Tally]
 ) -> list[tuple[Comparison, Tally]]:
     history = []
     while not procedure.done:
+        train_asked(procedure)
         requests = procedure.pending()
         assert requests, "a procedure that is not done must have something to ask"
         for request in requests:
@@ -159,6 +177,7 @@ def test_a_single_config_is_selected_without_asking(mode: str) -> None:
 @pytest.mark.parametrize("mode", list(SELECTION_MODES))
 def test_unknown_or_repeated_records_are_refused(mode: str) -> None:
     procedure = make_procedure(mode, 5, **REQUIRED.get(mode, {}))
+    train_asked(procedure)
     request = procedure.pending()[0]
     with pytest.raises(ValueError):
         procedure.record(Comparison(3, 4, 100, 104), Tally())
@@ -176,7 +195,7 @@ def test_unknown_mode_is_refused() -> None:
 
 
 def test_the_registry_names_each_mode_and_its_class() -> None:
-    assert list(SELECTION_MODES) == ["paper", "round-robin", "adaptive", "racing"]
+    assert list(SELECTION_MODES) == ["paper", "round-robin", "adaptive", "racing", "halving"]
     assert SELECTION_MODES["racing"].arguments == {
         "items_per_site": "validation_items",
         "budget": "budget",
@@ -470,7 +489,7 @@ def test_auto_runs_round_robin_only_when_every_site_is_pointwise() -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(
-    mode=st.sampled_from(list(SELECTION_MODES)),
+    mode=st.sampled_from([mode for mode, m in SELECTION_MODES.items() if not m.trains]),
     n_configs=st.integers(2, 9),
     seed=st.integers(0, 2**16),
 )
@@ -507,3 +526,98 @@ def test_replaying_the_history_restores_the_state(mode: str, n_configs: int, see
             procedure.record(request, answer(request))
     assert run_to_end(original, answer) == run_to_end(replayed, answer)
     assert original.best() == replayed.best()
+
+
+# Successive halving over training runs
+
+PAPER_PARAMS = [dict(c.params) for c in load_space().configs]
+PAPER_RUNS = training_run_indices(PAPER_PARAMS)
+
+
+def curve_quality(seed: int) -> list[float]:
+    """Quality of the paper grid's configs: a run's level plus a bump peaking at some epoch."""
+    rng = np.random.default_rng(seed)
+    quality = [0.0] * len(PAPER_PARAMS)
+    for run in PAPER_RUNS:
+        level, peak = rng.normal(), int(rng.integers(1, 6))
+        for index in run:
+            quality[index] = level - 0.5 * abs(PAPER_PARAMS[index]["epochs"] - peak)
+    return quality
+
+
+def test_halving_trains_every_run_to_epoch_one_then_only_the_best_further() -> None:
+    quality = curve_quality(3)
+    procedure = make_procedure(
+        "halving", 80, items_per_site=ITEMS_PER_SITE, training_runs=PAPER_RUNS
+    )
+    assert isinstance(procedure, HalvingProcedure) and trains_on_request("halving")
+    assert procedure.pending() == [], "nothing to compare before anything is trained"
+    (first,) = procedure.training()
+    assert [PAPER_PARAMS[i]["epochs"] for i in first.configs] == [1] * 16
+    with pytest.raises(ValueError, match="not a training"):
+        procedure.record_training(TrainRequest((0, 1)))
+    asked: list[TrainRequest] = []
+    while not procedure.done:
+        asked += train_asked(procedure)
+        for request in procedure.pending():
+            assert request.a in procedure.trained and request.b in procedure.trained
+            procedure.record(request, oracle_tally(request, quality))
+    trained = [i for request in asked for i in request.configs]
+    assert len(trained) == len(set(trained)), "no config is trained twice"
+    runs_per_request = [
+        len(
+            {
+                PAPER_PARAMS[i]["optimizer"]
+                + str(PAPER_PARAMS[i]["learning_rate"])
+                + PAPER_PARAMS[i]["scheduler"]
+                for i in r.configs
+            }
+        )
+        for r in asked
+    ]
+    assert runs_per_request == [16, 8, 4], "halved, then the last runs to their end"
+    epochs = sum(max(PAPER_PARAMS[i]["epochs"] for i in run if i in procedure.trained)
+                 for run in PAPER_RUNS if set(run) & procedure.trained)  # fmt: skip
+    assert epochs == 16 + 8 + 4 * 3 == 36
+    best = max(procedure.trained, key=lambda i: quality[i])
+    assert procedure.best() == best == procedure.ranking()[0]
+    assert quality[best] == max(quality), "a noise-free judge keeps the best run"
+    assert set(procedure.ranking()[len(procedure.trained) :]) == set(range(80)) - procedure.trained
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), stop_after=st.integers(0, 120))
+def test_halving_replays_its_trainings_and_comparisons(seed: int, stop_after: int) -> None:
+    """A fresh procedure fed the recorded trainings and comparisons (a training before the
+    comparisons that follow it) asks the same as the original and ends the same."""
+    rng = random.Random(seed)
+    options = {"items_per_site": ITEMS_PER_SITE, "training_runs": PAPER_RUNS}
+    original = make_procedure("halving", 80, **options)
+    history: list[tuple[Comparison, Tally] | TrainRequest] = []
+    outstanding: list[Comparison] = []
+    while not original.done and len(history) < stop_after:
+        history += train_asked(original)
+        outstanding += original.pending()
+        if outstanding:
+            request = outstanding.pop(rng.randrange(len(outstanding)))
+            tally = random_tally(request, rng)
+            original.record(request, tally)
+            history.append((request, tally))
+    replayed = make_procedure("halving", 80, **options)
+    for entry in history:
+        if isinstance(entry, TrainRequest):
+            replayed.record_training(entry)  # type: ignore[union-attr]
+        else:
+            replayed.record(*entry)
+    assert replayed.training() == original.training()  # type: ignore[union-attr]
+    asked = outstanding + original.pending()
+    assert sorted(replayed.pending(), key=repr) == sorted(asked, key=repr)
+    assert (replayed.done, replayed.best()) == (original.done, original.best())
+
+
+def test_halving_without_runs_treats_each_config_as_one() -> None:
+    procedure = make_procedure("halving", 6, items_per_site=ITEMS_PER_SITE)
+    (request,) = procedure.training()
+    assert request == TrainRequest(tuple(range(6)))
+    with pytest.raises(ValueError, match="exactly once"):
+        make_procedure("halving", 4, items_per_site=8, training_runs=[[0, 1], [1, 2, 3]])

@@ -351,3 +351,35 @@ def test_every_choice_of_the_shared_schema_is_one_the_trainer_can_run() -> None:
     assert set(OPTIM_NAMES) == set(PARAMETERS["optimizer"].choices)
     assert {OptimizerNames(name) for name in OPTIM_NAMES.values()}
     assert {SchedulerType(name) for name in PARAMETERS["scheduler"].choices}
+
+
+def test_training_on_request_stops_early_and_continues_bit_for_bit(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """`wanted` trains a run only up to the epoch asked for, on the full run's schedule; a later
+    request continues from there and ends with the weights of an uninterrupted run."""
+    configs = grid()  # one run, epochs 1-3
+    by_epoch = {c.params["epochs"]: c for c in configs}
+    out = tmp_path / "asked"
+    first = train_candidates(configs, RECORDS, make_args(out, tiny_llama), wanted=[by_epoch[1]])
+    assert first.epochs_trained == 1
+    assert [c.epoch for c in first.checkpoints] == [1]
+    (run_dir,) = (out / "runs").iterdir()
+    assert not json.loads((run_dir / "run.json").read_text())["finished"]
+    # epoch 1 of the 12-step schedule, not the end of a 4-step one
+    assert _lr_log(first.checkpoints[0].path)[4] == pytest.approx(
+        expected_lr("cosine", 1e-3, 3, 12)
+    )
+    again = train_candidates(configs, RECORDS, make_args(out, tiny_llama), wanted=[by_epoch[1]])
+    assert again.epochs_trained == 0 and again.runs_skipped == [run_dir.name]
+    rest = train_candidates(configs, RECORDS, make_args(out, tiny_llama), wanted=[by_epoch[3]])
+    assert rest.epochs_trained == 2
+    assert [c.epoch for c in rest.checkpoints] == [1, 2, 3]
+    assert json.loads((run_dir / "run.json").read_text())["finished"]
+
+    once = train_candidates(configs, RECORDS, make_args(tmp_path / "once", tiny_llama))
+    assert once.epochs_trained == 3
+    for asked, uninterrupted in zip(rest.checkpoints, once.checkpoints, strict=True):
+        a = load_file(asked.path / "model.safetensors")
+        b = load_file(uninterrupted.path / "model.safetensors")
+        assert all(torch.equal(a[name], b[name]) for name in b)

@@ -18,7 +18,7 @@ from common.settings import RunSettings
 from common.space import PAPER_SPACE_TOML, SpaceError, parse_space
 from common.tally import Tally
 from coordinator.console import render
-from coordinator.db import BaselineComparison, ComparisonResult
+from coordinator.db import BaselineComparison, ComparisonResult, TrainingResult
 from coordinator.db import open_database as open_coordinator_database
 from coordinator.federation import FederatedSelection
 from coordinator.report import ReferenceMetric, write_report
@@ -34,10 +34,12 @@ PLANTED = 2  # the sites' generation plants the judge's token in config 2's resp
 ITEMS = 6  # validation items per site; three sites
 
 
-def _selection(engine, transport, name: str, baseline: int | None) -> FederatedSelection:
+def _selection(
+    engine, transport, name: str, baseline: int | None, mode: str = "paper"
+) -> FederatedSelection:
     settings = RunSettings(
         run_key=name,
-        selection_mode="paper",
+        selection_mode=mode,
         min_sites=2,
         round_timeout=1,
         retry_seconds=0,
@@ -276,3 +278,27 @@ def test_the_demo_averages_both_reference_metrics_over_its_sites(tmp_path: Path)
     assert (exact.name, exact.higher_is_better, dict(exact.values)) == (
         "exact_match", True, {a: 0.625, b: 0.125},
     )  # fmt: skip
+
+
+def test_halving_trains_a_baseline_it_left_untrained_once(tmp_path: Path, sites: dict) -> None:
+    """Halving may stop the baseline's run before the baseline's epoch: before the chosen vs
+    baseline comparison the sites train it (a train request recorded like a rung, so the
+    training cost counts it), and a baseline already trained is not asked for again."""
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    transport = LoopbackTransport(sites)
+    selection = _selection(engine, transport, "run-halving", baseline=1, mode="halving")
+    selection._resume()
+    selection._join_sites()  # the space goes out with train_on_request: nothing is trained
+    selection._train_baseline()
+    trains = [
+        record["configs"]
+        for message_type, records in transport.exchanges
+        if message_type == "query.train"
+        for record in records.values()
+    ]
+    assert trains and all(configs == [1] for configs in trains)
+    (row,) = _rows(engine, TrainingResult)
+    assert (row.indices(), row.sites) == ([1], 3)
+    asked = len(transport.exchanges)
+    selection._train_baseline()
+    assert len(transport.exchanges) == asked, "a trained baseline is not asked for again"

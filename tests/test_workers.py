@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import Session, select
 
-from agent.claims import ClaimStore
+from agent.claims import ClaimStore, ask_training
 from agent.config import load_site_config
 from agent.db import ComparisonJob, SiteRun, TrainingJob, open_database
 from agent.site import handle_message
@@ -88,6 +88,43 @@ def test_each_training_job_is_claimed_once_and_taken_over_after_its_lease(
         planner.finish_training(run.id, 1.0)
     with Session(engine) as session:
         assert session.get(SiteRun, "run-1").stage == "ready"
+
+
+def test_a_train_request_raises_a_jobs_target_epoch_even_while_it_is_trained(
+    new_database_url,
+) -> None:
+    """A run trained on request plans its jobs with nothing to train; `query.train` raises a
+    job's `until_epoch` (pending again); a request that arrives while a worker trains the job
+    to a lower epoch leaves it pending when that worker finishes; a plain site run sharing the
+    job wants it to its last epoch."""
+    engine = open_database(new_database_url("agent"))
+    record = space_record("run-1", CONFIGS, train_on_request=True)
+    assert handle_message(engine, SPACE_MESSAGE, record)["status"] == 0
+    worker = ClaimStore(engine, "w1", 60.0)
+    assert worker.plan("run-1", RUNS) and worker.claim_training() is None, "nothing asked yet"
+    assert [(job.until_epoch, job.status) for job in _jobs(engine)] == [(0, "done")] * 4
+    with Session(engine) as session:
+        assert session.get(SiteRun, "run-1").stage == "ready"
+
+    first, other = RUNS[0].id, RUNS[1].id
+    ask_training(engine, {first: 1})
+    assert worker.claim_training() == RUNS[0] and worker.until_epoch(first) == 1
+    ask_training(engine, {first: 2, other: 1})  # while w1 trains the first to epoch 1
+    worker.finish_training(first, 1.0, reached=(1, 2), trained=1)
+    jobs = {job.training_run_id: job for job in _jobs(engine)}
+    assert (jobs[first].status, jobs[first].epochs_ready, jobs[first].until_epoch) == (
+        "pending",
+        1,
+        2,
+    )
+    assert (jobs[other].status, jobs[other].until_epoch) == ("pending", 1)
+    ask_training(engine, {first: 1})  # asking for less changes nothing
+    assert worker.until_epoch(first) == 2
+
+    plain = space_record("run-2", CONFIGS)
+    assert handle_message(engine, SPACE_MESSAGE, plain)["status"] == 0
+    assert worker.plan("run-2", RUNS)
+    assert {job.until_epoch for job in _jobs(engine)} == {None}, "run-2 wants every epoch"
 
 
 def test_a_comparison_job_is_judged_by_one_worker_at_a_time(new_database_url) -> None:

@@ -111,6 +111,7 @@ class CandidatesReport:
     examples: int = 0
     truncated: int = 0
     dropped: int = 0
+    epochs_trained: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -441,17 +442,41 @@ def plan_candidate_runs(
     return [*stored.values(), *plan_training_runs(new, args.schedule_horizon)]
 
 
+class _StopAtEpoch(TrainerCallback):
+    """Ends training after epoch `epoch` (its checkpoint is still saved): the run stops early
+    with its schedule still spanning all its epochs, so a later call resumes it exactly."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if round(state.epoch) >= self.epoch:
+            control.should_training_stop = True
+
+
+def trained_epochs(output_dir: Path, run: TrainingRun) -> int:
+    """How many epochs of the run have a complete checkpoint in `output_dir` (0: none)."""
+    complete = _complete_checkpoints(output_dir / "runs" / run.id)
+    return _epoch(complete[-1]) if complete else 0
+
+
 def train_run(
     run: TrainingRun,
     data: TokenizedData,
     tokenizer: PreTrainedTokenizerBase,
     args: CandidateTrainingArguments,
     callbacks: Sequence[TrainerCallback] = (),
+    until_epoch: int | None = None,
 ) -> bool:
-    """Train one run, resuming from its last finished epoch; False if it had already finished."""
+    """Train one run, resuming from its last finished epoch; False if it had already finished
+    (or, with `until_epoch`, already reached that epoch). `until_epoch` stops it after that
+    epoch without changing its schedule: the learning rate still follows the run's full
+    epochs, so every checkpoint is the one an uninterrupted run writes, and a later call
+    continues where this one stopped."""
     run_dir = args.output_dir / "runs" / run.id
     manifest = run_dir / "run.json"
     main_process = PartialState().is_main_process
+    target = run.epochs if until_epoch is None else min(until_epoch, run.epochs)
     if manifest.is_file() and _read_json(manifest)["finished"]:
         if main_process:
             _apply_retention(run_dir, run, True, args.retention)
@@ -463,17 +488,21 @@ def train_run(
             _apply_retention(run_dir, run, True, args.retention)
         PartialState().wait_for_everyone()
         return True
+    if complete and _epoch(complete[-1]) >= target:
+        return False
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(manifest, _run_manifest(run, finished=False))
         for partial in set(run_dir.glob(f"{_CHECKPOINT_PREFIX}*")) - set(complete):
             shutil.rmtree(partial)
     PartialState().wait_for_everyone()
-    trainer = build_trainer(run, data, tokenizer, args, callbacks)
+    stop = [_StopAtEpoch(target)] if target < run.epochs else []
+    trainer = build_trainer(run, data, tokenizer, args, [*callbacks, *stop])
     trainer.train(resume_from_checkpoint=str(complete[-1]) if complete else None)
+    finished = target >= run.epochs
     if main_process:
-        _write_json(manifest, _run_manifest(run, finished=True))
-        _apply_retention(run_dir, run, True, args.retention)
+        _write_json(manifest, _run_manifest(run, finished=finished))
+        _apply_retention(run_dir, run, finished, args.retention)
     del trainer
     gc.collect()
     if torch.cuda.is_available():
@@ -516,15 +545,17 @@ def train_one_run(
     records: Sequence[InstructionRecord],
     args: CandidateTrainingArguments,
     callbacks: Sequence[TrainerCallback] = (),
+    until_epoch: int | None = None,
 ) -> list[CandidateCheckpoint]:
     """Train one run of a plan (`plan_candidate_runs`), resuming a killed one, and return the
-    checkpoints of its configs: the unit of work one of several workers claims."""
+    checkpoints of its configs: the unit of work one of several workers claims. `until_epoch`
+    stops it after that epoch (`train_run`); only the configs trained so far have one."""
     tokenizer = load_tokenizer(args.base_model)
     data = tokenize_for_training(records, tokenizer, args.max_length)
     if not data.examples:
         raise SettingsError(f"no example fits max_length={args.max_length} tokens")
     _check_settings(args, data_fingerprint(records))
-    train_run(run, data, tokenizer, args, callbacks)
+    train_run(run, data, tokenizer, args, callbacks, until_epoch)
     wanted = {config.id for config in run.configs}
     return [c for c in find_checkpoints(args.output_dir) if c.config.id in wanted]
 
@@ -535,26 +566,51 @@ def train_candidates(
     args: CandidateTrainingArguments,
     callbacks: Sequence[TrainerCallback] = (),
     on_run: Callable[[TrainingRun, int, int], None] | None = None,
+    wanted: Sequence[CandidateConfig] | None = None,
 ) -> CandidatesReport:
     """Train every config (finished runs are skipped, a killed one resumes) and report the
-    checkpoints of `configs`. `on_run(run, position, total)` is called before each run."""
+    checkpoints of `configs`. `on_run(run, position, total)` is called before each run.
+
+    With `wanted` (configs of `configs`), only the runs that serve them are trained, each up to
+    the largest epoch wanted of it (`train_run`'s `until_epoch`); the runs are still planned
+    from all of `configs`, so each has the schedule the whole space gives it. The report's
+    `epochs_trained` counts the epochs this call trained."""
     tokenizer = load_tokenizer(args.base_model)
     data = tokenize_for_training(records, tokenizer, args.max_length)
     if not data.examples:
         raise SettingsError(f"no example fits max_length={args.max_length} tokens")
     _check_settings(args, data_fingerprint(records))
     runs = plan_candidate_runs(configs, args)
+    targets = _targets(runs, wanted)
+    runs = [run for run in runs if run.id in targets]
     report = CandidatesReport(
         [], examples=len(data.examples), truncated=data.truncated, dropped=data.dropped
     )
     for position, run in enumerate(runs, start=1):
         if on_run is not None:
             on_run(run, position, len(runs))
-        trained = train_run(run, data, tokenizer, args, callbacks)
+        before = trained_epochs(args.output_dir, run)
+        trained = train_run(run, data, tokenizer, args, callbacks, targets[run.id])
+        report.epochs_trained += trained_epochs(args.output_dir, run) - before
         (report.runs_trained if trained else report.runs_skipped).append(run.id)
     found = {checkpoint.config.id: checkpoint for checkpoint in find_checkpoints(args.output_dir)}
     report.checkpoints = [found[config.id] for config in configs if config.id in found]
     return report
+
+
+def _targets(
+    runs: Sequence[TrainingRun], wanted: Sequence[CandidateConfig] | None
+) -> dict[str, int | None]:
+    """Run id -> the epoch to train it to (None: all its epochs), for the runs to train."""
+    if wanted is None:
+        return {run.id: None for run in runs}
+    ids = {config.id for config in wanted}
+    targets: dict[str, int | None] = {}
+    for run in runs:
+        epochs = [c.params["epochs"] for c in run.configs if c.id in ids]
+        if epochs:
+            targets[run.id] = max(epochs)
+    return targets
 
 
 def rebuild_checkpoint(
