@@ -86,7 +86,7 @@ def _retry_failed(engine: Engine, run_key: str) -> None:
         reset = session.connection().execute(
             update(SiteRun)
             .where(SiteRun.run_key == run_key, SiteRun.stage == "failed")
-            .values(stage="training", progress=0, error_code=0, error="")
+            .values(stage="training", progress=0, error_code=0, error="", planned=False)
         )
         session.connection().execute(
             update(ComparisonJob)

@@ -21,7 +21,7 @@ from agent.config import load_site_config
 from agent.db import ComparisonJob, SiteRun, TrainingJob, open_database
 from agent.site import handle_message
 from agent.supervisor import site_environment, worker_children, worker_devices
-from common.protocol import COMPARE_MESSAGE, SPACE_MESSAGE
+from common.protocol import COMPARE_MESSAGE, SPACE_MESSAGE, Code
 from common.space import CandidateConfig, plan_training_runs
 from dbschema.columns import utc_now
 from tests.test_agent_site import compare_record, space_record, write_site_config
@@ -229,3 +229,31 @@ def test_bad_worker_settings_are_named(tmp_path: Path, line: str, said: str) -> 
     path.write_text(f'[site]\nname = "s"\n{line}\n')
     with pytest.raises(SiteConfigError, match=said):
         load_site_config(path)
+
+
+def test_a_run_whose_training_failed_is_planned_and_trained_again_when_its_space_returns(
+    new_database_url,
+) -> None:
+    """A coordinator resuming a failed run sends the space again: the site run is planned
+    again and its failed training job is back to pending, so a worker trains it."""
+    engine = _site_run(new_database_url("agent"))
+    worker = ClaimStore(engine, "host/worker-1", lease=60.0)
+    assert worker.plan("run-1", RUNS)
+    failed = worker.claim_training()
+    assert failed is not None
+    worker.fail_training(failed.id, Code.TRAINING_FAILED, "out of memory")
+    with Session(engine) as session:
+        assert session.get(SiteRun, "run-1").stage == "failed"
+    assert worker.run_to_plan() is None
+
+    assert handle_message(engine, SPACE_MESSAGE, space_record("run-1", CONFIGS))["status"] == 0
+    assert worker.run_to_plan() == "run-1", "planned again"
+    assert worker.plan("run-1", RUNS)
+    with Session(engine) as session:
+        job = session.exec(
+            select(TrainingJob).where(TrainingJob.training_run_id == failed.id)
+        ).one()
+        assert (job.status, job.error_code) == ("pending", 0)
+        assert session.get(SiteRun, "run-1").stage == "training"
+    retried = worker.claim_training()  # the oldest free job: the one that failed
+    assert retried is not None and retried.id == failed.id
