@@ -637,6 +637,31 @@ def parse_arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def json_document(rows: list, curves: list, fitted: list) -> dict:
+    """The `--json` output: the synthetic judge's rows, each learning-curve setting's rows and
+    each fitted judge's rows."""
+    document: dict = {"rows": [row_json(row) for row in rows]}
+    document["learning_curves"] = [
+        {
+            "gain_sd": gain_sd,
+            "rank_correlation": round(correlation, 3),
+            "epoch_gpu_hours": EPOCH_GPU_HOURS,
+            "rows": [row_json(row) for row in curve_rows],
+        }
+        for gain_sd, correlation, curve_rows, _ in curves
+    ]
+    if fitted:
+        document["fitted_judges"] = [
+            {
+                "judge": judge.name,
+                "per_order": judge.per_order,
+                "rows": [row_json(r) for r in rs],
+            }
+            for judge, rs, _ in fitted
+        ]
+    return document
+
+
 def main() -> None:
     args = parse_arguments()
     args.curve_gain_sd = args.curve_gain_sd or list(CURVE_GAIN_SDS)
@@ -656,25 +681,7 @@ def main() -> None:
         fitted.append((judge, *bench_judge(args, judge)))
     curves = [(gain_sd, *bench_curves(args, synthetic, gain_sd)) for gain_sd in args.curve_gain_sd]
     if args.json:
-        document: dict = {"rows": [row_json(row) for row in rows]}
-        document["learning_curves"] = [
-            {
-                "gain_sd": gain_sd,
-                "rank_correlation": round(correlation, 3),
-                "epoch_gpu_hours": EPOCH_GPU_HOURS,
-                "rows": [row_json(row) for row in curve_rows],
-            }
-            for gain_sd, correlation, curve_rows, _ in curves
-        ]
-        if fitted:
-            document["fitted_judges"] = [
-                {
-                    "judge": judge.name,
-                    "per_order": judge.per_order,
-                    "rows": [row_json(r) for r in rs],
-                }
-                for judge, rs, _ in fitted
-            ]
+        document = json_document(rows, curves, fitted)
         print(json.dumps(document))
         return
     print(
