@@ -187,7 +187,6 @@ def model_card(
     """The README.md of an export: which run chose what, on which data, by what evidence."""
     m = outcome.message
     wins, ties, losses = m.best_record
-    tally = m.best_tally
     items = min(run.validation_items, len(validation_items(site)))
     lines = [
         f"# {outcome.best_id}: the config federated run `{run.run_key}` chose",
@@ -215,8 +214,7 @@ def model_card(
         f"- configs in the search space: {len(outcome.config_ids)}",
         f"- comparisons decided by evidence: {m.decided}; by the tie-break: {m.tie_breaks}",
         f"- the chosen config's comparisons: {wins} won, {ties} undecided, {losses} lost",
-        f"- its judged items summed over the sites: {tally.win} wins, {tally.tie} ties, "
-        f"{tally.loss} losses, {tally.invalid} invalid (margin {tally.margin:+.3f})",
+        f"- its judged items summed over the sites: {outcome.describe_items()}",
         f"- baseline: {outcome.describe_baseline()}",
         "",
         "Only win/tie/loss tallies left the sites; no text or data of any site is in this card.",

@@ -15,6 +15,10 @@ from sqlmodel import Session, select
 from agent.db import SiteResult, SiteRun
 from common.protocol import ResultMessage, decode_result
 
+WITHHELD = (
+    "summed item counts withheld (fewer than 3 sites: each could subtract its own and read "
+    "the other's)"
+)
 WEIGHT_FILES = ("model*.safetensors", "pytorch_model*.bin", "adapter_model.*")
 """A checkpoint's weights or adapter (trainer.candidates.WEIGHT_FILES; that module loads torch,
 which `status` does not need)."""
@@ -48,18 +52,27 @@ class SiteOutcome:
     def describe_evidence(self) -> str:
         m = self.message
         wins, ties, losses = m.best_record
-        tally = m.best_tally
         return (
             f"{m.decided} comparisons decided by evidence, {m.tie_breaks} by the tie-break; "
-            f"chosen: {wins} won, {ties} undecided, {losses} lost; items {tally.win} wins, "
-            f"{tally.tie} ties, {tally.loss} losses (margin {tally.margin:+.3f}); "
+            f"chosen: {wins} won, {ties} undecided, {losses} lost; {self.describe_items()}; "
             f"{m.sites} sites"
+        )
+
+    def describe_items(self) -> str:
+        tally = self.message.best_tally
+        if tally is None:
+            return WITHHELD
+        return (
+            f"items {tally.win} wins, {tally.tie} ties, {tally.loss} losses, {tally.invalid} "
+            f"invalid (margin {tally.margin:+.3f})"
         )
 
     def describe_baseline(self) -> str:
         versus = self.message.versus_baseline
         if self.baseline_id is None:
             return "no baseline"
+        if self.message.sums_withheld:
+            return f"baseline {self.baseline_id}: {WITHHELD}"
         if versus is None:
             return f"baseline {self.baseline_id}: not compared"
         return (

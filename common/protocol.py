@@ -68,6 +68,9 @@ NO_BASELINE = -1
 # SecAgg+ quantizes values in [-SECAGG_CLIP, SECAGG_CLIP] onto 2 * SECAGG_CLIP integer steps, so
 # integer tallies pass exactly; masks live modulo 2**32, which bounds the sites at 2**9 (512).
 SECAGG_MIN_SITES = 3
+SUMS_SHARED_FROM_SITES = 3
+"""A result carries item counts summed over sites only when at least this many took part: with
+two, each site could subtract its own counts from the sum and read the other site's."""
 SECAGG_CLIP = 2**21
 SECAGG_MODULUS = 2**32
 SECAGG_MAX_SITES = SECAGG_MODULUS // (4 * SECAGG_CLIP)
@@ -241,12 +244,19 @@ class ResultMessage:
     """Comparisons where the incumbent stayed by the tie-break alone."""
     best_record: tuple[int, int, int]
     """The chosen config's comparisons won, left undecided and lost."""
-    best_tally: Tally
-    """The chosen config's tallies summed over all its comparisons, from its point of view."""
+    best_tally: Tally | None
+    """The chosen config's tallies summed over all its comparisons, from its point of view;
+    None where withheld (fewer than SUMS_SHARED_FROM_SITES sites)."""
     baseline: int = NO_BASELINE
     """The run's baseline config, or NO_BASELINE."""
     versus_baseline: Tally | None = None
-    """The chosen config against the baseline (its point of view); None where not compared."""
+    """The chosen config against the baseline (its point of view); None where not compared or
+    withheld."""
+
+    @property
+    def sums_withheld(self) -> bool:
+        """Whether the summed item counts were left out (too few sites to hide one site's)."""
+        return self.best_tally is None
 
 
 @dataclass(frozen=True)
@@ -520,7 +530,7 @@ RESULT_FIELDS: dict[str, Any] = {
 
 def encode_result(message: ResultMessage) -> dict[str, Any]:
     """The result as a record; checked by the decoder first, so a bad one never leaves."""
-    versus = message.versus_baseline
+    versus, best_tally = message.versus_baseline, message.best_tally
     record = {
         "version": PROTOCOL_VERSION,
         "run_key": message.run_key,
@@ -530,7 +540,7 @@ def encode_result(message: ResultMessage) -> dict[str, Any]:
         "decided": message.decided,
         "tie_breaks": message.tie_breaks,
         "best_record": list(message.best_record),
-        "best_tally": list(message.best_tally.values()),
+        "best_tally": list(best_tally.values()) if best_tally is not None else [],
         "baseline": message.baseline,
         "versus_baseline": list(versus.values()) if versus is not None else [],
     }
@@ -566,9 +576,14 @@ def decode_result(record: Mapping[str, Any], n_configs: int | None = None) -> Re
         raise ProtocolError(Code.OUT_OF_RANGE, "best_record needs 3 counts; no count below 0")
     if sum(record["best_record"]) > record["decided"] + record["tie_breaks"]:
         raise ProtocolError(Code.OUT_OF_RANGE, "best_record holds more comparisons than made")
-    versus = record["versus_baseline"]
+    versus, best_tally = record["versus_baseline"], record["best_tally"]
     if versus and baseline == NO_BASELINE:
         raise ProtocolError(Code.OUT_OF_RANGE, "versus_baseline without a baseline")
+    if (best_tally or versus) and record["sites"] < SUMS_SHARED_FROM_SITES:
+        raise ProtocolError(
+            Code.OUT_OF_RANGE,
+            f"summed counts with {record['sites']} sites: a site could read another's",
+        )
     return ResultMessage(
         run_key=record["run_key"],
         best=record["best"],
@@ -577,7 +592,7 @@ def decode_result(record: Mapping[str, Any], n_configs: int | None = None) -> Re
         decided=record["decided"],
         tie_breaks=record["tie_breaks"],
         best_record=tuple(record["best_record"]),  # type: ignore[arg-type]
-        best_tally=_tally_field("best_tally", record["best_tally"]),
+        best_tally=_tally_field("best_tally", best_tally) if best_tally else None,
         baseline=baseline,
         versus_baseline=_tally_field("versus_baseline", versus) if versus else None,
     )

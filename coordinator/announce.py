@@ -19,6 +19,7 @@ from typing import Protocol
 from common.protocol import (
     NO_BASELINE,
     RESULT_MESSAGE,
+    SUMS_SHARED_FROM_SITES,
     ProtocolError,
     ResultMessage,
     Status,
@@ -70,7 +71,8 @@ def result_message(
     versus_baseline: Tally | None = None,
 ) -> ResultMessage:
     """The outcome of a finished run as the sites learn it; `versus_baseline` is the chosen
-    config's summed tally against `baseline`, from its point of view."""
+    config's summed tally against `baseline`, from its point of view. Summed item counts go
+    out only from SUMS_SHARED_FROM_SITES sites up: with two, each could subtract its own."""
     if result.best is None:
         raise ValueError(f"run {result.run_key!r} has no chosen config")
     pairs = pair_tallies(result)
@@ -79,6 +81,7 @@ def result_message(
     for (a, b), tally in pairs.items():
         if result.best in (a, b):
             best_tally += tally if a == result.best else tally.reversed()
+    shared = sites >= SUMS_SHARED_FROM_SITES
     record = config_records(result)[result.best]
     return ResultMessage(
         run_key=result.run_key,
@@ -88,9 +91,9 @@ def result_message(
         decided=evidence,
         tie_breaks=len(pairs) - evidence,
         best_record=(record.wins, record.ties, record.losses),
-        best_tally=best_tally,
+        best_tally=best_tally if shared else None,
         baseline=NO_BASELINE if baseline is None else baseline,
-        versus_baseline=versus_baseline,
+        versus_baseline=versus_baseline if shared else None,
     )
 
 

@@ -39,9 +39,20 @@ def port_open(address: str) -> bool:
         return probe.connect_ex((host, int(port))) == 0
 
 
-def wait_for_port(address: str, timeout: float = 30.0) -> None:
+SUPERLINK_START_SECONDS = 300.0
+"""How long a starting SuperLink may take to listen (it migrates its database first)."""
+
+
+def wait_for_port(
+    address: str, timeout: float = 30.0, process: subprocess.Popen | None = None
+) -> None:
+    """Until something listens on `address`; with `process`, fail at once if it exits."""
     deadline = time.monotonic() + timeout
     while not port_open(address):
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(
+                f"the process meant to listen on {address} exited with code {process.returncode}"
+            )
         if time.monotonic() > deadline:
             raise TimeoutError(f"nothing listens on {address} after {timeout:.0f}s")
         time.sleep(0.2)
@@ -91,7 +102,12 @@ def start_superlink(settings: SuperLinkSettings, state_dir: Path) -> subprocess.
         start_new_session=True,
     )
     log.close()
-    wait_for_port(settings.address)
+    # a SuperLink migrating its database on a loaded host took over 30 s and was killed
+    # mid-migration by a shorter wait; one that exits is reported at once instead
+    try:
+        wait_for_port(settings.address, SUPERLINK_START_SECONDS, process)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}; see {state_dir / 'superlink.log'}") from None
     return process
 
 

@@ -160,6 +160,12 @@ def test_a_silent_site_is_left_out_and_named(tmp_path: Path, sites: dict) -> Non
     assert outcome.aggregation == (
         "tallies in the clear: 2 sites, SecAgg+ needs 3 (secure_aggregation = when-possible)"
     )
+    from agent.db import SiteResult
+
+    with Session(sites[11][0]) as session:
+        told = json.loads(session.get(SiteResult, "run-drop").message)
+    assert told["best"] == 2 and told["sites"] == 2
+    assert told["best_tally"] == [], "two sites: a sum would give each the other's counts"
 
 
 def test_every_site_learns_the_result_and_a_silent_one_when_it_answers_again(
@@ -192,6 +198,8 @@ def test_every_site_learns_the_result_and_a_silent_one_when_it_answers_again(
         with Session(sites[node_id][0]) as session:
             stored = session.get(SiteResult, "run-told")
         assert stored.best_id == CONFIGS[2].id
+        best_tally = Tally(*json.loads(stored.message)["best_tally"])
+        assert best_tally.items > 0 and best_tally.win > best_tally.loss, "3 sites: summed"
         (reply,) = [
             e for e in ledger(sites[node_id][0], "run-told") if e.message_type == "query.result"
         ]

@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from common.processes import stop_process
 
 
@@ -44,3 +46,20 @@ def test_a_child_ignoring_sigterm_is_killed_after_the_timeout() -> None:
     assert 0.5 <= time.monotonic() - started < 5
     stop_process(process)  # an exited process: nothing to do
     stop_process(None)
+
+
+def test_waiting_for_a_port_fails_at_once_when_its_process_exits() -> None:
+    """A SuperLink that dies while starting is reported with its exit code, not after the
+    long wait a slow start (a database migration on a loaded host) is given."""
+    import socket
+
+    from coordinator.launch import wait_for_port
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    process = subprocess.Popen(["sh", "-c", "exit 3"])
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited with code 3"):
+        wait_for_port(address, timeout=120, process=process)
+    assert time.monotonic() - started < 10

@@ -305,10 +305,11 @@ def test_result_round_trip_with_and_without_a_baseline() -> None:
     flat = [x for v in values for x in (v if isinstance(v, list) else [v])]
     assert all(type(x) is int for x in flat)
     assert decode_result(record, n_configs=4) == RESULT
-    plain = ResultMessage("run-1", 1, (), 1, 0, 0, (0, 0, 0), Tally())
+    plain = ResultMessage("run-1", 1, (), 1, 0, 0, (0, 0, 0), None)
     record = encode_result(plain)
     assert record["baseline"] == NO_BASELINE and record["versus_baseline"] == []
-    assert decode_result(record, n_configs=2) == plain
+    assert record["best_tally"] == [] and decode_result(record, n_configs=2) == plain
+    assert plain.sums_withheld and not RESULT.sums_withheld
 
 
 @pytest.mark.parametrize(
@@ -368,6 +369,8 @@ def test_a_bad_train_request_is_refused_when_encoded_too() -> None:
         (lambda r: r.update(versus_baseline=[-1, 1, 0, 0, 0]), Code.IMPOSSIBLE_TALLY),
         (lambda r: r.update(baseline=NO_BASELINE), Code.OUT_OF_RANGE),  # a tally, no baseline
         (lambda r: r.update(run_key="../etc"), Code.OUT_OF_RANGE),
+        (lambda r: r.update(sites=2), Code.OUT_OF_RANGE),  # a site could read the other's
+        (lambda r: r.update(sites=2, best_tally=[]), Code.OUT_OF_RANGE),  # versus_baseline
     ],
 )
 def test_bad_results_are_refused_with_a_code(change, code: Code) -> None:

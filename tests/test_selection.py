@@ -621,3 +621,35 @@ def test_halving_without_runs_treats_each_config_as_one() -> None:
     assert request == TrainRequest(tuple(range(6)))
     with pytest.raises(ValueError, match="exactly once"):
         make_procedure("halving", 4, items_per_site=8, training_runs=[[0, 1], [1, 2, 3]])
+
+
+def test_halving_racing_leaves_out_what_the_rungs_put_clearly_behind() -> None:
+    """Racing starts among the checkpoints the rungs did not put more than z standard errors
+    behind the leader, and the ones the last rung trained (not compared yet) all race."""
+    runs = [[0, 4], [1, 5], [2, 6], [3, 7]]
+    quality = [0.0, 0.2, 0.4, -3.0, 0.1, 0.3, 0.5, -3.1]
+    procedure = make_procedure("halving", 8, items_per_site=50, training_runs=runs)
+
+    def tally(request: Comparison) -> Tally:
+        """The better config wins 60% of the items, or every item against a run of -3."""
+        items = 3 * (request.item_stop - request.item_start)
+        low, high = sorted((request.a, request.b), key=lambda i: quality[i])
+        share = 1.0 if quality[low] < -2 else 0.6
+        win = round(share * items)
+        result = Tally(win=win, loss=items - win, items=items)
+        return result if request.a == high else result.reversed()
+
+    assert procedure.training() == [TrainRequest((0, 1, 2, 3))]
+    procedure.record_training(procedure.training()[0])
+    rung = procedure.pending()
+    assert {3} & {i for r in rung for i in (r.a, r.b)}, "the rung compares the weak run too"
+    for request in rung:
+        procedure.record(request, tally(request))
+    (last,) = procedure.training()
+    procedure.record_training(last)
+    racing = {i for r in procedure.pending() for i in (r.a, r.b)}
+    assert 3 not in racing, "a checkpoint the rung put clearly behind does not race"
+    assert set(last.configs) <= racing, "checkpoints not compared yet all race"
+    strengths, covariance = bradley_terry_with_covariance(8, procedure._totals)
+    variance = covariance[2, 2] + covariance[3, 3] - 2 * covariance[2, 3]
+    assert strengths[3] < strengths[2] - 3 * math.sqrt(variance)
