@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from agent.db import SiteResult, SiteRun
-from common.protocol import ResultMessage, decode_result
+from common.protocol import SUMS_SHARED_FROM_SITES, ResultMessage, decode_result
 
 WITHHELD = (
     "summed item counts withheld (fewer than 3 sites: each could subtract its own and read "
@@ -83,7 +83,10 @@ class SiteOutcome:
 
 def _outcome(result: SiteResult, run: SiteRun) -> SiteOutcome:
     ids = run.ids()
-    message = decode_result(json.loads(result.message), n_configs=len(ids))
+    record = json.loads(result.message)
+    if record.get("sites", 0) < SUMS_SHARED_FROM_SITES:  # stored before sums were withheld
+        record.update(best_tally=[], versus_baseline=[])
+    message = decode_result(record, n_configs=len(ids))
     return SiteOutcome(result.run_key, message, ids, run.param_list())
 
 

@@ -133,6 +133,22 @@ def test_the_result_is_stored_acknowledged_and_shown(site) -> None:
     assert "candidates:" in shown.output and "1 checkpoints with weights, 2 without" in shown.output
 
 
+def test_a_two_site_result_stored_with_sums_is_shown_without_them(site) -> None:
+    """A result stored before two-site results withheld their summed counts: `status` still
+    reads it, and shows no counts a site could subtract its own from."""
+    path, _config, engine, _deleted = site
+    handle_message(engine, RESULT_MESSAGE, result_record("run-1", 2))
+    with Session(engine) as session:
+        stored = session.get(SiteResult, "run-1")
+        stored.message = json.dumps({**json.loads(stored.message), "sites": 2})
+        session.add(stored)
+        session.commit()
+    shown = runner.invoke(app, ["status", "--config", str(path)], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0, shown.output
+    assert LORA.id in shown.output and "withheld" in shown.output
+    assert "5 wins" not in shown.output and "9 wins" not in shown.output
+
+
 def test_export_merges_the_lora_winner_and_writes_a_gguf(site, tmp_path: Path) -> None:
     import torch
     from llama_cpp import Llama
