@@ -365,8 +365,9 @@ class FederatedSelection:
         requests = procedure.training()
         for request in requests:
             contributors = self._train(request)
-            if not contributors:
-                raise RuntimeError("every site has left the run")
+            while not contributors:  # every site left while it trained
+                self._await_a_site()
+                contributors = self._train(request)
             procedure.record_training(request)
             self.store.record_training(request, len(contributors), self.round)
         return bool(requests)
@@ -449,8 +450,9 @@ class FederatedSelection:
             return
         request = TrainRequest((self.baseline,))
         contributors = self._train(request)
-        if not contributors:
-            raise RuntimeError("every site has left the run")
+        while not contributors:
+            self._await_a_site()
+            contributors = self._train(request)
         self.store.record_training(request, len(contributors), self.round)
 
     def _sum_over_sites(self, requests: list[Comparison]) -> tuple[list[int], list[Tally], bool]:
@@ -460,12 +462,15 @@ class FederatedSelection:
         backoff = Backoff(self.settings)
         failed_sums = 0
         while True:
+            self._await_a_site()
             secure = self._use_secure_aggregation()
             message = CompareMessage(self.settings.run_key, tuple(requests), secure)
             record = encode_compare(message)
             answers = self._collect(message, record)
             if not secure:
                 contributors = [n for n in self.sites.active() if n in answers]
+                if not contributors:
+                    continue  # every site left while it was asked
                 totals = [
                     sum((answers[n][i] for n in contributors), Tally())
                     for i in range(len(requests))
@@ -481,9 +486,24 @@ class FederatedSelection:
             if failed_sums >= self.settings.patience:
                 raise RuntimeError(f"secure aggregation failed {failed_sums} times in a row")
             backoff.wait()
-        if not contributors:
-            raise RuntimeError("every site has left the run")
         return contributors, totals, secure
+
+    def _await_a_site(self) -> None:
+        """Return once a site is active. When every site has left the run, wait up to
+        `site_timeout` for one left out for silence to come back (offered the space again by
+        `_welcome_back`, as any returning site is); none: the run fails, and a later `start`
+        resumes it."""
+        deadline = time.monotonic() + self.settings.site_timeout
+        backoff = Backoff(self.settings)
+        while not self.sites.active():
+            self._welcome_back()
+            if self.sites.active():
+                return
+            silent = self.sites.returning(self.sites.left_out())
+            if not silent or time.monotonic() >= deadline:
+                raise RuntimeError("every site has left the run")
+            log.warning("every site has left the run: waiting for one to come back")
+            backoff.wait()
 
     def _collect(self, message: CompareMessage, record: dict) -> dict[int, tuple[Tally, ...]]:
         """Ask the active sites until each has answered `ok` (with its tallies, or, for a

@@ -5,6 +5,7 @@ resumes without asking again for what it recorded."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,7 +84,12 @@ def sites(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterato
 
 
 def _selection(
-    engine, transport, name: str, mode: str = "paper", secure_aggregation: str = "required"
+    engine,
+    transport,
+    name: str,
+    mode: str = "paper",
+    secure_aggregation: str = "required",
+    site_timeout: float = 0,
 ) -> FederatedSelection:
     settings = RunSettings(
         run_key=name,
@@ -93,7 +99,7 @@ def _selection(
         round_timeout=1,
         retry_seconds=0,
         patience=2,
-        site_timeout=0,
+        site_timeout=site_timeout,
         validation_items=6,
         blocks=2,
         chunk_items=3,
@@ -246,6 +252,71 @@ def test_a_site_back_after_being_left_out_rejoins(tmp_path: Path, sites: dict) -
     by_round = sorted(comparison_rows(f"sqlite:///{tmp_path / 'coordinator.sqlite'}"),
                       key=lambda r: r.round)  # fmt: skip
     assert by_round[0].sites == 2 and by_round[-1].sites == 3
+
+
+def test_when_every_site_has_left_it_waits_for_one_to_come_back(
+    tmp_path: Path, sites: dict
+) -> None:
+    """Every site is silent, then offline (its SuperNode gone), until all are left out; the
+    run waits (up to `site_timeout`) instead of failing, offers them the space again when they
+    are back, and ends with all three."""
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    transport = LoopbackTransport(sites)
+    selection = _selection(
+        engine, transport, "run-all-out", secure_aggregation="when-possible", site_timeout=2
+    )
+    original_exchange, original_node_ids = transport.exchange, transport.node_ids
+    all_left: list[float] = []
+
+    def silent_until_every_site_is_left_out(message_type, records, timeout):
+        if message_type == "query.compare" and not all_left:
+            transport.silent.update({11, 12, 13})
+        return original_exchange(message_type, records, timeout)
+
+    def offline_for_half_a_second_once_all_are_out() -> list[int]:
+        if len(selection.sites.left_out()) == 3 and not all_left:
+            all_left.append(time.monotonic())
+            transport.silent.clear()
+        if all_left and time.monotonic() - all_left[0] < 0.5:
+            return []
+        return original_node_ids()
+
+    transport.exchange = silent_until_every_site_is_left_out
+    transport.node_ids = offline_for_half_a_second_once_all_are_out
+    outcome = selection.run()
+    assert all_left, "every site was left out for a while"
+    assert outcome.best_index == 2
+    assert outcome.sites == [11, 12, 13] and outcome.left_out == {}
+    offered = [set(r) for t, r in transport.exchanges if t == "query.space"]
+    assert len(offered) >= 2 and offered[-1] == {11, 12, 13}
+
+
+def test_when_no_site_comes_back_the_run_fails_after_site_timeout(
+    tmp_path: Path, sites: dict
+) -> None:
+    from coordinator.db import FederatedRun
+
+    engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    transport = LoopbackTransport(sites)
+    selection = _selection(
+        engine, transport, "run-gone", secure_aggregation="when-possible", site_timeout=1
+    )
+    original_exchange = transport.exchange
+
+    def gone_after_the_space(message_type, records, timeout):
+        if message_type == "query.compare":
+            transport.silent.update({11, 12, 13})
+            transport.node_ids = list  # the SuperNodes are gone for good
+        return original_exchange(message_type, records, timeout)
+
+    transport.exchange = gone_after_the_space
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="every site has left the run"):
+        selection.run()
+    assert time.monotonic() - started < 30
+    with Session(engine) as session:
+        run = session.get(FederatedRun, "run-gone")
+    assert run.status == "failed" and "every site has left" in run.reason
 
 
 def test_silence_is_measured_in_time_not_rounds(tmp_path: Path) -> None:
