@@ -365,21 +365,20 @@ class FederatedSelection:
         requests = procedure.training()
         for request in requests:
             contributors = self._train(request)
-            while not contributors:  # every site left while it trained
-                self._await_a_site()
-                contributors = self._train(request)
             procedure.record_training(request)
             self.store.record_training(request, len(contributors), self.round)
         return bool(requests)
 
     def _train(self, request: TrainRequest) -> list[int]:
         """Ask the active sites to train `request` until each has answered `ok` (trained and
-        generated) or is left out; the sites that did. Training takes minutes to hours, so the
-        pause between asks keeps doubling up to `max_retry_seconds`."""
+        generated) or is left out; the sites that did (every site left: it waits for one to
+        come back, `_await_a_site`). Training takes minutes to hours, so the pause between asks
+        keeps doubling up to `max_retry_seconds`."""
         record = encode_train(TrainMessage(self.settings.run_key, request))
         done: set[int] = set()
         backoff = Backoff(self.settings)
         while True:
+            self._await_a_site()
             waiting = [n for n in self.sites.active() if n not in done]
             if not waiting:
                 return [n for n in self.sites.active() if n in done]
@@ -450,9 +449,6 @@ class FederatedSelection:
             return
         request = TrainRequest((self.baseline,))
         contributors = self._train(request)
-        while not contributors:
-            self._await_a_site()
-            contributors = self._train(request)
         self.store.record_training(request, len(contributors), self.round)
 
     def _sum_over_sites(self, requests: list[Comparison]) -> tuple[list[int], list[Tally], bool]:

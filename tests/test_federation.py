@@ -36,16 +36,20 @@ class LoopbackTransport:
         sites: dict[int, tuple],
         silent: set[int] = frozenset(),
         pointwise: set[int] = frozenset(),
+        silent_from: dict[str, set[int]] | None = None,
     ) -> None:
         self.sites = sites
         self.silent = set(silent)
         self.pointwise = set(pointwise)  # sites whose judge says it is pointwise
+        self.silent_from = dict(silent_from or {})
+        """Sites that fall silent at the first message of a type (once: a test may wake them)."""
         self.exchanges: list[tuple[str, dict]] = []
 
     def node_ids(self) -> list[int]:
         return sorted(self.sites)
 
     def exchange(self, message_type: str, records: dict, timeout: float) -> dict:
+        self.silent |= self.silent_from.pop(message_type, set())
         self.exchanges.append((message_type, dict(records)))
         replies = {}
         for node_id, record in records.items():
@@ -90,6 +94,7 @@ def _selection(
     mode: str = "paper",
     secure_aggregation: str = "required",
     site_timeout: float = 0,
+    baseline: int | None = None,
 ) -> FederatedSelection:
     settings = RunSettings(
         run_key=name,
@@ -104,9 +109,15 @@ def _selection(
         blocks=2,
         chunk_items=3,
         result_timeout=2,
+        baseline="" if baseline is None else CONFIGS[baseline].id,
     )
     return FederatedSelection(
-        engine, transport, settings, [c.id for c in CONFIGS], [dict(c.params) for c in CONFIGS]
+        engine,
+        transport,
+        settings,
+        [c.id for c in CONFIGS],
+        [dict(c.params) for c in CONFIGS],
+        baseline=baseline,
     )
 
 
@@ -145,16 +156,8 @@ def test_auto_runs_round_robin_only_when_every_site_is_pointwise(
 
 def test_a_silent_site_is_left_out_and_named(tmp_path: Path, sites: dict) -> None:
     engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
-    transport = LoopbackTransport(sites)
+    transport = LoopbackTransport(sites, silent_from={"query.compare": {13}})
     selection = _selection(engine, transport, "run-drop", secure_aggregation="when-possible")
-    original = transport.exchange
-
-    def drop_site_13_after_the_space(message_type, records, timeout):
-        if message_type == "query.compare":
-            transport.silent.add(13)
-        return original(message_type, records, timeout)
-
-    transport.exchange = drop_site_13_after_the_space
     outcome = selection.run()
     assert outcome.best_index == 2
     assert outcome.sites == [11, 12]
@@ -183,16 +186,8 @@ def test_every_site_learns_the_result_and_a_silent_one_when_it_answers_again(
     from agent.db import SiteResult, ledger
 
     engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
-    transport = LoopbackTransport(sites)
+    transport = LoopbackTransport(sites, silent_from={"query.result": {13}})
     selection = _selection(engine, transport, "run-told", secure_aggregation="off")
-    original = transport.exchange
-
-    def site_13_silent_at_the_end(message_type, records, timeout):
-        if message_type == "query.result":
-            transport.silent.add(13)
-        return original(message_type, records, timeout)
-
-    transport.exchange = site_13_silent_at_the_end
     assert selection.run().best_index == 2
     sent = [records for t, records in transport.exchanges if t == "query.result"]
     assert len(sent) >= 2 and set(sent[0]) == {11, 12, 13} and set(sent[-1]) == {13}
@@ -261,17 +256,12 @@ def test_when_every_site_has_left_it_waits_for_one_to_come_back(
     run waits (up to `site_timeout`) instead of failing, offers them the space again when they
     are back, and ends with all three."""
     engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
-    transport = LoopbackTransport(sites)
+    transport = LoopbackTransport(sites, silent_from={"query.compare": {11, 12, 13}})
     selection = _selection(
         engine, transport, "run-all-out", secure_aggregation="when-possible", site_timeout=2
     )
-    original_exchange, original_node_ids = transport.exchange, transport.node_ids
+    original_node_ids = transport.node_ids
     all_left: list[float] = []
-
-    def silent_until_every_site_is_left_out(message_type, records, timeout):
-        if message_type == "query.compare" and not all_left:
-            transport.silent.update({11, 12, 13})
-        return original_exchange(message_type, records, timeout)
 
     def offline_for_half_a_second_once_all_are_out() -> list[int]:
         if len(selection.sites.left_out()) == 3 and not all_left:
@@ -281,7 +271,6 @@ def test_when_every_site_has_left_it_waits_for_one_to_come_back(
             return []
         return original_node_ids()
 
-    transport.exchange = silent_until_every_site_is_left_out
     transport.node_ids = offline_for_half_a_second_once_all_are_out
     outcome = selection.run()
     assert all_left, "every site was left out for a while"
@@ -297,19 +286,11 @@ def test_when_no_site_comes_back_the_run_fails_after_site_timeout(
     from coordinator.db import FederatedRun
 
     engine = open_coordinator_database(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
-    transport = LoopbackTransport(sites)
+    transport = LoopbackTransport(sites, silent_from={"query.compare": {11, 12, 13}})
     selection = _selection(
         engine, transport, "run-gone", secure_aggregation="when-possible", site_timeout=1
     )
-    original_exchange = transport.exchange
-
-    def gone_after_the_space(message_type, records, timeout):
-        if message_type == "query.compare":
-            transport.silent.update({11, 12, 13})
-            transport.node_ids = list  # the SuperNodes are gone for good
-        return original_exchange(message_type, records, timeout)
-
-    transport.exchange = gone_after_the_space
+    transport.node_ids = lambda: sorted(set(sites) - transport.silent)  # silent: gone for good
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="every site has left the run"):
         selection.run()

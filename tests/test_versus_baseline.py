@@ -14,48 +14,22 @@ import pytest
 from rich.console import Console
 from sqlmodel import Session, select
 
-from common.settings import RunSettings
 from common.space import PAPER_SPACE_TOML, SpaceError, parse_space
 from common.tally import Tally
 from coordinator.console import render
 from coordinator.db import BaselineComparison, ComparisonResult, TrainingResult
 from coordinator.db import open_database as open_coordinator_database
-from coordinator.federation import FederatedSelection
 from coordinator.report import ReferenceMetric, write_report
 from coordinator.results import run_result
 from demo.launcher import versus_baseline_text
 from tests.test_agent_site import CONFIGS
-from tests.test_federation import LoopbackTransport
+from tests.test_federation import LoopbackTransport, _selection
 from tests.test_federation import sites as federation_sites
 
 sites = federation_sites  # the fixture: three sites whose generation plants config 2's token
 
 PLANTED = 2  # the sites' generation plants the judge's token in config 2's responses
 ITEMS = 6  # validation items per site; three sites
-
-
-def _selection(
-    engine, transport, name: str, baseline: int | None, mode: str = "paper"
-) -> FederatedSelection:
-    settings = RunSettings(
-        run_key=name,
-        selection_mode=mode,
-        min_sites=2,
-        round_timeout=1,
-        retry_seconds=0,
-        patience=2,
-        validation_items=ITEMS,
-        blocks=2,
-        baseline="" if baseline is None else CONFIGS[baseline].id,
-    )
-    return FederatedSelection(
-        engine,
-        transport,
-        settings,
-        [c.id for c in CONFIGS],
-        [dict(c.params) for c in CONFIGS],
-        baseline=baseline,
-    )
 
 
 def _asked(transport: LoopbackTransport) -> list[tuple[int, int]]:
@@ -159,7 +133,7 @@ def test_a_resumed_run_neither_replays_nor_asks_the_baseline_comparison_again(
     comparisons (only those) and asks the baseline comparison alone; a third start of the
     finished run asks nothing."""
     url, name = new_database_url("coordinator"), f"run-baseline-{new_database_url.backend}"
-    first = _selection(open_coordinator_database(url), LoopbackTransport(sites), name, 0)
+    first = _selection(open_coordinator_database(url), LoopbackTransport(sites), name, baseline=0)
     original = first._sum_over_sites
 
     def killed_at_the_baseline(requests):
@@ -174,12 +148,12 @@ def test_a_resumed_run_neither_replays_nor_asks_the_baseline_comparison_again(
     assert _rows(engine, BaselineComparison) == []
 
     transport = LoopbackTransport(sites)
-    outcome = _selection(engine, transport, name, 0).run()
+    outcome = _selection(engine, transport, name, baseline=0).run()
     assert _asked(transport) == [(PLANTED, 0)]
     assert outcome.versus_baseline == Tally(win=3 * ITEMS, items=3 * ITEMS)
 
     again = LoopbackTransport(sites)
-    resumed = _selection(engine, again, name, 0).run()
+    resumed = _selection(engine, again, name, baseline=0).run()
     assert _asked(again) == [] and resumed.versus_baseline == outcome.versus_baseline
     assert len(_rows(engine, BaselineComparison)) == 1
     assert len(_rows(engine, ComparisonResult)) == len(CONFIGS) - 1
